@@ -1,0 +1,23 @@
+# syntax=docker/dockerfile:1
+# hapod-controller: the controller (flags: docs/contracts.md).
+# Build from the repository root:
+#   docker build -f deploy/docker/hapod-controller.Dockerfile -t ghcr.io/hapod/hapod-controller:0.1.0 .
+# The image holds one statically linked binary, exactly what
+#   cargo build --release -p hapod-controller --target x86_64-unknown-linux-gnu
+# produces with RUSTFLAGS="-C target-feature=+crt-static"; no shell, no package manager.
+
+FROM docker.io/library/rust:1.95-bookworm AS builder
+WORKDIR /src
+COPY . .
+ENV RUSTFLAGS="-C target-feature=+crt-static" \
+    CARGO_TARGET_DIR=/src/target
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    cargo build --release --locked -p hapod-controller --target x86_64-unknown-linux-gnu \
+ && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/hapod-controller /out/hapod-controller
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=builder /out/hapod-controller /usr/local/bin/hapod-controller
+# 65532 = "nonroot" in distroless; numeric so that runAsNonRoot can verify it.
+USER 65532:65532
+EXPOSE 8080/tcp
+ENTRYPOINT ["/usr/local/bin/hapod-controller"]
