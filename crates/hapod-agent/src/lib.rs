@@ -1,1 +1,411 @@
-//! placeholder, replaced by the owning work stream.
+//! The application side of hapod: receive role notifications, validate and acknowledge them,
+//! and tell the application its current role.
+//!
+//! Embed it in a Rust application:
+//!
+//! ```no_run
+//! # async fn example() -> std::io::Result<()> {
+//! use hapod_agent::{Agent, AgentConfig};
+//! use hapod_protocol::Role;
+//!
+//! let pod_ip: std::net::IpAddr = std::env::var("POD_IP").unwrap().parse().unwrap();
+//! let config = AgentConfig::new((pod_ip, hapod_agent::DEFAULT_PORT).into(), "my-pod");
+//! let agent = Agent::bind(config).await?;
+//! let mut state = agent.state();
+//! while state.changed().await.is_ok() {
+//!     if state.borrow_and_update().role == Some(Role::Active) {
+//!         // start serving as the active replica
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Applications in other languages run the `hapod-agent` sidecar binary instead, which keeps
+//! the role in a file and runs a hook command on every change ([`sidecar`]).
+
+pub mod cli;
+pub mod sidecar;
+mod validate;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hapod_protocol::{Key, MAX_DATAGRAM_LEN, Role, encode_ack, unix_nanos_now};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+
+use validate::{DropReason, Validator, Verdict};
+
+/// The notification port of the original system, kept as the default.
+pub const DEFAULT_PORT: u16 = 10001;
+
+/// Role changes kept for a slow [`Agent::changes`] subscriber before it lags.
+const CHANGE_BACKLOG: usize = 256;
+
+/// At most one "dropped datagram" warning per this interval; the rest are counted.
+const DROP_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What the agent listens on and accepts.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Usually `POD_IP:10001`: bind the pod IP, never a wildcard, so pods that are processes on
+    /// one host do not collide.
+    pub bind: SocketAddr,
+    /// This pod's name; notifications for any other pod are dropped.
+    pub pod_name: String,
+    /// Shared HMAC key; with a key, unsigned or wrongly signed datagrams are dropped.
+    pub key: Option<Key>,
+    /// Accept the original system's unauthenticated 22-byte datagram as "become active".
+    /// Anyone who can reach the port can then make this pod active: off by default.
+    pub accept_legacy: bool,
+}
+
+impl AgentConfig {
+    /// No key, legacy datagram refused.
+    pub fn new(bind: SocketAddr, pod_name: impl Into<String>) -> Self {
+        AgentConfig {
+            bind,
+            pod_name: pod_name.into(),
+            key: None,
+            accept_legacy: false,
+        }
+    }
+}
+
+/// How the current role was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing applied yet.
+    None,
+    /// A versioned notification.
+    Notification,
+    /// The original system's datagram (no epoch, group, id or send time).
+    Legacy,
+}
+
+/// The role this pod was last told, with the notification that told it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleState {
+    /// `None` until the first notification is applied.
+    pub role: Option<Role>,
+    /// Epoch of the last applied versioned notification (0 before any).
+    pub epoch: u64,
+    pub group: String,
+    pub message_id: u64,
+    pub sent_at_unix_nanos: u64,
+    /// This host's wall clock when the notification was applied.
+    pub applied_at_unix_nanos: u64,
+    pub source: Source,
+}
+
+impl RoleState {
+    fn unknown() -> Self {
+        RoleState {
+            role: None,
+            epoch: 0,
+            group: String::new(),
+            message_id: 0,
+            sent_at_unix_nanos: 0,
+            applied_at_unix_nanos: 0,
+            source: Source::None,
+        }
+    }
+
+    /// `active`, `standby` or `unknown`.
+    pub fn role_name(&self) -> &'static str {
+        self.role.map_or("unknown", Role::as_str)
+    }
+
+    /// Time from the sender's decision to applying it here; meaningful only when the two
+    /// clocks are synchronised, `None` when unknown or negative.
+    pub fn latency(&self) -> Option<Duration> {
+        let nanos = self
+            .applied_at_unix_nanos
+            .checked_sub(self.sent_at_unix_nanos)?;
+        (self.sent_at_unix_nanos != 0).then(|| Duration::from_nanos(nanos))
+    }
+}
+
+/// One applied notification: the state before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChange {
+    pub previous: Option<Role>,
+    pub current: RoleState,
+}
+
+impl RoleChange {
+    /// Logs the change (info level) with its wall-clock time and the latency from the send.
+    pub fn log(&self) {
+        let state = &self.current;
+        let applied_at = i128::from(state.applied_at_unix_nanos);
+        let applied_at = jiff::Timestamp::from_nanosecond(applied_at)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        tracing::info!(
+            previous = self.previous.map_or("unknown", Role::as_str),
+            role = state.role_name(),
+            epoch = state.epoch,
+            group = %state.group,
+            message_id = state.message_id,
+            source = ?state.source,
+            %applied_at,
+            latency_us = state.latency().map(|d| d.as_micros()),
+            "role changed"
+        );
+    }
+}
+
+/// Counts of what the agent received; every dropped datagram is counted once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub received: u64,
+    pub applied: u64,
+    pub legacy_accepted: u64,
+    /// Repeats of the current epoch, acknowledged again without re-applying.
+    pub duplicates: u64,
+    pub acks_sent: u64,
+    pub ack_send_errors: u64,
+    pub dropped_oversized: u64,
+    pub dropped_malformed: u64,
+    pub dropped_unauthenticated: u64,
+    pub dropped_wrong_pod: u64,
+    pub dropped_stale: u64,
+    pub dropped_legacy_disabled: u64,
+    pub dropped_unexpected_ack: u64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicCounters {
+    received: AtomicU64,
+    applied: AtomicU64,
+    legacy_accepted: AtomicU64,
+    duplicates: AtomicU64,
+    acks_sent: AtomicU64,
+    ack_send_errors: AtomicU64,
+    dropped_oversized: AtomicU64,
+    dropped_malformed: AtomicU64,
+    dropped_unauthenticated: AtomicU64,
+    dropped_wrong_pod: AtomicU64,
+    dropped_stale: AtomicU64,
+    dropped_legacy_disabled: AtomicU64,
+    dropped_unexpected_ack: AtomicU64,
+}
+
+impl AtomicCounters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::Oversized => &self.dropped_oversized,
+            DropReason::Malformed => &self.dropped_malformed,
+            DropReason::Unauthenticated => &self.dropped_unauthenticated,
+            DropReason::WrongPod => &self.dropped_wrong_pod,
+            DropReason::Stale => &self.dropped_stale,
+            DropReason::LegacyDisabled => &self.dropped_legacy_disabled,
+            DropReason::UnexpectedAck => &self.dropped_unexpected_ack,
+        }
+    }
+
+    fn snapshot(&self) -> Counters {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counters {
+            received: get(&self.received),
+            applied: get(&self.applied),
+            legacy_accepted: get(&self.legacy_accepted),
+            duplicates: get(&self.duplicates),
+            acks_sent: get(&self.acks_sent),
+            ack_send_errors: get(&self.ack_send_errors),
+            dropped_oversized: get(&self.dropped_oversized),
+            dropped_malformed: get(&self.dropped_malformed),
+            dropped_unauthenticated: get(&self.dropped_unauthenticated),
+            dropped_wrong_pod: get(&self.dropped_wrong_pod),
+            dropped_stale: get(&self.dropped_stale),
+            dropped_legacy_disabled: get(&self.dropped_legacy_disabled),
+            dropped_unexpected_ack: get(&self.dropped_unexpected_ack),
+        }
+    }
+}
+
+/// A running receiver. Dropping it stops receiving.
+#[derive(Debug)]
+pub struct Agent {
+    local_addr: SocketAddr,
+    state: watch::Receiver<RoleState>,
+    changes: broadcast::Sender<RoleChange>,
+    counters: Arc<AtomicCounters>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Agent {
+    /// Binds `config.bind` and starts receiving; must run inside a tokio runtime.
+    pub async fn bind(config: AgentConfig) -> io::Result<Agent> {
+        let socket = UdpSocket::bind(config.bind).await?;
+        let local_addr = socket.local_addr()?;
+        let (state_tx, state) = watch::channel(RoleState::unknown());
+        let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
+        let counters = Arc::new(AtomicCounters::default());
+        let receiver = Receiver {
+            socket,
+            validator: Validator::new(config.pod_name, config.key, config.accept_legacy),
+            state: state_tx,
+            changes: changes.clone(),
+            counters: counters.clone(),
+            drop_log: DropLog::default(),
+        };
+        let task = tokio::spawn(receiver.run());
+        tracing::info!(%local_addr, "hapod agent listening");
+        Ok(Agent {
+            local_addr,
+            state,
+            changes,
+            counters,
+            task,
+        })
+    }
+
+    /// The bound address (useful when binding port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The current role; `changed()` wakes on every applied notification (intermediate states
+    /// may be skipped by a slow reader: use [`Agent::changes`] to see each one).
+    pub fn state(&self) -> watch::Receiver<RoleState> {
+        self.state.clone()
+    }
+
+    /// Every role change applied after this call, in order. A subscriber more than 256
+    /// changes behind gets `RecvError::Lagged` and should re-read [`Agent::state`].
+    pub fn changes(&self) -> broadcast::Receiver<RoleChange> {
+        self.changes.subscribe()
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.snapshot()
+    }
+}
+
+struct Receiver {
+    socket: UdpSocket,
+    validator: Validator,
+    state: watch::Sender<RoleState>,
+    changes: broadcast::Sender<RoleChange>,
+    counters: Arc<AtomicCounters>,
+    drop_log: DropLog,
+}
+
+impl Receiver {
+    async fn run(mut self) {
+        // One byte more than the longest valid datagram, so oversized ones are detected.
+        let mut buf = [0u8; MAX_DATAGRAM_LEN + 1];
+        loop {
+            let (len, from) = match self.socket.recv_from(&mut buf).await {
+                Ok(received) => received,
+                Err(error) => {
+                    tracing::warn!(%error, "notification receive failed");
+                    // Avoid spinning on a persistent error.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            AtomicCounters::bump(&self.counters.received);
+            match self.validator.judge(&buf[..len]) {
+                Verdict::Apply(msg) => {
+                    let ack = msg.ack();
+                    self.publish(RoleState {
+                        role: Some(msg.role),
+                        epoch: msg.epoch,
+                        group: msg.group,
+                        message_id: msg.message_id,
+                        sent_at_unix_nanos: msg.sent_at_unix_nanos,
+                        applied_at_unix_nanos: unix_nanos_now(),
+                        source: Source::Notification,
+                    });
+                    AtomicCounters::bump(&self.counters.applied);
+                    self.send_ack(ack, from).await;
+                }
+                Verdict::Reack(ack) => {
+                    AtomicCounters::bump(&self.counters.duplicates);
+                    self.send_ack(ack, from).await;
+                }
+                Verdict::Legacy => {
+                    AtomicCounters::bump(&self.counters.legacy_accepted);
+                    let current = self.state.borrow().clone();
+                    if current.role != Some(Role::Active) {
+                        self.publish(RoleState {
+                            role: Some(Role::Active),
+                            message_id: 0,
+                            sent_at_unix_nanos: 0,
+                            applied_at_unix_nanos: unix_nanos_now(),
+                            source: Source::Legacy,
+                            ..current
+                        });
+                    }
+                }
+                Verdict::Drop(reason) => {
+                    AtomicCounters::bump(self.counters.dropped(reason));
+                    self.drop_log.record(reason, from, len);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, current: RoleState) {
+        let previous = self.state.send_replace(current.clone()).role;
+        // No subscriber is fine: the watch channel still holds the state.
+        let _ = self.changes.send(RoleChange { previous, current });
+    }
+
+    async fn send_ack(&self, ack: hapod_protocol::Ack, to: SocketAddr) {
+        let datagram = encode_ack(&ack, self.validator.key());
+        match self.socket.send_to(&datagram, to).await {
+            Ok(_) => AtomicCounters::bump(&self.counters.acks_sent),
+            Err(error) => {
+                AtomicCounters::bump(&self.counters.ack_send_errors);
+                tracing::debug!(%to, %error, "ack send failed");
+            }
+        }
+    }
+}
+
+/// Rate limit for "dropped datagram" warnings, so a flood cannot flood the log.
+#[derive(Debug, Default)]
+struct DropLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl DropLog {
+    fn record(&mut self, reason: DropReason, from: SocketAddr, len: usize) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < DROP_LOG_INTERVAL)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            %from,
+            len,
+            reason = reason.as_str(),
+            suppressed_since_last = self.suppressed,
+            "dropped notification datagram"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}
