@@ -1,0 +1,811 @@
+//! Per-group state machine: events in (watch changes, re-lists, write outcomes, leadership),
+//! actions out (fenced writes, notifications, records, health). One write per group is in
+//! flight at a time; the next step is planned only when its outcome is fed back, which is
+//! what makes "demote, then promote" hold: the promote is issued after the demote is acked.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::epoch;
+use crate::pod::{Config, Phase, PodView, Role};
+
+/// Identifies one write issued by a group; outcomes carrying another id are stale.
+pub type OpId = u64;
+
+/// First retry delay after a transient write error; doubles per failure.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+/// Cap of the transient retry delay.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Pause after a write the API refused for good (403, 422): retried only this slowly.
+const REJECTED_PAUSE: Duration = Duration::from_secs(30);
+/// Deleted pod UIDs remembered so a late duplicate watch event cannot resurrect them.
+const TOMBSTONES: usize = 64;
+
+/// Why a pod was promoted (metric label `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PromotionReason {
+    /// The group had no active pod (start-up, new group, or no eligible pod until now).
+    Initial,
+    /// The active pod was deleted.
+    Deleted,
+    /// The active pod got a `deletionTimestamp`.
+    Terminating,
+    /// The active pod's Ready condition went false.
+    NotReady,
+    /// The active pod's phase became Failed or Succeeded.
+    Finished,
+    /// A critical container of the active pod died.
+    CriticalDeath,
+    /// The active pod lost its IP or left phase Running for Pending/Unknown.
+    NotServing,
+}
+
+impl PromotionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Deleted => "deleted",
+            Self::Terminating => "terminating",
+            Self::NotReady => "not_ready",
+            Self::Finished => "finished",
+            Self::CriticalDeath => "critical_death",
+            Self::NotServing => "not_serving",
+        }
+    }
+}
+
+/// Why a role write is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    Promote(PromotionReason),
+    /// An active pod that must not stay active (ineligible, or a second active).
+    Demote,
+    /// A non-active pod whose role label is missing or wrong.
+    Repair,
+}
+
+/// What a write does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    /// Merge patch of the role label (and the epoch annotation when `epoch` is set),
+    /// with `metadata.resourceVersion` as precondition.
+    SetRole {
+        resource_version: String,
+        role: Role,
+        epoch: Option<u64>,
+        purpose: Purpose,
+    },
+    /// Delete with `gracePeriodSeconds=0` and a UID precondition.
+    Delete { container: String },
+}
+
+/// One write to carry out; feed its outcome back as [`Event::Outcome`] with `op`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Write {
+    pub op: OpId,
+    pub pod: String,
+    pub uid: String,
+    pub kind: WriteKind,
+}
+
+/// A role notification to send (after its label write was acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notify {
+    pub pod: String,
+    pub ip: IpAddr,
+    pub role: Role,
+    pub epoch: u64,
+}
+
+/// Something to report as a Kubernetes Event, log line and metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Promoted {
+        epoch: u64,
+        reason: PromotionReason,
+        /// From the trigger being observed to the label write being acknowledged.
+        latency: Option<Duration>,
+    },
+    Demoted,
+    Killed {
+        container: String,
+    },
+    /// The group has no active pod and no eligible one.
+    NoEligible,
+    /// The API refused a write for good (403, 422).
+    Rejected {
+        delete: bool,
+        code: u16,
+    },
+}
+
+/// A record about one pod (`pod` is `None` for group-level records of an empty group).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub pod: Option<PodRef>,
+    pub kind: RecordKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// Whether the group has an eligible pod labeled active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    Active,
+    NoActive { eligible: bool },
+}
+
+/// Output of [`decide`], carried out by the runtime in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Write(Write),
+    /// A write met a 409: read the pod again and feed it back as `Applied` (or `Deleted`).
+    Refresh {
+        pod: String,
+    },
+    Notify(Notify),
+    Record(Record),
+    /// Feed [`Event::Tick`] after this delay (plus jitter): a retry is due.
+    WakeAfter(Duration),
+    /// The group's health changed.
+    Health(Health),
+}
+
+/// How a write ended.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WriteOutcome {
+    /// Acknowledged; the new resourceVersion when the API returned one.
+    Done { resource_version: Option<String> },
+    /// 409: the precondition failed, the view is stale.
+    Conflict,
+    /// 404: the pod is gone.
+    NotFound,
+    /// Refused for good (403, 422): reported, retried only after a long pause.
+    Rejected { code: u16 },
+    /// Transient (network, 5xx, 429, lease not held at the fence): retried with backoff.
+    Failed,
+}
+
+/// Input of [`decide`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// Watch add/modify (or the result of a refresh).
+    Applied(PodView),
+    /// Watch delete.
+    Deleted { name: String, uid: String },
+    /// Full list of the group's pods (start, watch re-list): a pod missing is deleted.
+    Resync(Vec<PodView>),
+    /// Re-plan from the cached state (periodic resync, retry timer).
+    Tick,
+    /// This replica acts with the given controller term, or stopped acting (`None`).
+    Leadership(Option<u32>),
+    /// Outcome of the write `op`.
+    Outcome { op: OpId, outcome: WriteOutcome },
+}
+
+/// What the group remembers about one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PodEntry {
+    view: PodView,
+    /// Last restart count seen per critical container.
+    restarts_seen: BTreeMap<String, u32>,
+    /// A critical container that died; sticky until the pod is gone.
+    dead_container: Option<String>,
+    /// Our delete was acknowledged; the pod is on its way out.
+    kill_sent: bool,
+    /// A write on this version met a 409: no writes until a newer version is seen.
+    stale: bool,
+}
+
+impl PodEntry {
+    fn new(view: PodView) -> Self {
+        let restarts_seen = view
+            .critical
+            .iter()
+            .map(|c| (c.name.clone(), c.restart_count))
+            .collect();
+        let dead_container = view.visibly_dead_container().map(str::to_owned);
+        Self {
+            view,
+            restarts_seen,
+            dead_container,
+            kill_sent: false,
+            stale: false,
+        }
+    }
+
+    /// Takes a newer version of the same pod, detecting restarts since the last one.
+    fn observe(&mut self, view: PodView) {
+        if self.dead_container.is_none() {
+            let restarted = view.critical.iter().find(|c| {
+                c.last_terminated
+                    && self
+                        .restarts_seen
+                        .get(&c.name)
+                        .is_some_and(|&seen| c.restart_count > seen)
+            });
+            self.dead_container = restarted
+                .map(|c| c.name.as_str())
+                .or_else(|| view.visibly_dead_container())
+                .map(str::to_owned);
+        }
+        for c in &view.critical {
+            self.restarts_seen.insert(c.name.clone(), c.restart_count);
+        }
+        self.view = view;
+    }
+
+    fn role(&self, config: &Config) -> Role {
+        self.view.role(config)
+    }
+
+    fn eligible(&self) -> bool {
+        self.view.serving() && self.dead_container.is_none() && !self.kill_sent
+    }
+
+    /// Why an active pod that is not eligible has to give up the role.
+    fn loss_reason(&self) -> PromotionReason {
+        if self.view.deleting {
+            PromotionReason::Terminating
+        } else if self.dead_container.is_some() || self.kill_sent {
+            PromotionReason::CriticalDeath
+        } else if matches!(self.view.phase, Phase::Failed | Phase::Succeeded) {
+            PromotionReason::Finished
+        } else if !self.view.ready {
+            PromotionReason::NotReady
+        } else {
+            PromotionReason::NotServing
+        }
+    }
+
+    fn pod_ref(&self) -> PodRef {
+        PodRef {
+            name: self.view.name.clone(),
+            uid: self.view.uid.clone(),
+        }
+    }
+}
+
+/// Whether `new` is at least as recent as `old`. Resource versions are compared as integers
+/// (the apiserver's resource versions are comparable etcd revisions); one that does not parse
+/// is taken as newer, so an odd apiserver degrades to "last event wins".
+fn at_least_as_recent(new: &str, old: &str) -> bool {
+    match (new.parse::<u64>(), old.parse::<u64>()) {
+        (Ok(n), Ok(o)) => n >= o,
+        _ => true,
+    }
+}
+
+/// When a failover started and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Trigger {
+    at: Instant,
+    reason: PromotionReason,
+}
+
+/// A write issued and not yet answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct InFlight {
+    op: OpId,
+    pod: String,
+    uid: String,
+    kind: WriteKind,
+}
+
+/// Everything one replica knows about one group (namespace + group label value).
+/// Hashable so model checkers can tell visited states apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupState {
+    config: Arc<Config>,
+    pods: BTreeMap<String, PodEntry>,
+    tombstones: VecDeque<String>,
+    /// Controller term while this replica acts.
+    term: Option<u32>,
+    /// Last sequence used in `term`.
+    seq: u32,
+    /// Highest epoch this replica issued for the group.
+    last_epoch: u64,
+    next_op: OpId,
+    in_flight: Option<InFlight>,
+    paused_until: Option<Instant>,
+    failures: u32,
+    trigger: Option<Trigger>,
+    /// The kept active pod was notified in this term.
+    announced: bool,
+    health: Option<Health>,
+}
+
+impl GroupState {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            config,
+            pods: BTreeMap::new(),
+            tombstones: VecDeque::new(),
+            term: None,
+            seq: 0,
+            last_epoch: 0,
+            next_op: 1,
+            in_flight: None,
+            paused_until: None,
+            failures: 0,
+            trigger: None,
+            announced: false,
+            health: None,
+        }
+    }
+
+    /// The group has no pod left and nothing in flight: the runtime may drop it.
+    pub fn is_idle_empty(&self) -> bool {
+        self.pods.is_empty() && self.in_flight.is_none()
+    }
+
+    /// Cached views of the group's pods, by name.
+    pub fn pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values().map(|e| &e.view)
+    }
+
+    /// Names of the pods labeled active in this replica's view.
+    pub fn actives(&self) -> Vec<&str> {
+        self.pods
+            .values()
+            .filter(|e| e.role(&self.config) == Role::Active)
+            .map(|e| e.view.name.as_str())
+            .collect()
+    }
+
+    fn eligible_active(&self) -> Option<&PodEntry> {
+        // Highest epoch first, then the oldest: the rule for keeping one of two actives.
+        self.pods
+            .values()
+            .filter(|e| e.role(&self.config) == Role::Active && e.eligible())
+            .max_by(|a, b| {
+                a.view
+                    .epoch
+                    .cmp(&b.view.epoch)
+                    .then_with(|| b.view.age_key().cmp(&a.view.age_key()))
+            })
+    }
+
+    fn upsert(&mut self, view: PodView, now: Instant) {
+        if self.tombstones.contains(&view.uid) {
+            return;
+        }
+        match self.pods.get_mut(&view.name) {
+            Some(entry) if entry.view.uid == view.uid => {
+                if at_least_as_recent(&view.resource_version, &entry.view.resource_version) {
+                    entry.stale = false;
+                    entry.observe(view);
+                }
+            }
+            Some(_) => {
+                // The name was reused by a new pod: the old one is gone.
+                let name = view.name.clone();
+                self.forget(&name, now);
+                self.pods.insert(name, PodEntry::new(view));
+            }
+            None => {
+                self.pods.insert(view.name.clone(), PodEntry::new(view));
+            }
+        }
+    }
+
+    /// Drops a pod that no longer exists; losing the active starts a failover.
+    fn forget(&mut self, name: &str, now: Instant) {
+        let Some(entry) = self.pods.remove(name) else {
+            return;
+        };
+        if entry.role(&self.config) == Role::Active && self.trigger.is_none() {
+            self.trigger = Some(Trigger {
+                at: now,
+                reason: PromotionReason::Deleted,
+            });
+        }
+        if self.tombstones.len() == TOMBSTONES {
+            self.tombstones.pop_front();
+        }
+        self.tombstones.push_back(entry.view.uid);
+    }
+
+    fn resync(&mut self, snapshot: Vec<PodView>, now: Instant) {
+        // The list is authoritative: UIDs deleted before it cannot come back through it.
+        self.tombstones.clear();
+        let missing: Vec<String> = self
+            .pods
+            .values()
+            .filter(|e| {
+                !snapshot
+                    .iter()
+                    .any(|v| v.name == e.view.name && v.uid == e.view.uid)
+            })
+            .map(|e| e.view.name.clone())
+            .collect();
+        for name in missing {
+            self.forget(&name, now);
+        }
+        for view in snapshot {
+            self.upsert(view, now);
+        }
+    }
+
+    fn set_leadership(&mut self, term: Option<u32>) {
+        if self.term == term {
+            return;
+        }
+        self.term = term;
+        self.seq = 0;
+        // Outcomes of writes issued in another term no longer drive this group.
+        self.in_flight = None;
+        self.paused_until = None;
+        self.failures = 0;
+        self.announced = false;
+        self.health = None;
+    }
+
+    /// After an event: note the start of a failover, or its end when an eligible active is back.
+    fn observe_trigger(&mut self, now: Instant) {
+        if self.eligible_active().is_some() {
+            self.trigger = None;
+            return;
+        }
+        if self.trigger.is_some() {
+            return;
+        }
+        let lost = self
+            .pods
+            .values()
+            .find(|e| e.role(&self.config) == Role::Active);
+        if let Some(entry) = lost {
+            self.trigger = Some(Trigger {
+                at: now,
+                reason: entry.loss_reason(),
+            });
+        }
+    }
+
+    fn outcome(&mut self, op: OpId, outcome: WriteOutcome, now: Instant, out: &mut Vec<Action>) {
+        let Some(write) = self.in_flight.take_if(|w| w.op == op) else {
+            return;
+        };
+        match outcome {
+            WriteOutcome::Done { resource_version } => {
+                self.failures = 0;
+                self.acknowledged(write, resource_version, now, out);
+            }
+            WriteOutcome::Conflict => {
+                if let Some(entry) = self.pods.get_mut(&write.pod) {
+                    entry.stale = true;
+                }
+                out.push(Action::Refresh { pod: write.pod });
+            }
+            WriteOutcome::NotFound => {
+                if self
+                    .pods
+                    .get(&write.pod)
+                    .is_some_and(|e| e.view.uid == write.uid)
+                {
+                    self.forget(&write.pod, now);
+                }
+            }
+            WriteOutcome::Rejected { code } => {
+                let pod = self.pods.get(&write.pod).map(PodEntry::pod_ref);
+                out.push(Action::Record(Record {
+                    pod,
+                    kind: RecordKind::Rejected {
+                        delete: matches!(write.kind, WriteKind::Delete { .. }),
+                        code,
+                    },
+                }));
+                self.pause(REJECTED_PAUSE, now, out);
+            }
+            WriteOutcome::Failed => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = RETRY_BASE
+                    .saturating_mul(1u32 << self.failures.min(16))
+                    .min(RETRY_MAX);
+                self.pause(delay, now, out);
+            }
+        }
+    }
+
+    fn pause(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
+        self.paused_until = Some(now + delay);
+        out.push(Action::WakeAfter(delay));
+    }
+
+    fn acknowledged(
+        &mut self,
+        write: InFlight,
+        resource_version: Option<String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self
+            .pods
+            .get_mut(&write.pod)
+            .filter(|e| e.view.uid == write.uid)
+        else {
+            return;
+        };
+        match write.kind {
+            WriteKind::SetRole {
+                role,
+                epoch,
+                purpose,
+                ..
+            } => {
+                if let Some(rv) = resource_version {
+                    entry.view.resource_version = rv;
+                }
+                entry.view.role_label = Some(match role {
+                    Role::Active => self.config.active_value.clone(),
+                    _ => self.config.standby_value.clone(),
+                });
+                if epoch.is_some() {
+                    entry.view.epoch = epoch;
+                }
+                let pod = entry.pod_ref();
+                let ip = entry.view.primary_ip();
+                match purpose {
+                    Purpose::Promote(reason) => {
+                        let epoch = epoch.unwrap_or_default();
+                        let latency = self.trigger.take().map(|t| now.duration_since(t.at));
+                        self.announced = true;
+                        if let Some(ip) = ip {
+                            out.push(Action::Notify(Notify {
+                                pod: pod.name.clone(),
+                                ip,
+                                role: Role::Active,
+                                epoch,
+                            }));
+                        }
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Promoted {
+                                epoch,
+                                reason,
+                                latency,
+                            },
+                        }));
+                    }
+                    Purpose::Demote => {
+                        // A fresh epoch, above the one it was promoted with, so the pod's
+                        // agent takes the standby order as newer than its last active order.
+                        let epoch = self.term.and_then(|t| self.allocate_epoch(t));
+                        if let (Some(ip), Some(epoch)) = (ip, epoch) {
+                            out.push(Action::Notify(Notify {
+                                pod: pod.name.clone(),
+                                ip,
+                                role: Role::Standby,
+                                epoch,
+                            }));
+                        }
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Demoted,
+                        }));
+                    }
+                    Purpose::Repair => {}
+                }
+            }
+            WriteKind::Delete { container } => {
+                entry.kill_sent = true;
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::Killed { container },
+                }));
+            }
+        }
+    }
+
+    /// Next epoch for the group in `term`: above every epoch seen on its pods. `None` when a
+    /// pod carries an epoch of a newer term: a newer replica acts, this one must not.
+    fn allocate_epoch(&mut self, term: u32) -> Option<u64> {
+        let floor = self
+            .pods
+            .values()
+            .filter_map(|e| e.view.epoch)
+            .chain([self.last_epoch])
+            .max()
+            .unwrap_or(0);
+        let used = match epoch::term_of(floor).cmp(&term) {
+            std::cmp::Ordering::Greater => return None,
+            std::cmp::Ordering::Equal => epoch::seq_of(floor),
+            std::cmp::Ordering::Less => 0,
+        };
+        self.seq = self.seq.max(used).checked_add(1)?;
+        self.last_epoch = epoch::compose(term, self.seq);
+        Some(self.last_epoch)
+    }
+
+    fn issue(&mut self, entry_name: &str, kind: WriteKind, out: &mut Vec<Action>) {
+        let Some(entry) = self.pods.get(entry_name) else {
+            return;
+        };
+        let op = self.next_op;
+        self.next_op += 1;
+        let write = Write {
+            op,
+            pod: entry.view.name.clone(),
+            uid: entry.view.uid.clone(),
+            kind,
+        };
+        self.in_flight = Some(InFlight {
+            op,
+            pod: write.pod.clone(),
+            uid: write.uid.clone(),
+            kind: write.kind.clone(),
+        });
+        out.push(Action::Write(write));
+    }
+
+    fn set_role(
+        &mut self,
+        name: &str,
+        role: Role,
+        epoch: Option<u64>,
+        purpose: Purpose,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.pods.get(name) else {
+            return;
+        };
+        let kind = WriteKind::SetRole {
+            resource_version: entry.view.resource_version.clone(),
+            role,
+            epoch,
+            purpose,
+        };
+        self.issue(name, kind, out);
+    }
+
+    /// Issues the next write the group needs, most urgent first: demote a second or ineligible
+    /// active, promote when none is left, kill pods with a dead critical container, repair
+    /// wrong labels. Nothing while another write is in flight, while paused, or while standby.
+    fn plan(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(term) = self.term else {
+            return;
+        };
+        if self.in_flight.is_some() || self.paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.paused_until = None;
+        let config = Arc::clone(&self.config);
+        let keep = self.eligible_active().map(|e| e.view.name.clone());
+
+        let victim = self
+            .pods
+            .values()
+            .find(|e| e.role(&config) == Role::Active && Some(&e.view.name) != keep.as_ref());
+        if let Some(victim) = victim {
+            // A stale victim waits for its refresh: promoting meanwhile could make two actives.
+            if !victim.stale {
+                let name = victim.view.name.clone();
+                self.set_role(&name, Role::Standby, None, Purpose::Demote, out);
+            }
+            return;
+        }
+
+        match keep {
+            None => {
+                let candidate = self
+                    .pods
+                    .values()
+                    .filter(|e| e.eligible())
+                    .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+                    .map(|e| (e.view.name.clone(), e.stale));
+                if let Some((name, stale)) = candidate {
+                    // A stale candidate waits for its refresh rather than handing the role to
+                    // another pod: the choice stays "the oldest eligible".
+                    if stale {
+                        return;
+                    }
+                    let Some(epoch) = self.allocate_epoch(term) else {
+                        return;
+                    };
+                    let reason = self.trigger.map_or(PromotionReason::Initial, |t| t.reason);
+                    self.set_role(
+                        &name,
+                        Role::Active,
+                        Some(epoch),
+                        Purpose::Promote(reason),
+                        out,
+                    );
+                    return;
+                }
+            }
+            Some(name) if !self.announced => {
+                // Taking over (start or new term): the kept active may have missed its
+                // notification when the previous replica stopped between write and send.
+                self.announced = true;
+                let entry = &self.pods[&name];
+                if let (Some(ip), Some(epoch)) = (entry.view.primary_ip(), entry.view.epoch) {
+                    out.push(Action::Notify(Notify {
+                        pod: name,
+                        ip,
+                        role: Role::Active,
+                        epoch,
+                    }));
+                }
+            }
+            Some(_) => {}
+        }
+
+        let doomed = self.pods.values().find_map(|e| match &e.dead_container {
+            Some(c) if !e.kill_sent => Some((e.view.name.clone(), c.clone())),
+            _ => None,
+        });
+        if let Some((name, container)) = doomed {
+            self.issue(&name, WriteKind::Delete { container }, out);
+            return;
+        }
+
+        let mislabeled = self
+            .pods
+            .values()
+            .find(|e| {
+                e.role(&config) == Role::Other
+                    && !e.view.deleting
+                    && e.dead_container.is_none()
+                    && !e.stale
+            })
+            .map(|e| e.view.name.clone());
+        if let Some(name) = mislabeled {
+            self.set_role(&name, Role::Standby, None, Purpose::Repair, out);
+        }
+    }
+
+    /// Reports a change of health; the no-eligible record only from the acting replica.
+    fn report_health(&mut self, out: &mut Vec<Action>) {
+        let health = if self.eligible_active().is_some() {
+            Health::Active
+        } else {
+            Health::NoActive {
+                eligible: self.pods.values().any(PodEntry::eligible),
+            }
+        };
+        if self.health == Some(health) {
+            return;
+        }
+        self.health = Some(health);
+        out.push(Action::Health(health));
+        if health == (Health::NoActive { eligible: false }) && self.term.is_some() {
+            let pod = self
+                .pods
+                .values()
+                .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+                .map(PodEntry::pod_ref);
+            out.push(Action::Record(Record {
+                pod,
+                kind: RecordKind::NoEligible,
+            }));
+        }
+    }
+}
+
+/// Feeds one event into a group and returns what to do, in order. `now` is when the event
+/// was observed (for a watch event: when it was received), used for latencies and backoff.
+pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action> {
+    let mut out = Vec::new();
+    match event {
+        Event::Applied(view) => state.upsert(view, now),
+        Event::Deleted { name, uid } => {
+            if state.pods.get(&name).is_some_and(|e| e.view.uid == uid) {
+                state.forget(&name, now);
+            }
+        }
+        Event::Resync(snapshot) => state.resync(snapshot, now),
+        Event::Tick => {}
+        Event::Leadership(term) => state.set_leadership(term),
+        Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
+    }
+    state.observe_trigger(now);
+    state.plan(now, &mut out);
+    state.report_health(&mut out);
+    out
+}

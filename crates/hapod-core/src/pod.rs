@@ -1,0 +1,191 @@
+//! Plain domain view of one application pod, built by the runtime from the Kubernetes object,
+//! and the rules that only need one pod: role, eligibility, critical-container marker.
+
+use std::net::IpAddr;
+
+/// Names and values the controller matches and writes. Defaults keep the original system's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    /// Label key carrying the role (`role`).
+    pub role_label: String,
+    /// Role value of the one pod that serves (`active`).
+    pub active_value: String,
+    /// Role value of every other pod (`standby`).
+    pub standby_value: String,
+    /// Env var name marking a critical container (`pwcriticality`), compared exactly.
+    pub critical_env: String,
+    /// Env var value marking a critical container (`critical`), see [`Config::is_critical_env`].
+    pub critical_value: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            role_label: "role".into(),
+            active_value: "active".into(),
+            standby_value: "standby".into(),
+            critical_env: "pwcriticality".into(),
+            critical_value: "critical".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Whether one env entry marks its container critical. The key must match exactly (env
+    /// names are case-sensitive in Kubernetes); the value is compared after trimming ASCII
+    /// whitespace and ignoring ASCII case, so `" Critical\n"` counts, because YAML authors
+    /// write it that way and a missed marker silently disables the kill. A missing value
+    /// (`valueFrom`) never counts: the controller cannot resolve it.
+    pub fn is_critical_env(&self, name: &str, value: Option<&str>) -> bool {
+        name == self.critical_env
+            && value.is_some_and(|v| {
+                v.trim_ascii()
+                    .eq_ignore_ascii_case(self.critical_value.trim_ascii())
+            })
+    }
+
+    /// The role a label value stands for.
+    pub fn role_of(&self, label: Option<&str>) -> Role {
+        match label {
+            Some(v) if v == self.active_value => Role::Active,
+            Some(v) if v == self.standby_value => Role::Standby,
+            _ => Role::Other,
+        }
+    }
+}
+
+/// Role as read from the role label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    Active,
+    Standby,
+    /// Missing or any other value: repaired to standby.
+    Other,
+}
+
+/// Pod phase (`status.phase`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl Phase {
+    /// Parses `status.phase`; anything unknown or missing is `Unknown`.
+    pub fn parse(phase: Option<&str>) -> Self {
+        match phase {
+            Some("Pending") => Self::Pending,
+            Some("Running") => Self::Running,
+            Some("Succeeded") => Self::Succeeded,
+            Some("Failed") => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// Status of one critical container (non-critical containers are not kept).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CriticalContainer {
+    pub name: String,
+    /// `state.terminated` is set.
+    pub terminated: bool,
+    /// `lastState.terminated` is set.
+    pub last_terminated: bool,
+    pub restart_count: u32,
+    /// `state.waiting.reason`.
+    pub waiting_reason: Option<String>,
+}
+
+impl CriticalContainer {
+    /// Death visible in this status alone, without memory of earlier restart counts.
+    fn visibly_dead(&self) -> bool {
+        self.terminated || self.waiting_reason.as_deref() == Some("CrashLoopBackOff")
+    }
+}
+
+/// What the controller needs to know about one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: String,
+    /// Value of the group label.
+    pub group: String,
+    /// Value of the role label.
+    pub role_label: Option<String>,
+    /// `hapod.io/epoch` annotation, when present and a decimal u64.
+    pub epoch: Option<u64>,
+    pub phase: Phase,
+    /// Ready condition is True.
+    pub ready: bool,
+    /// `metadata.deletionTimestamp` is set.
+    pub deleting: bool,
+    /// `status.podIPs` (the first is the primary), falling back to `status.podIP`.
+    pub pod_ips: Vec<IpAddr>,
+    /// `metadata.creationTimestamp` in Unix seconds (the API's precision).
+    pub created_unix_seconds: i64,
+    /// Critical containers only (regular containers; init containers are not watched).
+    pub critical: Vec<CriticalContainer>,
+}
+
+impl PodView {
+    pub fn role(&self, config: &Config) -> Role {
+        config.role_of(self.role_label.as_deref())
+    }
+
+    /// Address notifications go to: the primary pod IP.
+    pub fn primary_ip(&self) -> Option<IpAddr> {
+        self.pod_ips.first().copied()
+    }
+
+    /// Eligibility, except the critical-container rule that needs memory (see `GroupState`).
+    pub(crate) fn serving(&self) -> bool {
+        self.phase == Phase::Running && self.ready && !self.deleting && !self.pod_ips.is_empty()
+    }
+
+    /// Name of a critical container dead by this status alone.
+    pub(crate) fn visibly_dead_container(&self) -> Option<&str> {
+        self.critical
+            .iter()
+            .find(|c| c.visibly_dead())
+            .map(|c| c.name.as_str())
+    }
+
+    /// Sort key for "oldest first, ties by name".
+    pub(crate) fn age_key(&self) -> (i64, &str) {
+        (self.created_unix_seconds, self.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn critical_marker_trims_and_ignores_case_of_value_only() {
+        let c = Config::default();
+        assert!(c.is_critical_env("pwcriticality", Some("critical")));
+        assert!(c.is_critical_env("pwcriticality", Some("  CRITICAL\t\n")));
+        assert!(!c.is_critical_env("PWCRITICALITY", Some("critical")));
+        assert!(!c.is_critical_env("pwcriticality", Some("noncritical")));
+        assert!(!c.is_critical_env("pwcriticality", Some("")));
+        assert!(!c.is_critical_env("pwcriticality", Some("critical!")));
+        assert!(!c.is_critical_env("pwcriticality", None));
+    }
+
+    #[test]
+    fn roles_and_phases_parse() {
+        let c = Config::default();
+        assert_eq!(c.role_of(Some("active")), Role::Active);
+        assert_eq!(c.role_of(Some("standby")), Role::Standby);
+        assert_eq!(c.role_of(Some("Active")), Role::Other);
+        assert_eq!(c.role_of(None), Role::Other);
+        assert_eq!(Phase::parse(Some("Running")), Phase::Running);
+        assert_eq!(Phase::parse(Some("weird")), Phase::Unknown);
+        assert_eq!(Phase::parse(None), Phase::Unknown);
+    }
+}

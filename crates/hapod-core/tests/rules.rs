@@ -1,0 +1,582 @@
+//! One test (or a few) per rule of the controller's behaviour.
+
+mod common;
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use common::{Ctl, active, pod, single_write, writes};
+use hapod_core::{
+    Action, Event, Health, Notify, Phase, PromotionReason, Purpose, RecordKind, Role, WriteKind,
+    WriteOutcome, epoch,
+};
+
+fn promoted(actions: &[Action]) -> Vec<(String, u64, PromotionReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(r) => match &r.kind {
+                RecordKind::Promoted { epoch, reason, .. } => {
+                    Some((r.pod.as_ref()?.name.clone(), *epoch, *reason))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn notifies(actions: &[Action]) -> Vec<&Notify> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Notify(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn is_set_role(w: &hapod_core::Write, pod: &str, role: Role) -> bool {
+    w.pod == pod && matches!(&w.kind, WriteKind::SetRole { role: r, .. } if *r == role)
+}
+
+#[test]
+fn initial_choice_is_the_oldest_eligible_ties_by_name() {
+    let (mut ctl, first) = Ctl::acting([pod("c", 5), pod("b", 3), pod("a", 3)]);
+    let w = single_write(&first);
+    assert!(is_set_role(&w, "a", Role::Active));
+    let all = ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["a"]);
+    assert_eq!(
+        promoted(&all),
+        [("a".into(), epoch::compose(1, 1), PromotionReason::Initial)]
+    );
+    let n = notifies(&all);
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].pod.as_str(), n[0].role), ("a", Role::Active));
+    assert!(all.contains(&Action::Health(Health::Active)));
+}
+
+#[test]
+fn promotion_write_carries_precondition_and_epoch() {
+    let (_, first) = Ctl::acting([pod("a", 1)]);
+    let w = single_write(&first);
+    assert_eq!(w.uid, "a-uid");
+    assert_eq!(
+        w.kind,
+        WriteKind::SetRole {
+            resource_version: "1".into(),
+            role: Role::Active,
+            epoch: Some(epoch::compose(1, 1)),
+            purpose: Purpose::Promote(PromotionReason::Initial),
+        }
+    );
+}
+
+#[test]
+fn restart_keeps_the_current_eligible_active_even_if_not_oldest() {
+    let (mut ctl, first) = Ctl::acting([pod("old", 1), active(pod("young", 9), Some(5))]);
+    assert!(writes(&first).is_empty());
+    // The new replica re-announces the kept active with its epoch.
+    let n = notifies(&first);
+    assert_eq!(n.len(), 1);
+    assert_eq!((n[0].pod.as_str(), n[0].epoch), ("young", 5));
+    assert!(
+        ctl.settle(first)
+            .iter()
+            .all(|a| !matches!(a, Action::Write(_)))
+    );
+}
+
+#[test]
+fn never_promotes_an_ineligible_pod_and_reports_it_once() {
+    let mut pending = pod("pending", 1);
+    pending.phase = Phase::Pending;
+    let mut unready = pod("unready", 2);
+    unready.ready = false;
+    let mut no_ip = pod("noip", 3);
+    no_ip.pod_ips.clear();
+    let mut dying = pod("dying", 4);
+    dying.deleting = true;
+    let (mut ctl, first) = Ctl::acting([pending, unready, no_ip, dying]);
+    assert!(writes(&first).is_empty());
+    assert!(first.contains(&Action::Health(Health::NoActive { eligible: false })));
+    assert!(
+        first
+            .iter()
+            .any(|a| matches!(a, Action::Record(r) if r.kind == RecordKind::NoEligible))
+    );
+    // Another uneventful change: no second report.
+    let ev = ctl.api.modify("pending", |p| p.ready = false).unwrap();
+    assert!(ctl.feed(ev).is_empty());
+    // Promote as soon as one becomes eligible.
+    let ev = ctl.api.modify("unready", |p| p.ready = true).unwrap();
+    let actions = ctl.feed(ev);
+    assert!(is_set_role(
+        &single_write(&actions),
+        "unready",
+        Role::Active
+    ));
+}
+
+#[test]
+fn critical_death_makes_a_pod_ineligible() {
+    let mut crashed = pod("a", 1);
+    crashed.critical[0].waiting_reason = Some("CrashLoopBackOff".into());
+    let (_, first) = Ctl::acting([crashed, pod("b", 2)]);
+    // Failover choice skips "a"; its kill comes after the promotion.
+    assert!(is_set_role(&single_write(&first), "b", Role::Active));
+}
+
+/// Runs a failover of active "a" (standby "b") caused by `change`; checks the order.
+fn failover(change: impl FnOnce(&mut hapod_core::PodView), reason: PromotionReason) {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("a", change).unwrap();
+    let actions = ctl.feed(ev);
+    let demote = single_write(&actions);
+    assert!(is_set_role(&demote, "a", Role::Standby), "{actions:?}");
+    let WriteKind::SetRole {
+        resource_version, ..
+    } = &demote.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(resource_version, &ctl.api.pods["a"].resource_version);
+    // Nothing else happens until the demote is acknowledged.
+    assert!(ctl.feed(Event::Tick).is_empty());
+    ctl.now += Duration::from_millis(7);
+    let (after_demote, echo) = ctl.answer(&demote);
+    let promote = single_write(&after_demote);
+    assert!(is_set_role(&promote, "b", Role::Active));
+    // The demoted pod is told, when it still has an address to be told at.
+    let standby_notes = notifies(&after_demote);
+    let has_ip = !ctl.api.pods["a"].pod_ips.is_empty();
+    assert_eq!(standby_notes.len(), usize::from(has_ip));
+    if let Some(n) = standby_notes.first() {
+        assert_eq!((n.pod.as_str(), n.role), ("a", Role::Standby));
+    }
+    ctl.now += Duration::from_millis(5);
+    let (after_promote, _) = ctl.answer(&promote);
+    let Some(Action::Record(r)) = after_promote
+        .iter()
+        .find(|a| matches!(a, Action::Record(r) if matches!(r.kind, RecordKind::Promoted { .. })))
+    else {
+        panic!("no promotion record in {after_promote:?}")
+    };
+    assert_eq!(
+        r.kind,
+        RecordKind::Promoted {
+            epoch: epoch::compose(1, 2),
+            reason,
+            latency: Some(Duration::from_millis(12)),
+        }
+    );
+    let n = notifies(&after_promote);
+    assert_eq!((n[0].pod.as_str(), n[0].role), ("b", Role::Active));
+    assert!(standby_notes.iter().all(|s| n[0].epoch > s.epoch));
+    ctl.feed(echo.unwrap());
+    ctl.settle(after_promote);
+    assert_eq!(ctl.api.actives(), ["b"]);
+}
+
+#[test]
+fn failover_on_deletion_timestamp() {
+    failover(|p| p.deleting = true, PromotionReason::Terminating);
+}
+
+#[test]
+fn failover_on_not_ready() {
+    failover(|p| p.ready = false, PromotionReason::NotReady);
+}
+
+#[test]
+fn failover_on_failed_and_succeeded_phase() {
+    failover(|p| p.phase = Phase::Failed, PromotionReason::Finished);
+    failover(|p| p.phase = Phase::Succeeded, PromotionReason::Finished);
+}
+
+#[test]
+fn failover_on_lost_ip() {
+    failover(|p| p.pod_ips.clear(), PromotionReason::NotServing);
+}
+
+#[test]
+fn failover_on_critical_container_death_then_kill() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("a", |p| p.critical[0].terminated = true)
+        .unwrap();
+    let first = ctl.feed(ev);
+    let all = ctl.settle(first);
+    let order: Vec<(String, bool)> = writes(&all)
+        .iter()
+        .map(|w| (w.pod.clone(), matches!(w.kind, WriteKind::Delete { .. })))
+        .collect();
+    // Demote a, promote b, then delete a.
+    assert_eq!(
+        order,
+        [("a".into(), false), ("b".into(), false), ("a".into(), true)]
+    );
+    let Action::Write(kill) = all.iter().rfind(|a| matches!(a, Action::Write(_))).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(kill.uid, "a-uid");
+    assert_eq!(promoted(&all)[0].2, PromotionReason::CriticalDeath);
+    assert!(all.iter().any(|a| matches!(a,
+        Action::Record(r) if r.kind == RecordKind::Killed { container: "crit".into() })));
+    assert_eq!(ctl.api.actives(), ["b"]);
+    assert!(!ctl.api.pods.contains_key("a"));
+}
+
+#[test]
+fn failover_on_delete_event_without_demote() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    assert!(is_set_role(&single_write(&actions), "b", Role::Active));
+    let all = ctl.settle(actions);
+    assert_eq!(promoted(&all)[0].2, PromotionReason::Deleted);
+}
+
+#[test]
+fn missing_from_relist_counts_as_deleted() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    ctl.api.remove("a");
+    let actions = ctl.feed(Event::Resync(ctl.api.snapshot()));
+    assert!(is_set_role(&single_write(&actions), "b", Role::Active));
+    assert_eq!(
+        promoted(&ctl.settle(actions))[0].2,
+        PromotionReason::Deleted
+    );
+}
+
+#[test]
+fn restart_count_rise_with_last_state_terminated_is_a_death() {
+    let mut restarted = pod("s", 2);
+    restarted.critical[0].last_terminated = true;
+    restarted.critical[0].restart_count = 4;
+    // First sighting of an old restart: not a death (it may be hours old).
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), restarted]);
+    assert!(
+        ctl.settle(first)
+            .iter()
+            .all(|a| !matches!(a, Action::Write(_)))
+    );
+    let ev = ctl
+        .api
+        .modify("s", |p| p.critical[0].restart_count = 5)
+        .unwrap();
+    let actions = ctl.feed(ev);
+    let kill = single_write(&actions);
+    assert_eq!(
+        kill.kind,
+        WriteKind::Delete {
+            container: "crit".into()
+        }
+    );
+    assert_eq!((kill.pod.as_str(), kill.uid.as_str()), ("s", "s-uid"));
+}
+
+#[test]
+fn crash_of_a_standby_kills_it_without_touching_the_active() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("s", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("s", |p| {
+            p.critical[0].waiting_reason = Some("CrashLoopBackOff".into())
+        })
+        .unwrap();
+    let actions = ctl.feed(ev);
+    assert_eq!(
+        single_write(&actions).kind,
+        WriteKind::Delete {
+            container: "crit".into()
+        }
+    );
+    // Killed once: a delete already acknowledged is not sent again.
+    let all = ctl.settle(actions);
+    assert_eq!(writes(&all).len(), 1);
+}
+
+#[test]
+fn non_critical_restarts_are_ignored() {
+    let mut p = pod("s", 2);
+    p.critical.clear();
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), p]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("s", |p| p.ready = false).unwrap();
+    assert!(writes(&ctl.feed(ev)).is_empty());
+}
+
+#[test]
+fn two_actives_keep_the_highest_epoch() {
+    let (mut ctl, first) = Ctl::acting([
+        active(pod("a", 1), Some(epoch::compose(1, 1))),
+        active(pod("b", 2), Some(epoch::compose(2, 1))),
+    ]);
+    assert!(is_set_role(&single_write(&first), "a", Role::Standby));
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["b"]);
+}
+
+#[test]
+fn two_actives_without_epochs_keep_the_oldest() {
+    let (mut ctl, first) = Ctl::acting([active(pod("b", 2), None), active(pod("a", 3), None)]);
+    assert!(is_set_role(&single_write(&first), "a", Role::Standby));
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["b"]);
+}
+
+#[test]
+fn manual_second_active_is_demoted() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("b", |p| p.role_label = Some("active".into()))
+        .unwrap();
+    let actions = ctl.feed(ev);
+    assert!(is_set_role(&single_write(&actions), "b", Role::Standby));
+}
+
+#[test]
+fn wrong_labels_are_repaired_but_not_on_dying_pods() {
+    let mut missing = pod("m", 2);
+    missing.role_label = None;
+    let mut odd = pod("o", 3);
+    odd.role_label = Some("Active ".into());
+    let mut dying = pod("d", 4);
+    dying.role_label = None;
+    dying.deleting = true;
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), missing, odd, dying]);
+    let all = ctl.settle(first);
+    let repaired: Vec<&str> = writes(&all)
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.kind,
+                WriteKind::SetRole {
+                    purpose: Purpose::Repair,
+                    ..
+                }
+            )
+        })
+        .map(|w| w.pod.as_str())
+        .collect();
+    assert_eq!(repaired, ["m", "o"]);
+    assert_eq!(ctl.api.pods["d"].role_label, None);
+}
+
+#[test]
+fn conflict_rereads_instead_of_retrying() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    let promote = single_write(&first);
+    // The kubelet updated "a" after our view: the write meets a 409.
+    let touched = ctl.api.modify("a", |_| {}).unwrap();
+    let (actions, _) = ctl.answer(&promote);
+    // No blind retry with the same version, and no other choice meanwhile.
+    assert_eq!(actions, [Action::Refresh { pod: "a".into() }]);
+    let retry = single_write(&ctl.feed(touched));
+    assert!(is_set_role(&retry, "a", Role::Active));
+    assert!(matches!(&retry.kind,
+        WriteKind::SetRole { resource_version, .. } if *resource_version == ctl.api.pods["a"].resource_version));
+}
+
+#[test]
+fn conflict_on_demote_blocks_promotion_until_reread() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let demote = single_write(&ctl.feed(ev));
+    let newer = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let (actions, _) = ctl.answer(&demote);
+    assert_eq!(actions, [Action::Refresh { pod: "a".into() }]);
+    assert!(ctl.feed(Event::Tick).is_empty());
+    let retry = single_write(&ctl.feed(newer));
+    assert!(is_set_role(&retry, "a", Role::Standby));
+}
+
+#[test]
+fn stale_watch_event_does_not_undo_an_acknowledged_write() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    let old_view = ctl.api.pods["a"].clone();
+    ctl.settle(first);
+    // A delayed event from before the promotion arrives after it.
+    let actions = ctl.feed(Event::Applied(old_view));
+    assert!(writes(&actions).is_empty());
+    assert_eq!(ctl.state.actives(), ["a"]);
+}
+
+#[test]
+fn duplicate_event_after_delete_does_not_resurrect() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("b", 2)]);
+    ctl.settle(first);
+    let old = ctl.api.pods["a"].clone();
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert!(writes(&ctl.feed(Event::Applied(old))).is_empty());
+    assert_eq!(ctl.state.actives(), ["b"]);
+}
+
+#[test]
+fn forbidden_is_reported_and_not_retried_at_once() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1)]);
+    let w = single_write(&first);
+    let actions = ctl.feed(Event::Outcome {
+        op: w.op,
+        outcome: WriteOutcome::Rejected { code: 403 },
+    });
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Record(r) if r.kind == RecordKind::Rejected { delete: false, code: 403 })));
+    assert!(actions.contains(&Action::WakeAfter(Duration::from_secs(30))));
+    assert!(writes(&actions).is_empty());
+    assert!(writes(&ctl.feed(Event::Tick)).is_empty());
+    ctl.now += Duration::from_secs(30);
+    assert_eq!(writes(&ctl.feed(Event::Tick)).len(), 1);
+}
+
+#[test]
+fn transient_errors_back_off_exponentially() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1)]);
+    let mut w = single_write(&first);
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let actions = ctl.feed(Event::Outcome {
+            op: w.op,
+            outcome: WriteOutcome::Failed,
+        });
+        let Some(Action::WakeAfter(d)) = actions.iter().find(|a| matches!(a, Action::WakeAfter(_)))
+        else {
+            panic!("no wake in {actions:?}")
+        };
+        delays.push(*d);
+        ctl.now += *d;
+        w = single_write(&ctl.feed(Event::Tick));
+    }
+    assert!(delays.windows(2).all(|d| d[1] > d[0]), "{delays:?}");
+    let (actions, _) = ctl.answer(&w);
+    assert_eq!(promoted(&actions).len(), 1);
+}
+
+#[test]
+fn not_found_on_promote_picks_the_next_pod() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    let w = single_write(&first);
+    ctl.api.remove("a");
+    let (actions, _) = ctl.answer(&w);
+    assert!(is_set_role(&single_write(&actions), "b", Role::Active));
+}
+
+#[test]
+fn standby_replica_never_writes_and_takes_over_on_leadership() {
+    let (mut ctl, _) = Ctl::acting([pod("a", 1)]);
+    let mut standby = hapod_core::GroupState::new(Default::default());
+    let now = ctl.now;
+    let mut actions = hapod_core::decide(&mut standby, Event::Resync(ctl.api.snapshot()), now);
+    actions.extend(hapod_core::decide(&mut standby, Event::Tick, now));
+    assert!(writes(&actions).is_empty());
+    let actions = hapod_core::decide(&mut standby, Event::Leadership(Some(2)), now);
+    let w = single_write(&actions);
+    assert!(
+        matches!(w.kind, WriteKind::SetRole { epoch: Some(e), .. } if e == epoch::compose(2, 1))
+    );
+    // Losing leadership drops the in-flight write: its late outcome changes nothing.
+    ctl.feed(Event::Leadership(None));
+    let late = hapod_core::decide(&mut standby, Event::Leadership(None), now);
+    assert!(writes(&late).is_empty());
+    let late = hapod_core::decide(
+        &mut standby,
+        Event::Outcome {
+            op: w.op,
+            outcome: WriteOutcome::Done {
+                resource_version: Some("9".into()),
+            },
+        },
+        now,
+    );
+    assert!(
+        late.iter()
+            .all(|a| !matches!(a, Action::Notify(_) | Action::Write(_)))
+    );
+}
+
+#[test]
+fn epochs_increase_within_and_across_terms_and_respect_annotations() {
+    // A pod carries an epoch of this term from an earlier incarnation: go above it.
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), {
+        let mut b = pod("b", 2);
+        b.epoch = Some(epoch::compose(1, 7));
+        b
+    }]);
+    ctl.settle(first);
+    assert_eq!(ctl.api.promotions, [epoch::compose(1, 8)]);
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    // Standby notification took 1.9, the promotion 1.10.
+    assert_eq!(
+        ctl.api.promotions,
+        [epoch::compose(1, 8), epoch::compose(1, 10)]
+    );
+    // New term after a controller failover.
+    ctl.feed(Event::Leadership(Some(2)));
+    let ev = ctl.api.modify("a", |p| p.ready = true).unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    let ev = ctl.api.modify("b", |p| p.deleting = true).unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["a"]);
+    assert!(ctl.api.promotions.last().unwrap() >> 32 == 2);
+    assert!(ctl.api.promotions.windows(2).all(|e| e[1] > e[0]));
+}
+
+#[test]
+fn a_newer_term_on_a_pod_stops_a_stale_replica() {
+    let mut b = pod("b", 2);
+    b.epoch = Some(epoch::compose(5, 1));
+    let (_, first) = Ctl::acting([pod("a", 1), b]);
+    assert!(writes(&first).is_empty());
+}
+
+#[test]
+fn ipv6_and_group_sizes() {
+    let mut v6 = pod("a", 1);
+    v6.pod_ips = vec![IpAddr::V6(Ipv6Addr::LOCALHOST)];
+    let (mut ctl, first) = Ctl::acting([v6]);
+    let all = ctl.settle(first);
+    assert_eq!(notifies(&all)[0].ip, IpAddr::V6(Ipv6Addr::LOCALHOST));
+    assert_eq!(ctl.api.actives(), ["a"]);
+
+    let pods: Vec<_> = (0..10).map(|i| pod(&format!("p{i}"), 100 - i)).collect();
+    let (mut ctl, first) = Ctl::acting(pods);
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["p9"]);
+    let ev = ctl.api.remove("p9").unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["p8"]);
+}
+
+#[test]
+fn pod_without_containers_or_ip_is_handled() {
+    let mut bare = pod("a", 1);
+    bare.critical.clear();
+    bare.pod_ips.clear();
+    let (mut ctl, first) = Ctl::acting([bare]);
+    assert!(writes(&first).is_empty());
+    let ev = ctl
+        .api
+        .modify("a", |p| p.pod_ips = vec!["10.1.2.3".parse().unwrap()])
+        .unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["a"]);
+}
