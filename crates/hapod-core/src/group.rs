@@ -148,6 +148,7 @@ pub enum Action {
     /// A write met a 409: read the pod again and feed it back as `Applied` (or `Deleted`).
     Refresh {
         pod: String,
+        uid: String,
     },
     Notify(Notify),
     Record(Record),
@@ -179,8 +180,14 @@ pub enum Event {
     Applied(PodView),
     /// Watch delete.
     Deleted { name: String, uid: String },
-    /// Full list of the group's pods (start, watch re-list): a pod missing is deleted.
-    Resync(Vec<PodView>),
+    /// Full list of the group's pods (start, watch re-list, taking over): a pod missing is
+    /// deleted. `list_version` is the list's resourceVersion when the list may race with watch
+    /// events already fed (a separate list call): a missing pod seen at a newer version was
+    /// created after the list and is kept. `None` for a re-list delivered in watch order.
+    Resync {
+        pods: Vec<PodView>,
+        list_version: Option<String>,
+    },
     /// Re-plan from the cached state (periodic resync, retry timer).
     Tick,
     /// This replica acts with the given controller term, or stopped acting (`None`).
@@ -412,7 +419,7 @@ impl GroupState {
         self.tombstones.push_back(entry.view.uid);
     }
 
-    fn resync(&mut self, snapshot: Vec<PodView>, now: Instant) {
+    fn resync(&mut self, snapshot: Vec<PodView>, list_version: Option<&str>, now: Instant) {
         // The list is authoritative: UIDs deleted before it cannot come back through it.
         self.tombstones.clear();
         let missing: Vec<String> = self
@@ -422,6 +429,8 @@ impl GroupState {
                 !snapshot
                     .iter()
                     .any(|v| v.name == e.view.name && v.uid == e.view.uid)
+                    && list_version
+                        .is_none_or(|listed| at_least_as_recent(listed, &e.view.resource_version))
             })
             .map(|e| e.view.name.clone())
             .collect();
@@ -481,7 +490,10 @@ impl GroupState {
                 if let Some(entry) = self.pods.get_mut(&write.pod) {
                     entry.stale = true;
                 }
-                out.push(Action::Refresh { pod: write.pod });
+                out.push(Action::Refresh {
+                    pod: write.pod,
+                    uid: write.uid,
+                });
             }
             WriteOutcome::NotFound => {
                 if self
@@ -799,7 +811,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
                 state.forget(&name, now);
             }
         }
-        Event::Resync(snapshot) => state.resync(snapshot, now),
+        Event::Resync { pods, list_version } => state.resync(pods, list_version.as_deref(), now),
         Event::Tick => {}
         Event::Leadership(term) => state.set_leadership(term),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),

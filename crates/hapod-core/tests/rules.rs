@@ -247,7 +247,10 @@ fn missing_from_relist_counts_as_deleted() {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
     ctl.api.remove("a");
-    let actions = ctl.feed(Event::Resync(ctl.api.snapshot()));
+    let actions = ctl.feed(Event::Resync {
+        pods: ctl.api.snapshot(),
+        list_version: None,
+    });
     assert!(is_set_role(&single_write(&actions), "b", Role::Active));
     assert_eq!(
         promoted(&ctl.settle(actions))[0].2,
@@ -381,7 +384,13 @@ fn conflict_rereads_instead_of_retrying() {
     let touched = ctl.api.modify("a", |_| {}).unwrap();
     let (actions, _) = ctl.answer(&promote);
     // No blind retry with the same version, and no other choice meanwhile.
-    assert_eq!(actions, [Action::Refresh { pod: "a".into() }]);
+    assert_eq!(
+        actions,
+        [Action::Refresh {
+            pod: "a".into(),
+            uid: "a-uid".into()
+        }]
+    );
     let retry = single_write(&ctl.feed(touched));
     assert!(is_set_role(&retry, "a", Role::Active));
     assert!(matches!(&retry.kind,
@@ -396,7 +405,13 @@ fn conflict_on_demote_blocks_promotion_until_reread() {
     let demote = single_write(&ctl.feed(ev));
     let newer = ctl.api.modify("a", |p| p.ready = false).unwrap();
     let (actions, _) = ctl.answer(&demote);
-    assert_eq!(actions, [Action::Refresh { pod: "a".into() }]);
+    assert_eq!(
+        actions,
+        [Action::Refresh {
+            pod: "a".into(),
+            uid: "a-uid".into()
+        }]
+    );
     assert!(ctl.feed(Event::Tick).is_empty());
     let retry = single_write(&ctl.feed(newer));
     assert!(is_set_role(&retry, "a", Role::Standby));
@@ -479,7 +494,14 @@ fn standby_replica_never_writes_and_takes_over_on_leadership() {
     let (mut ctl, _) = Ctl::acting([pod("a", 1)]);
     let mut standby = hapod_core::GroupState::new(Default::default());
     let now = ctl.now;
-    let mut actions = hapod_core::decide(&mut standby, Event::Resync(ctl.api.snapshot()), now);
+    let mut actions = hapod_core::decide(
+        &mut standby,
+        Event::Resync {
+            pods: ctl.api.snapshot(),
+            list_version: None,
+        },
+        now,
+    );
     actions.extend(hapod_core::decide(&mut standby, Event::Tick, now));
     assert!(writes(&actions).is_empty());
     let actions = hapod_core::decide(&mut standby, Event::Leadership(Some(2)), now);

@@ -193,7 +193,10 @@ impl Ctl {
             api,
             now: std::time::Instant::now(),
         };
-        ctl.feed(Event::Resync(ctl.api.snapshot()));
+        ctl.feed(Event::Resync {
+            pods: ctl.api.snapshot(),
+            list_version: None,
+        });
         let actions = ctl.feed(Event::Leadership(Some(1)));
         (ctl, actions)
     }
@@ -228,7 +231,7 @@ impl Ctl {
                             pending.extend(self.feed(echo));
                         }
                     }
-                    Action::Refresh { pod } => {
+                    Action::Refresh { pod, .. } => {
                         if let Some(view) = self.api.pods.get(pod).cloned() {
                             pending.extend(self.feed(Event::Applied(view)));
                         }
