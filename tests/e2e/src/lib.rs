@@ -1,1 +1,2 @@
-//! placeholder, replaced by the owning work stream.
+//! End-to-end tests of hapod against a real control plane live in `tests/e2e.rs`; the
+//! testbed they use is `xtask::testbed` (shared with `cargo xtask demo` and `cargo xtask bench`).

@@ -1,0 +1,829 @@
+//! End-to-end tests: hapod against a real kube-apiserver, kube-controller-manager (ReplicaSet,
+//! EndpointSlice, garbage collector) and kube-scheduler, with the process node running the
+//! controller (2 replicas, in-cluster, under the ServiceAccount and RBAC of `deploy/`) and the
+//! sample app of `deploy/` as local processes on 127.x pod IPs.
+//!
+//! One testbed is shared by every scenario (starting a control plane takes seconds, building
+//! it the first time takes many minutes), so the scenarios run in order in one process with
+//! a small harness of our own; the label-history watcher records the whole run and the last
+//! scenario asserts that no two pods of a group were ever active at the same
+//! resourceVersion.
+//!
+//! Run with `cargo xtask test` (builds the control plane first). Running
+//! `cargo test -p hapod-e2e` directly works once the control plane is built; when it is not,
+//! every scenario FAILS with the reason (it never skips).
+//!
+//! Arguments: substrings select scenarios by name (like libtest's filter); `--list` lists.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use xtask::testbed::{
+    self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
+    APP_SERVICE, CONTROLLER_GROUP, CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
+    CONTROLLER_SERVICE_ACCOUNT, CRITICAL_CONTAINER, STANDBY, Testbed, Trigger, pod_epoch, pod_ip,
+    pod_role,
+};
+
+/// Bound of every wait in a scenario (failover, settle, ...).
+const WAIT: Duration = Duration::from_secs(60);
+/// Bound of one whole scenario.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
+
+type ScenarioFn =
+    for<'a> fn(
+        &'a Testbed,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
+
+macro_rules! scenario {
+    ($name:literal, $f:ident) => {
+        ($name, |tb| Box::pin($f(tb)) as _)
+    };
+}
+
+const SCENARIOS: &[(&str, ScenarioFn)] = &[
+    scenario!("a_steady_state_one_active", steady_state),
+    scenario!("h_rbac_controller_identity", rbac),
+    scenario!("b_force_delete_active", force_delete),
+    scenario!("c_graceful_delete_active", graceful_delete),
+    scenario!("d_critical_container_crash", critical_crash),
+    scenario!("e_active_not_ready", not_ready),
+    scenario!(
+        "f1_acting_controller_deleted_steady",
+        controller_deleted_steady
+    ),
+    scenario!(
+        "f2_acting_controller_deleted_during_failover",
+        controller_deleted_during_failover
+    ),
+    scenario!("g_controller_sigterm_handover", controller_sigterm_handover),
+    scenario!("i_label_history_no_double_active", no_double_active),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filters: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<&(&str, ScenarioFn)> = SCENARIOS
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
+        .collect();
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let filtered_out = SCENARIOS.len() - selected.len();
+    println!("\nrunning {} tests", selected.len());
+    if selected.is_empty() {
+        println!(
+            "\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; {filtered_out} filtered out; finished in 0.00s\n"
+        );
+        return ExitCode::SUCCESS;
+    }
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let (passed, failed) = rt.block_on(run(&selected));
+    // Stop the testbed's tasks before the runtime goes.
+    drop(rt);
+    let ok = failed.is_empty();
+    if !ok {
+        println!("\nfailures:");
+        for (name, err) in &failed {
+            println!("\n---- {name} ----\n{err}");
+        }
+        println!("\nfailures:");
+        for (name, _) in &failed {
+            println!("    {name}");
+        }
+    }
+    println!(
+        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if ok { "ok" } else { "FAILED" },
+        passed,
+        failed.len(),
+        filtered_out,
+        started.elapsed().as_secs_f64()
+    );
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn run(selected: &[&(&str, ScenarioFn)]) -> (usize, Vec<(String, String)>) {
+    let opts = testbed::Options {
+        name: "e2e".into(),
+        // `cargo xtask test` builds the workspace just before; building again is a no-op.
+        build: std::env::var_os("HAPOD_E2E_NO_BUILD").is_none(),
+        ..Default::default()
+    };
+    let tb = match Testbed::start(opts).await {
+        Ok(tb) => tb,
+        Err(e) => {
+            let msg = format!(
+                "the e2e testbed could not start (control plane + process node + deploy/): {e:#}\n\
+                 Run the end-to-end tests with `cargo xtask test`, which builds the control plane first."
+            );
+            for (name, _) in selected {
+                println!("test {name} ... FAILED");
+            }
+            return (
+                0,
+                selected
+                    .iter()
+                    .map(|(n, _)| (n.to_string(), msg.clone()))
+                    .collect(),
+            );
+        }
+    };
+    let mut passed = 0;
+    let mut failed = Vec::new();
+    for (name, f) in selected {
+        let t = Instant::now();
+        println!("test {name} ...");
+        let res = match tokio::time::timeout(SCENARIO_TIMEOUT, f(&tb)).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("scenario timed out after {SCENARIO_TIMEOUT:?}")),
+        };
+        match res {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                println!(
+                    "test {name} ... FAILED ({:.1} s)",
+                    t.elapsed().as_secs_f64()
+                );
+                let diag = tb.diagnostics().await;
+                failed.push((name.to_string(), format!("{e:#}\n\n{diag}")));
+                // Give the next scenario a settled group if at all possible.
+                let _ = tb
+                    .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+                    .await;
+            }
+        }
+    }
+    println!("testbed logs: {}", tb.run_dir.display());
+    (passed, failed)
+}
+
+// ------------------------------------------------------------------------------------------
+// Helpers
+// ------------------------------------------------------------------------------------------
+
+/// All endpoint addresses (ready or not) of the sample app's Service.
+async fn all_service_addresses(tb: &Testbed) -> Result<Vec<String>> {
+    let api: Api<k8s_openapi::api::discovery::v1::EndpointSlice> =
+        Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    let list = api
+        .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={APP_SERVICE}")))
+        .await?;
+    let mut v: Vec<String> = list
+        .items
+        .iter()
+        .flat_map(|s| {
+            s.endpoints
+                .iter()
+                .flatten()
+                .flat_map(|e| e.addresses.clone())
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Asserts the invariants after a failover and waits until the ReplicaSet's replacement (or
+/// the recovered old pod) joined as standby.
+async fn check_failover(tb: &Testbed, f: &testbed::Failover) -> Result<testbed::Settled> {
+    let old = f.old.name_any();
+    let new = f.new.name_any();
+    println!(
+        "  {} {old} -> {new}\n{}",
+        f.trigger.name(),
+        f.timeline.render()
+    );
+    ensure!(f.old.uid() != f.new.uid(), "the active pod did not change");
+    ensure!(
+        f.standby_before.iter().any(|p| p.uid() == f.new.uid()),
+        "the new active {new} was not the standby before the failover"
+    );
+    // Exactly one active right now.
+    let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+    let active = view.active();
+    ensure!(
+        active.len() == 1 && active[0].uid() == f.new.uid(),
+        "after the failover the active pods are {:?}\n{}",
+        active.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+        view.table()
+    );
+    // The Service's endpoints moved to the new pod only.
+    let new_ip = pod_ip(&f.new).context("new active has no IP")?;
+    let eps = tb.service_endpoints(APP_NAMESPACE, APP_SERVICE).await?;
+    ensure!(
+        eps == vec![new_ip.clone()],
+        "ready endpoints {eps:?}, want [{new_ip}]"
+    );
+    // The new active's app applied (and so acknowledged) the notification of its promotion,
+    // with a newer epoch than the old one's (fencing token).
+    let new_pod = tb
+        .pod(APP_NAMESPACE, &new)
+        .await?
+        .context("new active pod vanished")?;
+    let epoch = pod_epoch(&new_pod).context("new active has no epoch annotation")?;
+    ensure!(
+        f.app_state.role.as_deref() == Some(ACTIVE) && f.app_state.epoch == Some(epoch),
+        "app state {:?} vs epoch annotation {epoch}",
+        f.app_state
+    );
+    ensure!(
+        f.app_state.pod.as_deref().is_none_or(|p| p == new),
+        "app state names pod {:?}, want {new}",
+        f.app_state.pod
+    );
+    if let Some(old_epoch) = pod_epoch(&f.old) {
+        ensure!(
+            epoch > old_epoch,
+            "epoch did not increase: old {old_epoch}, new {epoch}"
+        );
+    }
+    // The replacement (or the recovered old pod) joins as standby.
+    let settled = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await
+        .context("group did not settle after the failover")?;
+    ensure!(
+        settled.active.uid() == f.new.uid(),
+        "the active pod changed again while settling: {}",
+        settled.active.name_any()
+    );
+    for s in &settled.standbys {
+        ensure!(
+            pod_role(s) == Some(STANDBY),
+            "{} is not standby",
+            s.name_any()
+        );
+        let st = tb.app_state(s).await?;
+        ensure!(
+            st.role.as_deref() != Some(ACTIVE),
+            "standby {}'s app believes it is active: {st:?}",
+            s.name_any()
+        );
+    }
+    Ok(settled)
+}
+
+/// Waits until a pod is gone (by name and UID).
+async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match tb.pod(ns, &pod.name_any()).await? {
+            Some(p) if p.uid() == pod.uid() => {}
+            _ => return Ok(()),
+        }
+        if Instant::now() > deadline {
+            bail!("pod {ns}/{} still exists after {timeout:?}", pod.name_any());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the Lease is held by another replica than `old`, and returns the holder.
+async fn wait_lease_moved(tb: &Testbed, old: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let h = tb.lease_holder().await?;
+        if let Some(h) = h.filter(|h| h != old) {
+            return Ok(h);
+        }
+        if Instant::now() > deadline {
+            bail!("the Lease is still held by {old} (or nobody) after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn api_error_code(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Scenarios
+// ------------------------------------------------------------------------------------------
+
+/// (a) Both pods of the ReplicaSet come up, exactly one is active, the Service's
+/// EndpointSlice lists only it, and the demo app applied its notification.
+async fn steady_state(tb: &Testbed) -> Result<()> {
+    let s = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+    println!("{}", view.table());
+    ensure!(view.pods.len() == 2, "{} pods, want 2", view.pods.len());
+    ensure!(view.active().len() == 1, "{} active", view.active().len());
+    let ip = pod_ip(&s.active).context("active has no IP")?;
+    ensure!(
+        ip.parse::<std::net::IpAddr>()?.is_loopback(),
+        "pod IP {ip} is not a loopback address"
+    );
+    // Every address of the Service's EndpointSlices, ready or not: only the active pod.
+    let all = all_service_addresses(tb).await?;
+    ensure!(
+        all == vec![ip.clone()],
+        "EndpointSlice addresses {all:?}, want [{ip}]"
+    );
+    // The app received and applied its notification: role active, the pod's epoch.
+    let epoch = pod_epoch(&s.active).context("active pod has no epoch annotation")?;
+    let st = tb.app_state(&s.active).await?;
+    ensure!(
+        st.role.as_deref() == Some(ACTIVE) && st.epoch == Some(epoch),
+        "active app /state {st:?}, want role active epoch {epoch}"
+    );
+    ensure!(st.message_id.is_some(), "no message id in {st:?}");
+    ensure!(
+        st.pod.as_deref().is_none_or(|p| p == s.active.name_any()),
+        "app state names pod {:?}",
+        st.pod
+    );
+    for sb in &s.standbys {
+        let st = tb.app_state(sb).await?;
+        ensure!(
+            st.role.as_deref() != Some(ACTIVE),
+            "standby {} app believes it is active: {st:?}",
+            sb.name_any()
+        );
+    }
+    // "The Service", reached through its EndpointSlice: the active pod answers.
+    let (code, body) = testbed::http_get(&ip, APP_HTTP_PORT, "/", Duration::from_secs(2)).await?;
+    ensure!(code == 200, "GET / answered {code}");
+    ensure!(
+        body.contains(&format!("pod={}", s.active.name_any())) && body.contains("role=active"),
+        "GET / via the endpoint answered {body:?}"
+    );
+    // The controller replicas: two, one acting and holding the Lease.
+    let c = tb.wait_controllers_settled(WAIT).await?;
+    println!(
+        "  acting controller {}, standby {:?}",
+        c.active.name_any(),
+        c.standbys.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// (h) The controller's ServiceAccount can do what it needs, and forbidden verbs are
+/// really forbidden (real requests with its own token, not just a review).
+async fn rbac(tb: &Testbed) -> Result<()> {
+    let sa: Client = tb
+        .service_account_client(CONTROLLER_NAMESPACE, CONTROLLER_SERVICE_ACCOUNT)
+        .await?;
+    let s = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let app_pods: Api<Pod> = Api::namespaced(sa.clone(), APP_NAMESPACE);
+    let all_pods: Api<Pod> = Api::all(sa.clone());
+    let dry = PatchParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    // Allowed.
+    all_pods
+        .list(&ListParams::default().labels("app=hapod"))
+        .await
+        .context("SA cannot list pods cluster-wide")?;
+    app_pods
+        .get(&s.active.name_any())
+        .await
+        .context("SA cannot get a pod")?;
+    {
+        use futures::StreamExt;
+        let wp = kube::api::WatchParams::default().timeout(1);
+        let mut w = app_pods
+            .watch(&wp, "0")
+            .await
+            .context("SA cannot watch pods")?
+            .boxed();
+        if let Some(Err(e)) = w.next().await {
+            bail!("SA watch failed: {e}");
+        }
+    }
+    app_pods
+        .patch(
+            &s.active.name_any(),
+            &dry,
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"e2e.hapod.io/rbac": "x"}}}),
+            ),
+        )
+        .await
+        .context("SA cannot patch a pod (dry run)")?;
+    app_pods
+        .delete(
+            &s.active.name_any(),
+            &DeleteParams {
+                dry_run: true,
+                grace_period_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .context("SA cannot delete a pod (dry run)")?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(sa.clone(), CONTROLLER_NAMESPACE);
+    leases
+        .get(testbed::LEASE_NAME)
+        .await
+        .context("SA cannot get its Lease")?;
+    leases
+        .patch(
+            testbed::LEASE_NAME,
+            &dry,
+            &Patch::Merge(
+                serde_json::json!({"metadata": {"annotations": {"e2e.hapod.io/rbac": "x"}}}),
+            ),
+        )
+        .await
+        .context("SA cannot patch its Lease (dry run)")?;
+    let ctrl_pods: Api<Pod> = Api::namespaced(sa.clone(), CONTROLLER_NAMESPACE);
+    ctrl_pods
+        .list(&ListParams::default())
+        .await
+        .context("SA cannot list its own pods")?;
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(sa.clone(), APP_NAMESPACE);
+    let ev: k8s_openapi::api::events::v1::Event = serde_json::from_value(serde_json::json!({
+        "metadata": {"generateName": "e2e-rbac-"},
+        "eventTime": "2026-01-01T00:00:00.000000Z",
+        "reportingController": "hapod.io/e2e",
+        "reportingInstance": "e2e",
+        "action": "Check",
+        "reason": "RbacCheck",
+        "type": "Normal",
+        "regarding": {"kind": "Pod", "namespace": APP_NAMESPACE, "name": s.active.name_any()}
+    }))?;
+    events
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &ev,
+        )
+        .await
+        .context("SA cannot create events (dry run)")?;
+
+    // Forbidden: each must fail with 403.
+    let mut forbidden = Vec::new();
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let new_pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "e2e-rbac-forbidden"},
+        "spec": {"containers": [{"name": "x", "image": "ghcr.io/hapod/hapod-demo:0.1.0"}]}
+    }))?;
+    forbidden.push((
+        "create pods",
+        app_pods.create(&pp, &new_pod).await.map(|_| ()),
+    ));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(sa.clone(), APP_NAMESPACE);
+    forbidden.push((
+        "list secrets",
+        secrets.list(&ListParams::default()).await.map(|_| ()),
+    ));
+    forbidden.push((
+        "delete the Lease",
+        leases
+            .delete(
+                testbed::LEASE_NAME,
+                &DeleteParams {
+                    dry_run: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|_| ()),
+    ));
+    let rs: Api<k8s_openapi::api::apps::v1::ReplicaSet> =
+        Api::namespaced(sa.clone(), APP_NAMESPACE);
+    forbidden.push((
+        "delete replicasets",
+        rs.delete(
+            "hapod-demo",
+            &DeleteParams {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    ));
+    let mut pod = app_pods.get(&s.active.name_any()).await?;
+    pod.metadata.managed_fields = None;
+    forbidden.push((
+        "update (PUT) pods",
+        app_pods
+            .replace(&pod.name_any(), &pp, &pod)
+            .await
+            .map(|_| ()),
+    ));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(sa.clone());
+    forbidden.push((
+        "list nodes",
+        nodes.list(&ListParams::default()).await.map(|_| ()),
+    ));
+    for (what, res) in forbidden {
+        match res {
+            Ok(()) => bail!("the controller's ServiceAccount may {what}: RBAC is too broad"),
+            Err(e) if api_error_code(&e) == Some(403) => {
+                println!("  forbidden as expected: {what}")
+            }
+            Err(e) => bail!("{what}: expected 403 Forbidden, got {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// (b) Force delete (grace 0) of the active pod.
+async fn force_delete(tb: &Testbed) -> Result<()> {
+    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    let settled = check_failover(tb, &f).await?;
+    ensure!(
+        settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
+        "the force-deleted pod is still part of the group"
+    );
+    Ok(())
+}
+
+/// (c) Graceful delete of the active pod: the failover happens at the deletionTimestamp,
+/// while the old pod still runs out its grace period, not when it is finally gone.
+async fn graceful_delete(tb: &Testbed) -> Result<()> {
+    let f = tb.failover(Trigger::GracefulDelete, WAIT).await?;
+    // Promotion happened before the old pod's final deletion event.
+    let records = tb.history.pod_records();
+    let promoted_rv = records
+        .iter()
+        .find(|r| r.uid == f.new.uid().unwrap_or_default() && r.is_active())
+        .map(|r| r.rv)
+        .context("no promotion record of the new active")?;
+    let old_uid = f.old.uid().unwrap_or_default();
+    let terminating_rv = records
+        .iter()
+        .find(|r| r.uid == old_uid && r.terminating)
+        .map(|r| r.rv)
+        .context("the watch never showed the old pod with a deletionTimestamp")?;
+    let deleted_rv = records
+        .iter()
+        .find(|r| r.uid == old_uid && r.deleted)
+        .map(|r| r.rv);
+    println!(
+        "  old pod terminating at rv {terminating_rv}, new active at rv {promoted_rv}, old pod gone at rv {deleted_rv:?}"
+    );
+    ensure!(
+        promoted_rv > terminating_rv,
+        "promotion (rv {promoted_rv}) before the deletionTimestamp (rv {terminating_rv})?"
+    );
+    ensure!(
+        deleted_rv.is_none_or(|d| promoted_rv < d),
+        "the failover waited for the old pod to be gone (promoted at rv {promoted_rv}, \
+         deleted at rv {deleted_rv:?}) instead of acting at the deletionTimestamp"
+    );
+    let grace = f
+        .old
+        .spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .unwrap_or(30) as u64;
+    if let Some(p) = f.timeline.promoted_unix_nanos {
+        let after = Duration::from_nanos(p.saturating_sub(f.timeline.trigger_unix_nanos));
+        ensure!(
+            after < Duration::from_secs(grace),
+            "promotion came {after:?} after the delete call, not before the {grace} s grace period ended"
+        );
+    }
+    check_failover(tb, &f).await?;
+    Ok(())
+}
+
+/// (d) `/tmp/killme` in the critical container: it really aborts, its pod is deleted, the
+/// standby takes over.
+async fn critical_crash(tb: &Testbed) -> Result<()> {
+    let f = tb.failover(Trigger::KillCritical, WAIT).await?;
+    let old_uid = f.old.uid().unwrap_or_default();
+    // The critical container really stopped running (as reported by the node).
+    let crashed = tb
+        .history
+        .pod_records()
+        .into_iter()
+        .any(|r| r.uid == old_uid && r.not_running.iter().any(|c| c == CRITICAL_CONTAINER));
+    ensure!(
+        crashed,
+        "the watch never showed {} of {} not running",
+        CRITICAL_CONTAINER,
+        f.old.name_any()
+    );
+    // The old pod is deleted by the controller.
+    wait_gone(tb, APP_NAMESPACE, &f.old, WAIT).await?;
+    let settled = check_failover(tb, &f).await?;
+    ensure!(
+        settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
+        "the crashed pod is still part of the group"
+    );
+    Ok(())
+}
+
+/// (e) The active pod becomes not-Ready (its readiness probe fails for real).
+async fn not_ready(tb: &Testbed) -> Result<()> {
+    let f = tb.failover(Trigger::Unready, WAIT).await?;
+    let old = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?;
+    if let Some(old) = old.filter(|p| p.uid() == f.old.uid()) {
+        // The controller kept the pod: it must be demoted; let it recover and rejoin.
+        ensure!(
+            pod_role(&old) != Some(ACTIVE),
+            "the not-Ready pod {} is still labeled active",
+            old.name_any()
+        );
+        Testbed::remove_in_container(&old, APP_CONTAINER, "unready")?;
+    }
+    let settled = check_failover(tb, &f).await?;
+    println!(
+        "  standby after recovery: {:?}",
+        settled
+            .standbys
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// (f1) The acting controller replica's pod is deleted (grace 0) in steady state: the
+/// standby replica takes over, the groups stay correct, and it handles the next failover.
+async fn controller_deleted_steady(tb: &Testbed) -> Result<()> {
+    let before = tb.wait_controllers_settled(WAIT).await?;
+    let app_before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let acting = before.active.clone();
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(&acting.name_any(), &DeleteParams::default().grace_period(0))
+        .await?;
+    let holder = wait_lease_moved(tb, &acting.name_any(), WAIT).await?;
+    ensure!(
+        before.standbys.iter().any(|p| p.name_any() == holder),
+        "the Lease went to {holder}, not to the standby replica"
+    );
+    let after = tb.wait_controllers_settled(WAIT).await?;
+    ensure!(
+        after.active.name_any() == holder,
+        "acting replica {} but Lease holder {holder}",
+        after.active.name_any()
+    );
+    // The app group was not disturbed.
+    let app_after = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    ensure!(
+        app_after.active.uid() == app_before.active.uid(),
+        "the controller takeover moved the app's active pod"
+    );
+    // The new acting replica does its job.
+    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    check_failover(tb, &f).await?;
+    Ok(())
+}
+
+/// (f2) The acting controller replica's pod is deleted right after the active app pod was:
+/// the standby replica takes over and finishes the failover.
+async fn controller_deleted_during_failover(tb: &Testbed) -> Result<()> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?;
+    let app = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let old = app.active.clone();
+    let t0 = tb.trigger(&old, Trigger::ForceDelete).await?;
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(
+        &ctrl.active.name_any(),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await?;
+    let new = tb
+        .wait_new_active(
+            APP_NAMESPACE,
+            APP_GROUP,
+            &old.uid().unwrap_or_default(),
+            WAIT,
+        )
+        .await?;
+    let new_ip = pod_ip(&new).context("new active has no IP")?;
+    tb.wait_endpoints(APP_NAMESPACE, APP_SERVICE, &[&new_ip], WAIT)
+        .await?;
+    let state = tb
+        .wait_app_role(APP_NAMESPACE, &new.name_any(), ACTIVE, WAIT)
+        .await?;
+    let f = testbed::Failover {
+        trigger: Trigger::ForceDelete,
+        timeline: tb
+            .history
+            .timeline(t0, &old, &new, APP_NAMESPACE, APP_SERVICE, Some(&state)),
+        old,
+        new,
+        standby_before: app.standbys,
+        app_state: state,
+    };
+    check_failover(tb, &f).await?;
+    let holder = wait_lease_moved(tb, &ctrl.active.name_any(), WAIT).await?;
+    let after = tb.wait_controllers_settled(WAIT).await?;
+    ensure!(
+        after.active.name_any() == holder,
+        "acting replica is not the Lease holder"
+    );
+    Ok(())
+}
+
+/// (g) Graceful handover: the acting replica's pod is deleted gracefully (the node sends
+/// SIGTERM), it releases the Lease and the standby replica takes over.
+async fn controller_sigterm_handover(tb: &Testbed) -> Result<()> {
+    let before = tb.wait_controllers_settled(WAIT).await?;
+    let acting = before.active.clone();
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(&acting.name_any(), &DeleteParams::default())
+        .await?;
+    let holder = wait_lease_moved(tb, &acting.name_any(), WAIT).await?;
+    ensure!(
+        before.standbys.iter().any(|p| p.name_any() == holder),
+        "the Lease went to {holder}, not to the standby replica"
+    );
+    // The handover did not wait for the old pod's grace period to run out: the old pod
+    // object was still there (terminating) or exited cleanly on SIGTERM.
+    let after = tb.wait_controllers_settled(WAIT).await?;
+    ensure!(
+        after.active.name_any() == holder,
+        "acting replica is not the Lease holder"
+    );
+    ensure!(
+        after.active.uid() != acting.uid(),
+        "the old replica is still acting"
+    );
+    // The new acting replica does its job.
+    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    check_failover(tb, &f).await?;
+    Ok(())
+}
+
+/// (i) Over the whole run: never two pods of one group labeled active at the same
+/// resourceVersion (replayed in resourceVersion order per group).
+async fn no_double_active(tb: &Testbed) -> Result<()> {
+    // Let the watch catch up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarts = tb.history.watch_restarts();
+    ensure!(
+        restarts.is_empty(),
+        "the label-history watch had gaps, so the history may be incomplete: {restarts:?}"
+    );
+    let records = tb.history.pod_records();
+    let promotions = records
+        .iter()
+        .filter(|r| r.namespace == APP_NAMESPACE && r.is_active())
+        .map(|r| &r.uid)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let ctrl_pods = records
+        .iter()
+        .filter(|r| {
+            r.namespace == CONTROLLER_NAMESPACE && r.group.as_deref() == Some(CONTROLLER_GROUP)
+        })
+        .map(|r| &r.uid)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let (n, groups) = tb.history.assert_no_double_active()?;
+    println!(
+        "  {n} pod records, {groups} groups, {promotions} app pods were active at some point, \
+         {ctrl_pods} controller pods seen; no double active"
+    );
+    ensure!(promotions >= 1, "the history saw no active app pod at all");
+    ensure!(
+        ctrl_pods >= CONTROLLER_REPLICAS,
+        "the history saw {ctrl_pods} controller pods"
+    );
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `cargo xtask test`: THE command CI runs (`.ci/run`).
+//!
+//! Steps, in order, each streaming its output; the first failure stops the run with a
+//! non-zero exit and a summary:
+//! 1. build the control plane (cached outside the repository; the first build takes
+//!    10–25 minutes on 2 cores and prints Go's progress),
+//! 2. `cargo build --workspace` (every binary, the e2e crate included),
+//! 3. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
+//! 4. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
+//! 5. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
+//! 6. a short benchmark run (`cargo xtask bench --quick`), when the benchmark exists.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::testbed::{target_dir, workspace_root};
+
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Cli {
+    /// Skip a step (repeatable): controlplane, build, unit, deploy, e2e, bench.
+    #[arg(long = "skip", value_name = "STEP")]
+    pub skip: Vec<String>,
+    /// Only run the end-to-end scenarios whose name contains this (repeatable).
+    #[arg(long = "e2e-filter", value_name = "SUBSTRING")]
+    pub e2e_filter: Vec<String>,
+}
+
+const STEPS: [&str; 6] = ["controlplane", "build", "unit", "deploy", "e2e", "bench"];
+
+struct Outcome {
+    step: &'static str,
+    what: String,
+    result: Result<(), String>,
+    took: Duration,
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run_command(mut cmd: Command) -> Result<(), String> {
+    cmd.current_dir(workspace_root());
+    match cmd.status() {
+        Ok(s) if s.success() => Ok(()),
+        Ok(s) => Err(format!("exited with {s}")),
+        Err(e) => Err(format!("could not start: {e}")),
+    }
+}
+
+/// Whether this xtask binary knows a subcommand (`<exe> <name> --help` succeeds).
+fn has_subcommand(name: &str) -> bool {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            Command::new(exe)
+                .args([name, "--help"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()
+        })
+        .is_some_and(|s| s.success())
+}
+
+fn xtask(args: &[&str]) -> Command {
+    // The running xtask binary itself: no nested cargo, no rebuild.
+    let exe = std::env::current_exe().unwrap_or_else(|_| "xtask".into());
+    let mut cmd = Command::new(exe);
+    cmd.args(args);
+    cmd
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        run(self)
+    }
+}
+
+pub fn run(args: Cli) -> Result<()> {
+    for s in &args.skip {
+        if !STEPS.contains(&s.as_str()) {
+            bail!("unknown step {s:?}; steps: {}", STEPS.join(", "));
+        }
+    }
+    let started = Instant::now();
+    let mut outcomes: Vec<Outcome> = Vec::new();
+    let mut failed = false;
+    for step in STEPS {
+        if args.skip.iter().any(|s| s == step) {
+            outcomes.push(Outcome {
+                step,
+                what: "skipped (--skip)".into(),
+                result: Ok(()),
+                took: Duration::ZERO,
+            });
+            continue;
+        }
+        let t = Instant::now();
+        let (what, result): (String, Result<(), String>) = match step {
+            "controlplane" => {
+                banner("control plane build (cached; the first build takes 10-25 min)");
+                (
+                    "kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kubectl".into(),
+                    crate::controlplane::ensure_built()
+                        .map(|b| println!("control plane binaries: {}", b.dir().display()))
+                        .map_err(|e| format!("{e:#}")),
+                )
+            }
+            "build" => {
+                banner("cargo build --workspace");
+                let mut c = cargo();
+                c.args(["build", "--workspace", "--bins", "--tests"]);
+                ("cargo build --workspace".into(), run_command(c))
+            }
+            "unit" => {
+                banner("cargo test --workspace --exclude hapod-e2e");
+                let mut c = cargo();
+                c.args(["test", "--workspace", "--exclude", "hapod-e2e"]);
+                ("unit + integration tests".into(), run_command(c))
+            }
+            "deploy" => {
+                if has_subcommand("deploy") {
+                    banner("cargo xtask deploy check");
+                    (
+                        "deploy check".into(),
+                        run_command(xtask(&["deploy", "check"])),
+                    )
+                } else {
+                    ("no `deploy` subcommand: skipped".into(), Ok(()))
+                }
+            }
+            "e2e" => {
+                banner("end-to-end tests (cargo test -p hapod-e2e)");
+                let mut c = cargo();
+                c.args(["test", "-p", "hapod-e2e", "--test", "e2e", "--"]);
+                c.args(&args.e2e_filter);
+                // Step 2 built the binaries the testbed runs.
+                if !args.skip.iter().any(|s| s == "build") {
+                    c.env("HAPOD_E2E_NO_BUILD", "1");
+                }
+                ("end-to-end scenarios".into(), run_command(c))
+            }
+            "bench" => {
+                if has_subcommand("bench") {
+                    banner("short benchmark run (cargo xtask bench --quick)");
+                    (
+                        "benchmark, quick".into(),
+                        run_command(xtask(&["bench", "--quick"])),
+                    )
+                } else {
+                    ("no `bench` subcommand: skipped".into(), Ok(()))
+                }
+            }
+            _ => unreachable!(),
+        };
+        let took = t.elapsed();
+        failed = result.is_err();
+        outcomes.push(Outcome {
+            step,
+            what,
+            result,
+            took,
+        });
+        if failed {
+            break;
+        }
+    }
+    println!(
+        "\n== cargo xtask test: summary ({:.0} s) ==",
+        started.elapsed().as_secs_f64()
+    );
+    for o in &outcomes {
+        let status = match &o.result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("FAILED: {e}"),
+        };
+        println!(
+            "  {:<13} {:>7.1} s  {:<8} {}",
+            o.step,
+            o.took.as_secs_f64(),
+            status,
+            o.what
+        );
+    }
+    for step in STEPS
+        .iter()
+        .filter(|s| !outcomes.iter().any(|o| o.step == **s))
+    {
+        println!("  {step:<13}            not run");
+    }
+    if failed {
+        let o = outcomes.last().expect("a failed step");
+        println!(
+            "(testbed logs, if any, are under {})",
+            target_dir()
+                .map(|d| d.join("testbed").display().to_string())
+                .unwrap_or_default()
+        );
+        bail!("step {} failed", o.step);
+    }
+    Ok(())
+}
+
+fn banner(s: &str) {
+    println!("\n==> {s}");
+}
