@@ -1,0 +1,76 @@
+{{/* Labels every object carries. */}}
+{{- define "hapod.labels" -}}
+app.kubernetes.io/part-of: hapod
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* "repository:tag", tag defaulting to the chart's appVersion. Argument: (list image $). */}}
+{{- define "hapod.image" -}}
+{{- $img := index . 0 -}}{{- $root := index . 1 -}}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+
+{{/* A map of labels as a label selector string: a=b,c=d (sorted keys). */}}
+{{- define "hapod.selectorString" -}}
+{{- $parts := list -}}
+{{- range $k, $v := . -}}{{- $parts = append $parts (printf "%s=%s" $k $v) -}}{{- end -}}
+{{- join "," $parts -}}
+{{- end -}}
+
+{{/* Downward API env shared by the controller and the sample app. */}}
+{{- define "hapod.downwardEnv" -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: POD_IP
+  valueFrom:
+    fieldRef:
+      fieldPath: status.podIP
+{{- end -}}
+
+{{/* Preferred anti-affinity on kubernetes.io/hostname among pods with the given labels. */}}
+{{- define "hapod.spreadAffinity" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- toYaml . | nindent 12 }}
+{{- end -}}
+
+{{/* Mount point of the notification key Secret; the key is the file "key" in it. */}}
+{{- define "hapod.notifyKeyDir" -}}/etc/hapod/notify-key{{- end -}}
+
+{{- define "hapod.notifyKeyVolume" -}}
+- name: notify-key
+  secret:
+    secretName: {{ .Values.notifyKey.secretName }}
+    defaultMode: 288 # 0440: owner and group (fsGroup) read
+{{- end -}}
+
+{{- define "hapod.notifyKeyMount" -}}
+- name: notify-key
+  mountPath: {{ include "hapod.notifyKeyDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* Namespace object. Argument: (list name $). */}}
+{{- define "hapod.namespace" -}}
+{{- $name := index . 0 -}}{{- $root := index . 1 -}}
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "hapod.labels" $root | nindent 4 }}
+    pod-security.kubernetes.io/enforce: {{ $root.Values.namespace.podSecurityEnforce }}
+{{- end -}}
