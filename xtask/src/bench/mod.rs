@@ -1,0 +1,279 @@
+//! `cargo xtask bench`: failover latency on the real control plane with the process node,
+//! the controller-side stage breakdown, scale (1, 100, 1,000 groups) and a 100-group storm.
+//!
+//! Results (Markdown tables, raw CSVs, a PNG plot, the machine and the commit measured) go to
+//! `results/bench/` (full run) or `<target>/bench-quick/` (`--quick`, used by CI so it cannot
+//! rot). Nothing is asserted on timings: the benchmark reports, the reader judges.
+
+pub mod failover;
+pub mod logs;
+pub mod plot;
+pub mod promhist;
+pub mod report;
+pub mod scale;
+pub mod stats;
+pub mod sysinfo;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::testbed::{self, Options, Profile, Testbed};
+use failover::Kind;
+use report::Results;
+use stats::{fmt_ms, summarize};
+
+/// `cargo xtask bench [--quick] [--iterations N] [--kinds k1,k2] [--scale 1,100,1000] ...`
+#[derive(clap::Args, Clone, Debug)]
+pub struct Cli {
+    /// A few failovers of each kind and a small scale point (CI; a couple of minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Failovers per kind (default 20, quick 2).
+    #[arg(long)]
+    pub iterations: Option<usize>,
+    /// Failure kinds (comma list): force-delete, graceful-delete, critical-crash, not-ready,
+    /// controller-killed. Default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub kinds: Option<Vec<String>>,
+    /// Scale points in groups of 2 pods (comma list; default 1,100,1000; quick 1,10; 0 = none).
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Option<Vec<usize>>,
+    /// Groups whose actives the storm deletes at once (default 100, quick 10).
+    #[arg(long)]
+    pub storm: Option<usize>,
+    /// Skip the failover scenarios (scale only).
+    #[arg(long)]
+    pub no_failover: bool,
+    /// Output folder (default results/bench, quick <target>/bench-quick).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Do not build the release binaries first.
+    #[arg(long)]
+    pub no_build: bool,
+    /// Profile the scale controller with `perf` during the storms (default on in a full run
+    /// when perf works).
+    #[arg(long)]
+    pub perf: Option<bool>,
+    /// Image of the scale pods (the process node maps its last path segment to a binary).
+    #[arg(long, default_value = "ghcr.io/hapod/hapod-agent:0.1.0")]
+    pub scale_image: String,
+    /// Arguments of the scale pods' container (comma list).
+    #[arg(long, value_delimiter = ',', default_value = "--listen-ip=$(POD_IP)")]
+    pub scale_args: Vec<String>,
+    /// Timeout of one failover (seconds).
+    #[arg(long, default_value_t = 60)]
+    pub timeout_s: u64,
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        rt.block_on(self.run_async())
+    }
+
+    fn kinds(&self) -> Result<Vec<Kind>> {
+        match &self.kinds {
+            None => Ok(Kind::ALL.to_vec()),
+            Some(list) => {
+                let mut v = Vec::new();
+                for k in list {
+                    match Kind::parse(k) {
+                        Some(k) => v.push(k),
+                        None => bail!("unknown kind {k}"),
+                    }
+                }
+                v.sort();
+                Ok(v)
+            }
+        }
+    }
+
+    pub fn out_dir(&self) -> Result<PathBuf> {
+        Ok(match &self.out {
+            Some(d) => d.clone(),
+            None if self.quick => testbed::target_dir()?.join("bench-quick"),
+            None => testbed::workspace_root().join("results/bench"),
+        })
+    }
+
+    async fn run_async(self) -> Result<()> {
+        let out = self.out_dir()?;
+        let tb = Testbed::start(Options {
+            profile: Profile::Release,
+            build: !self.no_build,
+            name: if self.quick { "bench-quick" } else { "bench" }.into(),
+            ..Options::default()
+        })
+        .await
+        .context("starting the testbed")?;
+        let r = self.run_on(&tb).await;
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{}", tb.diagnostics().await);
+                return Err(e);
+            }
+        };
+        let m = sysinfo::Machine::detect(&testbed::workspace_root());
+        report::write_all(&out, &m, &r)?;
+        print_summary(&r);
+        println!("results written to {}", out.display());
+        Ok(())
+    }
+
+    /// Runs the benchmark on a running testbed (also usable from `cargo xtask test`).
+    pub async fn run_on(&self, tb: &Testbed) -> Result<Results> {
+        let started = Instant::now();
+        let mut r = Results {
+            mode: if self.quick { "quick" } else { "full" }.into(),
+            started_utc: utc_now(),
+            ..Default::default()
+        };
+        let iterations = self.iterations.unwrap_or(if self.quick { 2 } else { 20 });
+        let timeout = Duration::from_secs(self.timeout_s);
+        if !self.no_failover {
+            for kind in self.kinds()? {
+                println!("bench: {} × {iterations}", kind.name());
+                let before = failover::scrape_controller(tb).await.ok();
+                let mut consecutive_failures = 0;
+                for i in 0..iterations {
+                    match failover::run_one(tb, kind, i, timeout).await {
+                        Ok(rec) => {
+                            consecutive_failures = 0;
+                            println!(
+                                "  #{i} {} → {}: event {} labeled {} applied {} slice {} ms{}",
+                                rec.old_pod,
+                                rec.new_pod,
+                                fmt_ms(rec.ms(0)),
+                                fmt_ms(rec.ms(2)),
+                                fmt_ms(rec.ms(3)),
+                                fmt_ms(rec.ms(4)),
+                                if rec.note.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(" ({})", rec.note)
+                                }
+                            );
+                            r.records.push(rec);
+                        }
+                        Err(e) => {
+                            println!("  #{i} failed: {e:#}");
+                            r.failures.push(format!("{} #{i}: {e:#}", kind.name()));
+                            consecutive_failures += 1;
+                            if consecutive_failures >= 3 {
+                                println!("  three failures in a row: next kind");
+                                break;
+                            }
+                        }
+                    }
+                }
+                // the controller that handled this kind (a killed one's counters are gone)
+                if kind != Kind::ControllerKill
+                    && let Some(before) = before
+                    && let Ok(after) = failover::scrape_controller(tb).await
+                {
+                    let d = promhist::diff(&after, &before);
+                    if !d.is_empty() {
+                        r.controller.push((kind, d));
+                    }
+                }
+            }
+            match logs::controller_stages(&tb.run_dir) {
+                Ok(stages) => r.controller_log_stages = stages,
+                Err(e) => r
+                    .notes
+                    .push(format!("controller JSON logs not read: {e:#}")),
+            }
+        }
+        let points: Vec<usize> = self
+            .scale
+            .clone()
+            .unwrap_or_else(|| {
+                if self.quick {
+                    vec![1, 10]
+                } else {
+                    vec![1, 100, 1000]
+                }
+            })
+            .into_iter()
+            .filter(|n| *n > 0)
+            .collect();
+        let perf = self.perf.unwrap_or(!self.quick) && perf_works();
+        let opts = scale::ScaleOpts {
+            spec: scale::PodSpec {
+                image: self.scale_image.clone(),
+                args: self.scale_args.clone(),
+            },
+            storm: self.storm.unwrap_or(if self.quick { 10 } else { 100 }),
+            controller_namespace: testbed::CONTROLLER_NAMESPACE.into(),
+            profile: perf,
+            profile_dir: self.out_dir()?,
+        };
+        for n in points {
+            println!("bench: scale {n} groups");
+            match scale::run(tb, n, &opts).await {
+                Ok(s) => {
+                    if let Some(p) = &s.profile {
+                        r.profile_notes.push(format!(
+                            "`perf record -g` of the scale controller during the {n}-group storm: `{}`",
+                            p.rsplit('/').next().unwrap_or(p)
+                        ));
+                    }
+                    r.scale.push(s)
+                }
+                Err(e) => {
+                    println!("  scale {n} failed: {e:#}");
+                    r.notes.push(format!("scale {n} groups failed: {e:#}"));
+                }
+            }
+        }
+        r.duration_s = started.elapsed().as_secs_f64();
+        Ok(r)
+    }
+}
+
+fn perf_works() -> bool {
+    std::process::Command::new("perf")
+        .args(["stat", "-e", "task-clock", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn utc_now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn print_summary(r: &Results) {
+    println!("\nkind / stage: count p50 p90 p99 max (ms since trigger)");
+    for kind in r.kinds() {
+        for (i, s) in failover::STAGES.iter().enumerate() {
+            if let Some(x) = summarize(&r.samples(kind, i)) {
+                println!(
+                    "{:>18} {:>8}: {:>3} {:>8} {:>8} {:>8} {:>8}",
+                    kind.name(),
+                    s,
+                    x.count,
+                    fmt_ms(x.p50),
+                    fmt_ms(x.p90),
+                    fmt_ms(x.p99),
+                    fmt_ms(x.max)
+                );
+            }
+        }
+    }
+    for t in report::targets(r) {
+        println!("target: {t}");
+    }
+}

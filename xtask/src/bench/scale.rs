@@ -1,0 +1,600 @@
+//! Scale: N groups of 2 pods on one dedicated controller replica. Cold-start convergence,
+//! the controller's RSS and CPU (from /proc), and a storm (the actives of up to 100 groups
+//! force-deleted at once).
+//!
+//! The scale controller is a one-replica copy of deploy/'s controller Deployment (same image,
+//! service account, RBAC) that selects only the scale pods (`hapod.io/bench=scale`, group
+//! label `hapod.io/bench-group`, namespace `hapod-bench-scale`, its own Lease). The scale pods
+//! run a lightweight image (by default `hapod-agent`, the notification receiver alone, which
+//! ACKs), one container each, so 2,000 pods fit on a 2-core machine.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use super::stats::{Summary, summarize};
+use super::sysinfo::{ProcSample, find_pid, proc_sample};
+use crate::testbed::{PodRecord, Testbed, now_unix_nanos as now_ns};
+
+pub const NAMESPACE: &str = "hapod-bench-scale";
+pub const SELECTOR_KEY: &str = "hapod.io/bench";
+pub const CONTROLLER: &str = "hapod-bench-controller";
+pub const CONTROLLER_SELECTOR: &str = "app=icr-bench";
+
+/// How to run the scale pods.
+#[derive(Clone, Debug)]
+pub struct PodSpec {
+    pub image: String,
+    pub args: Vec<String>,
+}
+
+impl Default for PodSpec {
+    fn default() -> Self {
+        PodSpec {
+            image: "ghcr.io/hapod/hapod-agent:0.1.0".into(),
+            args: vec!["--listen-ip=$(POD_IP)".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ScaleResult {
+    pub groups: usize,
+    pub pods_ready_s: f64,
+    /// controller Deployment created -> every group has exactly one active
+    pub converge_s: f64,
+    /// controller process start (from /proc) -> converged
+    pub converge_from_process_s: Option<f64>,
+    pub rss_peak_mib: f64,
+    pub rss_idle_mib: f64,
+    pub cpu_converge_s: f64,
+    pub cpu_idle_pct: f64,
+    pub storm_groups: usize,
+    pub storm_ms: Vec<f64>,
+    pub storm_unresolved: usize,
+    pub storm_cpu_s: f64,
+    pub storm_rss_mib: f64,
+    pub profile: Option<String>,
+    pub note: String,
+}
+
+impl ScaleResult {
+    pub fn storm_summary(&self) -> Option<Summary> {
+        summarize(&self.storm_ms)
+    }
+}
+
+fn pod_manifest(i: usize, member: usize, spec: &PodSpec) -> Result<Pod> {
+    let group = format!("g{i:04}");
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("{group}-{member}"),
+            "namespace": NAMESPACE,
+            "labels": { SELECTOR_KEY: "scale", "app": group, "role": "standby" }
+        },
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "agent",
+                "image": spec.image,
+                "args": spec.args,
+                "env": [
+                    { "name": "pwcriticality", "value": "critical" },
+                    { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "POD_NAMESPACE", "valueFrom": { "fieldRef": { "fieldPath": "metadata.namespace" } } },
+                    { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } }
+                ]
+            }]
+        }
+    }))?)
+}
+
+/// The scale controller: deploy/'s controller Deployment, one replica, re-aimed at the scale
+/// pods, without the notification key (the agents run without one).
+async fn controller_deployment(client: &Client, base_ns: &str) -> Result<Deployment> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), base_ns);
+    let base = api
+        .get("hapod-controller")
+        .await
+        .context("reading deploy/'s hapod-controller Deployment")?;
+    let mut v = serde_json::to_value(&base)?;
+    v["metadata"] = serde_json::json!({
+        "name": CONTROLLER,
+        "namespace": base_ns,
+        "labels": { "app": "icr-bench" }
+    });
+    v.as_object_mut().map(|o| o.remove("status"));
+    v["spec"]["replicas"] = 1.into();
+    v["spec"]["selector"] = serde_json::json!({ "matchLabels": { "app": "icr-bench" } });
+    v["spec"]["template"]["metadata"]["labels"] =
+        serde_json::json!({ "app": "icr-bench", "role": "standby" });
+    let c = &mut v["spec"]["template"]["spec"]["containers"][0];
+    let mut args: Vec<String> = c["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .filter(|s| !s.starts_with("--notify-key-file"))
+                .collect()
+        })
+        .unwrap_or_default();
+    args.extend([
+        format!("--selector={SELECTOR_KEY}=scale"),
+        format!("--namespaces={NAMESPACE}"),
+        format!("--lease-name={CONTROLLER}"),
+        format!("--controller-selector={CONTROLLER_SELECTOR}"),
+        "--log-format=json".into(),
+    ]);
+    args.dedup();
+    c["args"] = serde_json::to_value(args)?;
+    // probes would only slow a bench replica down and the liveness probe could kill it
+    // under load
+    c.as_object_mut().map(|o| {
+        o.remove("livenessProbe");
+        o.remove("resources")
+    });
+    Ok(serde_json::from_value(v)?)
+}
+
+async fn ensure_namespace(client: &Client) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(NAMESPACE).await?.is_none() {
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE }
+        }))?;
+        api.create(&PostParams::default(), &ns).await?;
+    }
+    Ok(())
+}
+
+/// Deletes every scale pod and the scale controller, and waits until they are gone.
+pub async fn teardown(client: &Client, ctl_ns: &str, pods: &Pods<'_>) -> Result<()> {
+    let dapi: Api<Deployment> = Api::namespaced(client.clone(), ctl_ns);
+    let _ = dapi
+        .delete(CONTROLLER, &DeleteParams::default().grace_period(0))
+        .await;
+    let cpods: Api<Pod> = Api::namespaced(client.clone(), ctl_ns);
+    let _ = cpods
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels(CONTROLLER_SELECTOR),
+        )
+        .await;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let _ = api
+        .delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels(&format!("{SELECTOR_KEY}=scale")),
+        )
+        .await;
+    pods.wait_state(Duration::from_secs(300), |c| c.is_empty())
+        .await
+        .ok_or_else(|| anyhow!("scale pods not gone after 300 s"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cpods
+        .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
+        .await?
+        .items
+        .is_empty()
+    {
+        if Instant::now() > deadline {
+            bail!("scale controller pod not gone");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// The scale namespace's pods as the testbed's History recorded them.
+pub struct Pods<'a> {
+    pub tb: &'a Testbed,
+}
+
+impl Pods<'_> {
+    /// Every record of the scale namespace, in resourceVersion order.
+    pub fn log(&self) -> Vec<PodRecord> {
+        let mut v = self.tb.history.pod_records();
+        v.retain(|r| r.namespace == NAMESPACE);
+        v
+    }
+
+    /// The latest record of every pod that exists.
+    pub fn current(&self) -> Vec<PodRecord> {
+        let mut last: BTreeMap<String, PodRecord> = BTreeMap::new();
+        for r in self.log() {
+            last.insert(r.uid.clone(), r);
+        }
+        last.into_values().filter(|r| !r.deleted).collect()
+    }
+
+    /// Polls the recorded state until `pred` holds (bounded). The figures come from the
+    /// records' receive times, not from when this loop notices.
+    pub async fn wait_state(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[PodRecord]) -> bool,
+    ) -> Option<Vec<PodRecord>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let cur = self.current();
+            if pred(&cur) {
+                return Some(cur);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+fn alive(r: &PodRecord) -> bool {
+    !r.deleted && !r.terminating
+}
+
+fn actives_by_group(cur: &[PodRecord]) -> BTreeMap<String, Vec<&PodRecord>> {
+    let mut m: BTreeMap<String, Vec<&PodRecord>> = BTreeMap::new();
+    for p in cur.iter().filter(|p| alive(p)) {
+        let e = m.entry(p.group.clone().unwrap_or_default()).or_default();
+        if p.is_active() {
+            e.push(p);
+        }
+    }
+    m
+}
+
+fn converged(cur: &[PodRecord], groups: usize) -> bool {
+    let m = actives_by_group(cur);
+    m.len() == groups && m.values().all(|v| v.len() == 1)
+}
+
+/// Replays a pod log; the time of the first event after which every group has exactly one
+/// active pod.
+pub fn first_converged(log: &[PodRecord], groups: usize) -> Option<u64> {
+    let mut pod: BTreeMap<String, (String, bool)> = BTreeMap::new();
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    let mut exactly_one = 0usize;
+    for o in log {
+        let g = o.group.clone().unwrap_or_default();
+        let now_active = alive(o) && o.is_active();
+        let was = pod.get(&o.uid).map(|(_, a)| *a).unwrap_or(false);
+        if o.deleted {
+            pod.remove(&o.uid);
+        } else {
+            pod.insert(o.uid.clone(), (g.clone(), now_active));
+        }
+        if was != now_active {
+            let c = count.entry(g).or_default();
+            let before = *c == 1;
+            if now_active {
+                *c += 1;
+            } else {
+                *c -= 1;
+            }
+            let after = *c == 1;
+            match (before, after) {
+                (false, true) => exactly_one += 1,
+                (true, false) => exactly_one -= 1,
+                _ => {}
+            }
+        }
+        if exactly_one == groups {
+            return Some(o.seen_unix_nanos);
+        }
+    }
+    None
+}
+
+/// /proc start time of a process as unix ns.
+fn process_start_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let btime: f64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(((btime + start_ticks / 100.0) * 1e9) as u64)
+}
+
+/// Samples a process's RSS and CPU every 100 ms until `fut` resolves; peak RSS and the last
+/// sample.
+struct Sampler {
+    peak_kib: u64,
+    last: Option<ProcSample>,
+}
+
+async fn sample_until<F: std::future::Future>(pid: u32, fut: F) -> (F::Output, Sampler) {
+    let mut s = Sampler {
+        peak_kib: 0,
+        last: proc_sample(pid),
+    };
+    tokio::pin!(fut);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            out = &mut fut => {
+                s.last = proc_sample(pid).or(s.last);
+                if let Some(l) = s.last { s.peak_kib = s.peak_kib.max(l.rss_kib); }
+                return (out, s);
+            }
+            _ = tick.tick() => {
+                if let Some(p) = proc_sample(pid) {
+                    s.peak_kib = s.peak_kib.max(p.rss_kib);
+                    s.last = Some(p);
+                }
+            }
+        }
+    }
+}
+
+pub struct ScaleOpts {
+    pub spec: PodSpec,
+    pub storm: usize,
+    pub controller_namespace: String,
+    pub profile: bool,
+    pub profile_dir: std::path::PathBuf,
+}
+
+/// Runs one scale point.
+pub async fn run(tb: &Testbed, groups: usize, o: &ScaleOpts) -> Result<ScaleResult> {
+    let client = &tb.client;
+    ensure_namespace(client).await?;
+    let pods = Pods { tb };
+    let out = run_inner(client, groups, o, &pods).await;
+    let td = teardown(client, &o.controller_namespace, &pods).await;
+    let r = out?;
+    td?;
+    Ok(r)
+}
+
+async fn run_inner(
+    client: &Client,
+    groups: usize,
+    o: &ScaleOpts,
+    pods: &Pods<'_>,
+) -> Result<ScaleResult> {
+    let mut r = ScaleResult {
+        groups,
+        ..Default::default()
+    };
+    // clean slate
+    teardown(client, &o.controller_namespace, pods).await?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let t_create = Instant::now();
+    let t_start = now_ns();
+    let manifests: Vec<Pod> = (0..groups)
+        .flat_map(|g| (0..2).map(move |m| (g, m)))
+        .map(|(g, m)| pod_manifest(g, m, &o.spec))
+        .collect::<Result<_>>()?;
+    futures::stream::iter(manifests.into_iter().map(|p| {
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &p).await }
+    }))
+    .buffer_unordered(16)
+    .try_collect::<Vec<_>>()
+    .await
+    .context("creating scale pods")?;
+    let ready_timeout = Duration::from_secs(120 + groups as u64 / 2);
+    pods.wait_state(ready_timeout, |c| {
+        c.iter().filter(|p| alive(p) && p.ready).count() == groups * 2
+    })
+    .await
+    .ok_or_else(|| {
+        anyhow!(
+            "{} of {} scale pods ready after {ready_timeout:?}",
+            pods.current().iter().filter(|p| p.ready).count(),
+            groups * 2
+        )
+    })?;
+    r.pods_ready_s = t_create.elapsed().as_secs_f64();
+    println!(
+        "  {groups} groups: {} pods ready in {:.1} s",
+        groups * 2,
+        r.pods_ready_s
+    );
+
+    // cold start: the controller starts with every group already running, all standby
+    let dep = controller_deployment(client, &o.controller_namespace).await?;
+    let dapi: Api<Deployment> = Api::namespaced(client.clone(), &o.controller_namespace);
+    let t0 = now_ns();
+    dapi.create(&PostParams::default(), &dep).await?;
+    let cpods: Api<Pod> = Api::namespaced(client.clone(), &o.controller_namespace);
+    // find the controller process (bounded)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pid = loop {
+        let list = cpods
+            .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
+            .await?;
+        if let Some(pid) = list
+            .items
+            .iter()
+            .find_map(|p| find_pid("hapod-controller", &p.name_any()))
+        {
+            break pid;
+        }
+        if Instant::now() > deadline {
+            bail!("scale controller process not found");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let conv_timeout = Duration::from_secs(60 + groups as u64 / 5);
+    let (conv, s) =
+        sample_until(pid, pods.wait_state(conv_timeout, |c| converged(c, groups))).await;
+    let t_conv = now_ns();
+    if conv.is_none() {
+        let m = actives_by_group(&pods.current())
+            .values()
+            .filter(|v| v.len() == 1)
+            .count();
+        bail!("{groups} groups: only {m} with exactly one active after {conv_timeout:?}");
+    }
+    // when did every group first have exactly one active? (replay of the stamped log)
+    let last_label = first_converged(
+        &pods
+            .log()
+            .into_iter()
+            .filter(|r| r.seen_unix_nanos >= t_start)
+            .collect::<Vec<_>>(),
+        groups,
+    )
+    .unwrap_or(t_conv);
+    r.converge_s = (last_label.saturating_sub(t0)) as f64 / 1e9;
+    r.converge_from_process_s =
+        process_start_ns(pid).map(|ps| (last_label.saturating_sub(ps)) as f64 / 1e9);
+    // the process started for this run: its whole CPU time is the cold start
+    r.cpu_converge_s = s.last.map_or(f64::NAN, |b| b.cpu_seconds);
+    let mut peak = s.peak_kib;
+    println!(
+        "  {groups} groups: converged {:.2} s after the controller was created ({:?} s after its process started)",
+        r.converge_s, r.converge_from_process_s
+    );
+    // idle: 5 s with nothing happening
+    let a = proc_sample(pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b = proc_sample(pid);
+    if let (Some(a), Some(b)) = (a, b) {
+        r.cpu_idle_pct = (b.cpu_seconds - a.cpu_seconds) / 5.0 * 100.0;
+        r.rss_idle_mib = b.rss_kib as f64 / 1024.0;
+        peak = peak.max(b.rss_kib);
+    }
+
+    // storm
+    let cur = pods.current();
+    let actives: Vec<PodRecord> = cur
+        .iter()
+        .filter(|p| alive(p) && p.is_active())
+        .take(o.storm.min(groups))
+        .cloned()
+        .collect();
+    r.storm_groups = actives.len();
+    let uids: BTreeSet<String> = actives.iter().map(|p| p.uid.clone()).collect();
+    let stormed: BTreeSet<String> = actives.iter().filter_map(|p| p.group.clone()).collect();
+    let perf = if o.profile {
+        start_perf(pid, &o.profile_dir, groups)
+    } else {
+        None
+    };
+    let before = proc_sample(pid);
+    let ts = now_ns();
+    let dels = futures::future::join_all(actives.iter().map(|p| {
+        let api = api.clone();
+        let name = p.pod.clone();
+        async move {
+            api.delete(&name, &DeleteParams::default().grace_period(0))
+                .await
+        }
+    }));
+    let wait_all = async {
+        dels.await;
+        pods.wait_state(Duration::from_secs(60), |c| {
+            let m = actives_by_group(c);
+            stormed.iter().all(|g| {
+                m.get(g)
+                    .is_some_and(|v| v.len() == 1 && !uids.contains(&v[0].uid))
+            })
+        })
+        .await
+    };
+    let (done, s2) = sample_until(pid, wait_all).await;
+    let after = proc_sample(pid);
+    if let (Some(a), Some(b)) = (before, after) {
+        r.storm_cpu_s = b.cpu_seconds - a.cpu_seconds;
+    }
+    r.storm_rss_mib = s2.peak_kib as f64 / 1024.0;
+    peak = peak.max(s2.peak_kib);
+    r.rss_peak_mib = peak as f64 / 1024.0;
+    if let Some(p) = perf {
+        r.profile = finish_perf(p, &o.profile_dir, groups);
+    }
+    // per group: first watch event labeling a new (other) pod active
+    let mut first: BTreeMap<String, u64> = BTreeMap::new();
+    for ob in pods.log().into_iter().filter(|r| r.seen_unix_nanos >= ts) {
+        if let Some(g) = &ob.group
+            && stormed.contains(g)
+            && alive(&ob)
+            && ob.is_active()
+            && !uids.contains(&ob.uid)
+        {
+            first.entry(g.clone()).or_insert(ob.seen_unix_nanos);
+        }
+    }
+    r.storm_ms = first
+        .values()
+        .map(|t| (t.saturating_sub(ts)) as f64 / 1e6)
+        .collect();
+    r.storm_unresolved = stormed.len() - first.len();
+    if done.is_none() {
+        r.note = format!("storm: {} groups unresolved after 60 s", r.storm_unresolved);
+    }
+    if let Some(s) = r.storm_summary() {
+        println!(
+            "  {groups} groups: storm of {}: p50 {:.1} ms p99 {:.1} ms max {:.1} ms; RSS peak {:.1} MiB",
+            r.storm_groups, s.p50, s.p99, s.max, r.rss_peak_mib
+        );
+    }
+    Ok(r)
+}
+
+struct Perf {
+    child: std::process::Child,
+    data: std::path::PathBuf,
+}
+
+/// Samples the controller with `perf record` during the storm, when perf is usable.
+fn start_perf(pid: u32, dir: &std::path::Path, groups: usize) -> Option<Perf> {
+    let data = std::env::temp_dir().join(format!("hapod-bench-perf-{groups}.data"));
+    let _ = std::fs::create_dir_all(dir);
+    let child = std::process::Command::new("perf")
+        .args(["record", "-F", "1999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    // perf needs a moment to attach
+    std::thread::sleep(Duration::from_millis(300));
+    Some(Perf { child, data })
+}
+
+fn finish_perf(mut p: Perf, dir: &std::path::Path, groups: usize) -> Option<String> {
+    // SIGINT makes perf write its data and exit
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &p.child.id().to_string()])
+        .status();
+    let _ = p.child.wait();
+    let out = std::process::Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--percent-limit",
+            "1.5",
+            "-i",
+        ])
+        .arg(&p.data)
+        .args(["--sort", "dso,symbol", "-g", "none"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let _ = std::fs::remove_file(&p.data);
+    if text.trim().is_empty() {
+        return None;
+    }
+    let path = dir.join(format!("profile-storm-{groups}.txt"));
+    std::fs::write(&path, &text).ok()?;
+    Some(path.display().to_string())
+}
