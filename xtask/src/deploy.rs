@@ -40,6 +40,11 @@ enum DeployCmd {
         /// Only the renders and the offline checks (no API server).
         #[arg(long, conflicts_with = "kubeconfig")]
         offline: bool,
+        /// Where to find hapod-controller / hapod-demo / hapod-agent to check that they accept
+        /// the manifests' args (repeatable; default: <target>/debug and <target>/release).
+        /// A binary found nowhere is skipped with a note.
+        #[arg(long)]
+        bin_dir: Vec<PathBuf>,
     },
     /// RBAC proof only, with the controller ServiceAccount's own token.
     RbacCheck {
@@ -78,7 +83,8 @@ fn run(cmd: DeployCmd) -> Result<()> {
         DeployCmd::Check {
             kubeconfig,
             offline,
-        } => check(kubeconfig, offline),
+            bin_dir,
+        } => check(kubeconfig, offline, bin_dir),
         DeployCmd::RbacCheck {
             kubeconfig,
             kubectl,
@@ -245,17 +251,21 @@ fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
 struct Renders {
     base: Render,
     overlay: Render,
+    real_cluster: Render,
     helm_default: Render,
     helm_deployment: Render,
     helm_all_flags: Render,
     helm_minimal: Render,
+    helm_real_cluster: Render,
 }
 
 impl Renders {
-    fn all(&self) -> [&Render; 6] {
+    fn all(&self) -> [&Render; 8] {
         [
             &self.base,
             &self.overlay,
+            &self.real_cluster,
+            &self.helm_real_cluster,
             &self.helm_default,
             &self.helm_deployment,
             &self.helm_all_flags,
@@ -319,6 +329,7 @@ fn render_all() -> Result<Renders> {
     let helm = helm::ensure_helm()?;
     let base = kustomize("deploy/base")?;
     let overlay = kustomize("deploy/overlays/deployment-app")?;
+    let real_cluster = kustomize("deploy/overlays/real-cluster")?;
     let ns = "namespace.create=true";
     let helm_default = helm_template(&helm, "defaults", &[ns])?;
     let helm_deployment = helm_template(
@@ -328,6 +339,15 @@ fn render_all() -> Result<Renders> {
     )?;
     let all_sets: Vec<&str> = ALL_FLAGS_SETS.iter().map(|(s, _)| *s).collect();
     let helm_all_flags = helm_template(&helm, "every flag set", &all_sets)?;
+    let helm_real_cluster = helm_template(
+        &helm,
+        "Deployment, writable /tmp",
+        &[
+            ns,
+            "sampleApp.kind=Deployment",
+            "sampleApp.writableTmp=true",
+        ],
+    )?;
     let helm_minimal = helm_template(
         &helm,
         "no sample app, no key",
@@ -346,16 +366,25 @@ fn render_all() -> Result<Renders> {
     Ok(Renders {
         base,
         overlay,
+        real_cluster,
         helm_default,
         helm_deployment,
         helm_all_flags,
         helm_minimal,
+        helm_real_cluster,
     })
 }
 
-fn check(kubeconfig: Option<PathBuf>, offline: bool) -> Result<()> {
+fn check(kubeconfig: Option<PathBuf>, offline: bool, bin_dirs: Vec<PathBuf>) -> Result<()> {
     let renders = render_all()?;
     offline_checks(&renders)?;
+    let bin_dirs = if bin_dirs.is_empty() {
+        let target = crate::controlplane::target_dir();
+        vec![target.join("debug"), target.join("release")]
+    } else {
+        bin_dirs
+    };
+    binaries_accept_args(&renders, &bin_dirs)?;
     if offline {
         return Ok(());
     }
@@ -379,7 +408,14 @@ fn check(kubeconfig: Option<PathBuf>, offline: bool) -> Result<()> {
 
 fn offline_checks(r: &Renders) -> Result<()> {
     let mut p = Problems::default();
-    for render in [&r.base, &r.overlay, &r.helm_default, &r.helm_deployment] {
+    for render in [
+        &r.base,
+        &r.overlay,
+        &r.real_cluster,
+        &r.helm_default,
+        &r.helm_deployment,
+        &r.helm_real_cluster,
+    ] {
         let mut inner = Problems::default();
         let result = shipped_invariants(render, &mut inner);
         p.wrap(&render.label, result);
@@ -395,7 +431,11 @@ fn offline_checks(r: &Renders) -> Result<()> {
     // Same objects, same RBAC, selectors and containers in chart and kustomize.
     parity(&mut p, &r.base, &r.helm_default);
     parity(&mut p, &r.overlay, &r.helm_deployment);
+    parity(&mut p, &r.real_cluster, &r.helm_real_cluster);
     p.wrap("overlay", overlay_is_rolling(&r.overlay));
+    p.wrap("real-cluster overlay", overlay_is_rolling(&r.real_cluster));
+    p.wrap("real-cluster overlay", writable_tmp(&r.real_cluster, true));
+    p.wrap("base", writable_tmp(&r.base, false));
     p.wrap("helm every flag", all_flags_rendered(&r.helm_all_flags));
     p.wrap("helm minimal", minimal_render(&r.helm_minimal));
     p.finish("offline checks")
@@ -809,7 +849,6 @@ fn parity(p: &mut Problems, kz: &Render, hm: &Render) {
             "/spec/template/spec/terminationGracePeriodSeconds",
             "/spec/template/spec/securityContext",
             "/spec/template/spec/affinity",
-            "/spec/template/spec/volumes",
             "/metadata/labels/pod-security.kubernetes.io~1enforce",
         ] {
             p.expect_same(&format!("{what} {ptr}"), h.pointer(ptr), o.pointer(ptr));
@@ -825,13 +864,71 @@ fn parity(p: &mut Problems, kz: &Render, hm: &Render) {
                     if str_at(&c, "/name") == "controller" {
                         c.as_object_mut().map(|m| m.remove("args"));
                     }
+                    // Mounts are a set; kustomize patches may reorder them.
+                    sort_by_key(c.get_mut("volumeMounts"), "mountPath");
                     c
                 })
                 .collect()
         };
+        let (hv, kv) = (volumes(h), volumes(o));
+        p.expect_same(&format!("{what} volumes"), hv.as_ref(), kv.as_ref());
         let (hc, kc) = (Value::Array(containers(h)), Value::Array(containers(o)));
         p.expect_same(&format!("{what} containers"), Some(&hc), Some(&kc));
     }
+}
+
+/// The pod template's volumes, ordered by name (a set; kustomize patches may reorder it).
+fn volumes(o: &Value) -> Option<Value> {
+    let mut v = o.pointer("/spec/template/spec/volumes").cloned();
+    sort_by_key(v.as_mut(), "name");
+    v
+}
+
+fn sort_by_key(list: Option<&mut Value>, key: &str) {
+    if let Some(Value::Array(items)) = list {
+        items.sort_by(|a, b| a[key].to_string().cmp(&b[key].to_string()));
+    }
+}
+
+/// Whether every sample app container has its own emptyDir on /tmp (`want`), or none has
+/// (the process node of the tests provides a private /tmp and a volume there would hide it).
+fn writable_tmp(r: &Render, want: bool) -> Result<()> {
+    let app = r
+        .objects
+        .iter()
+        .find(|o| {
+            str_at(o, "/metadata/namespace") == APP_NS && o.pointer("/spec/template").is_some()
+        })
+        .context("no sample app workload")?;
+    let pod = app.pointer("/spec/template").context("no pod template")?;
+    for c in pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let mount = c
+            .pointer("/volumeMounts")
+            .and_then(Value::as_array)
+            .and_then(|ms| ms.iter().find(|m| str_at(m, "/mountPath") == "/tmp"));
+        let name = str_at(c, "/name");
+        match (mount, want) {
+            (None, false) => {}
+            (Some(_), false) => bail!("container {name} mounts a volume on /tmp"),
+            (None, true) => bail!("container {name} has no writable /tmp"),
+            (Some(m), true) => {
+                let volume = pod
+                    .pointer("/spec/volumes")
+                    .and_then(Value::as_array)
+                    .and_then(|vs| vs.iter().find(|v| v["name"] == m["name"]));
+                ensure!(
+                    volume.is_some_and(|v| v.pointer("/emptyDir").is_some()),
+                    "container {name}: /tmp is not an emptyDir"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn overlay_is_rolling(r: &Render) -> Result<()> {
@@ -907,6 +1004,76 @@ fn minimal_render(r: &Render) -> Result<()> {
         "notifyKey.enabled=false still passes --notify-key-file"
     );
     Ok(())
+}
+
+/// Every container's args must parse with the real binary: `<bin> <args> --help` exits 0
+/// only if every flag before `--help` exists and its value parses (clap stops at `--help`
+/// before checking required arguments). `$(VAR)` references get sample values.
+fn binaries_accept_args(r: &Renders, bin_dirs: &[PathBuf]) -> Result<()> {
+    let mut p = Problems::default();
+    let mut checked = BTreeSet::new();
+    let mut missing = BTreeSet::new();
+    for render in r.all() {
+        for o in &render.objects {
+            for c in o
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let image = str_at(c, "/image");
+                let binary = image.rsplit('/').next().unwrap_or(image);
+                let binary = binary.split(':').next().unwrap_or(binary);
+                let Some(path) = bin_dirs
+                    .iter()
+                    .map(|d| d.join(binary))
+                    .find(|p| p.is_file())
+                else {
+                    missing.insert(binary.to_string());
+                    continue;
+                };
+                let args: Vec<String> = args(c)
+                    .iter()
+                    .map(|a| {
+                        a.replace("$(POD_IP)", "127.0.0.1")
+                            .replace("$(POD_NAME)", "pod")
+                            .replace("$(POD_NAMESPACE)", "ns")
+                    })
+                    .collect();
+                if !checked.insert((binary.to_string(), args.clone())) {
+                    continue;
+                }
+                let out = Command::new(&path)
+                    .args(&args)
+                    .arg("--help")
+                    .env_clear()
+                    .stdin(Stdio::null())
+                    .output()
+                    .with_context(|| format!("running {}", path.display()))?;
+                p.expect(out.status.success(), || {
+                    format!(
+                        "{}: container {} of {}: `{binary} {}` is refused: {}",
+                        render.label,
+                        str_at(c, "/name"),
+                        object_id(o),
+                        args.join(" "),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )
+                });
+            }
+        }
+    }
+    for m in &missing {
+        eprintln!(
+            "xtask deploy: note: {m} not found in {bin_dirs:?}; its args were not checked \
+             (build the workspace or pass --bin-dir)"
+        );
+    }
+    eprintln!(
+        "xtask deploy: {} distinct command lines checked against the real binaries",
+        checked.len()
+    );
+    p.finish("binaries accept the manifests' args")
 }
 
 // ---------------------------------------------------------------------------------------
