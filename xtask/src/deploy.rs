@@ -213,6 +213,11 @@ impl Problems {
 }
 
 fn run_capture(cmd: &mut Command) -> Result<String> {
+    run_capture_all(cmd).map(|(stdout, _)| stdout)
+}
+
+/// Runs a command that must succeed; returns its stdout and stderr.
+fn run_capture_all(cmd: &mut Command) -> Result<(String, String)> {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -225,7 +230,10 @@ fn run_capture(cmd: &mut Command) -> Result<String> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8(out.stdout).context("non-UTF-8 output")
+    Ok((
+        String::from_utf8(out.stdout).context("non-UTF-8 output")?,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn kustomize(dir: &str) -> Result<Render> {
@@ -1108,11 +1116,24 @@ impl Kubectl {
         run_capture(self.cmd().args(args))
     }
 
+    /// `kubectl apply -f` of `yaml`; any warning of the API server (deprecated API, Pod
+    /// Security `warn` violations of a pod template, ...) is an error.
     fn apply(&self, yaml: &str, extra: &[&str]) -> Result<String> {
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("manifests.yaml");
         std::fs::write(&file, yaml)?;
-        run_capture(self.cmd().args(["apply", "-f"]).arg(&file).args(extra))
+        let (stdout, stderr) =
+            run_capture_all(self.cmd().args(["apply", "-f"]).arg(&file).args(extra))?;
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("warning"))
+            .collect();
+        ensure!(
+            warnings.is_empty(),
+            "the API server warned:\n{}",
+            warnings.join("\n")
+        );
+        Ok(stdout)
     }
 }
 

@@ -73,4 +73,5 @@ metadata:
   labels:
     {{- include "hapod.labels" $root | nindent 4 }}
     pod-security.kubernetes.io/enforce: {{ $root.Values.namespace.podSecurityEnforce }}
+    pod-security.kubernetes.io/warn: {{ $root.Values.namespace.podSecurityEnforce }}
 {{- end -}}
