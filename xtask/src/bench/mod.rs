@@ -60,7 +60,7 @@ pub struct Cli {
     #[arg(long, default_value = "ghcr.io/hapod/hapod-agent:0.1.0")]
     pub scale_image: String,
     /// Arguments of the scale pods' container (comma list).
-    #[arg(long, value_delimiter = ',', default_value = "--listen-ip=$(POD_IP)")]
+    #[arg(long, value_delimiter = ',', default_value = "--role-file=/tmp/role")]
     pub scale_args: Vec<String>,
     /// Timeout of one failover (seconds).
     #[arg(long, default_value_t = 60)]
@@ -183,8 +183,8 @@ impl Cli {
                     }
                 }
             }
-            match logs::controller_stages(&tb.run_dir) {
-                Ok(stages) => r.controller_log_stages = stages,
+            match logs::controller_samples(&tb.run_dir) {
+                Ok(samples) => r.controller_log_stages = attribute(&r.records, &samples, timeout),
                 Err(e) => r
                     .notes
                     .push(format!("controller JSON logs not read: {e:#}")),
@@ -235,6 +235,32 @@ impl Cli {
         r.duration_s = started.elapsed().as_secs_f64();
         Ok(r)
     }
+}
+
+/// Attributes controller log samples to the failover whose window [trigger, trigger +
+/// timeout] holds the line's time stamp (same host clock).
+fn attribute(
+    records: &[failover::Record],
+    samples: &[logs::LogSample],
+    timeout: Duration,
+) -> Vec<(Kind, String, Vec<f64>)> {
+    let mut by: std::collections::BTreeMap<(Kind, String), Vec<f64>> = Default::default();
+    let mut triggers: Vec<(u64, Kind)> = records
+        .iter()
+        .map(|r| (r.timeline.trigger_unix_nanos, r.kind))
+        .collect();
+    triggers.sort();
+    for s in samples {
+        let i = triggers.partition_point(|(t, _)| *t <= s.t);
+        if i == 0 {
+            continue;
+        }
+        let (t, kind) = triggers[i - 1];
+        if s.t - t <= timeout.as_nanos() as u64 {
+            by.entry((kind, s.stage.clone())).or_default().push(s.ms);
+        }
+    }
+    by.into_iter().map(|((k, s), v)| (k, s, v)).collect()
 }
 
 fn perf_works() -> bool {

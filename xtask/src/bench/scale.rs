@@ -38,7 +38,7 @@ impl Default for PodSpec {
     fn default() -> Self {
         PodSpec {
             image: "ghcr.io/hapod/hapod-agent:0.1.0".into(),
-            args: vec!["--listen-ip=$(POD_IP)".into()],
+            args: vec!["--role-file=/tmp/role".into()],
         }
     }
 }
