@@ -216,7 +216,7 @@ impl Drop for Runner {
 }
 
 enum WriteOutcome {
-    Written(Lease),
+    Written(Box<Lease>),
     Conflict,
     Failed,
 }
@@ -360,7 +360,7 @@ impl Runner {
         };
         match write {
             WriteOutcome::Written(new) => {
-                self.observe_lease(Some(new));
+                self.observe_lease(Some(*new));
                 if self.shared.shutting_down.load(Ordering::SeqCst) {
                     // SIGTERM arrived while the write was in flight: never start acting.
                     return Instant::now();
@@ -394,14 +394,18 @@ impl Runner {
             .map_or(Duration::ZERO, |(_, d)| d.saturating_duration_since(sent));
         match self.replace(body, budget).await {
             WriteOutcome::Written(new) => {
-                self.observe_lease(Some(new));
+                self.observe_lease(Some(*new));
                 let extended = {
                     let mut acting = self.shared.acting.lock().unwrap_or_else(|e| e.into_inner());
                     // Only extend the interval we are still in: a release() or a lapse during
                     // the write must not be undone by its late success.
                     match *acting {
-                        Some((t, _))
-                            if t == term && !self.shared.shutting_down.load(Ordering::SeqCst) =>
+                        // Nor resurrect a term whose deadline passed while the write was in
+                        // flight: one term must be one unbroken acting interval.
+                        Some((t, deadline))
+                            if t == term
+                                && Instant::now() < deadline
+                                && !self.shared.shutting_down.load(Ordering::SeqCst) =>
                         {
                             *acting = Some((term, sent + self.cfg.renew_deadline));
                             true
@@ -435,7 +439,7 @@ impl Runner {
         match self.replace(body, self.cfg.renew_deadline).await {
             WriteOutcome::Written(new) => {
                 info!(%term, "lease released");
-                self.observe_lease(Some(new));
+                self.observe_lease(Some(*new));
             }
             // Someone else already took it, or the API is unreachable: either way the lease
             // is not ours to hand over any more, and it expires on its own.
@@ -606,7 +610,7 @@ impl Runner {
 
 fn classify(r: Result<Result<Lease, kube::Error>, tokio::time::error::Elapsed>) -> WriteOutcome {
     match r {
-        Ok(Ok(l)) => WriteOutcome::Written(l),
+        Ok(Ok(l)) => WriteOutcome::Written(Box::new(l)),
         Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
             debug!(message = %s.message, "lease write lost a race");
             WriteOutcome::Conflict
