@@ -1,0 +1,194 @@
+//! Command line (every flag has an environment variable; docs/contracts.md lists them).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hapod_core::Config;
+use hapod_election::ElectionArgs;
+
+const ABOUT: &str = "Keeps exactly one pod of each application group labeled active and fails over to a ready standby when it is lost.";
+
+const LONG_ABOUT: &str = "\
+Keeps exactly one pod of each application group labeled active and fails over to a ready
+standby when it is lost.
+
+Pods matching --selector are grouped by namespace and the value of --group-label. In each
+group the controller keeps one eligible pod labeled <role-label>=<active-value> and every
+other pod <role-label>=<standby-value>. Eligible: phase Running, condition Ready=True, no
+deletionTimestamp, a pod IP, and no critical container dead. A container is critical when
+its env has <critical-env>=<critical-value> (name exact; value compared after trimming ASCII
+whitespace, ignoring ASCII case). A dead critical container (state.terminated,
+lastState.terminated with a higher restartCount, or waiting in CrashLoopBackOff) gets its pod
+deleted with grace period 0 and a UID precondition, after failing over if it was active.
+
+Failover: demote (relabel standby) the old active if it still exists, then label the chosen
+standby active; each write is a merge patch with metadata.resourceVersion as precondition.
+The promoted pod gets annotation hapod.io/epoch=<epoch>, epoch = (controller term << 32) |
+sequence, the term coming from the election Lease (annotation hapod.io/term). After each
+label write the pod is notified over UDP at <pod IP>:<notify-port>.
+
+Only the replica holding the Lease (--lease-name in --pod-namespace) writes; it labels the
+controller pods (--controller-selector) <role-label>=<active-value>|<standby-value>.
+
+HTTP on <listen-ip>:<http-port>: /metrics (Prometheus), /healthz, /readyz.";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Parser, Clone, Debug)]
+#[command(name = "hapod-controller", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Args {
+    /// Kubeconfig file(s) (colon separated). Default: in-cluster config, then the usual
+    /// kubeconfig search (~/.kube/config).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<String>,
+    /// Label selector of the application pods.
+    #[arg(long, env = "HAPOD_SELECTOR", default_value = "app=hapod")]
+    pub selector: String,
+    /// Namespaces to watch, comma separated; empty: all namespaces.
+    #[arg(
+        long,
+        env = "HAPOD_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub namespaces: Vec<String>,
+    /// Label whose value (with the namespace) names a pod's group; pods without it are ignored.
+    #[arg(long, env = "HAPOD_GROUP_LABEL", default_value = "app")]
+    pub group_label: String,
+    /// Label key carrying the role, on application and controller pods.
+    #[arg(long, env = "HAPOD_ROLE_LABEL", default_value = "role")]
+    pub role_label: String,
+    /// Role value of the serving pod (the Service selects it).
+    #[arg(long, env = "HAPOD_ACTIVE_VALUE", default_value = "active")]
+    pub active_value: String,
+    /// Role value of every other pod.
+    #[arg(long, env = "HAPOD_STANDBY_VALUE", default_value = "standby")]
+    pub standby_value: String,
+    /// Env var name marking a critical container (exact match).
+    #[arg(long, env = "HAPOD_CRITICAL_ENV", default_value = "pwcriticality")]
+    pub critical_env: String,
+    /// Env var value marking a critical container (trimmed, ASCII case-insensitive).
+    #[arg(long, env = "HAPOD_CRITICAL_VALUE", default_value = "critical")]
+    pub critical_value: String,
+    /// UDP port of the pods' notification receiver.
+    #[arg(long, env = "HAPOD_NOTIFY_PORT", default_value_t = 10001)]
+    pub notify_port: u16,
+    /// File with the HMAC-SHA256 key shared with the agents; none: unauthenticated messages.
+    #[arg(long, env = "HAPOD_NOTIFY_KEY_FILE")]
+    pub notify_key_file: Option<PathBuf>,
+    /// Also send the original 22-byte "GoActiveDuringFailover" datagram on promotion.
+    #[arg(long, env = "HAPOD_NOTIFY_LEGACY")]
+    pub notify_legacy: bool,
+    /// Resend a notification until its ACK or this many ms.
+    #[arg(long, env = "HAPOD_NOTIFY_DEADLINE_MS", default_value_t = 2000)]
+    pub notify_deadline_ms: u64,
+    /// Period of the re-planning of every group from its full cached state, in seconds.
+    #[arg(long, env = "HAPOD_RESYNC_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
+    /// Address for HTTP and the notification socket (manifests pass $(POD_IP)).
+    #[arg(long, env = "HAPOD_LISTEN_IP", default_value = "0.0.0.0")]
+    pub listen_ip: IpAddr,
+    /// HTTP port of /metrics, /healthz, /readyz.
+    #[arg(long, env = "HAPOD_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// Log format.
+    #[arg(long, env = "HAPOD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub election: ElectionArgs,
+}
+
+impl Args {
+    /// The core's configuration.
+    pub fn core_config(&self) -> Config {
+        Config {
+            role_label: self.role_label.clone(),
+            active_value: self.active_value.clone(),
+            standby_value: self.standby_value.clone(),
+            critical_env: self.critical_env.clone(),
+            critical_value: self.critical_value.clone(),
+        }
+    }
+
+    /// Namespaces to watch, blanks dropped (empty: all).
+    pub fn namespace_list(&self) -> Vec<String> {
+        self.namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect()
+    }
+
+    pub fn resync(&self) -> Duration {
+        Duration::from_secs(self.resync_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let a = Args::try_parse_from([
+            "hapod-controller",
+            "--pod-name",
+            "p",
+            "--pod-namespace",
+            "n",
+        ])
+        .unwrap();
+        assert_eq!(a.selector, "app=hapod");
+        assert!(a.namespace_list().is_empty());
+        assert_eq!(a.core_config(), Config::default());
+        assert_eq!(
+            (a.notify_port, a.http_port, a.resync_seconds),
+            (10001, 8080, 30)
+        );
+        assert_eq!(a.notify_deadline_ms, 2000);
+        assert!(!a.notify_legacy);
+        assert_eq!(a.log_format, LogFormat::Text);
+        assert_eq!(a.listen_ip.to_string(), "0.0.0.0");
+    }
+
+    #[test]
+    fn namespaces_are_a_comma_list() {
+        let a = Args::try_parse_from([
+            "hapod-controller",
+            "--pod-name",
+            "p",
+            "--pod-namespace",
+            "n",
+            "--namespaces",
+            "a, b,,c",
+            "--notify-legacy",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(a.namespace_list(), ["a", "b", "c"]);
+        assert!(a.notify_legacy);
+        assert_eq!(a.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn help_documents_labels_annotations_and_env() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for needle in [
+            "hapod.io/epoch",
+            "HAPOD_SELECTOR",
+            "pwcriticality",
+            "[default: role]",
+            "POD_NAME",
+        ] {
+            assert!(help.contains(needle), "--help lacks {needle}");
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Prometheus metrics of the controller (prometheus-client, one registry shared with the
+//! election). Updating a metric is a few atomic operations: safe on the hot path.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// API verb of a failed call.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are lower case
+pub enum Verb {
+    patch,
+    delete,
+    get,
+    list,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiErrorLabels {
+    pub verb: Verb,
+    /// HTTP status, or `0` when no response came back.
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub role: String,
+    /// `acked`, `timed_out`, `superseded`, `refused`.
+    pub outcome: String,
+}
+
+/// Stage of a failover, measured from the previous one (see `Stage`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // label values are lower case
+pub enum Stage {
+    /// Event received -> decision made.
+    decide,
+    /// Decision made -> write sent (fence checked).
+    send,
+    /// Write sent -> write acknowledged.
+    ack,
+    /// Write acknowledged -> notification handed to the sender.
+    notify,
+    /// Notification sent -> the pod's ACK.
+    notify_ack,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabels {
+    pub stage: Stage,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 100 µs .. ~100 s: failovers are milliseconds, node losses a minute.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub promotions: Family<ReasonLabels, Counter>,
+    pub demotions: Counter,
+    pub kills: Counter,
+    pub failover_latency: Histogram,
+    pub stages: HistogramFamily<StageLabels>,
+    pub groups: Gauge,
+    pub groups_without_active: Gauge,
+    pub api_errors: Family<ApiErrorLabels, Counter>,
+    pub rejected_writes: Counter,
+    pub notifications: Family<NotificationLabels, Counter>,
+    pub unplaceable_pods: Counter,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            promotions: Family::default(),
+            demotions: Counter::default(),
+            kills: Counter::default(),
+            failover_latency: latency_histogram(),
+            stages: Family::new_with_constructor(latency_histogram),
+            groups: Gauge::default(),
+            groups_without_active: Gauge::default(),
+            api_errors: Family::default(),
+            rejected_writes: Counter::default(),
+            notifications: Family::default(),
+            unplaceable_pods: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("hapod");
+        r.register(
+            "promotions",
+            "Pods labeled active, by reason",
+            m.promotions.clone(),
+        );
+        r.register(
+            "demotions",
+            "Active pods labeled standby",
+            m.demotions.clone(),
+        );
+        r.register(
+            "critical_kills",
+            "Pods deleted because a critical container died",
+            m.kills.clone(),
+        );
+        r.register(
+            "failover_latency_seconds",
+            "From the failover trigger being observed to the promotion write being acknowledged",
+            m.failover_latency.clone(),
+        );
+        r.register(
+            "failover_stage_seconds",
+            "Duration of each stage of a role change, from the previous stage",
+            m.stages.clone(),
+        );
+        r.register("groups", "Groups with at least one pod", m.groups.clone());
+        r.register(
+            "groups_without_active",
+            "Groups with no eligible pod labeled active",
+            m.groups_without_active.clone(),
+        );
+        r.register(
+            "api_errors",
+            "Failed API calls, by verb and HTTP status (0: no response)",
+            m.api_errors.clone(),
+        );
+        r.register(
+            "rejected_writes",
+            "Writes the API refused for good (403, 422), retried only after a long pause",
+            m.rejected_writes.clone(),
+        );
+        r.register(
+            "notifications",
+            "Role notifications by role and outcome",
+            m.notifications.clone(),
+        );
+        r.register(
+            "unplaceable_pods",
+            "Pods matching the selector but lacking the group label (logged once each)",
+            m.unplaceable_pods.clone(),
+        );
+        m
+    }
+
+    pub fn stage(&self, stage: Stage, d: Duration) {
+        self.stages
+            .get_or_create(&StageLabels { stage })
+            .observe(d.as_secs_f64());
+    }
+
+    pub fn api_error(&self, verb: Verb, code: u16) {
+        self.api_errors
+            .get_or_create(&ApiErrorLabels { verb, code })
+            .inc();
+    }
+}

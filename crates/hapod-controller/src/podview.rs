@@ -1,0 +1,241 @@
+//! Builds the core's [`PodView`] from a Kubernetes `Pod`. Never panics on odd cluster data:
+//! missing fields read as "not there" (no IP, not ready, phase Unknown).
+
+use std::net::IpAddr;
+
+use hapod_core::{Config, CriticalContainer, Phase, PodView};
+use k8s_openapi::api::core::v1::Pod;
+
+/// Annotation holding the epoch of a pod's promotion.
+pub const EPOCH_ANNOTATION: &str = "hapod.io/epoch";
+
+/// A pod the controller cannot place in a group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaceable {
+    #[error("pod has no name, namespace or uid")]
+    Incomplete,
+    #[error("pod lacks the group label {0:?}")]
+    NoGroupLabel(String),
+}
+
+/// Builds the view of `pod`, grouping by the value of `group_label`.
+pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView, Unplaceable> {
+    let meta = &pod.metadata;
+    let (Some(name), Some(namespace), Some(uid)) = (&meta.name, &meta.namespace, &meta.uid) else {
+        return Err(Unplaceable::Incomplete);
+    };
+    let labels = meta.labels.as_ref();
+    let group = labels
+        .and_then(|l| l.get(group_label))
+        .ok_or_else(|| Unplaceable::NoGroupLabel(group_label.to_owned()))?;
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    Ok(PodView {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        uid: uid.clone(),
+        resource_version: meta.resource_version.clone().unwrap_or_default(),
+        group: group.clone(),
+        role_label: labels.and_then(|l| l.get(&config.role_label)).cloned(),
+        epoch: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EPOCH_ANNOTATION))
+            .and_then(|v| v.trim().parse().ok()),
+        phase: Phase::parse(status.and_then(|s| s.phase.as_deref())),
+        ready,
+        deleting: meta.deletion_timestamp.is_some(),
+        pod_ips: pod_ips(pod),
+        created_unix_seconds: meta
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+        critical: critical_containers(pod, config),
+    })
+}
+
+/// `status.podIPs` in order (the first is the primary), else `status.podIP`; unparseable
+/// entries are skipped.
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else {
+        return Vec::new();
+    };
+    let listed: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    status
+        .pod_ip
+        .iter()
+        .filter_map(|ip| ip.parse().ok())
+        .collect()
+}
+
+/// Status of the regular containers whose env marks them critical. A critical container
+/// without a status yet reads as alive with no restarts.
+fn critical_containers(pod: &Pod, config: &Config) -> Vec<CriticalContainer> {
+    let Some(spec) = &pod.spec else {
+        return Vec::new();
+    };
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    spec.containers
+        .iter()
+        .filter(|c| {
+            // Every env entry is checked: the original stopped at the first one.
+            c.env
+                .iter()
+                .flatten()
+                .any(|e| config.is_critical_env(&e.name, e.value.as_deref()))
+        })
+        .map(|c| {
+            let status = statuses.iter().find(|s| s.name == c.name);
+            let state = status.and_then(|s| s.state.as_ref());
+            CriticalContainer {
+                name: c.name.clone(),
+                terminated: state.is_some_and(|s| s.terminated.is_some()),
+                last_terminated: status
+                    .and_then(|s| s.last_state.as_ref())
+                    .is_some_and(|s| s.terminated.is_some()),
+                restart_count: status.map_or(0, |s| u32::try_from(s.restart_count).unwrap_or(0)),
+                waiting_reason: state
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.clone()),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).expect("valid pod json")
+    }
+
+    fn config() -> Config {
+        Config::default()
+    }
+
+    #[test]
+    fn full_pod_reads_every_field() {
+        let pod = parse(json!({
+            "metadata": {
+                "name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
+                "labels": {"app": "hapod", "role": "active"},
+                "annotations": {"hapod.io/epoch": "4294967297"},
+                "creationTimestamp": "2026-01-01T00:00:10Z",
+            },
+            "spec": {"containers": [
+                {"name": "app", "env": [{"name": "other", "value": "x"},
+                                        {"name": "pwcriticality", "value": " Critical "}]},
+                {"name": "side", "env": [{"name": "pwcriticality", "value": "noncritical"}]},
+                {"name": "plain"},
+            ]},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "podIP": "10.0.0.1",
+                "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}],
+                "containerStatuses": [{
+                    "name": "app", "ready": true, "restartCount": 3, "image": "i", "imageID": "",
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 134}},
+                }],
+            },
+        }));
+        let v = pod_view(&pod, &config(), "app").unwrap();
+        assert_eq!(
+            (v.name.as_str(), v.namespace.as_str(), v.group.as_str()),
+            ("p", "ns", "hapod")
+        );
+        assert_eq!(v.resource_version, "42");
+        assert_eq!(v.role_label.as_deref(), Some("active"));
+        assert_eq!(v.epoch, Some((1 << 32) | 1));
+        assert_eq!(v.phase, Phase::Running);
+        assert!(v.ready && !v.deleting);
+        assert_eq!(
+            v.pod_ips,
+            [
+                "fd00::1".parse::<IpAddr>().unwrap(),
+                "10.0.0.1".parse().unwrap()
+            ]
+        );
+        assert_eq!(v.created_unix_seconds, 1_767_225_610);
+        assert_eq!(
+            v.critical,
+            [CriticalContainer {
+                name: "app".into(),
+                terminated: false,
+                last_terminated: true,
+                restart_count: 3,
+                waiting_reason: Some("CrashLoopBackOff".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn bare_pod_reads_as_not_eligible_without_panicking() {
+        let pod = parse(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"},
+                         "annotations": {"hapod.io/epoch": "not-a-number"}},
+            "spec": {"containers": []},
+        }));
+        let v = pod_view(&pod, &config(), "app").unwrap();
+        assert_eq!(v.phase, Phase::Unknown);
+        assert!(!v.ready && v.pod_ips.is_empty() && v.critical.is_empty());
+        assert_eq!((v.epoch, v.role_label), (None, None));
+        assert_eq!(v.created_unix_seconds, 0);
+    }
+
+    #[test]
+    fn odd_ips_and_env_values() {
+        let pod = parse(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"}},
+            "spec": {"containers": [
+                {"name": "from-ref", "env": [{"name": "pwcriticality",
+                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]},
+                {"name": "empty", "env": [{"name": "pwcriticality", "value": ""}]},
+                {"name": "key-case", "env": [{"name": "PWCRITICALITY", "value": "critical"}]},
+            ]},
+            "status": {"podIP": "not-an-ip", "podIPs": [{"ip": "garbage"}]},
+        }));
+        let v = pod_view(&pod, &config(), "app").unwrap();
+        assert!(v.pod_ips.is_empty());
+        assert!(v.critical.is_empty());
+        let v6 = parse(json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"}},
+            "status": {"podIP": "fd00::7"},
+        }));
+        assert_eq!(
+            pod_view(&v6, &config(), "app").unwrap().primary_ip(),
+            Some("fd00::7".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn missing_group_label_or_identity_is_unplaceable() {
+        let pod = parse(json!({"metadata": {"name": "p", "namespace": "ns", "uid": "u"}}));
+        assert_eq!(
+            pod_view(&pod, &config(), "app"),
+            Err(Unplaceable::NoGroupLabel("app".into()))
+        );
+        let pod = parse(json!({"metadata": {"name": "p", "labels": {"app": "g"}}}));
+        assert_eq!(
+            pod_view(&pod, &config(), "app"),
+            Err(Unplaceable::Incomplete)
+        );
+    }
+}

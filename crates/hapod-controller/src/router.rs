@@ -1,0 +1,299 @@
+//! Turns raw pod watch events into per-group core events: places pods in groups, turns a
+//! re-list (Init .. InitDone) into one `Resync` per group, so a pod deleted during a watch gap
+//! is seen as missing, and logs pods without a group label once each.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use hapod_core::{Config, Event, PodView};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::watcher;
+
+use crate::metrics::Metrics;
+use crate::podview::pod_view;
+
+/// A group: namespace plus the value of the group label.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub namespace: String,
+    pub group: String,
+}
+
+impl fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.group)
+    }
+}
+
+impl GroupKey {
+    fn of(view: &PodView) -> Self {
+        Self {
+            namespace: view.namespace.clone(),
+            group: view.group.clone(),
+        }
+    }
+}
+
+/// Which namespaces one watch stream covers (`None`: all).
+pub type Scope = Option<String>;
+
+fn in_scope(scope: &Scope, key: &GroupKey) -> bool {
+    scope.as_ref().is_none_or(|ns| *ns == key.namespace)
+}
+
+/// Places pods in groups; one per controller, fed by every watch stream.
+pub struct Router {
+    config: Arc<Config>,
+    group_label: String,
+    metrics: Metrics,
+    /// Group of every placed pod, by UID.
+    placed: HashMap<String, GroupKey>,
+    /// Pods already logged as unplaceable, by UID (one log line each, not a storm).
+    warned: HashSet<String>,
+    /// Pods listed so far by a re-list in progress, per scope.
+    relists: HashMap<Scope, Vec<PodView>>,
+}
+
+impl Router {
+    pub fn new(config: Arc<Config>, group_label: String, metrics: Metrics) -> Self {
+        Self {
+            config,
+            group_label,
+            metrics,
+            placed: HashMap::new(),
+            warned: HashSet::new(),
+            relists: HashMap::new(),
+        }
+    }
+
+    /// Every group with a placed pod in `scope`.
+    pub fn groups_in(&self, scope: &Scope) -> impl Iterator<Item = &GroupKey> {
+        self.placed.values().filter(move |k| in_scope(scope, k))
+    }
+
+    fn view(&mut self, pod: &Pod) -> Option<PodView> {
+        match pod_view(pod, &self.config, &self.group_label) {
+            Ok(view) => Some(view),
+            Err(reason) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if self.warned.insert(uid) {
+                    self.metrics.unplaceable_pods.inc();
+                    tracing::warn!(
+                        namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
+                        pod = pod.metadata.name.as_deref().unwrap_or(""),
+                        %reason,
+                        "pod matches the selector but cannot be grouped; ignored"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Events for the groups affected by one watch event of the stream covering `scope`.
+    pub fn route(&mut self, scope: &Scope, event: watcher::Event<Pod>) -> Vec<(GroupKey, Event)> {
+        match event {
+            watcher::Event::Init => {
+                self.relists.insert(scope.clone(), Vec::new());
+                Vec::new()
+            }
+            watcher::Event::InitApply(pod) => {
+                if let Some(view) = self.view(&pod) {
+                    self.relists.entry(scope.clone()).or_default().push(view);
+                }
+                Vec::new()
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relists.remove(scope).unwrap_or_default();
+                self.snapshot(scope, listed, None)
+            }
+            watcher::Event::Apply(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                let view = self.view(&pod);
+                let mut out = Vec::new();
+                let new_key = view.as_ref().map(GroupKey::of);
+                // A pod whose group label changed or vanished leaves its old group.
+                if let Some(old) = self
+                    .placed
+                    .get(&uid)
+                    .filter(|old| Some(*old) != new_key.as_ref())
+                {
+                    out.push((
+                        old.clone(),
+                        Event::Deleted {
+                            name: pod.metadata.name.clone().unwrap_or_default(),
+                            uid: uid.clone(),
+                        },
+                    ));
+                    self.placed.remove(&uid);
+                }
+                if let (Some(view), Some(key)) = (view, new_key) {
+                    self.warned.remove(&uid);
+                    self.placed.insert(uid, key.clone());
+                    out.push((key, Event::Applied(view)));
+                }
+                out
+            }
+            watcher::Event::Delete(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                self.warned.remove(&uid);
+                let Some(key) = self.placed.remove(&uid) else {
+                    return Vec::new();
+                };
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                vec![(key, Event::Deleted { name, uid })]
+            }
+        }
+    }
+
+    /// One `Resync` per group of `scope` from a full list: groups known before but absent
+    /// from the list get an empty one (all their pods are gone).
+    pub fn snapshot(
+        &mut self,
+        scope: &Scope,
+        listed: Vec<PodView>,
+        list_version: Option<String>,
+    ) -> Vec<(GroupKey, Event)> {
+        let mut groups: BTreeMap<GroupKey, Vec<PodView>> = self
+            .groups_in(scope)
+            .map(|k| (k.clone(), Vec::new()))
+            .collect();
+        // Only a re-list in watch order replaces the placement; a separate list may race
+        // with newer watch events that already placed pods.
+        if list_version.is_none() {
+            self.placed.retain(|_, k| !in_scope(scope, k));
+        }
+        for view in listed {
+            let key = GroupKey::of(&view);
+            self.placed.insert(view.uid.clone(), key.clone());
+            groups.entry(key).or_default().push(view);
+        }
+        groups
+            .into_iter()
+            .map(|(key, pods)| {
+                let event = Event::Resync {
+                    pods,
+                    list_version: list_version.clone(),
+                };
+                (key, event)
+            })
+            .collect()
+    }
+
+    /// Views of listed pods (for a separate list call), unplaceable ones logged once.
+    pub fn views(&mut self, pods: &[Pod]) -> Vec<PodView> {
+        pods.iter().filter_map(|p| self.view(p)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+    use serde_json::json;
+
+    fn pod(name: &str, group: Option<&str>) -> Pod {
+        let mut labels = serde_json::Map::new();
+        if let Some(g) = group {
+            labels.insert("app".into(), json!(g));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "uid": format!("{name}-uid"),
+                         "resourceVersion": "5", "labels": labels},
+        }))
+        .unwrap()
+    }
+
+    fn router() -> Router {
+        let metrics = Metrics::register(&mut Registry::default());
+        Router::new(Arc::new(Config::default()), "app".into(), metrics)
+    }
+
+    fn key(group: &str) -> GroupKey {
+        GroupKey {
+            namespace: "ns".into(),
+            group: group.into(),
+        }
+    }
+
+    #[test]
+    fn relist_missing_pod_becomes_resync_without_it() {
+        let mut r = router();
+        let all: Scope = None;
+        assert_eq!(
+            r.route(&all, watcher::Event::Apply(pod("a", Some("g"))))
+                .len(),
+            1
+        );
+        r.route(&all, watcher::Event::Apply(pod("b", Some("g"))));
+        r.route(&all, watcher::Event::Apply(pod("c", Some("h"))));
+        // Watch gap: "a" and all of group "h" were deleted meanwhile.
+        assert!(r.route(&all, watcher::Event::Init).is_empty());
+        assert!(
+            r.route(&all, watcher::Event::InitApply(pod("b", Some("g"))))
+                .is_empty()
+        );
+        let out = r.route(&all, watcher::Event::InitDone);
+        assert_eq!(out.len(), 2);
+        let Event::Resync { pods, list_version } = &out[0].1 else {
+            panic!("{out:?}")
+        };
+        assert_eq!(out[0].0, key("g"));
+        assert_eq!(
+            pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(*list_version, None);
+        assert_eq!(
+            out[1],
+            (
+                key("h"),
+                Event::Resync {
+                    pods: vec![],
+                    list_version: None
+                }
+            )
+        );
+        // A later delete of a pod not placed any more is not routed.
+        assert!(
+            r.route(&all, watcher::Event::Delete(pod("c", Some("h"))))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn missing_group_label_is_ignored_and_relabel_moves_the_pod() {
+        let mut r = router();
+        let all: Scope = None;
+        for _ in 0..3 {
+            assert!(
+                r.route(&all, watcher::Event::Apply(pod("x", None)))
+                    .is_empty()
+            );
+        }
+        assert_eq!(r.metrics.unplaceable_pods.get(), 1);
+        r.route(&all, watcher::Event::Apply(pod("a", Some("g"))));
+        let out = r.route(&all, watcher::Event::Apply(pod("a", Some("h"))));
+        assert_eq!(
+            out.iter()
+                .map(|(k, _)| k.group.as_str())
+                .collect::<Vec<_>>(),
+            ["g", "h"]
+        );
+        assert!(matches!(out[0].1, Event::Deleted { .. }));
+        let out = r.route(&all, watcher::Event::Apply(pod("a", None)));
+        assert_eq!(out.len(), 1);
+        assert!(matches!(out[0].1, Event::Deleted { .. }));
+    }
+
+    #[test]
+    fn relist_of_one_namespace_leaves_other_namespaces_alone() {
+        let mut r = router();
+        r.route(&None, watcher::Event::Apply(pod("a", Some("g"))));
+        let other: Scope = Some("other".into());
+        r.route(&other, watcher::Event::Init);
+        assert!(r.route(&other, watcher::Event::InitDone).is_empty());
+        assert_eq!(r.groups_in(&None).count(), 1);
+    }
+}

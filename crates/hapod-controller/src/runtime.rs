@@ -1,0 +1,360 @@
+//! The controller's wiring: pod watch streams -> router -> per-group workers, leadership
+//! changes, periodic re-planning, the Event publisher, notification outcomes and HTTP.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hapod_core::Event;
+use hapod_protocol::sender::{Delivery, Outcome};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use kube::Client;
+use kube::api::{Api, ListParams, ObjectList};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::metrics::{Metrics, NotificationLabels, Stage, Verb};
+use crate::router::{GroupKey, Router, Scope};
+use crate::worker::{Input, PodNote, Shared, Worker};
+use crate::writer::{Fence, Writer, status_code};
+
+/// What the dispatcher needs besides the client.
+pub struct Settings {
+    /// Label selector of the application pods.
+    pub selector: String,
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// Period of the re-planning of every group from its cached state.
+    pub resync: Duration,
+}
+
+/// Result of the take-over list: the term it was made for and one list per scope.
+type TakeoverLists = (u32, Vec<(Scope, ObjectList<Pod>)>);
+
+/// Longest pause between attempts of the take-over list.
+const TAKEOVER_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Routes watch events to group workers and follows leadership.
+pub struct Dispatcher {
+    client: Client,
+    settings: Settings,
+    shared: Arc<Shared>,
+    fence: Arc<dyn Fence>,
+    router: Router,
+    groups: HashMap<GroupKey, mpsc::UnboundedSender<Input>>,
+    /// Term the workers were told to act in.
+    acting: Option<u32>,
+    ready: Arc<AtomicBool>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        shared: Arc<Shared>,
+        fence: Arc<dyn Fence>,
+        ready: Arc<AtomicBool>,
+    ) -> Self {
+        let router = Router::new(
+            Arc::clone(&shared.config),
+            shared.group_label.clone(),
+            shared.metrics.clone(),
+        );
+        Self {
+            client,
+            settings,
+            shared,
+            fence,
+            router,
+            groups: HashMap::new(),
+            acting: None,
+            ready,
+        }
+    }
+
+    fn scopes(&self) -> Vec<Scope> {
+        if self.settings.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.settings.namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+
+    fn pods_in(&self, scope: &Scope) -> Api<Pod> {
+        match scope {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        }
+    }
+
+    /// Runs until the leadership channel closes (the election task is gone).
+    pub async fn run(mut self, mut leader: watch::Receiver<Option<u32>>) {
+        let scopes = self.scopes();
+        // Consistent lists: a re-list served from a stale cache could miss a pod that exists.
+        let config = watcher::Config::default()
+            .labels(&self.settings.selector)
+            .list_semantic(watcher::ListSemantic::MostRecent);
+        let streams = scopes.iter().map(|scope| {
+            let scope = scope.clone();
+            watcher(self.pods_in(&scope), config.clone())
+                .default_backoff()
+                .map(move |event| (scope.clone(), event))
+                .boxed()
+        });
+        let mut watch = futures::stream::select_all(streams);
+        let mut uninitialized: HashSet<Scope> = scopes.into_iter().collect();
+        let (takeover_tx, mut takeover_rx) = mpsc::unbounded_channel();
+        let mut resync = tokio::time::interval(self.settings.resync);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let initial = *leader.borrow_and_update();
+        if let Some(term) = initial {
+            self.spawn_takeover(term, leader.clone(), takeover_tx.clone());
+        }
+        // Read-only view for the select arms other than the one awaiting changes.
+        let current = leader.clone();
+        loop {
+            tokio::select! {
+                Some((scope, event)) = watch.next() => {
+                    let received = Instant::now();
+                    match event {
+                        Ok(event) => {
+                            if matches!(event, watcher::Event::InitDone)
+                                && uninitialized.remove(&scope)
+                                && uninitialized.is_empty()
+                            {
+                                self.ready.store(true, Ordering::Release);
+                            }
+                            for (key, event) in self.router.route(&scope, event) {
+                                self.send(key, event, received);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(?scope, %error, "pod watch failed; retrying with backoff");
+                            if let watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) = &error {
+                                self.shared.metrics.api_error(Verb::list, status_code(e));
+                            }
+                        }
+                    }
+                }
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        tracing::error!("leader election stopped; no longer acting");
+                        self.broadcast(Event::Leadership(None));
+                        return;
+                    }
+                    let term = *leader.borrow_and_update();
+                    if term != self.acting {
+                        // Stop acting at once; a new term starts after a fresh list.
+                        if self.acting.take().is_some() {
+                            self.broadcast(Event::Leadership(None));
+                        }
+                        if let Some(term) = term {
+                            self.spawn_takeover(term, leader.clone(), takeover_tx.clone());
+                        }
+                    }
+                }
+                Some(takeover) = takeover_rx.recv() => {
+                    if *current.borrow() == Some(takeover.0) && self.acting.is_none() {
+                        self.take_over(takeover);
+                    }
+                }
+                _ = resync.tick() => self.broadcast(Event::Tick),
+            }
+        }
+    }
+
+    /// Lists the pods again before acting in `term`: the watch cache may lag behind the
+    /// writes of the replica that acted before.
+    fn spawn_takeover(
+        &self,
+        term: u32,
+        leader: watch::Receiver<Option<u32>>,
+        done: mpsc::UnboundedSender<TakeoverLists>,
+    ) {
+        let apis: Vec<(Scope, Api<Pod>)> = self
+            .scopes()
+            .into_iter()
+            .map(|s| {
+                let api = self.pods_in(&s);
+                (s, api)
+            })
+            .collect();
+        let params = ListParams::default().labels(&self.settings.selector);
+        let metrics = self.shared.metrics.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            while *leader.borrow() == Some(term) {
+                let mut lists = Vec::with_capacity(apis.len());
+                let mut failed = false;
+                for (scope, api) in &apis {
+                    match api.list(&params).await {
+                        Ok(list) => lists.push((scope.clone(), list)),
+                        Err(error) => {
+                            metrics.api_error(Verb::list, status_code(&error));
+                            tracing::warn!(?scope, %error, "take-over list failed; retrying");
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if !failed {
+                    let _ = done.send((term, lists));
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(TAKEOVER_RETRY_MAX);
+            }
+        });
+    }
+
+    fn take_over(&mut self, (term, lists): TakeoverLists) {
+        let received = Instant::now();
+        for (scope, list) in lists {
+            let views = self.router.views(&list.items);
+            let version = list.metadata.resource_version.clone();
+            for (key, event) in self.router.snapshot(&scope, views, version) {
+                self.send(key, event, received);
+            }
+        }
+        tracing::info!(term, groups = self.groups.len(), "acting");
+        self.acting = Some(term);
+        self.broadcast(Event::Leadership(Some(term)));
+    }
+
+    fn broadcast(&mut self, event: Event) {
+        let now = Instant::now();
+        self.groups
+            .retain(|_, tx| tx.send((event.clone(), now)).is_ok());
+    }
+
+    fn send(&mut self, key: GroupKey, event: Event, received: Instant) {
+        let tx = match self.groups.get(&key) {
+            Some(tx) => tx,
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let writer = Writer::new(
+                    Api::namespaced(self.client.clone(), &key.namespace),
+                    Arc::clone(&self.shared.config),
+                    Arc::clone(&self.fence),
+                    self.shared.metrics.clone(),
+                );
+                let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared));
+                tokio::spawn(worker.run(rx));
+                if let Some(term) = self.acting {
+                    let _ = tx.send((Event::Leadership(Some(term)), received));
+                }
+                self.groups.entry(key).or_insert(tx)
+            }
+        };
+        // A closed channel means the worker panicked; nothing to deliver to.
+        let _ = tx.send((event, received));
+    }
+}
+
+/// Publishes Kubernetes Events about pods, one at a time, away from the workers.
+pub async fn publish_notes(client: Client, reporter: Reporter, mut notes: mpsc::Receiver<PodNote>) {
+    let recorder = Recorder::new(client, reporter);
+    while let Some(note) = notes.recv().await {
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(note.pod.clone()),
+            namespace: Some(note.namespace.clone()),
+            uid: Some(note.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let event = kube::runtime::events::Event {
+            type_: if note.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: note.reason.into(),
+            note: Some(note.note),
+            action: "SetRole".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(pod = %note.pod, %error, "event not published");
+        }
+    }
+}
+
+/// Turns notification outcomes into metrics and log lines (the last stage of a failover).
+pub async fn track_notifications(mut outcomes: mpsc::UnboundedReceiver<Outcome>, metrics: Metrics) {
+    while let Some(outcome) = outcomes.recv().await {
+        let label = match outcome.delivery {
+            Delivery::Acked { rtt, attempts } => {
+                metrics.stage(Stage::notify_ack, rtt);
+                tracing::debug!(group = %outcome.group, pod = %outcome.pod, role = outcome.role.as_str(),
+                    epoch = outcome.epoch, message_id = outcome.message_id,
+                    ack_us = rtt.as_micros() as u64, attempts, "notification acknowledged");
+                "acked"
+            }
+            Delivery::TimedOut { attempts } => {
+                tracing::warn!(group = %outcome.group, pod = %outcome.pod, addr = %outcome.addr,
+                    role = outcome.role.as_str(), epoch = outcome.epoch, attempts,
+                    "notification not acknowledged before the deadline");
+                "timed_out"
+            }
+            Delivery::Superseded { .. } => "superseded",
+        };
+        metrics
+            .notifications
+            .get_or_create(&NotificationLabels {
+                role: outcome.role.as_str().into(),
+                outcome: label.into(),
+            })
+            .inc();
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz` (ready once every watch has listed its pods).
+pub fn http_routes(registry: Arc<Registry>, ready: Arc<AtomicBool>) -> axum::Router {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = Arc::clone(&registry);
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        ),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            String::new(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = ready.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "pod watch not synced\n")
+                    }
+                }
+            }),
+        )
+}

@@ -1,0 +1,159 @@
+//! Carries out the core's writes against the API: fenced, with preconditions, and with every
+//! error classified into the outcome the core understands.
+
+use std::sync::Arc;
+
+use hapod_core::{Config, Role, Write, WriteKind, WriteOutcome, epoch};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::{Value, json};
+
+use crate::metrics::{Metrics, Verb};
+use crate::podview::EPOCH_ANNOTATION;
+
+/// The leadership check made right before every write. Implemented by the election's
+/// `LeaderHandle`; the seam exists so the runtime can be tested without a Lease.
+pub trait Fence: Send + Sync {
+    /// The current controller term while this replica may write, else `None`.
+    fn term(&self) -> Option<u32>;
+}
+
+impl Fence for hapod_election::LeaderHandle {
+    fn term(&self) -> Option<u32> {
+        self.fence().ok().map(|t| t.get())
+    }
+}
+
+/// Merge patch setting the role label (and the epoch annotation), with the resourceVersion
+/// the decision was based on as precondition: the API answers 409 when the pod changed since.
+pub fn role_patch(
+    config: &Config,
+    resource_version: &str,
+    role: Role,
+    epoch: Option<u64>,
+) -> Value {
+    let value = match role {
+        Role::Active => &config.active_value,
+        _ => &config.standby_value,
+    };
+    let mut metadata = json!({
+        "resourceVersion": resource_version,
+        "labels": { config.role_label.as_str(): value },
+    });
+    if let Some(epoch) = epoch {
+        metadata["annotations"] = json!({ EPOCH_ANNOTATION: epoch.to_string() });
+    }
+    json!({ "metadata": metadata })
+}
+
+/// Immediate delete of exactly the pod with `uid` (a replacement reusing the name is safe).
+pub fn kill_params(uid: &str) -> DeleteParams {
+    DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    }
+}
+
+/// HTTP status of a failed call, `0` when none came back.
+pub fn status_code(error: &kube::Error) -> u16 {
+    match error {
+        kube::Error::Api(status) => status.code,
+        _ => 0,
+    }
+}
+
+/// The outcome the core gets for a failed write.
+pub fn classify(error: &kube::Error) -> WriteOutcome {
+    match status_code(error) {
+        409 => WriteOutcome::Conflict,
+        404 => WriteOutcome::NotFound,
+        // Bad request, forbidden, invalid: retrying the same write cannot help.
+        code @ (400 | 403 | 422) => WriteOutcome::Rejected { code },
+        _ => WriteOutcome::Failed,
+    }
+}
+
+/// Writes of one namespace.
+#[derive(Clone)]
+pub struct Writer {
+    pods: Api<Pod>,
+    config: Arc<Config>,
+    fence: Arc<dyn Fence>,
+    metrics: Metrics,
+}
+
+impl Writer {
+    pub fn new(
+        pods: Api<Pod>,
+        config: Arc<Config>,
+        fence: Arc<dyn Fence>,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            pods,
+            config,
+            fence,
+            metrics,
+        }
+    }
+
+    /// Fences, then performs `write`. A write whose epoch belongs to another term than the one
+    /// held now is not sent: the leadership change reaches the group next.
+    pub async fn execute(&self, write: &Write) -> WriteOutcome {
+        let Some(term) = self.fence.term() else {
+            tracing::debug!(pod = %write.pod, "write skipped: not the acting leader");
+            return WriteOutcome::Failed;
+        };
+        let (verb, result) = match &write.kind {
+            WriteKind::SetRole {
+                resource_version,
+                role,
+                epoch: stamped,
+                ..
+            } => {
+                if stamped.is_some_and(|e| epoch::term_of(e) != term) {
+                    return WriteOutcome::Failed;
+                }
+                let body = role_patch(&self.config, resource_version, *role, *stamped);
+                let result = self
+                    .pods
+                    .patch(&write.pod, &PatchParams::default(), &Patch::Merge(&body))
+                    .await
+                    .map(|pod| pod.metadata.resource_version);
+                (Verb::patch, result)
+            }
+            WriteKind::Delete { .. } => {
+                let result = self
+                    .pods
+                    .delete(&write.pod, &kill_params(&write.uid))
+                    .await
+                    .map(|_| None);
+                (Verb::delete, result)
+            }
+        };
+        match result {
+            Ok(resource_version) => WriteOutcome::Done { resource_version },
+            Err(error) => {
+                let code = status_code(&error);
+                self.metrics.api_error(verb, code);
+                let outcome = classify(&error);
+                if let WriteOutcome::Rejected { .. } = outcome {
+                    self.metrics.rejected_writes.inc();
+                }
+                tracing::warn!(pod = %write.pod, ?verb, code, %error, ?outcome, "write failed");
+                outcome
+            }
+        }
+    }
+
+    /// Reads a pod again after a conflict; `Ok(None)` when it is gone.
+    pub async fn read(&self, name: &str) -> Result<Option<Pod>, kube::Error> {
+        self.pods.get_opt(name).await.inspect_err(|error| {
+            self.metrics.api_error(Verb::get, status_code(error));
+        })
+    }
+}
