@@ -1,1 +1,24 @@
-//! placeholder, replaced by the owning work stream.
+//! hapod-node: a kubelet stand-in that runs the pods bound to its Nodes as local processes.
+//!
+//! Each pod gets its own loopback address (127.x.y.z) as pod IP, each container its own mount
+//! namespace with a private `/tmp` (host folder published as annotation
+//! `node.hapod.io/tmp-<container>`) and its volumes bind-mounted; images map to local binaries.
+//! Status (phase, conditions, container states, restarts) is written on every change.
+//!
+//! Use [`NodeHandle::spawn`] to run a node inside a test's runtime, or the `hapod-node` binary.
+
+pub mod cli;
+pub mod config;
+pub mod expand;
+pub mod ipalloc;
+pub mod node;
+pub mod pod;
+pub mod probe;
+pub mod process;
+pub mod status;
+pub mod volumes;
+
+pub use config::{ImageMap, NodeConfig};
+pub use ipalloc::LoopbackCidr;
+pub use node::{NodeHandle, run};
+pub use pod::{LOG_ANNOTATION_PREFIX, TMP_ANNOTATION_PREFIX};

@@ -1,0 +1,162 @@
+//! Pod IP allocation from a loopback range: every pod gets its own 127.x.y.z so that pods
+//! running as processes on one host can all bind the same ports.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+/// An IPv4 range inside 127.0.0.0/8 (the network rule allows loopback addresses only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopbackCidr {
+    base: u32,
+    prefix: u8,
+}
+
+impl LoopbackCidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("prefix /{prefix} must be between /8 and /30"));
+        }
+        if addr.octets()[0] != 127 {
+            return Err(format!("{addr} is not a loopback address (127.0.0.0/8)"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            base: u32::from(addr) & mask,
+            prefix,
+        })
+    }
+
+    fn size(&self) -> u32 {
+        1u32 << (32 - self.prefix)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == self.base
+    }
+}
+
+impl FromStr for LoopbackCidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s}: expected ADDRESS/PREFIX"))?;
+        let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
+        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
+        Self::new(addr, prefix)
+    }
+}
+
+/// Hands out unique addresses of a range; freed addresses are reused only after the rest of
+/// the range has been used, so that a just-deleted pod's address is not immediately given to a
+/// new pod (late packets and stale EndpointSlices would reach the wrong process).
+#[derive(Debug)]
+pub struct IpAllocator {
+    cidr: LoopbackCidr,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    used: HashSet<u32>,
+    next: u32,
+}
+
+impl IpAllocator {
+    pub fn new(cidr: LoopbackCidr) -> Self {
+        Self {
+            cidr,
+            inner: Mutex::new(Inner {
+                used: HashSet::new(),
+                next: 1,
+            }),
+        }
+    }
+
+    /// Reserves `preferred` if it is inside the range and free (a pod that already has an
+    /// address keeps it across node restarts), else the next free address.
+    pub fn allocate(&self, preferred: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(ip) = preferred
+            && self.cidr.contains(ip)
+            && Self::usable(u32::from(ip))
+            && inner.used.insert(u32::from(ip))
+        {
+            return Some(ip);
+        }
+        let size = self.cidr.size();
+        for _ in 0..size {
+            let offset = inner.next % size;
+            inner.next = inner.next.wrapping_add(1);
+            let candidate = self.cidr.base + offset;
+            if Self::usable(candidate) && inner.used.insert(candidate) {
+                return Some(Ipv4Addr::from(candidate));
+            }
+        }
+        None
+    }
+
+    /// Addresses ending in .0 or .255 are skipped: some tools treat them as network or
+    /// broadcast addresses even on loopback.
+    fn usable(ip: u32) -> bool {
+        !matches!(ip & 0xff, 0 | 255)
+    }
+
+    pub fn release(&self, ip: Ipv4Addr) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner.used.remove(&u32::from(ip));
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .used
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_non_loopback_ranges() {
+        assert!("10.0.0.0/24".parse::<LoopbackCidr>().is_err());
+        assert!("192.168.0.0/16".parse::<LoopbackCidr>().is_err());
+        assert!("127.10.0.0/16".parse::<LoopbackCidr>().is_ok());
+        assert!("127.10.0.0".parse::<LoopbackCidr>().is_err());
+    }
+
+    #[test]
+    fn unique_addresses_inside_the_range() {
+        let alloc = IpAllocator::new("127.10.0.0/16".parse().unwrap());
+        let mut seen = HashSet::new();
+        for _ in 0..600 {
+            let ip = alloc.allocate(None).unwrap();
+            assert_eq!(ip.octets()[..2], [127, 10]);
+            assert!(!matches!(ip.octets()[3], 0 | 255), "{ip}");
+            assert!(seen.insert(ip), "duplicate {ip}");
+        }
+        assert_eq!(alloc.in_use(), 600);
+    }
+
+    #[test]
+    fn release_and_preferred() {
+        let alloc = IpAllocator::new("127.20.0.0/29".parse().unwrap());
+        let all: Vec<_> = std::iter::from_fn(|| alloc.allocate(None)).collect();
+        // .0 is skipped; .1 to .7 are usable.
+        assert_eq!(all.len(), 7);
+        assert_eq!(alloc.allocate(None), None);
+        alloc.release(all[2]);
+        assert_eq!(alloc.allocate(None), Some(all[2]));
+        alloc.release(all[4]);
+        assert_eq!(alloc.allocate(Some(all[4])), Some(all[4]));
+        // Preferred but taken or outside the range: falls back to a free one (none here).
+        assert_eq!(alloc.allocate(Some(all[0])), None);
+        assert_eq!(alloc.allocate(Some(Ipv4Addr::new(127, 99, 0, 1))), None);
+    }
+}

@@ -1,0 +1,461 @@
+//! The node process: registers its Nodes, keeps them alive, watches the pods bound to them and
+//! runs one [`PodWorker`] per pod.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::NodeConfig;
+use crate::expand::parse_quantity;
+use crate::ipalloc::IpAllocator;
+use crate::pod::{Msg, NodeCtx, PodWorker};
+use crate::process::Spawner;
+
+/// The in-cluster service variables, pointing at the API server the node itself talks to: its
+/// loopback address and port (never a Service ClusterIP: nothing routes those here).
+pub fn service_env(cluster_url: &http::Uri) -> anyhow::Result<Vec<(String, String)>> {
+    let host = cluster_url.host().context("API server URL has no host")?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = if host == "localhost" {
+        IpAddr::from([127, 0, 0, 1])
+    } else {
+        host.parse()
+            .with_context(|| format!("API server host {host} is not an IP address"))?
+    };
+    if !ip.is_loopback() {
+        bail!("API server {ip} is not a loopback address; hapod-node only talks to loopback");
+    }
+    let port = cluster_url.port_u16().unwrap_or(443);
+    let (h, p) = (ip.to_string(), port.to_string());
+    Ok(vec![
+        ("KUBERNETES_SERVICE_HOST".into(), h.clone()),
+        ("KUBERNETES_SERVICE_PORT".into(), p.clone()),
+        ("KUBERNETES_SERVICE_PORT_HTTPS".into(), p.clone()),
+        ("KUBERNETES_PORT".into(), format!("tcp://{h}:{p}")),
+        (format!("KUBERNETES_PORT_{p}_TCP"), format!("tcp://{h}:{p}")),
+        (format!("KUBERNETES_PORT_{p}_TCP_PROTO"), "tcp".into()),
+        (format!("KUBERNETES_PORT_{p}_TCP_PORT"), p.clone()),
+        (format!("KUBERNETES_PORT_{p}_TCP_ADDR"), h),
+    ])
+}
+
+/// The CA certificates of the node's kubeconfig as PEM (for `ca.crt` in ServiceAccount volumes).
+pub fn ca_pem(kube_config: &kube::Config) -> Option<String> {
+    if let Some(file) = &kube_config.root_cert_file
+        && let Ok(pem) = std::fs::read_to_string(file)
+    {
+        return Some(pem);
+    }
+    let certs = kube_config.root_cert.as_ref()?;
+    let mut pem = String::new();
+    for der in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    Some(pem)
+}
+
+fn node_status(cfg: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serde_json::Value {
+    let resources = json!({
+        "cpu": cfg.cpu,
+        "memory": cfg.memory,
+        "pods": cfg.max_pods.to_string(),
+        "ephemeral-storage": "100Gi",
+    });
+    let condition = |kind: &str, status: &str, reason: &str, message: &str| {
+        json!({
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastHeartbeatTime": Time(now),
+            "lastTransitionTime": Time(ready_since),
+        })
+    };
+    json!({
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": [
+            condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+            condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+            condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+            condition("Ready", "True", "KubeletReady", "hapod-node is posting ready status"),
+        ],
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": 10250 } },
+        "nodeInfo": {
+            "architecture": std::env::consts::ARCH,
+            "bootID": "",
+            "containerRuntimeVersion": concat!("hapod-node://", env!("CARGO_PKG_VERSION")),
+            "kernelVersion": "",
+            "kubeProxyVersion": "",
+            "kubeletVersion": "v1.36.0",
+            "machineID": "",
+            "operatingSystem": "linux",
+            "osImage": "hapod-node (pods run as local processes)",
+            "systemUUID": "",
+        },
+    })
+}
+
+fn node_object(cfg: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Result<Node> {
+    let mut labels: serde_json::Map<String, serde_json::Value> = [
+        ("kubernetes.io/hostname", name),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", std::env::consts::ARCH),
+        ("node.hapod.io/process-node", "true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), json!(v)))
+    .collect();
+    for (k, v) in &cfg.node_labels {
+        labels.insert(k.clone(), json!(v));
+    }
+    let mut status = node_status(cfg, now, now);
+    status["addresses"] = json!([
+        { "type": "InternalIP", "address": "127.0.0.1" },
+        { "type": "Hostname", "address": name },
+    ]);
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": labels },
+        "spec": {},
+        "status": status,
+    }))?)
+}
+
+/// Creates the Node (or takes over an existing one) and writes its status.
+async fn register(
+    client: &Client,
+    cfg: &NodeConfig,
+    name: &str,
+    now: Timestamp,
+) -> anyhow::Result<Node> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = node_object(cfg, name, now)?;
+    let created = match nodes.create(&PostParams::default(), &node).await {
+        Ok(n) => n,
+        Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(name).await?,
+        Err(e) => return Err(e).with_context(|| format!("create Node {name}")),
+    };
+    // Create may drop the status, and an existing Node keeps its old one: write it.
+    let status = json!({ "status": node.status });
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("write status of Node {name}"))?;
+    tracing::info!(node = name, "node registered");
+    Ok(created)
+}
+
+/// Renews the node's Lease (what the node lifecycle controller watches) and refreshes the
+/// status heartbeat.
+async fn heartbeat(
+    client: &Client,
+    cfg: &NodeConfig,
+    node: &Node,
+    ready_since: Timestamp,
+) -> anyhow::Result<()> {
+    let name = node.name_any();
+    let now = Timestamp::now();
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": name,
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": name,
+                "uid": node.metadata.uid.clone().unwrap_or_default(),
+            }],
+        },
+        "spec": {
+            "holderIdentity": name,
+            "leaseDurationSeconds": cfg.lease_duration_seconds,
+            "renewTime": MicroTime(now),
+        },
+    });
+    let params = PatchParams::apply("hapod-node").force();
+    leases
+        .patch(&name, &params, &Patch::Apply(&lease))
+        .await
+        .with_context(|| format!("renew Lease kube-node-lease/{name}"))?;
+    let status = json!({ "status": node_status(cfg, ready_since, now) });
+    Api::<Node>::all(client.clone())
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .with_context(|| format!("heartbeat of Node {name}"))?;
+    Ok(())
+}
+
+struct Worker {
+    tx: mpsc::UnboundedSender<Msg>,
+    task: JoinHandle<()>,
+    /// Index of the node (and of its pod watch) the pod is bound to.
+    node: usize,
+}
+
+/// Runs the node until `shutdown` fires, then kills every container process.
+pub async fn run(
+    kube_config: kube::Config,
+    cfg: NodeConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if cfg.node_names.is_empty() {
+        bail!("no node names given");
+    }
+    let service_env = service_env(&kube_config.cluster_url)?;
+    let ca_pem = ca_pem(&kube_config);
+    let client = Client::try_from(kube_config).context("API client")?;
+    std::fs::create_dir_all(cfg.state_dir.join("pods"))
+        .with_context(|| format!("create {}", cfg.state_dir.display()))?;
+    let ctx = Arc::new(NodeCtx {
+        client: client.clone(),
+        ips: IpAllocator::new(cfg.pod_cidr),
+        spawner: Spawner::start().context("spawner thread")?,
+        service_env,
+        ca_pem,
+        cpu_millis: parse_quantity(&cfg.cpu).map_or(4000, |c| (c * 1000.0) as i64),
+        memory_bytes: parse_quantity(&cfg.memory).map_or(8 << 30, |m| m as i64),
+        cfg,
+    });
+
+    let started = Timestamp::now();
+    let mut nodes = Vec::new();
+    for name in &ctx.cfg.node_names {
+        nodes.push(register(&client, &ctx.cfg, name, started).await?);
+    }
+    let beat = {
+        let (client, ctx, token) = (client.clone(), ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(ctx.cfg.heartbeat);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = ticker.tick() => {}
+                }
+                for node in &nodes {
+                    if let Err(e) = heartbeat(&client, &ctx.cfg, node, started).await {
+                        tracing::warn!(error = format!("{e:#}"), "node heartbeat failed");
+                    }
+                }
+            }
+        })
+    };
+
+    let streams = ctx.cfg.node_names.iter().enumerate().map(|(idx, name)| {
+        let config = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
+        watcher(Api::<Pod>::all(client.clone()), config)
+            .default_backoff()
+            .map(move |e| (idx, e))
+            .boxed()
+    });
+    let mut events = futures::stream::select_all(streams);
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    // Pods whose worker finished (deleted by the node): their last updates must not start them
+    // again while the object lingers (finalizers).
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut listed: Vec<HashSet<String>> = vec![HashSet::new(); ctx.cfg.node_names.len()];
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            e = events.next() => e,
+        };
+        let Some((node, event)) = event else { break };
+        match event {
+            Ok(watcher::Event::Init) => listed[node].clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                listed[node].insert(pod.uid().unwrap_or_default());
+                on_apply(&ctx, &mut workers, &mut finished, node, pod);
+            }
+            Ok(watcher::Event::Apply(pod)) => {
+                on_apply(&ctx, &mut workers, &mut finished, node, pod)
+            }
+            Ok(watcher::Event::InitDone) => {
+                // Pods deleted while the watch was down: a relist covers only its own node.
+                let gone: Vec<String> = workers
+                    .iter()
+                    .filter(|(uid, w)| w.node == node && !listed[node].contains(*uid))
+                    .map(|(uid, _)| uid.clone())
+                    .collect();
+                for uid in gone {
+                    if let Some(w) = workers.remove(&uid) {
+                        let _ = w.tx.send(Msg::Gone);
+                    }
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                let uid = pod.uid().unwrap_or_default();
+                finished.remove(&uid);
+                if let Some(w) = workers.remove(&uid) {
+                    let _ = w.tx.send(Msg::Gone);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pod watch error; retrying"),
+        }
+        let done: Vec<String> = workers
+            .iter()
+            .filter(|(_, w)| w.task.is_finished())
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in done {
+            workers.remove(&uid);
+            finished.insert(uid);
+        }
+    }
+
+    tracing::info!("node stopping: killing every container process");
+    beat.abort();
+    for w in workers.values() {
+        let _ = w.tx.send(Msg::Shutdown);
+    }
+    for (_, w) in workers {
+        let _ = w.task.await;
+    }
+    Ok(())
+}
+
+fn on_apply(
+    ctx: &Arc<NodeCtx>,
+    workers: &mut HashMap<String, Worker>,
+    finished: &mut HashSet<String>,
+    node: usize,
+    pod: Pod,
+) {
+    let Some(uid) = pod.metadata.uid.clone() else {
+        return;
+    };
+    if let Some(w) = workers.get(&uid)
+        && !w.task.is_finished()
+    {
+        let _ = w.tx.send(Msg::Updated(Box::new(pod)));
+        return;
+    }
+    if workers.remove(&uid).is_some() || finished.contains(&uid) {
+        finished.insert(uid);
+        return;
+    }
+    let terminal = matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
+    if terminal {
+        // Nothing runs for a finished pod (e.g. after a node restart); only its deletion is
+        // completed.
+        if pod.metadata.deletion_timestamp.is_some() {
+            finished.insert(uid.clone());
+            let api: Api<Pod> =
+                Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+            let name = pod.name_any();
+            tokio::spawn(async move {
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    preconditions: Some(Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                let _ = api.delete(&name, &params).await;
+            });
+        }
+        return;
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let Some(worker) = PodWorker::new(ctx.clone(), pod.clone(), tx.clone()) else {
+        tracing::error!(pod = %pod.name_any(), "no free pod IP left in {:?}", ctx.cfg.pod_cidr);
+        return;
+    };
+    let task = tokio::spawn(worker.run(rx));
+    workers.insert(uid, Worker { tx, task, node });
+}
+
+/// A node running in the background of the caller's runtime.
+pub struct NodeHandle {
+    token: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl NodeHandle {
+    /// Starts a node in the current tokio runtime.
+    pub fn spawn(kube_config: kube::Config, cfg: NodeConfig) -> Self {
+        let token = CancellationToken::new();
+        let task = tokio::spawn(run(kube_config, cfg, token.clone()));
+        Self { token, task }
+    }
+
+    /// Whether the node stopped on its own (an error during registration, for instance).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the node, killing every container process, and returns how it ended.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.token.cancel();
+        self.task.await.context("node task panicked")?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_env_uses_the_loopback_api_server() {
+        let env = service_env(&"https://127.0.0.1:6443".parse().unwrap()).unwrap();
+        assert!(env.contains(&("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into())));
+        assert!(env.contains(&("KUBERNETES_SERVICE_PORT".into(), "6443".into())));
+        assert!(env.contains(&("KUBERNETES_PORT_6443_TCP_ADDR".into(), "127.0.0.1".into())));
+        assert!(service_env(&"https://10.96.0.1:443".parse().unwrap()).is_err());
+        assert!(service_env(&"https://example.org".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn node_object_is_ready_with_capacity() {
+        let cfg = NodeConfig::new(vec!["n1".into()], "/tmp/x");
+        let node = node_object(&cfg, "n1", Timestamp::now()).unwrap();
+        let status = node.status.unwrap();
+        let ready = status
+            .conditions
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(status.allocatable.unwrap()["pods"].0, "110");
+        let addresses = status.addresses.unwrap();
+        assert_eq!(addresses[0].address, "127.0.0.1");
+        assert_eq!(addresses[1].type_, "Hostname");
+    }
+
+    #[test]
+    fn ca_is_pem_encoded() {
+        let mut config = kube::Config::new("https://127.0.0.1:6443".parse().unwrap());
+        config.root_cert = Some(vec![vec![1, 2, 3]]);
+        let pem = ca_pem(&config).unwrap();
+        assert_eq!(
+            pem,
+            "-----BEGIN CERTIFICATE-----\nAQID\n-----END CERTIFICATE-----\n"
+        );
+    }
+}

@@ -1,0 +1,391 @@
+//! Container probes (exec, tcpSocket, httpGet) with the kubelet's thresholds; only ever against
+//! loopback addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::process::{ProcessSpec, Spawner, build_command, signal_group};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeKind {
+    Startup,
+    Readiness,
+    Liveness,
+}
+
+/// What a probe runs against: the container's pod IP and, for exec probes, its process (whose
+/// mount namespace the probe joins) and environment.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    pub pod_ip: Ipv4Addr,
+    pub container: Container,
+    pub pid: u32,
+    pub program: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub spawner: Spawner,
+}
+
+/// Timing of a probe, scaled for fast tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timing {
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+}
+
+impl Timing {
+    /// Kubernetes defaults: period 10 s, timeout 1 s, thresholds 1 and 3; scale applies to
+    /// initial delay and period (never below 50 ms, so a tiny scale does not spin).
+    pub fn of(probe: &Probe, scale: f64) -> Self {
+        let secs = |v: Option<i32>, default: i32| f64::from(v.unwrap_or(default).max(0));
+        let scaled = |s: f64| Duration::from_secs_f64((s * scale).max(0.0));
+        Self {
+            initial_delay: scaled(secs(probe.initial_delay_seconds, 0)),
+            period: scaled(secs(probe.period_seconds, 10).max(1.0)).max(Duration::from_millis(50)),
+            timeout: Duration::from_secs_f64(secs(probe.timeout_seconds, 1).max(1.0)),
+            success_threshold: probe.success_threshold.unwrap_or(1).max(1) as u32,
+            failure_threshold: probe.failure_threshold.unwrap_or(3).max(1) as u32,
+        }
+    }
+}
+
+/// Counts consecutive results and says when the probe's verdict changes.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    current: Option<bool>,
+    successes: u32,
+    failures: u32,
+}
+
+impl Verdict {
+    pub fn new() -> Self {
+        Self {
+            current: None,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// Feeds one result; returns the new verdict when it flips (or is first decided).
+    pub fn observe(&mut self, ok: bool, timing: &Timing) -> Option<bool> {
+        if ok {
+            self.successes += 1;
+            self.failures = 0;
+            if self.successes >= timing.success_threshold && self.current != Some(true) {
+                self.current = Some(true);
+                return Some(true);
+            }
+        } else {
+            self.failures += 1;
+            self.successes = 0;
+            if self.failures >= timing.failure_threshold && self.current != Some(false) {
+                self.current = Some(false);
+                return Some(false);
+            }
+        }
+        None
+    }
+}
+
+impl Default for Verdict {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs a probe until its verdict is final for this container instance (startup: first
+/// success or failure; liveness: failure; readiness: never), reporting each verdict change.
+pub async fn run(
+    kind: ProbeKind,
+    probe: Probe,
+    target: ProbeTarget,
+    scale: f64,
+    mut report: impl FnMut(bool) -> bool,
+) {
+    let timing = Timing::of(&probe, scale);
+    tokio::time::sleep(timing.initial_delay).await;
+    let mut verdict = Verdict::new();
+    let mut ticker = tokio::time::interval(timing.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let result = probe_once(&probe, &target, timing.timeout).await;
+        if let Err(why) = &result {
+            tracing::debug!(container = %target.container.name, ?kind, %why, "probe failed");
+        }
+        if let Some(v) = verdict.observe(result.is_ok(), &timing) {
+            if !report(v) {
+                return;
+            }
+            let done = match kind {
+                ProbeKind::Startup => true,
+                ProbeKind::Liveness => !v,
+                ProbeKind::Readiness => false,
+            };
+            if done {
+                return;
+            }
+        }
+    }
+}
+
+async fn probe_once(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> Result<(), String> {
+    if let Some(exec) = &probe.exec {
+        return exec_probe(exec.command.as_deref().unwrap_or_default(), target, timeout).await;
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        let addr = address(tcp.host.as_deref(), &tcp.port, target)?;
+        return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("dial tcp {addr}: {e}")),
+            Err(_) => Err(format!("dial tcp {addr}: timeout")),
+        };
+    }
+    if let Some(http) = &probe.http_get {
+        return match tokio::time::timeout(timeout, http_probe(http, target)).await {
+            Ok(r) => r,
+            Err(_) => Err("http probe: timeout".into()),
+        };
+    }
+    if probe.grpc.is_some() {
+        return Err("grpc probes are not supported by hapod-node".into());
+    }
+    Err("probe has no handler".into())
+}
+
+/// Resolves a probe's address; anything but loopback is refused (network rule).
+fn address(
+    host: Option<&str>,
+    port: &IntOrString,
+    target: &ProbeTarget,
+) -> Result<SocketAddr, String> {
+    let ip: IpAddr = match host.filter(|h| !h.is_empty()) {
+        None => IpAddr::V4(target.pod_ip),
+        Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        Some(h) => h
+            .parse()
+            .map_err(|_| format!("probe host {h} is not an IP address"))?,
+    };
+    if !ip.is_loopback() {
+        return Err(format!(
+            "probe host {ip} is not a loopback address; refused"
+        ));
+    }
+    let port = match port {
+        IntOrString::Int(p) => u16::try_from(*p).map_err(|_| format!("bad port {p}"))?,
+        IntOrString::String(name) => target
+            .container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok())
+            .ok_or_else(|| format!("no container port named {name}"))?,
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// HTTP/1.1 GET; 200–399 is success, as for the kubelet. HTTPS is approximated by a TCP
+/// connect (no TLS client here).
+async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), String> {
+    let addr = address(http.host.as_deref(), &http.port, target)?;
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    if http.scheme.as_deref() == Some("HTTPS") {
+        return Ok(());
+    }
+    let path = http
+        .path
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .unwrap_or("/");
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
+    );
+    for h in http.http_headers.iter().flatten() {
+        request.push_str(&format!("{}: {}\r\n", h.name, h.value));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| format!("read from {addr}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&buf);
+    let code: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad HTTP answer from {addr}"))?;
+    if (200..400).contains(&code) {
+        Ok(())
+    } else {
+        Err(format!("HTTP probe failed with statuscode: {code}"))
+    }
+}
+
+/// Runs the command inside the container's mount namespace with its environment; exit 0 is
+/// success.
+async fn exec_probe(
+    command: &[String],
+    target: &ProbeTarget,
+    timeout: Duration,
+) -> Result<(), String> {
+    let Some((first, rest)) = command.split_first() else {
+        return Err("exec probe without a command".into());
+    };
+    let spec = ProcessSpec {
+        program: crate::pod::resolve_program(first, &target.program),
+        args: rest.to_vec(),
+        env: target.env.clone(),
+        join_mount_ns_of: Some(target.pid),
+        ..Default::default()
+    };
+    let cmd = build_command(&spec).map_err(|e| format!("exec probe: {e}"))?;
+    let mut child = target
+        .spawner
+        .spawn(cmd)
+        .await
+        .map_err(|e| format!("exec probe {first}: {e}"))?;
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("exec probe {first}: {status}")),
+        Ok(Err(e)) => Err(format!("exec probe {first}: {e}")),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                signal_group(pid, Signal::SIGKILL);
+            }
+            let _ = child.wait().await;
+            Err(format!("exec probe {first}: timed out after {timeout:?}"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_defaults_and_scale() {
+        let t = Timing::of(&Probe::default(), 1.0);
+        assert_eq!(t.period, Duration::from_secs(10));
+        assert_eq!(t.initial_delay, Duration::ZERO);
+        assert_eq!((t.success_threshold, t.failure_threshold), (1, 3));
+        let p = Probe {
+            period_seconds: Some(2),
+            initial_delay_seconds: Some(4),
+            ..Default::default()
+        };
+        let t = Timing::of(&p, 0.1);
+        assert_eq!(t.period, Duration::from_millis(200));
+        assert_eq!(t.initial_delay, Duration::from_millis(400));
+        assert_eq!(Timing::of(&p, 0.0).period, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn thresholds() {
+        let timing = Timing {
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            success_threshold: 2,
+            failure_threshold: 3,
+        };
+        let mut v = Verdict::new();
+        assert_eq!(v.observe(true, &timing), None);
+        assert_eq!(v.observe(true, &timing), Some(true));
+        assert_eq!(v.observe(true, &timing), None);
+        assert_eq!(v.observe(false, &timing), None);
+        assert_eq!(v.observe(false, &timing), None);
+        assert_eq!(v.observe(true, &timing), None);
+        assert_eq!(v.observe(false, &timing), None);
+        assert_eq!(v.observe(false, &timing), None);
+        assert_eq!(v.observe(false, &timing), Some(false));
+        assert_eq!(v.observe(false, &timing), None);
+    }
+
+    #[tokio::test]
+    async fn http_and_tcp_probes_against_loopback() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                n += 1;
+                let answer: &[u8] = if n == 1 {
+                    b"HTTP/1.1 200 OK\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 503 NO\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+            }
+        });
+        let target = ProbeTarget {
+            pod_ip: Ipv4Addr::LOCALHOST,
+            container: Container::default(),
+            pid: 0,
+            program: PathBuf::new(),
+            env: vec![],
+            spawner: Spawner::start().unwrap(),
+        };
+        let http = Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(port.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = Duration::from_secs(1);
+        assert_eq!(probe_once(&http, &target, t).await, Ok(()));
+        let err = probe_once(&http, &target, t).await.unwrap_err();
+        assert!(err.contains("503"), "{err}");
+        let tcp = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                host: None,
+                port: IntOrString::Int(port.into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(probe_once(&tcp, &target, t).await, Ok(()));
+        let outside = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                host: Some("10.0.0.1".into()),
+                port: IntOrString::Int(80),
+            }),
+            ..Default::default()
+        };
+        assert!(
+            probe_once(&outside, &target, t)
+                .await
+                .unwrap_err()
+                .contains("refused")
+        );
+    }
+}
