@@ -1,0 +1,354 @@
+//! Property test over random sequences of pod events, crashes, deletes, readiness flaps,
+//! conflicts (concurrent updates), transient write failures, watch gaps, delayed and
+//! reordered watch delivery, and controller restarts. Applying the controller's actions in
+//! order against an API that enforces the preconditions:
+//! - never two active pods (the fake API asserts it on every promotion);
+//! - epochs of promotions strictly increase;
+//! - once things settle, exactly one active pod whenever an eligible pod exists.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{FakeApi, pod};
+use hapod_core::{Action, Config, Event, GroupState, Phase, PodView, Role, Write, WriteOutcome};
+use proptest::prelude::*;
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+
+/// Pod slots a transition can address; transitions on a slot without a pod do nothing.
+const SLOTS: usize = 6;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Create {
+        ready: bool,
+    },
+    SetReady(usize, bool),
+    SetPhase(usize, Phase),
+    Terminate(usize),
+    Delete(usize),
+    Crash(usize),
+    QuickRestart(usize),
+    LoseIp(usize),
+    /// A status update that changes nothing but the resourceVersion (makes writes conflict).
+    Touch(usize),
+    /// Deliver the oldest pending watch event.
+    Deliver,
+    /// Deliver a pending watch event out of order (and possibly again later: duplicated).
+    DeliverOutOfOrder(usize, bool),
+    /// The API answers the oldest pending request.
+    Execute,
+    /// The oldest pending write fails transiently.
+    FailWrite,
+    /// Time passes and the periodic resync fires.
+    Tick,
+    /// Watch gap: pending events are lost, the watcher re-lists.
+    Relist,
+    /// The controller restarts (new term); its oldest pending write may have landed.
+    Restart {
+        write_landed: bool,
+    },
+}
+
+struct Model;
+
+impl ReferenceStateMachine for Model {
+    type State = ();
+    type Transition = Step;
+
+    fn init_state() -> BoxedStrategy<()> {
+        Just(()).boxed()
+    }
+
+    fn transitions(_: &()) -> BoxedStrategy<Step> {
+        let slot = 0..SLOTS;
+        prop_oneof![
+            2 => any::<bool>().prop_map(|ready| Step::Create { ready }),
+            2 => (slot.clone(), any::<bool>()).prop_map(|(i, r)| Step::SetReady(i, r)),
+            1 => (slot.clone(), prop_oneof![Just(Phase::Running), Just(Phase::Failed), Just(Phase::Pending)])
+                .prop_map(|(i, p)| Step::SetPhase(i, p)),
+            1 => slot.clone().prop_map(Step::Terminate),
+            1 => slot.clone().prop_map(Step::Delete),
+            1 => slot.clone().prop_map(Step::Crash),
+            1 => slot.clone().prop_map(Step::QuickRestart),
+            1 => slot.clone().prop_map(Step::LoseIp),
+            2 => slot.clone().prop_map(Step::Touch),
+            6 => Just(Step::Deliver),
+            2 => (0..4usize, any::<bool>()).prop_map(|(k, dup)| Step::DeliverOutOfOrder(k, dup)),
+            6 => Just(Step::Execute),
+            1 => Just(Step::FailWrite),
+            1 => Just(Step::Tick),
+            1 => Just(Step::Relist),
+            1 => any::<bool>().prop_map(|write_landed| Step::Restart { write_landed }),
+        ]
+        .boxed()
+    }
+
+    fn apply(state: (), _: &Step) {
+        state
+    }
+}
+
+/// A request the controller made and the API has not answered yet.
+#[derive(Debug)]
+enum Request {
+    Write(Write),
+    Refresh { pod: String, uid: String },
+}
+
+struct System {
+    api: FakeApi,
+    state: GroupState,
+    term: u32,
+    now: Instant,
+    watch: VecDeque<Event>,
+    requests: VecDeque<Request>,
+    created: usize,
+}
+
+impl System {
+    fn new() -> Self {
+        let mut s = Self {
+            api: FakeApi::default(),
+            state: GroupState::new(Arc::new(Config::default())),
+            term: 1,
+            now: Instant::now(),
+            watch: VecDeque::new(),
+            requests: VecDeque::new(),
+            created: 0,
+        };
+        let actions = s.feed(Event::Leadership(Some(1)));
+        s.take(actions);
+        s
+    }
+
+    fn feed(&mut self, event: Event) -> Vec<Action> {
+        hapod_core::decide(&mut self.state, event, self.now)
+    }
+
+    fn take(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Write(w) => self.requests.push_back(Request::Write(w)),
+                Action::Refresh { pod, uid } => {
+                    self.requests.push_back(Request::Refresh { pod, uid })
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn step_event(&mut self, event: Event) {
+        let actions = self.feed(event);
+        self.take(actions);
+    }
+
+    fn slot_name(&self, i: usize) -> Option<String> {
+        self.api.pods.keys().nth(i % SLOTS.max(1)).cloned()
+    }
+
+    fn modify(&mut self, i: usize, change: impl FnOnce(&mut PodView)) {
+        if let Some(name) = self.slot_name(i)
+            && let Some(event) = self.api.modify(&name, change)
+        {
+            self.watch.push_back(event);
+        }
+    }
+
+    fn execute(&mut self) {
+        let Some(request) = self.requests.pop_front() else {
+            return;
+        };
+        match request {
+            Request::Write(w) => {
+                let (outcome, echo) = self.api.execute(&w);
+                self.watch.extend(echo);
+                self.step_event(Event::Outcome { op: w.op, outcome });
+            }
+            Request::Refresh { pod, uid } => {
+                let event = match self.api.pods.get(&pod) {
+                    Some(view) => Event::Applied(view.clone()),
+                    None => Event::Deleted { name: pod, uid },
+                };
+                self.step_event(event);
+            }
+        }
+    }
+
+    fn resync(&mut self) {
+        self.watch.clear();
+        let pods = self.api.snapshot();
+        self.step_event(Event::Resync {
+            pods,
+            list_version: None,
+        });
+    }
+
+    fn apply(&mut self, step: Step) {
+        match step {
+            Step::Create { ready } => {
+                self.created += 1;
+                let mut view = pod(&format!("p{}", self.created), self.created as i64);
+                view.ready = ready;
+                let event = self.api.put(view);
+                self.watch.push_back(event);
+            }
+            Step::SetReady(i, ready) => self.modify(i, |p| p.ready = ready),
+            Step::SetPhase(i, phase) => self.modify(i, |p| p.phase = phase),
+            Step::Terminate(i) => self.modify(i, |p| p.deleting = true),
+            Step::Delete(i) => {
+                if let Some(name) = self.slot_name(i)
+                    && let Some(event) = self.api.remove(&name)
+                {
+                    self.watch.push_back(event);
+                }
+            }
+            Step::Crash(i) => self.modify(i, |p| {
+                for c in &mut p.critical {
+                    c.terminated = true;
+                }
+            }),
+            Step::QuickRestart(i) => self.modify(i, |p| {
+                for c in &mut p.critical {
+                    c.restart_count += 1;
+                    c.last_terminated = true;
+                }
+            }),
+            Step::LoseIp(i) => self.modify(i, |p| p.pod_ips.clear()),
+            Step::Touch(i) => self.modify(i, |_| {}),
+            Step::Deliver => {
+                if let Some(event) = self.watch.pop_front() {
+                    self.step_event(event);
+                }
+            }
+            Step::DeliverOutOfOrder(k, duplicate) => {
+                if !self.watch.is_empty() {
+                    let k = k % self.watch.len();
+                    let event = if duplicate {
+                        self.watch[k].clone()
+                    } else {
+                        self.watch.remove(k).expect("index in range")
+                    };
+                    self.step_event(event);
+                }
+            }
+            Step::Execute => self.execute(),
+            Step::FailWrite => {
+                if let Some(Request::Write(w)) = self.requests.front() {
+                    let op = w.op;
+                    self.requests.pop_front();
+                    self.step_event(Event::Outcome {
+                        op,
+                        outcome: WriteOutcome::Failed,
+                    });
+                }
+            }
+            Step::Tick => {
+                self.now += Duration::from_secs(60);
+                self.step_event(Event::Tick);
+            }
+            Step::Relist => self.resync(),
+            Step::Restart { write_landed } => {
+                if write_landed && let Some(Request::Write(w)) = self.requests.front() {
+                    let w = w.clone();
+                    let _ = self.api.execute(&w);
+                }
+                self.requests.clear();
+                self.term += 1;
+                self.state = GroupState::new(Arc::new(Config::default()));
+                self.resync();
+                self.step_event(Event::Leadership(Some(self.term)));
+            }
+        }
+    }
+
+    /// Lets everything pending happen, with time passing, until nothing changes.
+    fn settle(&mut self) {
+        for _ in 0..200 {
+            while let Some(event) = self.watch.pop_front() {
+                self.step_event(event);
+            }
+            if self.requests.is_empty() {
+                self.now += Duration::from_secs(60);
+                self.step_event(Event::Tick);
+                if self.requests.is_empty() && self.watch.is_empty() {
+                    return;
+                }
+            }
+            self.execute();
+        }
+        panic!("no quiescence: {:?}", self.requests);
+    }
+}
+
+fn eligible(p: &PodView) -> bool {
+    p.phase == Phase::Running
+        && p.ready
+        && !p.deleting
+        && !p.pod_ips.is_empty()
+        && p.critical
+            .iter()
+            .all(|c| !c.terminated && c.waiting_reason.as_deref() != Some("CrashLoopBackOff"))
+}
+
+impl StateMachineTest for System {
+    type SystemUnderTest = Self;
+    type Reference = Model;
+
+    fn init_test(_: &()) -> Self {
+        System::new()
+    }
+
+    fn apply(mut state: Self, _: &(), step: Step) -> Self {
+        state.apply(step);
+        state
+    }
+
+    fn check_invariants(state: &Self, _: &()) {
+        assert!(state.api.actives().len() <= 1, "{:?}", state.api.actives());
+        assert!(
+            state.api.promotions.windows(2).all(|e| e[1] > e[0]),
+            "epochs not increasing: {:?}",
+            state.api.promotions
+        );
+    }
+
+    fn teardown(mut state: Self, _: ()) {
+        state.settle();
+        let config = Config::default();
+        let actives: Vec<&PodView> = state
+            .api
+            .pods
+            .values()
+            .filter(|p| p.role(&config) == Role::Active)
+            .collect();
+        if state.api.pods.values().any(eligible) {
+            assert_eq!(actives.len(), 1, "pods: {:#?}", state.api.pods);
+            assert!(
+                eligible(actives[0]),
+                "active not eligible: {:#?}",
+                actives[0]
+            );
+        } else {
+            assert!(actives.len() <= 1);
+        }
+        // Every live non-active pod ends up standby (dying pods are left alone).
+        for p in state.api.pods.values() {
+            if p.role(&config) == Role::Other {
+                assert!(p.deleting, "label not repaired on {p:#?}");
+            }
+        }
+    }
+}
+
+prop_state_machine! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        max_shrink_iters: 4096,
+        ..ProptestConfig::default()
+    })]
+    #[test]
+    fn one_active_at_most_and_eventually_exactly_one(sequential 1..60 => System);
+}
