@@ -127,6 +127,8 @@ impl Drop for Inner {
 
 #[derive(Debug)]
 struct Shared {
+    /// The runtime of [`Notifier::bind`], so `notify` works from any thread.
+    runtime: tokio::runtime::Handle,
     v4: Option<Arc<UdpSocket>>,
     v6: Option<Arc<UdpSocket>>,
     config: NotifierConfig,
@@ -208,6 +210,7 @@ impl Notifier {
         };
         let (outcomes, outcome_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            runtime: tokio::runtime::Handle::current(),
             v4,
             v6,
             config,
@@ -226,7 +229,8 @@ impl Notifier {
         Ok((Notifier { inner }, outcome_rx))
     }
 
-    /// Starts delivering `msg` to `addr` and returns at once.
+    /// Starts delivering `msg` to `addr` and returns at once (callable from any thread; the
+    /// delivery runs on the runtime that bound the notifier).
     ///
     /// The message is encoded once (with the MAC when a key is configured) and resent unchanged
     /// until an ACK with the same message id and epoch arrives (from any address: an agent
@@ -249,14 +253,23 @@ impl Notifier {
                 finish,
             },
         );
-        tokio::spawn(deliver(
-            shared.clone(),
+        // The first transmission happens here rather than in the task, so the failover latency
+        // does not include scheduling the task; only a full send buffer defers it.
+        let first = FirstTransmission {
+            at: Instant::now(),
+            datagram_sent: try_send_now(&socket, &datagram, addr),
+            legacy_sent: !(shared.config.legacy && msg.role == Role::Active)
+                || try_send_now(&socket, LEGACY_PAYLOAD, addr),
+        };
+        let task = DeliveryTask {
+            shared: shared.clone(),
             socket,
             addr,
             msg,
             datagram,
             finished,
-        ));
+        };
+        shared.runtime.spawn(task.run(first));
         Ok(())
     }
 }
@@ -270,57 +283,85 @@ impl Shared {
     }
 }
 
-async fn deliver(
+/// What [`Notifier::notify`] already sent.
+struct FirstTransmission {
+    at: Instant,
+    /// `false` when the socket's send buffer was full.
+    datagram_sent: bool,
+    /// `true` also when no legacy datagram is wanted.
+    legacy_sent: bool,
+}
+
+/// One message's resend loop, run as its own task.
+struct DeliveryTask {
     shared: Arc<Shared>,
     socket: Arc<UdpSocket>,
     addr: SocketAddr,
     msg: Notification,
     datagram: Vec<u8>,
-    mut finished: oneshot::Receiver<Finish>,
-) {
-    let config = &shared.config;
-    let started = Instant::now();
-    let deadline = started + config.deadline;
-    let mut interval = config.first_resend;
-    let mut attempts = 0u32;
-    send(&socket, &datagram, addr).await;
-    attempts += 1;
-    if config.legacy && msg.role == Role::Active {
-        send(&socket, LEGACY_PAYLOAD, addr).await;
-    }
-    let delivery = loop {
-        let next = (Instant::now() + interval).min(deadline);
-        tokio::select! {
-            biased;
-            finish = &mut finished => break match finish {
-                Ok(Finish::Acked(at)) => Delivery::Acked { rtt: at - started, attempts },
-                // Every removal from `Outstanding` sends a `Finish`, so a closed channel
-                // cannot happen; treat it like a replacement.
-                Ok(Finish::Superseded) | Err(_) => Delivery::Superseded { attempts },
-            },
-            () = tokio::time::sleep_until(next) => {}
+    finished: oneshot::Receiver<Finish>,
+}
+
+impl DeliveryTask {
+    async fn run(mut self, first: FirstTransmission) {
+        let config = &self.shared.config;
+        let deadline = first.at + config.deadline;
+        let mut interval = config.first_resend;
+        let mut attempts = 1u32;
+        if !first.datagram_sent {
+            send(&self.socket, &self.datagram, self.addr).await;
         }
-        if Instant::now() >= deadline {
-            if shared.lock().remove(msg.message_id).is_some() {
-                break Delivery::TimedOut { attempts };
+        if !first.legacy_sent {
+            send(&self.socket, LEGACY_PAYLOAD, self.addr).await;
+        }
+        let delivery = loop {
+            let next = (Instant::now() + interval).min(deadline);
+            tokio::select! {
+                biased;
+                finish = &mut self.finished => break match finish {
+                    Ok(Finish::Acked(at)) => Delivery::Acked { rtt: at - first.at, attempts },
+                    // Every removal from `Outstanding` sends a `Finish`, so a closed channel
+                    // cannot happen; treat it like a replacement.
+                    Ok(Finish::Superseded) | Err(_) => Delivery::Superseded { attempts },
+                },
+                () = tokio::time::sleep_until(next) => {}
             }
-            // An ACK or a newer message won the race; its `Finish` is ready.
-            continue;
+            if Instant::now() >= deadline {
+                if self.shared.lock().remove(self.msg.message_id).is_some() {
+                    break Delivery::TimedOut { attempts };
+                }
+                // An ACK or a newer message won the race; its `Finish` is ready.
+                continue;
+            }
+            send(&self.socket, &self.datagram, self.addr).await;
+            attempts += 1;
+            interval = (interval * 2).min(config.max_resend_interval);
+        };
+        let msg = self.msg;
+        tracing::debug!(pod = %msg.pod, addr = %self.addr, epoch = msg.epoch, ?delivery, "notification finished");
+        let _ = self.shared.outcomes.send(Outcome {
+            group: msg.group,
+            pod: msg.pod,
+            addr: self.addr,
+            role: msg.role,
+            epoch: msg.epoch,
+            message_id: msg.message_id,
+            delivery,
+        });
+    }
+}
+
+/// Sends without waiting; `false` only when the send buffer is full (a hard error is handled
+/// like a lost datagram and counts as sent).
+fn try_send_now(socket: &UdpSocket, datagram: &[u8], addr: SocketAddr) -> bool {
+    match socket.try_send_to(datagram, addr) {
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => false,
+        Err(error) => {
+            tracing::debug!(%addr, %error, "notification send failed");
+            true
         }
-        send(&socket, &datagram, addr).await;
-        attempts += 1;
-        interval = (interval * 2).min(config.max_resend_interval);
-    };
-    tracing::debug!(pod = %msg.pod, %addr, epoch = msg.epoch, ?delivery, "notification finished");
-    let _ = shared.outcomes.send(Outcome {
-        group: msg.group,
-        pod: msg.pod,
-        addr,
-        role: msg.role,
-        epoch: msg.epoch,
-        message_id: msg.message_id,
-        delivery,
-    });
+        Ok(_) => true,
+    }
 }
 
 /// A failed send is handled like a lost datagram: the resend schedule covers both.
