@@ -458,7 +458,12 @@ mod tests {
 
     #[tokio::test]
     async fn resends_until_deadline_then_times_out() {
-        let (notifier, mut outcomes) = Notifier::bind(quick(None)).await.unwrap();
+        let (notifier, mut outcomes) = Notifier::bind(NotifierConfig {
+            deadline: Duration::from_millis(100),
+            ..quick(None)
+        })
+        .await
+        .unwrap();
         let peer = silent_peer().await;
         let addr = peer.local_addr().unwrap();
         notifier
@@ -468,8 +473,8 @@ mod tests {
         let Delivery::TimedOut { attempts } = outcome.delivery else {
             panic!("{outcome:?}");
         };
-        // Sends at 0, 3, 9, 21 and 45 ms; fewer when the machine is loaded and timers fire late.
-        assert!((2..=5).contains(&attempts), "{attempts} attempts");
+        // Sends at 0, 3, 9, 21, 45 and 93 ms; fewer when the machine is loaded and timers fire late.
+        assert!((2..=6).contains(&attempts), "{attempts} attempts");
     }
 
     #[tokio::test]
