@@ -83,3 +83,63 @@ async fn hook_sees_every_change_in_order_and_role_file_follows() {
     assert_eq!(std::fs::read_to_string(&role_file).unwrap(), "standby\n");
     sidecar_task.abort();
 }
+
+/// Kills the sidecar process started by the test when the test ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn sidecar_binary_reads_its_flags_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let role_file = dir.path().join("role");
+    let calls = dir.path().join("calls");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, b"sidecar key\n").unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_hapod-agent"))
+        .env("POD_IP", "127.0.0.1")
+        .env("POD_NAME", "pod-1")
+        .env("HAPOD_NOTIFY_PORT", port.to_string())
+        .env("HAPOD_NOTIFY_KEY_FILE", &key_file)
+        .env("HAPOD_ROLE_FILE", &role_file)
+        .env(
+            "HAPOD_HOOK",
+            format!(
+                r#"echo "$HAPOD_ROLE $HAPOD_EPOCH" >> '{}'"#,
+                calls.display()
+            ),
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _child = ChildGuard(child);
+    let (notifier, mut outcomes) = Notifier::bind(NotifierConfig {
+        key: Some(hapod_protocol::Key::new(b"sidecar key").unwrap()),
+        deadline: Duration::from_secs(5),
+        ..NotifierConfig::default()
+    })
+    .await
+    .unwrap();
+    // Resends cover the time the process needs to bind.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    notifier
+        .notify(addr, Notification::new("grp", "pod-1", Role::Active, 9))
+        .unwrap();
+    let outcome = outcomes.recv().await.unwrap();
+    assert!(
+        matches!(outcome.delivery, Delivery::Acked { .. }),
+        "{outcome:?}"
+    );
+    assert_eq!(wait_for_lines(&calls, 1).await, ["active 9"]);
+    assert_eq!(std::fs::read_to_string(&role_file).unwrap(), "active\n");
+}
