@@ -1,0 +1,749 @@
+//! A real Kubernetes control plane on loopback for tests and the demo: etcd, kube-apiserver
+//! (RBAC, service-account issuer, client CA), kube-controller-manager and kube-scheduler,
+//! built from `controlplane/` (see [`build`]) and run as local processes.
+//!
+//! Library use (tests, other xtask modules):
+//! ```no_run
+//! let cp = xtask::controlplane::ControlPlane::start(Default::default())?;
+//! let status = cp.kubectl().args(["get", "ns"]).status()?;
+//! let bob = cp.mint_kubeconfig("bob", &["dev"])?;
+//! cp.stop()?; // or drop it
+//! # anyhow::Ok(())
+//! ```
+
+mod build;
+mod pki;
+mod probe;
+
+use std::fs::{self, File};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+pub use build::{Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod};
+
+/// Controllers kube-controller-manager runs. What a Deployment, ReplicaSet, Service and
+/// ServiceAccount need to behave as on a real cluster, plus PodDisruptionBudgets, pod garbage
+/// collection and the aggregated `admin`/`edit`/`view` ClusterRoles. `node-lifecycle-controller`
+/// stays off: it would taint and evict the pods of a
+/// process node whenever that node's heartbeat lags on a loaded CI machine.
+pub const CONTROLLERS: &str = "replicaset-controller,deployment-controller,\
+endpointslice-controller,endpointslice-mirroring-controller,endpoints-controller,\
+garbage-collector-controller,namespace-controller,serviceaccount-controller,\
+serviceaccount-token-controller,disruption-controller,pod-garbage-collector-controller,\
+root-ca-certificate-publisher-controller,clusterrole-aggregation-controller";
+
+/// `--service-cluster-ip-range`: the apiserver requires one to allocate Service ClusterIPs
+/// from. Nothing ever sends traffic to these addresses (there is no kube-proxy, and tests
+/// resolve a Service through its EndpointSlice), so any private range will do.
+pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.96.0.0/24";
+
+/// How long [`ControlPlane::start`] waits for readiness by default.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
+
+const STATE_FILE: &str = "state.json";
+
+/// The repository root (the workspace holding xtask).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Where `cargo xtask controlplane ...` keeps its control plane: `<target>/hapod-controlplane`.
+pub fn default_dir() -> PathBuf {
+    target_dir().join("hapod-controlplane")
+}
+
+/// How to start a control plane.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// State directory (pki, etcd data, kubeconfigs, logs, pids). `None`: a fresh directory
+    /// under `<target>/hapod-controlplane-tmp/`, removed when the control plane stops
+    /// (kept, with its logs, if the thread is panicking: a failing test).
+    pub dir: Option<PathBuf>,
+    /// Readiness deadline; `None` is 180 s (a cold start on a loaded 2-core machine).
+    pub ready_timeout: Option<Duration>,
+}
+
+/// What a state directory records, so that another process (`cargo xtask controlplane stop`)
+/// can find and stop the processes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct State {
+    version: String,
+    binaries: PathBuf,
+    server: String,
+    ports: Ports,
+    processes: Vec<ProcessRecord>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Ports {
+    etcd_client: u16,
+    etcd_peer: u16,
+    apiserver: u16,
+    controller_manager: u16,
+    scheduler: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ProcessRecord {
+    name: String,
+    pid: i32,
+}
+
+/// A running control plane. Dropping it stops every process it started (unless
+/// [`ControlPlane::detach`]ed).
+pub struct ControlPlane {
+    dir: PathBuf,
+    state: State,
+    binaries: Binaries,
+    /// Children of this process; empty for a handle from [`ControlPlane::attach`].
+    children: Vec<Child>,
+    /// Set for a directory this handle created and removes when it stops.
+    temp: Option<tempfile::TempDir>,
+    stopped: bool,
+}
+
+impl ControlPlane {
+    /// Builds (or takes from the cache) the binaries, starts etcd, kube-apiserver,
+    /// kube-controller-manager and kube-scheduler on free loopback ports, and waits until
+    /// the apiserver is ready, the others are healthy and the `default` ServiceAccount exists.
+    /// On any failure, every process started so far is stopped before the error returns.
+    pub fn start(options: Options) -> Result<Self> {
+        let binaries = ensure_built()?;
+        let (dir, temp) = match options.dir {
+            Some(dir) => {
+                prepare_dir(&dir)?;
+                (dir, None)
+            }
+            None => {
+                let parent = target_dir().join("hapod-controlplane-tmp");
+                fs::create_dir_all(&parent)?;
+                let temp = tempfile::Builder::new().prefix("cp-").tempdir_in(&parent)?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let dir = std::path::absolute(dir)?;
+        let ports = free_ports()?;
+        let mut cp = ControlPlane {
+            state: State {
+                version: binaries.version().to_owned(),
+                binaries: binaries.dir().to_path_buf(),
+                server: format!("https://127.0.0.1:{}", ports.apiserver),
+                ports,
+                processes: Vec::new(),
+            },
+            dir,
+            binaries,
+            children: Vec::new(),
+            temp,
+            stopped: false,
+        };
+        cp.launch(options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT))?;
+        Ok(cp)
+    }
+
+    /// A handle on the control plane recorded in `dir` by another process, to stop it or
+    /// mint users. Its processes are not checked here; see [`ControlPlane::is_running`].
+    pub fn attach(dir: &Path) -> Result<Self> {
+        let dir = std::path::absolute(dir)?;
+        let state = read_state(&dir)?
+            .with_context(|| format!("no control plane recorded in {}", dir.display()))?;
+        let binaries = Binaries::new(state.binaries.clone(), state.version.clone());
+        Ok(ControlPlane {
+            dir,
+            state,
+            binaries,
+            children: Vec::new(),
+            temp: None,
+            stopped: false,
+        })
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The apiserver URL, `https://127.0.0.1:<port>`.
+    pub fn server(&self) -> &str {
+        &self.state.server
+    }
+
+    /// The admin kubeconfig (user `admin` in `system:masters`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.kubeconfig")
+    }
+
+    /// The CA that signed the serving certificates of kube-apiserver and the others; what a
+    /// pod's in-cluster config must trust (`ca.crt`).
+    pub fn ca_file(&self) -> PathBuf {
+        self.pki_dir().join(pki::CA_CERT)
+    }
+
+    /// The binaries this control plane runs (`kubectl` among them).
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Writes `<dir>/users/<user>.kubeconfig` with a fresh client certificate for `user` in
+    /// `groups` (at most two), signed by the client CA, and returns its path.
+    pub fn mint_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        if user.is_empty() || user.contains(['/', '\0']) || user.starts_with('.') {
+            bail!("user name {user:?} cannot name a file");
+        }
+        let client = pki::mint_client_cert(&self.pki_dir(), user, groups)?;
+        let users = self.dir.join("users");
+        fs::create_dir_all(&users)?;
+        let path = users.join(format!("{user}.kubeconfig"));
+        pki::write_kubeconfig(&path, &self.pki_dir(), self.server(), user, &client)?;
+        Ok(path)
+    }
+
+    /// `kubectl --kubeconfig <admin kubeconfig>`, the control plane's own kubectl.
+    pub fn kubectl(&self) -> Command {
+        let mut command = Command::new(self.binaries.path("kubectl"));
+        command.arg("--kubeconfig").arg(self.kubeconfig());
+        command
+    }
+
+    /// Whether every recorded process is alive.
+    pub fn is_running(&self) -> bool {
+        !self.state.processes.is_empty()
+            && self
+                .state
+                .processes
+                .iter()
+                .all(|p| process_belongs_to(p.pid, &self.dir))
+    }
+
+    /// Leaves the processes running after this handle is gone (`cargo xtask controlplane
+    /// start`); `cargo xtask controlplane stop` or [`ControlPlane::attach`] stops them later.
+    pub fn detach(mut self) {
+        self.stopped = true;
+        // A detached directory outlives this handle, so it must not be a self-removing one.
+        if let Some(temp) = self.temp.take() {
+            let _ = temp.keep();
+        }
+    }
+
+    /// Stops every process (SIGTERM, SIGKILL after 10 s), newest first.
+    pub fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn pki_dir(&self) -> PathBuf {
+        self.dir.join("pki")
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{name}.log"))
+    }
+
+    fn write_state(&self) -> Result<()> {
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        fs::write(&tmp, serde_json::to_vec_pretty(&self.state)?)?;
+        fs::rename(tmp, self.dir.join(STATE_FILE))?;
+        Ok(())
+    }
+
+    /// Generates certificates and kubeconfigs, spawns the four processes and waits until they
+    /// are ready. etcd and kube-apiserver start together (the apiserver retries etcd);
+    /// kube-controller-manager and kube-scheduler only once the apiserver is ready, because
+    /// they exit if it cannot answer their delegated-authentication lookup at startup.
+    fn launch(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let pki = self.pki_dir();
+        pki::generate(&pki)?;
+        fs::create_dir_all(self.dir.join("logs"))?;
+        for (name, user, groups) in [
+            ("admin", "admin", &["system:masters"][..]),
+            (
+                "kube-controller-manager",
+                "system:kube-controller-manager",
+                &[][..],
+            ),
+            ("kube-scheduler", "system:kube-scheduler", &[][..]),
+        ] {
+            let client = pki::mint_client_cert(&pki, user, groups)?;
+            let path = self.dir.join(format!("{name}.kubeconfig"));
+            pki::write_kubeconfig(&path, &pki, self.server(), user, &client)?;
+        }
+        self.write_state()?;
+        let admin = pki::mint_client_cert(&pki, "admin", &["system:masters"])?;
+        let probe = probe::Probe::new(&self.ca_file(), &admin)?;
+
+        let p = self.state.ports;
+        let dir = self.dir.clone();
+        let path = |relative: &str| dir.join(relative).display().to_string();
+        let etcd_client = format!("http://127.0.0.1:{}", p.etcd_client);
+        let etcd_peer = format!("http://127.0.0.1:{}", p.etcd_peer);
+        self.spawn(
+            "etcd",
+            &[
+                "--name=hapod".into(),
+                format!("--data-dir={}", path("etcd")),
+                format!("--listen-client-urls={etcd_client}"),
+                format!("--advertise-client-urls={etcd_client}"),
+                format!("--listen-peer-urls={etcd_peer}"),
+                format!("--initial-advertise-peer-urls={etcd_peer}"),
+                format!("--initial-cluster=hapod={etcd_peer}"),
+                // The data is thrown away with the directory; fsync on a shared CI disk would
+                // dominate the apiserver's bootstrap (hundreds of writes) for no benefit.
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+        )?;
+
+        let serving = [
+            format!(
+                "--tls-cert-file={}",
+                path(&format!("pki/{}", pki::SERVING_CERT))
+            ),
+            format!(
+                "--tls-private-key-file={}",
+                path(&format!("pki/{}", pki::SERVING_KEY))
+            ),
+        ];
+        let sa_key = path(&format!("pki/{}", pki::SERVICE_ACCOUNT_KEY));
+        let mut apiserver = vec![
+            format!("--etcd-servers={etcd_client}"),
+            "--bind-address=127.0.0.1".into(),
+            // Loopback, so that nothing is ever told to reach the apiserver at a host's network
+            // address. Endpoints may not hold loopback addresses, so the `kubernetes` Service
+            // gets no endpoints (instead of a failing write every ten seconds); pods reach the
+            // apiserver at 127.0.0.1 directly.
+            "--advertise-address=127.0.0.1".into(),
+            "--endpoint-reconciler-type=none".into(),
+            format!("--secure-port={}", p.apiserver),
+            format!("--cert-dir={}", path("pki")),
+            format!("--client-ca-file={}", pki::client_ca_cert(&pki).display()),
+            "--authorization-mode=Node,RBAC".into(),
+            "--allow-privileged=true".into(),
+            format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!(
+                "--service-account-key-file={}",
+                path(&format!("pki/{}", pki::SERVICE_ACCOUNT_PUBLIC_KEY))
+            ),
+            format!("--service-account-signing-key-file={sa_key}"),
+            "--profiling=false".into(),
+        ];
+        apiserver.extend(serving.iter().cloned());
+        self.spawn("kube-apiserver", &apiserver)?;
+        self.wait_for(
+            &probe,
+            deadline,
+            &[("kube-apiserver /readyz", p.apiserver, "/readyz")],
+        )?;
+        let apiserver_ready = started.elapsed();
+
+        let component = |name: &str, port: u16| {
+            let kubeconfig = path(&format!("{name}.kubeconfig"));
+            let mut args = vec![
+                format!("--kubeconfig={kubeconfig}"),
+                format!("--authentication-kubeconfig={kubeconfig}"),
+                format!("--authorization-kubeconfig={kubeconfig}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={port}"),
+                // A single instance: leader election would only add a Lease round trip.
+                "--leader-elect=false".into(),
+                "--profiling=false".into(),
+            ];
+            args.extend(serving.iter().cloned());
+            args
+        };
+        let mut controller_manager = component("kube-controller-manager", p.controller_manager);
+        controller_manager.extend([
+            format!("--controllers={CONTROLLERS}"),
+            format!("--service-account-private-key-file={sa_key}"),
+            format!("--root-ca-file={}", path(&format!("pki/{}", pki::CA_CERT))),
+            // Each controller acts as its own ServiceAccount, so RBAC applies as on a real
+            // cluster instead of the controller manager's superuser-like identity.
+            "--use-service-account-credentials=true".into(),
+        ]);
+        self.spawn("kube-controller-manager", &controller_manager)?;
+        let scheduler = component("kube-scheduler", p.scheduler);
+        self.spawn("kube-scheduler", &scheduler)?;
+        self.wait_for(
+            &probe,
+            deadline,
+            &[
+                (
+                    "kube-controller-manager /healthz",
+                    p.controller_manager,
+                    "/healthz",
+                ),
+                ("kube-scheduler /healthz", p.scheduler, "/healthz"),
+                // Created by the controller manager: the last piece a pod needs.
+                (
+                    "ServiceAccount default/default",
+                    p.apiserver,
+                    "/api/v1/namespaces/default/serviceaccounts/default",
+                ),
+            ],
+        )?;
+        eprintln!(
+            "control plane {} ready in {:.1} s (kube-apiserver after {:.1} s) at {}, state in {}",
+            self.state.version,
+            started.elapsed().as_secs_f64(),
+            apiserver_ready.as_secs_f64(),
+            self.server(),
+            self.dir.display()
+        );
+        Ok(())
+    }
+
+    fn spawn(&mut self, name: &str, args: &[String]) -> Result<()> {
+        let log = File::create(self.log_path(name))?;
+        let child = Command::new(self.binaries.path(name))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Own process group: a Ctrl-C meant for the test or xtask does not reach it,
+            // and stopping can signal the group.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.state.processes.push(ProcessRecord {
+            name: name.to_owned(),
+            pid: i32::try_from(child.id())?,
+        });
+        self.children.push(child);
+        // Recorded before anything can fail, so that `stop` finds it whatever happens next.
+        self.write_state()
+    }
+
+    /// Polls each `(what, port, path)` in turn until it answers 200.
+    fn wait_for(
+        &mut self,
+        probe: &probe::Probe,
+        deadline: Instant,
+        checks: &[(&str, u16, &str)],
+    ) -> Result<()> {
+        let mut pending = checks;
+        while let Some((what, port, path)) = pending.first() {
+            self.check_alive()?;
+            let last_error = match probe.get(*port, path) {
+                Ok(200) => {
+                    pending = &pending[1..];
+                    continue;
+                }
+                Ok(status) => format!("{what}: HTTP {status}"),
+                Err(e) => format!("{what}: {e:#}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "control plane in {} not ready in time; last check {last_error}\n{}",
+                    self.dir.display(),
+                    self.log_tails()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Fails, with the log's end, if a process this handle started has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        for (child, record) in self.children.iter_mut().zip(&self.state.processes) {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{} exited during start ({status}); end of {}:\n{}",
+                    record.name,
+                    self.dir
+                        .join("logs")
+                        .join(format!("{}.log", record.name))
+                        .display(),
+                    tail(
+                        &self.dir.join("logs").join(format!("{}.log", record.name)),
+                        30
+                    )
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn log_tails(&self) -> String {
+        self.state
+            .processes
+            .iter()
+            .map(|p| {
+                format!(
+                    "--- end of {}:\n{}",
+                    self.log_path(&p.name).display(),
+                    tail(&self.log_path(&p.name), 15)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        let live: Vec<&ProcessRecord> = self
+            .state
+            .processes
+            .iter()
+            .rev()
+            .filter(|p| process_belongs_to(p.pid, &self.dir))
+            .collect();
+        for p in &live {
+            // Each process leads its own group (see `spawn`).
+            let _ = kill(Pid::from_raw(-p.pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Reap our own children, so that an exited one stops counting as alive.
+            for child in &mut self.children {
+                let _ = child.try_wait();
+            }
+            let alive: Vec<_> = live
+                .iter()
+                .filter(|p| process_belongs_to(p.pid, &self.dir))
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                for p in alive {
+                    let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
+                }
+                for child in &mut self.children {
+                    let _ = child.wait();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.state.processes.clear();
+        if self.dir.join(STATE_FILE).exists() {
+            self.write_state()?;
+        }
+        if let Some(temp) = self.temp.take() {
+            if std::thread::panicking() {
+                eprintln!(
+                    "keeping the control plane's directory for inspection: {}",
+                    temp.keep().display()
+                );
+            } else {
+                temp.close()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            eprintln!(
+                "stopping the control plane in {}: {e:#}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Whether `pid` is alive and is one of ours: its command line names a path in `dir` (every
+/// process gets its certificates or data from there), which guards against a recycled pid.
+fn process_belongs_to(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    // A zombie has an empty command line: it is dead for our purposes.
+    let needle = dir.as_os_str().as_encoded_bytes();
+    !cmdline.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Creates `dir`, or empties one left by a stopped control plane. Refuses a directory with
+/// live processes, and one that holds something else than a control plane.
+fn prepare_dir(dir: &Path) -> Result<()> {
+    if let Some(state) = read_state(dir)? {
+        if state
+            .processes
+            .iter()
+            .any(|p| process_belongs_to(p.pid, dir))
+        {
+            bail!(
+                "a control plane is already running in {}; stop it first (`cargo xtask controlplane stop`)",
+                dir.display()
+            );
+        }
+        fs::remove_dir_all(dir)?;
+    } else if dir.exists() && fs::read_dir(dir)?.next().is_some() {
+        bail!(
+            "{} is not empty and holds no control plane; refusing to use it",
+            dir.display()
+        );
+    }
+    fs::create_dir_all(dir)?;
+    Ok(())
+}
+
+fn read_state(dir: &Path) -> Result<Option<State>> {
+    match fs::read(dir.join(STATE_FILE)) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+            format!("parsing {}", dir.join(STATE_FILE).display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Five distinct free loopback ports. They are free when chosen and could be taken before
+/// the component binds them; a clash makes the start fail with the component's log.
+fn free_ports() -> Result<Ports> {
+    let listeners = (0..5)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let port = |i: usize| -> Result<u16> { Ok(listeners[i].local_addr()?.port()) };
+    Ok(Ports {
+        etcd_client: port(0)?,
+        etcd_peer: port(1)?,
+        apiserver: port(2)?,
+        controller_manager: port(3)?,
+        scheduler: port(4)?,
+    })
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `cargo xtask controlplane ...`
+#[derive(clap::Args)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+#[derive(clap::Args)]
+struct DirArg {
+    /// State directory of the control plane.
+    #[arg(long, default_value_os_t = default_dir())]
+    dir: PathBuf,
+}
+
+#[derive(clap::Subcommand)]
+enum CliCommand {
+    /// Build the control plane binary (or find it in the cache) and print its directory.
+    Build,
+    /// Regenerate controlplane/go.mod and go.sum for a Kubernetes version.
+    GenGomod {
+        #[arg(long, default_value = DEFAULT_KUBERNETES_VERSION)]
+        version: String,
+    },
+    /// Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler, wait until
+    /// they are ready and leave them running.
+    Start(DirArg),
+    /// Stop every process of the control plane.
+    Stop(DirArg),
+    /// Show the processes and the apiserver's readiness.
+    Status(DirArg),
+    /// Mint a kubeconfig with a client certificate for a user and print its path.
+    Kubeconfig {
+        #[command(flatten)]
+        dir: DirArg,
+        /// User name (the certificate's CN).
+        #[arg(long)]
+        user: String,
+        /// Group (the certificate's O); repeat for a second group.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+    /// Print shell exports for the control plane: `eval "$(cargo xtask controlplane env)"`.
+    Env(DirArg),
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        match self.command {
+            CliCommand::Build => {
+                println!("{}", ensure_built()?.dir().display());
+            }
+            CliCommand::GenGomod { version } => gen_gomod(&version)?,
+            CliCommand::Start(DirArg { dir }) => {
+                let cp = ControlPlane::start(Options {
+                    dir: Some(dir),
+                    ..Options::default()
+                })?;
+                print_env(&cp);
+                cp.detach();
+            }
+            CliCommand::Stop(DirArg { dir }) => {
+                if read_state(&dir)?.is_none() {
+                    eprintln!("no control plane in {}", dir.display());
+                    return Ok(());
+                }
+                ControlPlane::attach(&dir)?.stop()?;
+                eprintln!("stopped the control plane in {}", dir.display());
+            }
+            CliCommand::Status(DirArg { dir }) => {
+                let cp = ControlPlane::attach(&dir)?;
+                println!(
+                    "{} at {} ({})",
+                    cp.state.version,
+                    cp.server(),
+                    cp.dir().display()
+                );
+                for p in &cp.state.processes {
+                    let alive = process_belongs_to(p.pid, cp.dir());
+                    let state = if alive { "running" } else { "not running" };
+                    println!("  {:<24} pid {:<8} {state}", p.name, p.pid);
+                }
+                let running = cp.is_running();
+                // Status only looks; the handle must not stop what it found.
+                cp.detach();
+                if !running {
+                    bail!("the control plane in {} is not running", dir.display());
+                }
+            }
+            CliCommand::Kubeconfig { dir, user, groups } => {
+                let cp = ControlPlane::attach(&dir.dir)?;
+                let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+                let path = cp.mint_kubeconfig(&user, &groups);
+                cp.detach();
+                println!("{}", path?.display());
+            }
+            CliCommand::Env(DirArg { dir }) => {
+                let cp = ControlPlane::attach(&dir)?;
+                print_env(&cp);
+                cp.detach();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn print_env(cp: &ControlPlane) {
+    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
+    println!("export KUBECONFIG={}", quote(&cp.kubeconfig()));
+    println!("export PATH={}:\"$PATH\"", quote(cp.binaries().dir()));
+}
