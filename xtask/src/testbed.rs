@@ -56,6 +56,8 @@ pub const APP_CONTAINER: &str = "app";
 pub const CRITICAL_CONTAINER: &str = "critcontainer";
 /// The demo app's HTTP port.
 pub const APP_HTTP_PORT: u16 = 8080;
+/// The controller's HTTP port (`/metrics`, `/healthz`, `/readyz`).
+pub const CONTROLLER_HTTP_PORT: u16 = 8080;
 /// Namespace of the controller in `deploy/base`.
 pub const CONTROLLER_NAMESPACE: &str = "hapod-system";
 /// Group label value of the controller pods (`app=icr`).
@@ -693,6 +695,27 @@ impl Testbed {
             .await
     }
 
+    /// Scrapes a controller replica's `/metrics` (pod IP, port 8080) and returns the sum of
+    /// the samples of `metric` whose labels include every `labels` pair.
+    pub async fn controller_metric(
+        &self,
+        pod: &Pod,
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<f64> {
+        let ip = pod_ip(pod).ok_or_else(|| anyhow!("pod {} has no IP", pod.name_any()))?;
+        let (status, body) = http_get(
+            &ip,
+            CONTROLLER_HTTP_PORT,
+            "/metrics",
+            Duration::from_secs(2),
+        )
+        .await
+        .with_context(|| format!("GET http://{ip}:{CONTROLLER_HTTP_PORT}/metrics"))?;
+        ensure!(status == 200, "GET /metrics answered {status}");
+        Ok(sum_metric(&body, metric, labels))
+    }
+
     /// Host path of a container's private /tmp (annotation published by the process node).
     pub fn container_tmp(pod: &Pod, container: &str) -> Result<PathBuf> {
         let key = format!("{TMP_ANNOTATION_PREFIX}{container}");
@@ -1214,6 +1237,42 @@ pub async fn http_get(ip: &str, port: u16, path: &str, timeout: Duration) -> Res
         body.to_string()
     };
     Ok((status, body))
+}
+
+/// Sum of the samples of `metric` (Prometheus/OpenMetrics text) whose labels include every
+/// `labels` pair.
+pub fn sum_metric(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(metric) else {
+            continue;
+        };
+        let (label_text, value) = match rest.strip_prefix('{') {
+            Some(r) => match r.split_once('}') {
+                Some((l, v)) => (l, v),
+                None => continue,
+            },
+            None if rest.starts_with(' ') => ("", rest),
+            None => continue,
+        };
+        let ok = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|kv| kv.trim() == format!("{k}=\"{v}\""))
+        });
+        if ok
+            && let Some(v) = value
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        {
+            sum += v;
+        }
+    }
+    sum
 }
 
 fn dechunk(mut s: &str) -> String {
@@ -1766,6 +1825,19 @@ mod tests {
         b.group = Some("other".into());
         let r = vec![rec(10, "a", Some(ACTIVE), false, false), b];
         assert!(double_actives(&r).is_empty());
+    }
+
+    #[test]
+    fn sum_metric_filters_labels() {
+        let text = "# TYPE hapod_notifications counter\n\
+            hapod_notifications_total{role=\"active\",outcome=\"acked\"} 3\n\
+            hapod_notifications_total{role=\"standby\",outcome=\"acked\"} 5\n\
+            hapod_notifications_total{role=\"active\",outcome=\"timed_out\"} 1\n\
+            hapod_groups 2\n";
+        let acked = [("role", "active"), ("outcome", "acked")];
+        assert_eq!(sum_metric(text, "hapod_notifications_total", &acked), 3.0);
+        assert_eq!(sum_metric(text, "hapod_notifications_total", &[]), 9.0);
+        assert_eq!(sum_metric(text, "hapod_groups", &[]), 2.0);
     }
 
     #[test]

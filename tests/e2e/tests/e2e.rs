@@ -288,6 +288,37 @@ async fn check_failover(tb: &Testbed, f: &testbed::Failover) -> Result<testbed::
     Ok(settled)
 }
 
+const ACKED_ACTIVE: [(&str, &str); 2] = [("role", "active"), ("outcome", "acked")];
+const NOTIFICATIONS: &str = "hapod_notifications_total";
+
+/// Runs a failover of the sample app and checks, on the acting controller's own metrics,
+/// that the new active pod acknowledged its notification (ACK received by the controller).
+async fn failover_acked(tb: &Testbed, trigger: Trigger) -> Result<testbed::Failover> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let before = tb
+        .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
+        .await?;
+    let f = tb.failover(trigger, WAIT).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = tb
+            .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
+            .await?;
+        if now > before {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the acting controller {} counted no acknowledged become-active notification \
+                 ({NOTIFICATIONS} acked/active stayed at {before})",
+                ctrl.name_any()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(f)
+}
+
 /// Waits until a pod is gone (by name and UID).
 async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -564,7 +595,7 @@ async fn rbac(tb: &Testbed) -> Result<()> {
 
 /// (b) Force delete (grace 0) of the active pod.
 async fn force_delete(tb: &Testbed) -> Result<()> {
-    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    let f = failover_acked(tb, Trigger::ForceDelete).await?;
     let settled = check_failover(tb, &f).await?;
     ensure!(
         settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
@@ -576,7 +607,7 @@ async fn force_delete(tb: &Testbed) -> Result<()> {
 /// (c) Graceful delete of the active pod: the failover happens at the deletionTimestamp,
 /// while the old pod still runs out its grace period, not when it is finally gone.
 async fn graceful_delete(tb: &Testbed) -> Result<()> {
-    let f = tb.failover(Trigger::GracefulDelete, WAIT).await?;
+    let f = failover_acked(tb, Trigger::GracefulDelete).await?;
     // Promotion happened before the old pod's final deletion event.
     let records = tb.history.pod_records();
     let promoted_rv = records
@@ -626,7 +657,7 @@ async fn graceful_delete(tb: &Testbed) -> Result<()> {
 /// (d) `/tmp/killme` in the critical container: it really aborts, its pod is deleted, the
 /// standby takes over.
 async fn critical_crash(tb: &Testbed) -> Result<()> {
-    let f = tb.failover(Trigger::KillCritical, WAIT).await?;
+    let f = failover_acked(tb, Trigger::KillCritical).await?;
     let old_uid = f.old.uid().unwrap_or_default();
     // The critical container really stopped running (as reported by the node).
     let crashed = tb
@@ -652,7 +683,7 @@ async fn critical_crash(tb: &Testbed) -> Result<()> {
 
 /// (e) The active pod becomes not-Ready (its readiness probe fails for real).
 async fn not_ready(tb: &Testbed) -> Result<()> {
-    let f = tb.failover(Trigger::Unready, WAIT).await?;
+    let f = failover_acked(tb, Trigger::Unready).await?;
     let old = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?;
     if let Some(old) = old.filter(|p| p.uid() == f.old.uid()) {
         // The controller kept the pod: it must be demoted; let it recover and rejoin.
@@ -706,7 +737,7 @@ async fn controller_deleted_steady(tb: &Testbed) -> Result<()> {
         "the controller takeover moved the app's active pod"
     );
     // The new acting replica does its job.
-    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    let f = failover_acked(tb, Trigger::ForceDelete).await?;
     check_failover(tb, &f).await?;
     Ok(())
 }
@@ -785,7 +816,7 @@ async fn controller_sigterm_handover(tb: &Testbed) -> Result<()> {
         "the old replica is still acting"
     );
     // The new acting replica does its job.
-    let f = tb.failover(Trigger::ForceDelete, WAIT).await?;
+    let f = failover_acked(tb, Trigger::ForceDelete).await?;
     check_failover(tb, &f).await?;
     Ok(())
 }
