@@ -164,8 +164,47 @@ async fn register(
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .with_context(|| format!("write status of Node {name}"))?;
+    clear_condition_taints(&nodes, &created).await?;
     tracing::info!(node = name, "node registered");
     Ok(created)
+}
+
+/// Taints the API server's admission (`TaintNodesByCondition`) puts on every new Node and that
+/// the node lifecycle controller would lift once the node reports Ready. That controller may
+/// not run (it would evict pods of a node whose heartbeat lags on a loaded machine), so the
+/// node lifts them itself: it reports Ready from the start.
+const CONDITION_TAINTS: [&str; 2] = [
+    "node.kubernetes.io/not-ready",
+    "node.kubernetes.io/unreachable",
+];
+
+async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Result<()> {
+    let taints = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    let kept: Vec<_> = taints
+        .iter()
+        .filter(|t| !CONDITION_TAINTS.contains(&t.key.as_str()))
+        .cloned()
+        .collect();
+    if kept.len() == taints.len() {
+        return Ok(());
+    }
+    let patch = json!({
+        "metadata": { "resourceVersion": node.metadata.resource_version },
+        "spec": { "taints": kept },
+    });
+    nodes
+        .patch(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("remove the not-ready taint of Node {}", node.name_any()))?;
+    Ok(())
 }
 
 /// Renews the node's Lease (what the node lifecycle controller watches) and refreshes the

@@ -26,10 +26,11 @@ const NS: &str = "default";
 const SCRIPT: &str = r#"
 echo "$POD_IP" > /tmp/ip
 echo "$POD_NAME" > /tmp/name
-cat /var/run/secrets/kubernetes.io/serviceaccount/namespace > /tmp/sa-namespace
+echo "$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)" > /tmp/sa-namespace
 test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes > /tmp/sa-token
 echo "$KUBERNETES_SERVICE_HOST" > /tmp/api-host
-echo $$ > /tmp/pid
+# `$$` is an escaped `$` in Kubernetes args: `$$$$` reaches the shell as `$$`.
+echo $$$$ > /tmp/pid
 while [ ! -e /tmp/crash ]; do sleep 0.05; done
 exit 3
 "#;
