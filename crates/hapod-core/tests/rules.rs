@@ -429,6 +429,28 @@ fn stale_watch_event_does_not_undo_an_acknowledged_write() {
 }
 
 #[test]
+fn takeover_list_keeps_pods_newer_than_the_list() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1))]);
+    ctl.settle(first);
+    let listed = ctl.api.snapshot();
+    let list_version = ctl.api.revision.to_string();
+    // Created after the list was taken, and seen through the watch before the list arrives.
+    let created = ctl.api.put(pod("b", 2));
+    ctl.feed(created);
+    ctl.feed(Event::Resync {
+        pods: listed,
+        list_version: Some(list_version),
+    });
+    assert!(ctl.state.pods().any(|p| p.name == "b"));
+    // Without a version (a re-list in watch order) the list is the whole truth.
+    ctl.feed(Event::Resync {
+        pods: vec![ctl.api.pods["a"].clone()],
+        list_version: None,
+    });
+    assert!(ctl.state.pods().all(|p| p.name != "b"));
+}
+
+#[test]
 fn duplicate_event_after_delete_does_not_resurrect() {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("b", 2)]);
     ctl.settle(first);
