@@ -91,6 +91,10 @@ struct State {
     server: String,
     ports: Ports,
     processes: Vec<ProcessRecord>,
+    /// The process whose handle stops the control plane when dropped; `None` once detached.
+    /// A control plane whose owner died without stopping it (a killed test) is an orphan, and
+    /// the next start stops it.
+    owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -127,20 +131,29 @@ impl ControlPlane {
     /// the apiserver is ready, the others are healthy and the `default` ServiceAccount exists.
     /// On any failure, every process started so far is stopped before the error returns.
     pub fn start(options: Options) -> Result<Self> {
+        Self::start_with(options, false)
+    }
+
+    /// `detached`: for `cargo xtask controlplane start`, whose processes outlive it. They get
+    /// their own process group, so that a Ctrl-C in the shell that started them does not
+    /// reach them. Attached ones share the caller's group: a Ctrl-C that kills a test run
+    /// (before any destructor runs) kills them too.
+    fn start_with(options: Options, detached: bool) -> Result<Self> {
         let binaries = ensure_built()?;
         let (dir, temp) = match options.dir {
             Some(dir) => {
+                let dir = std::path::absolute(dir)?;
                 prepare_dir(&dir)?;
                 (dir, None)
             }
             None => {
                 let parent = target_dir().join("hapod-controlplane-tmp");
                 fs::create_dir_all(&parent)?;
+                stop_orphans_in(&parent)?;
                 let temp = tempfile::Builder::new().prefix("cp-").tempdir_in(&parent)?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let dir = std::path::absolute(dir)?;
         let ports = free_ports()?;
         let mut cp = ControlPlane {
             state: State {
@@ -149,6 +162,7 @@ impl ControlPlane {
                 server: format!("https://127.0.0.1:{}", ports.apiserver),
                 ports,
                 processes: Vec::new(),
+                owner: (!detached).then(std::process::id),
             },
             dir,
             binaries,
@@ -156,7 +170,10 @@ impl ControlPlane {
             temp,
             stopped: false,
         };
-        cp.launch(options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT))?;
+        cp.launch(
+            detached,
+            options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
+        )?;
         Ok(cp)
     }
 
@@ -238,6 +255,16 @@ impl ControlPlane {
     /// start`); `cargo xtask controlplane stop` or [`ControlPlane::attach`] stops them later.
     pub fn detach(mut self) {
         self.stopped = true;
+        // Only the handle that started the processes owns them; a handle from `attach` must
+        // not change what the state records.
+        if !self.children.is_empty() && self.state.owner.take().is_some() {
+            if let Err(e) = self.write_state() {
+                eprintln!(
+                    "recording the detached control plane in {}: {e:#}",
+                    self.dir.display()
+                );
+            }
+        }
         // A detached directory outlives this handle, so it must not be a self-removing one.
         if let Some(temp) = self.temp.take() {
             let _ = temp.keep();
@@ -268,7 +295,7 @@ impl ControlPlane {
     /// are ready. etcd and kube-apiserver start together (the apiserver retries etcd);
     /// kube-controller-manager and kube-scheduler only once the apiserver is ready, because
     /// they exit if it cannot answer their delegated-authentication lookup at startup.
-    fn launch(&mut self, timeout: Duration) -> Result<()> {
+    fn launch(&mut self, detached: bool, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let deadline = started + timeout;
         let pki = self.pki_dir();
@@ -297,6 +324,7 @@ impl ControlPlane {
         let etcd_client = format!("http://127.0.0.1:{}", p.etcd_client);
         let etcd_peer = format!("http://127.0.0.1:{}", p.etcd_peer);
         self.spawn(
+            detached,
             "etcd",
             &[
                 "--name=hapod".into(),
@@ -348,7 +376,7 @@ impl ControlPlane {
             "--profiling=false".into(),
         ];
         apiserver.extend(serving.iter().cloned());
-        self.spawn("kube-apiserver", &apiserver)?;
+        self.spawn(detached, "kube-apiserver", &apiserver)?;
         self.wait_for(
             &probe,
             deadline,
@@ -380,9 +408,9 @@ impl ControlPlane {
             // cluster instead of the controller manager's superuser-like identity.
             "--use-service-account-credentials=true".into(),
         ]);
-        self.spawn("kube-controller-manager", &controller_manager)?;
+        self.spawn(detached, "kube-controller-manager", &controller_manager)?;
         let scheduler = component("kube-scheduler", p.scheduler);
-        self.spawn("kube-scheduler", &scheduler)?;
+        self.spawn(detached, "kube-scheduler", &scheduler)?;
         self.wait_for(
             &probe,
             deadline,
@@ -412,16 +440,18 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn spawn(&mut self, name: &str, args: &[String]) -> Result<()> {
+    fn spawn(&mut self, detached: bool, name: &str, args: &[String]) -> Result<()> {
         let log = File::create(self.log_path(name))?;
-        let child = Command::new(self.binaries.path(name))
+        let mut command = Command::new(self.binaries.path(name));
+        command
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            // Own process group: a Ctrl-C meant for the test or xtask does not reach it,
-            // and stopping can signal the group.
-            .process_group(0)
+            .stderr(log);
+        if detached {
+            command.process_group(0);
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         self.state.processes.push(ProcessRecord {
@@ -504,40 +534,27 @@ impl ControlPlane {
             return Ok(());
         }
         self.stopped = true;
-        let live: Vec<&ProcessRecord> = self
-            .state
-            .processes
-            .iter()
-            .rev()
-            .filter(|p| process_belongs_to(p.pid, &self.dir))
-            .collect();
-        for p in &live {
-            // Each process leads its own group (see `spawn`).
-            let _ = kill(Pid::from_raw(-p.pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // Reap our own children, so that an exited one stops counting as alive.
-            for child in &mut self.children {
-                let _ = child.try_wait();
+        // Newest first, one at a time: the scheduler and controller manager before the
+        // apiserver, the apiserver before etcd. Stopped together, the apiserver loses etcd
+        // mid-shutdown and hangs in retries until it is killed.
+        for (i, p) in self.state.processes.iter().enumerate().rev() {
+            let pid = Pid::from_raw(p.pid);
+            if !process_belongs_to(p.pid, &self.dir) {
+                continue;
             }
-            let alive: Vec<_> = live
-                .iter()
-                .filter(|p| process_belongs_to(p.pid, &self.dir))
-                .collect();
-            if alive.is_empty() {
-                break;
-            }
-            if Instant::now() >= deadline {
-                for p in alive {
-                    let _ = kill(Pid::from_raw(-p.pid), Signal::SIGKILL);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process_belongs_to(p.pid, &self.dir) {
+                if Instant::now() >= deadline {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    break;
                 }
-                for child in &mut self.children {
-                    let _ = child.wait();
-                }
-                break;
+                std::thread::sleep(Duration::from_millis(20));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Reap it if it is our child (a zombie already counts as gone above).
+            if let Some(child) = self.children.get_mut(i) {
+                let _ = child.wait();
+            }
         }
         self.state.processes.clear();
         if self.dir.join(STATE_FILE).exists() {
@@ -579,11 +596,41 @@ fn process_belongs_to(pid: i32, dir: &Path) -> bool {
     !cmdline.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Creates `dir`, or empties one left by a stopped control plane. Refuses a directory with
-/// live processes, and one that holds something else than a control plane.
+/// Whether the control plane in `dir` has live processes and an owner that died without
+/// stopping them.
+fn is_orphan(dir: &Path, state: &State) -> bool {
+    state
+        .owner
+        .is_some_and(|owner| !Path::new(&format!("/proc/{owner}")).exists())
+        && state
+            .processes
+            .iter()
+            .any(|p| process_belongs_to(p.pid, dir))
+}
+
+/// Stops the orphaned control planes among the directories in `parent`; their directories
+/// stay, with the logs.
+fn stop_orphans_in(parent: &Path) -> Result<()> {
+    for entry in fs::read_dir(parent)? {
+        let dir = entry?.path();
+        if let Ok(Some(state)) = read_state(&dir)
+            && is_orphan(&dir, &state)
+        {
+            eprintln!("stopping an orphaned control plane in {}", dir.display());
+            ControlPlane::attach(&dir)?.stop()?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir`, or empties one left by a stopped (or orphaned) control plane. Refuses a
+/// directory with a live control plane, and one that holds something else.
 fn prepare_dir(dir: &Path) -> Result<()> {
     if let Some(state) = read_state(dir)? {
-        if state
+        if is_orphan(dir, &state) {
+            eprintln!("stopping an orphaned control plane in {}", dir.display());
+            ControlPlane::attach(dir)?.stop()?;
+        } else if state
             .processes
             .iter()
             .any(|p| process_belongs_to(p.pid, dir))
@@ -690,10 +737,11 @@ impl Cli {
             }
             CliCommand::GenGomod { version } => gen_gomod(&version)?,
             CliCommand::Start(DirArg { dir }) => {
-                let cp = ControlPlane::start(Options {
+                let options = Options {
                     dir: Some(dir),
                     ..Options::default()
-                })?;
+                };
+                let cp = ControlPlane::start_with(options, true)?;
                 print_env(&cp);
                 cp.detach();
             }
