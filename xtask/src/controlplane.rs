@@ -257,13 +257,14 @@ impl ControlPlane {
         self.stopped = true;
         // Only the handle that started the processes owns them; a handle from `attach` must
         // not change what the state records.
-        if !self.children.is_empty() && self.state.owner.take().is_some() {
-            if let Err(e) = self.write_state() {
-                eprintln!(
-                    "recording the detached control plane in {}: {e:#}",
-                    self.dir.display()
-                );
-            }
+        if !self.children.is_empty()
+            && self.state.owner.take().is_some()
+            && let Err(e) = self.write_state()
+        {
+            eprintln!(
+                "recording the detached control plane in {}: {e:#}",
+                self.dir.display()
+            );
         }
         // A detached directory outlives this handle, so it must not be a self-removing one.
         if let Some(temp) = self.temp.take() {
