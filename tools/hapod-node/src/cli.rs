@@ -58,6 +58,10 @@ pub struct Args {
     /// Extra node label KEY=VALUE (repeatable).
     #[arg(long = "node-label", value_parser = parse_label)]
     pub node_labels: Vec<(String, String)>,
+    /// Port of the kubelet endpoint on 127.0.0.1 (`kubectl logs` through the API server;
+    /// `kubectl exec` answered as unsupported); 0 = none. One per node process.
+    #[arg(long, default_value_t = 10250)]
+    pub kubelet_port: u16,
     /// `text` or `json`.
     #[arg(long, default_value = "text")]
     pub log_format: String,
@@ -96,6 +100,7 @@ impl Args {
         cfg.memory = self.memory.clone();
         cfg.max_pods = self.max_pods;
         cfg.node_labels = self.node_labels.clone();
+        cfg.kubelet_port = self.kubelet_port;
         Ok(cfg)
     }
 }

@@ -106,6 +106,9 @@ pub struct NodeConfig {
     pub memory: String,
     pub max_pods: u32,
     pub node_labels: Vec<(String, String)>,
+    /// Port of the kubelet endpoint on 127.0.0.1 (`kubectl logs`; exec reported as
+    /// unsupported); 0 = none.
+    pub kubelet_port: u16,
 }
 
 impl NodeConfig {
@@ -124,6 +127,7 @@ impl NodeConfig {
             memory: "8Gi".into(),
             max_pods: 110,
             node_labels: Vec::new(),
+            kubelet_port: 0,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod expand;
 pub mod ipalloc;
+pub mod kubelet;
 pub mod node;
 pub mod pod;
 pub mod probe;

@@ -101,7 +101,7 @@ fn node_status(cfg: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serd
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True", "KubeletReady", "hapod-node is posting ready status"),
         ],
-        "daemonEndpoints": { "kubeletEndpoint": { "Port": 10250 } },
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": cfg.kubelet_port } },
         "nodeInfo": {
             "architecture": std::env::consts::ARCH,
             "bootID": "",
@@ -131,9 +131,11 @@ fn node_object(cfg: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Result<N
         labels.insert(k.clone(), json!(v));
     }
     let mut status = node_status(cfg, now, now);
+    // The API server reaches a kubelet by the Hostname address first: `localhost` keeps that
+    // on loopback without any DNS lookup of the node name.
     status["addresses"] = json!([
         { "type": "InternalIP", "address": "127.0.0.1" },
-        { "type": "Hostname", "address": name },
+        { "type": "Hostname", "address": "localhost" },
     ]);
     Ok(serde_json::from_value(json!({
         "apiVersion": "v1",
@@ -279,6 +281,18 @@ pub async fn run(
         cfg,
     });
 
+    let kubelet = (ctx.cfg.kubelet_port != 0).then(|| {
+        let (port, dir, token) = (
+            ctx.cfg.kubelet_port,
+            ctx.cfg.state_dir.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = crate::kubelet::serve(port, dir, token).await {
+                tracing::warn!(error = format!("{e:#}"), "kubelet endpoint unavailable");
+            }
+        })
+    });
     let started = Timestamp::now();
     let mut nodes = Vec::new();
     for name in &ctx.cfg.node_names {
@@ -365,6 +379,9 @@ pub async fn run(
 
     tracing::info!("node stopping: killing every container process");
     beat.abort();
+    if let Some(k) = kubelet {
+        k.abort();
+    }
     for w in workers.values() {
         let _ = w.tx.send(Msg::Shutdown);
     }

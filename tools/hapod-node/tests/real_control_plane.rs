@@ -24,6 +24,7 @@ const NS: &str = "default";
 /// exits with 3. Its readiness probe (exec, inside the container's mount namespace) succeeds
 /// once /tmp/ready exists.
 const SCRIPT: &str = r#"
+echo "started as $POD_NAME"
 echo "$POD_IP" > /tmp/ip
 echo "$POD_NAME" > /tmp/name
 echo "$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)" > /tmp/sa-namespace
@@ -167,16 +168,25 @@ async fn pods_run_as_processes_against_the_real_control_plane() -> Result<()> {
     cfg.probe_period_scale = 0.2;
     cfg.backoff_initial = Duration::from_millis(300);
     cfg.heartbeat = Duration::from_secs(2);
+    cfg.kubelet_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let node = NodeHandle::spawn(config, cfg);
 
-    let result = scenario(&client).await;
+    let result = scenario(&cp, &client).await;
     let stopped = node.shutdown().await;
     drop(cp);
     result?;
     stopped
 }
 
-async fn scenario(client: &Client) -> Result<()> {
+async fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<std::process::Output> {
+    let mut cmd = cp.kubectl();
+    cmd.args(args);
+    Ok(tokio::task::spawn_blocking(move || cmd.output()).await??)
+}
+
+async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let post = PostParams::default();
 
@@ -215,6 +225,22 @@ async fn scenario(client: &Client) -> Result<()> {
     // Ready once the exec probe (run inside the container's /tmp) succeeds.
     std::fs::write(tmp.join("ready"), "")?;
     wait_for(&pods, "web", Duration::from_secs(10), "Ready", ready).await?;
+
+    // `kubectl logs` through the API server and the node's kubelet endpoint; `kubectl exec`
+    // fails with a message saying why.
+    let logs = kubectl(cp, &["logs", "web", "-c", "main"]).await?;
+    let stdout = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        stdout.contains("started as web"),
+        "kubectl logs: {stdout} {}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    let exec = kubectl(cp, &["exec", "web", "-c", "main", "--", "true"]).await?;
+    assert!(!exec.status.success());
+    eprintln!(
+        "kubectl exec says: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
 
     // A crash: visible with its exit code in lastState, restarted with a fresh /tmp.
     let first_pid: i32 = read_when_written(&tmp.join("pid")).await?.parse()?;
