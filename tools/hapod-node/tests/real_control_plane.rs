@@ -236,10 +236,11 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
         String::from_utf8_lossy(&logs.stderr)
     );
     let exec = kubectl(cp, &["exec", "web", "-c", "main", "--", "true"]).await?;
+    let stderr = String::from_utf8_lossy(&exec.stderr);
     assert!(!exec.status.success());
-    eprintln!(
-        "kubectl exec says: {}",
-        String::from_utf8_lossy(&exec.stderr)
+    assert!(
+        stderr.contains("does not implement exec"),
+        "kubectl exec: {stderr}"
     );
 
     // A crash: visible with its exit code in lastState, restarted with a fresh /tmp.
