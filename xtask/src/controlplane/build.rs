@@ -127,6 +127,17 @@ pub fn ensure_built() -> Result<Binaries> {
     if is_complete(&binaries) {
         return Ok(binaries);
     }
+    // Holding the lock, any staging directory left is from a build that was killed.
+    for entry in fs::read_dir(&root)? {
+        let path = entry?.path();
+        if path.is_dir()
+            && path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(".tmp-"))
+        {
+            fs::remove_dir_all(&path)?;
+        }
+    }
     build(&source, &binaries)?;
     Ok(binaries)
 }
@@ -199,9 +210,6 @@ fn build(source: &Path, binaries: &Binaries) -> Result<()> {
             .to_string_lossy(),
         std::process::id()
     ));
-    if staging.exists() {
-        fs::remove_dir_all(&staging)?;
-    }
     fs::create_dir_all(&staging)?;
     let log_path = parent.join(format!(
         "{}.build.log",
