@@ -347,11 +347,6 @@ impl GroupState {
         }
     }
 
-    /// The group has no pod left and nothing in flight: the runtime may drop it.
-    pub fn is_idle_empty(&self) -> bool {
-        self.pods.is_empty() && self.in_flight.is_none()
-    }
-
     /// Cached views of the group's pods, by name.
     pub fn pods(&self) -> impl Iterator<Item = &PodView> {
         self.pods.values().map(|e| &e.view)
