@@ -140,7 +140,22 @@ impl ControlPlane {
     /// (before any destructor runs) kills them too.
     fn start_with(options: Options, detached: bool) -> Result<Self> {
         let binaries = ensure_built()?;
-        let (dir, temp) = match options.dir {
+        // Free ports are chosen before the components bind them, so another process (another
+        // test's control plane) can take one in between; a fresh set of ports fixes that.
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(&options, detached, binaries.clone()) {
+                Err(e) if attempt < 3 && format!("{e:#}").contains("address already in use") => {
+                    eprintln!("a port of the control plane was taken meanwhile; retrying");
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(options: &Options, detached: bool, binaries: Binaries) -> Result<Self> {
+        let (dir, temp) = match options.dir.clone() {
             Some(dir) => {
                 let dir = std::path::absolute(dir)?;
                 prepare_dir(&dir)?;
@@ -277,6 +292,18 @@ impl ControlPlane {
         self.shutdown()
     }
 
+    /// The apiserver's `/readyz` answer, as text for `status`.
+    fn readyz(&self) -> String {
+        let answer = pki::mint_client_cert(&self.pki_dir(), "admin", &["system:masters"])
+            .and_then(|admin| probe::Probe::new(&self.ca_file(), &admin))
+            .and_then(|probe| probe.get(self.state.ports.apiserver, "/readyz"));
+        match answer {
+            Ok(200) => "ready".to_owned(),
+            Ok(status) => format!("HTTP {status}"),
+            Err(e) => format!("{e:#}"),
+        }
+    }
+
     fn pki_dir(&self) -> PathBuf {
         self.dir.join("pki")
     }
@@ -363,7 +390,6 @@ impl ControlPlane {
             "--advertise-address=127.0.0.1".into(),
             "--endpoint-reconciler-type=none".into(),
             format!("--secure-port={}", p.apiserver),
-            format!("--cert-dir={}", path("pki")),
             format!("--client-ca-file={}", pki::client_ca_cert(&pki).display()),
             "--authorization-mode=Node,RBAC".into(),
             "--allow-privileged=true".into(),
@@ -768,6 +794,9 @@ impl Cli {
                     println!("  {:<24} pid {:<8} {state}", p.name, p.pid);
                 }
                 let running = cp.is_running();
+                if running {
+                    println!("  kube-apiserver /readyz: {}", cp.readyz());
+                }
                 // Status only looks; the handle must not stop what it found.
                 cp.detach();
                 if !running {
