@@ -807,7 +807,15 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
             }
         }
         Event::Resync { pods, list_version } => state.resync(pods, list_version.as_deref(), now),
-        Event::Tick => {}
+        Event::Tick => {
+            // A re-read that failed or got lost is asked for again on every tick.
+            for entry in state.pods.values().filter(|e| e.stale) {
+                out.push(Action::Refresh {
+                    pod: entry.view.name.clone(),
+                    uid: entry.view.uid.clone(),
+                });
+            }
+        }
         Event::Leadership(term) => state.set_leadership(term),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
     }

@@ -405,14 +405,13 @@ fn conflict_on_demote_blocks_promotion_until_reread() {
     let demote = single_write(&ctl.feed(ev));
     let newer = ctl.api.modify("a", |p| p.ready = false).unwrap();
     let (actions, _) = ctl.answer(&demote);
-    assert_eq!(
-        actions,
-        [Action::Refresh {
-            pod: "a".into(),
-            uid: "a-uid".into()
-        }]
-    );
-    assert!(ctl.feed(Event::Tick).is_empty());
+    let refresh = Action::Refresh {
+        pod: "a".into(),
+        uid: "a-uid".into(),
+    };
+    assert_eq!(actions, [refresh.clone()]);
+    // Until the re-read arrives, a tick only asks for it again.
+    assert_eq!(ctl.feed(Event::Tick), [refresh]);
     let retry = single_write(&ctl.feed(newer));
     assert!(is_set_role(&retry, "a", Role::Standby));
 }
