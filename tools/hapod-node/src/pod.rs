@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod, PodStatus, Probe};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus, Probe};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -201,9 +201,36 @@ impl PodWorker {
             .and_then(|s| s.start_time.as_ref())
             .map_or_else(now, |t| t.0);
         let mut ctrs = Vec::new();
+        let previous: Vec<ContainerStatus> = pod
+            .status
+            .iter()
+            .flat_map(|s| {
+                s.container_statuses
+                    .iter()
+                    .flatten()
+                    .chain(s.init_container_statuses.iter().flatten())
+            })
+            .cloned()
+            .collect();
         let mut add = |c: &Container, kind: Kind| {
+            let mut view =
+                ContainerView::new(&c.name, c.image.as_deref().unwrap_or_default(), kind);
+            // A pod that already ran (the node process restarted and its processes died with
+            // it) keeps counting restarts: its next start is a restart.
+            let ran_before = previous.iter().find(|p| p.name == c.name).filter(|p| {
+                p.state
+                    .as_ref()
+                    .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+                    || p.last_state
+                        .as_ref()
+                        .is_some_and(|s| s.terminated.is_some())
+            });
+            if let Some(p) = ran_before {
+                view.restart_count = p.restart_count;
+            }
             ctrs.push(Ctr {
-                view: ContainerView::new(&c.name, c.image.as_deref().unwrap_or_default(), kind),
+                runs: u32::from(ran_before.is_some()),
+                view,
                 spec: c.clone(),
                 inst: 0,
                 pid: None,
@@ -213,7 +240,6 @@ impl PodWorker {
                 log: dir.join("logs").join(format!("{}.log", c.name)),
                 backoff: ctx.cfg.backoff_initial,
                 attempts: 0,
-                runs: 0,
                 probes: Vec::new(),
             });
         };

@@ -171,13 +171,64 @@ async fn pods_run_as_processes_against_the_real_control_plane() -> Result<()> {
     cfg.kubelet_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
-    let node = NodeHandle::spawn(config, cfg);
+    let node = NodeHandle::spawn(config.clone(), cfg.clone());
 
     let result = scenario(&cp, &client).await;
     let stopped = node.shutdown().await;
-    drop(cp);
     result?;
-    stopped
+    stopped?;
+    node_restart(&client, config, cfg).await?;
+    drop(cp);
+    Ok(())
+}
+
+/// Stopping the node kills its containers (no orphans); a new node process starts them again
+/// as restarts, with the pod's IP kept.
+async fn node_restart(client: &Client, config: kube::Config, cfg: NodeConfig) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let node = NodeHandle::spawn(config.clone(), cfg.clone());
+    pods.create(
+        &PostParams::default(),
+        &pod("survivor", "example.org/test/shell", SCRIPT, 5)?,
+    )
+    .await?;
+    let running = |p: &Pod| {
+        main_status(p).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+    };
+    let p = wait_for(
+        &pods,
+        "survivor",
+        Duration::from_secs(60),
+        "Running",
+        running,
+    )
+    .await?;
+    let ip = p.status.as_ref().and_then(|s| s.pod_ip.clone());
+    let pid: i32 = read_when_written(&tmp_dir(&p)?.join("pid"))
+        .await?
+        .parse()?;
+    node.shutdown().await?;
+    assert!(!alive(pid), "a container outlived the node process");
+
+    let node = NodeHandle::spawn(config, cfg);
+    let p = wait_for(
+        &pods,
+        "survivor",
+        Duration::from_secs(30),
+        "restarted",
+        |p| running(p) && main_status(p).is_some_and(|c| c.restart_count == 1),
+    )
+    .await;
+    let result = async {
+        let p = p?;
+        assert_eq!(p.status.as_ref().and_then(|s| s.pod_ip.clone()), ip);
+        pods.delete("survivor", &DeleteParams::default()).await?;
+        wait_gone(&pods, "survivor", Duration::from_secs(10)).await?;
+        anyhow::Ok(())
+    }
+    .await;
+    node.shutdown().await?;
+    result
 }
 
 async fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<std::process::Output> {
