@@ -32,8 +32,8 @@ pub use build::{Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, 
 /// Controllers kube-controller-manager runs. What a Deployment, ReplicaSet, Service and
 /// ServiceAccount need to behave as on a real cluster, plus PodDisruptionBudgets, pod garbage
 /// collection and the aggregated `admin`/`edit`/`view` ClusterRoles. `node-lifecycle-controller`
-/// stays off: it would taint and evict the pods of a
-/// process node whenever that node's heartbeat lags on a loaded CI machine.
+/// stays off: it would taint and evict the pods of a process node whenever that node's
+/// heartbeat lags on a loaded CI machine.
 pub const CONTROLLERS: &str = "replicaset-controller,deployment-controller,\
 endpointslice-controller,endpointslice-mirroring-controller,endpoints-controller,\
 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
@@ -112,8 +112,8 @@ struct ProcessRecord {
     pid: i32,
 }
 
-/// A running control plane. Dropping it stops every process it started (unless
-/// [`ControlPlane::detach`]ed).
+/// A running control plane. Dropping the handle stops its processes, unless it was
+/// [`ControlPlane::detach`]ed.
 pub struct ControlPlane {
     dir: PathBuf,
     state: State,
@@ -194,6 +194,7 @@ impl ControlPlane {
 
     /// A handle on the control plane recorded in `dir` by another process, to stop it or
     /// mint users. Its processes are not checked here; see [`ControlPlane::is_running`].
+    /// Dropping this handle stops them too; [`ControlPlane::detach`] it to leave them running.
     pub fn attach(dir: &Path) -> Result<Self> {
         let dir = std::path::absolute(dir)?;
         let state = read_state(&dir)?
