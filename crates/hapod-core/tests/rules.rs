@@ -409,7 +409,7 @@ fn conflict_on_demote_blocks_promotion_until_reread() {
         pod: "a".into(),
         uid: "a-uid".into(),
     };
-    assert_eq!(actions, [refresh.clone()]);
+    assert_eq!(actions, std::slice::from_ref(&refresh));
     // Until the re-read arrives, a tick only asks for it again.
     assert_eq!(ctl.feed(Event::Tick), [refresh]);
     let retry = single_write(&ctl.feed(newer));
