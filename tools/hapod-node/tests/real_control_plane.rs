@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use hapod_node::{NodeConfig, NodeHandle, TMP_ANNOTATION_PREFIX};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use xtask::controlplane::{ControlPlane, Options};
@@ -30,6 +30,8 @@ echo "$POD_NAME" > /tmp/name
 echo "$(cat /var/run/secrets/kubernetes.io/serviceaccount/namespace)" > /tmp/sa-namespace
 test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo yes > /tmp/sa-token
 echo "$KUBERNETES_SERVICE_HOST" > /tmp/api-host
+echo "$(cat /etc/hapod-node-test/notify-key/key)" > /tmp/key-file
+echo "$KEY_ENV" > /tmp/key-env
 # `$$` is an escaped `$` in Kubernetes args: `$$$$` reaches the shell as `$$`.
 echo $$$$ > /tmp/pid
 while [ ! -e /tmp/crash ]; do sleep 0.05; done
@@ -50,12 +52,22 @@ fn pod(name: &str, image: &str, script: &str, grace: i64) -> Result<Pod> {
                 "env": [
                     { "name": "POD_IP", "valueFrom": { "fieldRef": { "fieldPath": "status.podIP" } } },
                     { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "KEY_ENV", "valueFrom": { "secretKeyRef": { "name": "notify-key", "key": "key" } } },
                 ],
+                "volumeMounts": [{
+                    "name": "notify-key",
+                    "mountPath": "/etc/hapod-node-test/notify-key",
+                    "readOnly": true,
+                }],
                 "readinessProbe": {
                     "exec": { "command": ["cat", "/tmp/ready"] },
                     "periodSeconds": 1,
                     "failureThreshold": 1,
                 },
+            }],
+            "volumes": [{
+                "name": "notify-key",
+                "secret": { "secretName": "notify-key", "defaultMode": 288 },
             }],
         },
     }))?)
@@ -240,6 +252,15 @@ async fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<std::process::Outpu
 async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let post = PostParams::default();
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": { "name": "notify-key", "namespace": NS },
+        "stringData": { "key": "s3cret" },
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .create(&post, &secret)
+        .await?;
 
     // Scheduled by the real scheduler, running with a loopback pod IP, not yet ready.
     pods.create(&post, &pod("web", "example.org/test/shell:1.0", SCRIPT, 5)?)
@@ -272,6 +293,8 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
     assert_eq!(read_when_written(&tmp.join("sa-namespace")).await?, NS);
     assert_eq!(read_when_written(&tmp.join("sa-token")).await?, "yes");
     assert_eq!(read_when_written(&tmp.join("api-host")).await?, "127.0.0.1");
+    assert_eq!(read_when_written(&tmp.join("key-file")).await?, "s3cret");
+    assert_eq!(read_when_written(&tmp.join("key-env")).await?, "s3cret");
 
     // Ready once the exec probe (run inside the container's /tmp) succeeds.
     std::fs::write(tmp.join("ready"), "")?;
