@@ -37,7 +37,7 @@ pub struct Cli {
     /// controller-killed. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
-    /// Scale points in groups of 2 pods (comma list; default 1,100,1000; quick 1,10; 0 = none).
+    /// Scale points in groups of 2 pods (comma list; default 1,100,1000; quick 10; 0 = none).
     #[arg(long, value_delimiter = ',')]
     pub scale: Option<Vec<usize>>,
     /// Groups whose actives the storm deletes at once (default 100, quick 10).
@@ -195,7 +195,7 @@ impl Cli {
             .clone()
             .unwrap_or_else(|| {
                 if self.quick {
-                    vec![1, 10]
+                    vec![10]
                 } else {
                     vec![1, 100, 1000]
                 }
@@ -218,11 +218,8 @@ impl Cli {
             println!("bench: scale {n} groups");
             match scale::run(tb, n, &opts).await {
                 Ok(s) => {
-                    if let Some(p) = &s.profile {
-                        r.profile_notes.push(format!(
-                            "`perf record -g` of the scale controller during the {n}-group storm: `{}`",
-                            p.rsplit('/').next().unwrap_or(p)
-                        ));
+                    for p in &s.profiles {
+                        r.profile_notes.push(profile_note(n, p));
                     }
                     r.scale.push(s)
                 }
@@ -261,6 +258,22 @@ fn attribute(
         }
     }
     by.into_iter().map(|((k, s), v)| (k, s, v)).collect()
+}
+
+/// A short note on one perf report: the file and its top symbols.
+fn profile_note(groups: usize, path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let top: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && l.contains('%'))
+        .take(12)
+        .map(|l| format!("    {}", l.trim()))
+        .collect();
+    format!(
+        "`perf record -F 1999` of the scale controller ({groups} groups), `{file}`; top symbols:\n\n{}",
+        top.join("\n")
+    )
 }
 
 fn perf_works() -> bool {

@@ -60,7 +60,8 @@ pub struct ScaleResult {
     pub storm_unresolved: usize,
     pub storm_cpu_s: f64,
     pub storm_rss_mib: f64,
-    pub profile: Option<String>,
+    /// perf reports written (cold start, storm)
+    pub profiles: Vec<String>,
     pub note: String,
 }
 
@@ -132,9 +133,10 @@ async fn controller_deployment(client: &Client, base_ns: &str) -> Result<Deploym
         format!("--namespaces={NAMESPACE}"),
         format!("--lease-name={CONTROLLER}"),
         format!("--controller-selector={CONTROLLER_SELECTOR}"),
-        "--log-format=json".into(),
     ]);
-    args.dedup();
+    if !args.iter().any(|a| a.starts_with("--log-format")) {
+        args.push("--log-format=json".into());
+    }
     c["args"] = serde_json::to_value(args)?;
     // probes would only slow a bench replica down and the liveness probe could kill it
     // under load
@@ -430,10 +432,22 @@ async fn run_inner(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let conv_perf = if o.profile {
+        start_perf(pid, &o.profile_dir, &format!("converge-{groups}"))
+    } else {
+        None
+    };
     let conv_timeout = Duration::from_secs(60 + groups as u64 / 5);
     let (conv, s) =
         sample_until(pid, pods.wait_state(conv_timeout, |c| converged(c, groups))).await;
     let t_conv = now_ns();
+    if let Some(p) = conv_perf {
+        r.profiles.extend(finish_perf(
+            p,
+            &o.profile_dir,
+            &format!("converge-{groups}"),
+        ));
+    }
     if conv.is_none() {
         let m = actives_by_group(&pods.current())
             .values()
@@ -483,7 +497,7 @@ async fn run_inner(
     let uids: BTreeSet<String> = actives.iter().map(|p| p.uid.clone()).collect();
     let stormed: BTreeSet<String> = actives.iter().filter_map(|p| p.group.clone()).collect();
     let perf = if o.profile {
-        start_perf(pid, &o.profile_dir, groups)
+        start_perf(pid, &o.profile_dir, &format!("storm-{groups}"))
     } else {
         None
     };
@@ -517,7 +531,8 @@ async fn run_inner(
     peak = peak.max(s2.peak_kib);
     r.rss_peak_mib = peak as f64 / 1024.0;
     if let Some(p) = perf {
-        r.profile = finish_perf(p, &o.profile_dir, groups);
+        r.profiles
+            .extend(finish_perf(p, &o.profile_dir, &format!("storm-{groups}")));
     }
     // per group: first watch event labeling a new (other) pod active
     let mut first: BTreeMap<String, u64> = BTreeMap::new();
@@ -554,11 +569,11 @@ struct Perf {
 }
 
 /// Samples the controller with `perf record` during the storm, when perf is usable.
-fn start_perf(pid: u32, dir: &std::path::Path, groups: usize) -> Option<Perf> {
-    let data = std::env::temp_dir().join(format!("hapod-bench-perf-{groups}.data"));
+fn start_perf(pid: u32, dir: &std::path::Path, what: &str) -> Option<Perf> {
+    let data = std::env::temp_dir().join(format!("hapod-bench-perf-{what}.data"));
     let _ = std::fs::create_dir_all(dir);
     let child = std::process::Command::new("perf")
-        .args(["record", "-F", "1999", "-g", "-o"])
+        .args(["record", "-F", "1999", "-o"])
         .arg(&data)
         .args(["-p", &pid.to_string()])
         .stdout(std::process::Stdio::null())
@@ -570,7 +585,7 @@ fn start_perf(pid: u32, dir: &std::path::Path, groups: usize) -> Option<Perf> {
     Some(Perf { child, data })
 }
 
-fn finish_perf(mut p: Perf, dir: &std::path::Path, groups: usize) -> Option<String> {
+fn finish_perf(mut p: Perf, dir: &std::path::Path, what: &str) -> Option<String> {
     // SIGINT makes perf write its data and exit
     let _ = std::process::Command::new("kill")
         .args(["-INT", &p.child.id().to_string()])
@@ -582,7 +597,7 @@ fn finish_perf(mut p: Perf, dir: &std::path::Path, groups: usize) -> Option<Stri
             "--stdio",
             "--no-children",
             "--percent-limit",
-            "1.5",
+            "0.5",
             "-i",
         ])
         .arg(&p.data)
@@ -594,7 +609,7 @@ fn finish_perf(mut p: Perf, dir: &std::path::Path, groups: usize) -> Option<Stri
     if text.trim().is_empty() {
         return None;
     }
-    let path = dir.join(format!("profile-storm-{groups}.txt"));
+    let path = dir.join(format!("profile-{what}.txt"));
     std::fs::write(&path, &text).ok()?;
     Some(path.display().to_string())
 }
