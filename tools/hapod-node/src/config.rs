@@ -116,7 +116,7 @@ impl NodeConfig {
         Self {
             node_names,
             images: ImageMap::default(),
-            pod_cidr: "127.10.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+            pod_cidr: LoopbackCidr::DEFAULT,
             state_dir: state_dir.as_ref().to_path_buf(),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),

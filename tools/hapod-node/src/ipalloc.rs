@@ -14,6 +14,12 @@ pub struct LoopbackCidr {
 }
 
 impl LoopbackCidr {
+    /// 127.10.0.0/16, the default pod range.
+    pub const DEFAULT: Self = Self {
+        base: u32::from_be_bytes([127, 10, 0, 0]),
+        prefix: 16,
+    };
+
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
         if !(8..=30).contains(&prefix) {
             return Err(format!("prefix /{prefix} must be between /8 and /30"));
@@ -129,6 +135,10 @@ mod tests {
         assert!("192.168.0.0/16".parse::<LoopbackCidr>().is_err());
         assert!("127.10.0.0/16".parse::<LoopbackCidr>().is_ok());
         assert!("127.10.0.0".parse::<LoopbackCidr>().is_err());
+        assert_eq!(
+            "127.10.0.0/16".parse::<LoopbackCidr>(),
+            Ok(LoopbackCidr::DEFAULT)
+        );
     }
 
     #[test]

@@ -527,7 +527,7 @@ impl PodWorker {
     /// Waits in `reason` and retries after the container's backoff.
     fn wait_and_retry(&mut self, idx: usize, reason: &str, message: String) {
         let c = &mut self.ctrs[idx];
-        tracing::warn!(container = %c.view.name, reason, %message, "container cannot start");
+        tracing::warn!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, reason, %message, "container cannot start");
         c.view.state = RunState::Waiting {
             reason: reason.into(),
             message: Some(message),
@@ -778,7 +778,7 @@ impl PodWorker {
         self.dirty_since.get_or_insert_with(Instant::now);
         match (kind, ok) {
             (ProbeKind::Readiness, ready) => {
-                tracing::info!(container = %c.view.name, ready, "readiness changed");
+                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ready, "readiness changed");
                 c.view.ready = ready;
             }
             (ProbeKind::Startup, true) => {
@@ -789,7 +789,7 @@ impl PodWorker {
                 self.reconcile().await;
             }
             (ProbeKind::Startup | ProbeKind::Liveness, false) => {
-                tracing::info!(container = %c.view.name, ?kind, "probe failed: restarting the container");
+                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
                 let grace = Self::probe_of(&c.spec, kind)
                     .and_then(|p| p.termination_grace_period_seconds)
                     .or_else(|| {
