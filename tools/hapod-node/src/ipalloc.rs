@@ -73,13 +73,25 @@ struct Inner {
 
 impl IpAllocator {
     pub fn new(cidr: LoopbackCidr) -> Self {
+        Self::starting_at(cidr, 1)
+    }
+
+    /// Starts handing out addresses at `offset` into the range (wrapping).
+    pub fn starting_at(cidr: LoopbackCidr, offset: u32) -> Self {
         Self {
             cidr,
             inner: Mutex::new(Inner {
                 used: HashSet::new(),
-                next: 1,
+                next: offset % cidr.size(),
             }),
         }
+    }
+
+    /// Two node processes on one machine (say, two test runs side by side) using the same range
+    /// rarely hand out the same address when each starts at a place drawn from its process id.
+    pub fn for_this_process(cidr: LoopbackCidr) -> Self {
+        let spread = std::process::id().wrapping_mul(2_654_435_761);
+        Self::starting_at(cidr, spread)
     }
 
     /// Reserves `preferred` if it is inside the range and free (a pod that already has an
@@ -152,6 +164,17 @@ mod tests {
             assert!(seen.insert(ip), "duplicate {ip}");
         }
         assert_eq!(alloc.in_use(), 600);
+    }
+
+    #[test]
+    fn starting_offset_wraps() {
+        let alloc = IpAllocator::starting_at("127.20.0.0/29".parse().unwrap(), 6 + 8 * 100);
+        let order: Vec<_> = std::iter::from_fn(|| alloc.allocate(None))
+            .map(|ip| ip.octets()[3])
+            .collect();
+        assert_eq!(order, [6, 7, 1, 2, 3, 4, 5]);
+        let alloc = IpAllocator::for_this_process(LoopbackCidr::DEFAULT);
+        assert!(LoopbackCidr::DEFAULT.contains(alloc.allocate(None).unwrap()));
     }
 
     #[test]

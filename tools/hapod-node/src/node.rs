@@ -272,7 +272,7 @@ pub async fn run(
         .with_context(|| format!("create {}", cfg.state_dir.display()))?;
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
-        ips: IpAllocator::new(cfg.pod_cidr),
+        ips: IpAllocator::for_this_process(cfg.pod_cidr),
         spawner: Spawner::start().context("spawner thread")?,
         service_env,
         ca_pem,
