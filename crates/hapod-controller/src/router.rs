@@ -106,7 +106,7 @@ impl Router {
             }
             watcher::Event::InitDone => {
                 let listed = self.relists.remove(scope).unwrap_or_default();
-                self.snapshot(scope, listed, None)
+                self.snapshot(scope, listed)
             }
             watcher::Event::Apply(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -149,21 +149,12 @@ impl Router {
 
     /// One `Resync` per group of `scope` from a full list: groups known before but absent
     /// from the list get an empty one (all their pods are gone).
-    pub fn snapshot(
-        &mut self,
-        scope: &Scope,
-        listed: Vec<PodView>,
-        list_version: Option<String>,
-    ) -> Vec<(GroupKey, Event)> {
+    fn snapshot(&mut self, scope: &Scope, listed: Vec<PodView>) -> Vec<(GroupKey, Event)> {
         let mut groups: BTreeMap<GroupKey, Vec<PodView>> = self
             .groups_in(scope)
             .map(|k| (k.clone(), Vec::new()))
             .collect();
-        // Only a re-list in watch order replaces the placement; a separate list may race
-        // with newer watch events that already placed pods.
-        if list_version.is_none() {
-            self.placed.retain(|_, k| !in_scope(scope, k));
-        }
+        self.placed.retain(|_, k| !in_scope(scope, k));
         for view in listed {
             let key = GroupKey::of(&view);
             self.placed.insert(view.uid.clone(), key.clone());
@@ -171,19 +162,8 @@ impl Router {
         }
         groups
             .into_iter()
-            .map(|(key, pods)| {
-                let event = Event::Resync {
-                    pods,
-                    list_version: list_version.clone(),
-                };
-                (key, event)
-            })
+            .map(|(key, pods)| (key, Event::Resync { pods }))
             .collect()
-    }
-
-    /// Views of listed pods (for a separate list call), unplaceable ones logged once.
-    pub fn views(&mut self, pods: &[Pod]) -> Vec<PodView> {
-        pods.iter().filter_map(|p| self.view(p)).collect()
     }
 }
 
@@ -236,7 +216,7 @@ mod tests {
         );
         let out = r.route(&all, watcher::Event::InitDone);
         assert_eq!(out.len(), 2);
-        let Event::Resync { pods, list_version } = &out[0].1 else {
+        let Event::Resync { pods } = &out[0].1 else {
             panic!("{out:?}")
         };
         assert_eq!(out[0].0, key("g"));
@@ -244,17 +224,7 @@ mod tests {
             pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             ["b"]
         );
-        assert_eq!(*list_version, None);
-        assert_eq!(
-            out[1],
-            (
-                key("h"),
-                Event::Resync {
-                    pods: vec![],
-                    list_version: None
-                }
-            )
-        );
+        assert_eq!(out[1], (key("h"), Event::Resync { pods: vec![] }));
         // A later delete of a pod not placed any more is not routed.
         assert!(
             r.route(&all, watcher::Event::Delete(pod("c", Some("h"))))

@@ -11,7 +11,7 @@ use hapod_core::Event;
 use hapod_protocol::sender::{Delivery, Outcome};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
-use kube::api::{Api, ListParams, ObjectList};
+use kube::api::Api;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use prometheus_client::registry::Registry;
@@ -33,11 +33,10 @@ pub struct Settings {
     pub resync: Duration,
 }
 
-/// Result of the take-over list: the term it was made for and one list per scope.
-type TakeoverLists = (u32, Vec<(Scope, ObjectList<Pod>)>);
-
-/// Longest pause between attempts of the take-over list.
-const TAKEOVER_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The merged pod watches, each event tagged with the scope of its stream.
+type PodEvents = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (Scope, Result<watcher::Event<Pod>, watcher::Error>)>,
+>;
 
 /// Routes watch events to group workers and follows leadership.
 pub struct Dispatcher {
@@ -92,45 +91,52 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until the leadership channel closes (the election task is gone).
-    pub async fn run(mut self, mut leader: watch::Receiver<Option<u32>>) {
-        let scopes = self.scopes();
-        // Consistent lists: a re-list served from a stale cache could miss a pod that exists.
+    /// One pod watch per scope, merged. Re-lists use consistent reads: a list served from a
+    /// stale cache could miss a pod that exists.
+    fn watch_streams(&self, scopes: &[Scope]) -> PodEvents {
         let config = watcher::Config::default()
             .labels(&self.settings.selector)
             .list_semantic(watcher::ListSemantic::MostRecent);
-        let streams = scopes.iter().map(|scope| {
+        futures::stream::select_all(scopes.iter().map(|scope| {
             let scope = scope.clone();
             watcher(self.pods_in(&scope), config.clone())
                 .default_backoff()
                 .map(move |event| (scope.clone(), event))
                 .boxed()
-        });
-        let mut watch = futures::stream::select_all(streams);
-        let mut uninitialized: HashSet<Scope> = scopes.into_iter().collect();
-        let (takeover_tx, mut takeover_rx) = mpsc::unbounded_channel();
+        }))
+    }
+
+    /// Runs until the leadership channel closes (the election task is gone).
+    ///
+    /// Taking over restarts the watches and acts only once every scope has re-listed: the
+    /// cache may lag behind the writes of the replica that acted before, and a re-list
+    /// delivered in watch order can never be overtaken by older events.
+    pub async fn run(mut self, mut leader: watch::Receiver<Option<u32>>) {
+        let scopes = self.scopes();
+        let mut watch = self.watch_streams(&scopes);
+        // Scopes whose list since the last (re)start of the watches has not completed.
+        let mut listing: HashSet<Scope> = scopes.iter().cloned().collect();
+        // Term to act in once `listing` is empty.
+        let mut pending = *leader.borrow_and_update();
         let mut resync = tokio::time::interval(self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let initial = *leader.borrow_and_update();
-        if let Some(term) = initial {
-            self.spawn_takeover(term, leader.clone(), takeover_tx.clone());
-        }
-        // Read-only view for the select arms other than the one awaiting changes.
-        let current = leader.clone();
         loop {
             tokio::select! {
                 Some((scope, event)) = watch.next() => {
                     let received = Instant::now();
                     match event {
                         Ok(event) => {
-                            if matches!(event, watcher::Event::InitDone)
-                                && uninitialized.remove(&scope)
-                                && uninitialized.is_empty()
-                            {
-                                self.ready.store(true, Ordering::Release);
-                            }
+                            let listed = matches!(event, watcher::Event::InitDone);
                             for (key, event) in self.router.route(&scope, event) {
                                 self.send(key, event, received);
+                            }
+                            if listed && listing.remove(&scope) && listing.is_empty() {
+                                self.ready.store(true, Ordering::Release);
+                                if let Some(term) = pending.take() {
+                                    tracing::info!(term, groups = self.groups.len(), "acting");
+                                    self.acting = Some(term);
+                                    self.broadcast(Event::Leadership(Some(term)));
+                                }
                             }
                         }
                         Err(error) => {
@@ -148,82 +154,23 @@ impl Dispatcher {
                         return;
                     }
                     let term = *leader.borrow_and_update();
-                    if term != self.acting {
-                        // Stop acting at once; a new term starts after a fresh list.
-                        if self.acting.take().is_some() {
-                            self.broadcast(Event::Leadership(None));
-                        }
-                        if let Some(term) = term {
-                            self.spawn_takeover(term, leader.clone(), takeover_tx.clone());
-                        }
+                    if term == self.acting || term == pending {
+                        continue;
                     }
-                }
-                Some(takeover) = takeover_rx.recv() => {
-                    if *current.borrow() == Some(takeover.0) && self.acting.is_none() {
-                        self.take_over(takeover);
+                    // Stop acting at once; a new term starts after a fresh list.
+                    if self.acting.take().is_some() {
+                        tracing::info!("standing by");
+                        self.broadcast(Event::Leadership(None));
+                    }
+                    pending = term;
+                    if term.is_some() {
+                        watch = self.watch_streams(&scopes);
+                        listing = scopes.iter().cloned().collect();
                     }
                 }
                 _ = resync.tick() => self.broadcast(Event::Tick),
             }
         }
-    }
-
-    /// Lists the pods again before acting in `term`: the watch cache may lag behind the
-    /// writes of the replica that acted before.
-    fn spawn_takeover(
-        &self,
-        term: u32,
-        leader: watch::Receiver<Option<u32>>,
-        done: mpsc::UnboundedSender<TakeoverLists>,
-    ) {
-        let apis: Vec<(Scope, Api<Pod>)> = self
-            .scopes()
-            .into_iter()
-            .map(|s| {
-                let api = self.pods_in(&s);
-                (s, api)
-            })
-            .collect();
-        let params = ListParams::default().labels(&self.settings.selector);
-        let metrics = self.shared.metrics.clone();
-        tokio::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            while *leader.borrow() == Some(term) {
-                let mut lists = Vec::with_capacity(apis.len());
-                let mut failed = false;
-                for (scope, api) in &apis {
-                    match api.list(&params).await {
-                        Ok(list) => lists.push((scope.clone(), list)),
-                        Err(error) => {
-                            metrics.api_error(Verb::list, status_code(&error));
-                            tracing::warn!(?scope, %error, "take-over list failed; retrying");
-                            failed = true;
-                            break;
-                        }
-                    }
-                }
-                if !failed {
-                    let _ = done.send((term, lists));
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(TAKEOVER_RETRY_MAX);
-            }
-        });
-    }
-
-    fn take_over(&mut self, (term, lists): TakeoverLists) {
-        let received = Instant::now();
-        for (scope, list) in lists {
-            let views = self.router.views(&list.items);
-            let version = list.metadata.resource_version.clone();
-            for (key, event) in self.router.snapshot(&scope, views, version) {
-                self.send(key, event, received);
-            }
-        }
-        tracing::info!(term, groups = self.groups.len(), "acting");
-        self.acting = Some(term);
-        self.broadcast(Event::Leadership(Some(term)));
     }
 
     fn broadcast(&mut self, event: Event) {

@@ -266,7 +266,6 @@ async fn pod_missing_from_relist_fails_over_and_notifies() {
         .handle((
             Event::Resync {
                 pods: vec![active.clone(), standby.clone()],
-                list_version: None,
             },
             now,
         ))
@@ -282,7 +281,6 @@ async fn pod_missing_from_relist_fails_over_and_notifies() {
             .handle((
                 Event::Resync {
                     pods: vec![standby],
-                    list_version: None,
                 },
                 Instant::now(),
             ))
@@ -323,13 +321,7 @@ async fn forbidden_patch_is_reported_once_not_retried_in_a_loop() {
     let mut rig = rig().await;
     let pod = view(pod_json("a", "5", "standby", "127.0.0.1"));
     rig.worker
-        .handle((
-            Event::Resync {
-                pods: vec![pod],
-                list_version: None,
-            },
-            Instant::now(),
-        ))
+        .handle((Event::Resync { pods: vec![pod] }, Instant::now()))
         .await;
     let mut handle = rig.handle;
     let mut worker = rig.worker;

@@ -180,14 +180,9 @@ pub enum Event {
     Applied(PodView),
     /// Watch delete.
     Deleted { name: String, uid: String },
-    /// Full list of the group's pods (start, watch re-list, taking over): a pod missing is
-    /// deleted. `list_version` is the list's resourceVersion when the list may race with watch
-    /// events already fed (a separate list call): a missing pod seen at a newer version was
-    /// created after the list and is kept. `None` for a re-list delivered in watch order.
-    Resync {
-        pods: Vec<PodView>,
-        list_version: Option<String>,
-    },
+    /// Full list of the group's pods, delivered in watch order (start, watch re-list,
+    /// taking over): a pod missing from it is deleted.
+    Resync { pods: Vec<PodView> },
     /// Re-plan from the cached state (periodic resync, retry timer).
     Tick,
     /// This replica acts with the given controller term, or stopped acting (`None`).
@@ -414,7 +409,7 @@ impl GroupState {
         self.tombstones.push_back(entry.view.uid);
     }
 
-    fn resync(&mut self, snapshot: Vec<PodView>, list_version: Option<&str>, now: Instant) {
+    fn resync(&mut self, snapshot: Vec<PodView>, now: Instant) {
         // The list is authoritative: UIDs deleted before it cannot come back through it.
         self.tombstones.clear();
         let missing: Vec<String> = self
@@ -424,8 +419,6 @@ impl GroupState {
                 !snapshot
                     .iter()
                     .any(|v| v.name == e.view.name && v.uid == e.view.uid)
-                    && list_version
-                        .is_none_or(|listed| at_least_as_recent(listed, &e.view.resource_version))
             })
             .map(|e| e.view.name.clone())
             .collect();
@@ -806,7 +799,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
                 state.forget(&name, now);
             }
         }
-        Event::Resync { pods, list_version } => state.resync(pods, list_version.as_deref(), now),
+        Event::Resync { pods } => state.resync(pods, now),
         Event::Tick => {
             // A re-read that failed or got lost is asked for again on every tick.
             for entry in state.pods.values().filter(|e| e.stale) {

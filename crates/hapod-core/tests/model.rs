@@ -6,7 +6,7 @@
 //!
 //! Leadership assumption (what the election's fencing provides): the Lease moves only when the
 //! old holder has no write in flight (it stops writing at its renew deadline, before the lease
-//! can expire for the other), and a new holder lists the pods before acting.
+//! can expire for the other), and a new holder re-lists the pods (a new watch) before acting.
 //!
 //! The default bound (one fault, one duplicate, one handover) runs in well under a minute;
 //! `MODEL_FAULTS=2` explores two faults (minutes).
@@ -135,7 +135,6 @@ impl Model for TwoReplicas {
                 r,
                 Event::Resync {
                     pods: listed.clone(),
-                    list_version: None,
                 },
             );
         }
@@ -210,15 +209,11 @@ impl Model for TwoReplicas {
                 w.feed(old, Event::Leadership(None));
                 w.term += 1;
                 w.leader = new;
+                // The new holder restarts its watch: events in flight to it are dropped and
+                // the re-list arrives in watch order before it acts.
+                w.watch.retain(|(r, _)| *r != new);
                 let listed = w.api().snapshot();
-                let version = w.revision.to_string();
-                w.feed(
-                    new,
-                    Event::Resync {
-                        pods: listed,
-                        list_version: Some(version),
-                    },
-                );
+                w.feed(new, Event::Resync { pods: listed });
                 w.feed(new, Event::Leadership(Some(w.term)));
             }
         }

@@ -249,7 +249,6 @@ fn missing_from_relist_counts_as_deleted() {
     ctl.api.remove("a");
     let actions = ctl.feed(Event::Resync {
         pods: ctl.api.snapshot(),
-        list_version: None,
     });
     assert!(is_set_role(&single_write(&actions), "b", Role::Active));
     assert_eq!(
@@ -428,28 +427,6 @@ fn stale_watch_event_does_not_undo_an_acknowledged_write() {
 }
 
 #[test]
-fn takeover_list_keeps_pods_newer_than_the_list() {
-    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1))]);
-    ctl.settle(first);
-    let listed = ctl.api.snapshot();
-    let list_version = ctl.api.revision.to_string();
-    // Created after the list was taken, and seen through the watch before the list arrives.
-    let created = ctl.api.put(pod("b", 2));
-    ctl.feed(created);
-    ctl.feed(Event::Resync {
-        pods: listed,
-        list_version: Some(list_version),
-    });
-    assert!(ctl.state.pods().any(|p| p.name == "b"));
-    // Without a version (a re-list in watch order) the list is the whole truth.
-    ctl.feed(Event::Resync {
-        pods: vec![ctl.api.pods["a"].clone()],
-        list_version: None,
-    });
-    assert!(ctl.state.pods().all(|p| p.name != "b"));
-}
-
-#[test]
 fn duplicate_event_after_delete_does_not_resurrect() {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("b", 2)]);
     ctl.settle(first);
@@ -519,7 +496,6 @@ fn standby_replica_never_writes_and_takes_over_on_leadership() {
         &mut standby,
         Event::Resync {
             pods: ctl.api.snapshot(),
-            list_version: None,
         },
         now,
     );

@@ -180,10 +180,7 @@ impl System {
     fn resync(&mut self) {
         self.watch.clear();
         let pods = self.api.snapshot();
-        self.step_event(Event::Resync {
-            pods,
-            list_version: None,
-        });
+        self.step_event(Event::Resync { pods });
     }
 
     fn apply(&mut self, step: Step) {

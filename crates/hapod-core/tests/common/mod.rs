@@ -195,7 +195,6 @@ impl Ctl {
         };
         ctl.feed(Event::Resync {
             pods: ctl.api.snapshot(),
-            list_version: None,
         });
         let actions = ctl.feed(Event::Leadership(Some(1)));
         (ctl, actions)
