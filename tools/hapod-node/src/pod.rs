@@ -345,8 +345,10 @@ impl PodWorker {
                         return;
                     }
                     Msg::Shutdown => {
+                        // The pod lives on in the API: its folder (logs above all) stays for
+                        // whoever looks into a failed run, and for the next node process.
                         self.kill_all();
-                        self.cleanup();
+                        self.ctx.ips.release(self.ip);
                         return;
                     }
                     other => self.handle(other).await,
