@@ -148,6 +148,17 @@ async fn read_when_written(path: &Path) -> Result<String> {
     }
 }
 
+/// A signal is delivered asynchronously: the process may take a moment to be gone.
+async fn dies_soon(pid: i32) -> bool {
+    for _ in 0..40 {
+        if !alive(pid) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
 fn alive(pid: i32) -> bool {
     // A zombie still has /proc/<pid>; only a running (or sleeping) process counts.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -220,7 +231,10 @@ async fn node_restart(client: &Client, config: kube::Config, cfg: NodeConfig) ->
         .await?
         .parse()?;
     node.shutdown().await?;
-    assert!(!alive(pid), "a container outlived the node process");
+    assert!(
+        dies_soon(pid).await,
+        "a container outlived the node process"
+    );
 
     let node = NodeHandle::spawn(config, cfg);
     let p = wait_for(
@@ -353,7 +367,7 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
         .context("lastState.terminated")?;
     assert_eq!(last.exit_code, 3);
     assert_eq!(last.reason.as_deref(), Some("Error"));
-    assert!(!alive(first_pid));
+    assert!(dies_soon(first_pid).await);
     assert_eq!(
         p.status.as_ref().and_then(|s| s.pod_ip.clone()),
         Some(ip.clone())
@@ -365,7 +379,10 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
     pods.delete("web", &DeleteParams::default()).await?;
     let took = wait_gone(&pods, "web", Duration::from_secs(10)).await?;
     eprintln!("graceful deletion completed after {took:?}");
-    assert!(!alive(pid), "the container process outlived its pod");
+    assert!(
+        dies_soon(pid).await,
+        "the container process outlived its pod"
+    );
     assert!(!tmp.exists(), "the pod folder was not cleaned up");
 
     // A process that ignores SIGTERM is killed when the grace period ends.
@@ -394,7 +411,36 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
         took >= Duration::from_millis(1500),
         "grace period not honored: {took:?}"
     );
-    assert!(!alive(pid));
+    assert!(dies_soon(pid).await);
+
+    // A failing liveness probe (exec, inside the container) restarts the container.
+    let mut unhealthy = pod("unhealthy", "example.org/test/shell", SCRIPT, 5)?;
+    if let Some(c) = unhealthy
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers.first_mut())
+    {
+        c.liveness_probe = serde_json::from_value(serde_json::json!({
+            "exec": { "command": ["cat", "/tmp/healthy"] },
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        }))?;
+    }
+    pods.create(&post, &unhealthy).await?;
+    let p = wait_for(
+        &pods,
+        "unhealthy",
+        Duration::from_secs(60),
+        "restart by liveness",
+        |p| main_status(p).is_some_and(|c| c.restart_count >= 1),
+    )
+    .await?;
+    let last = main_status(&p)
+        .and_then(|c| c.last_state.as_ref()?.terminated.clone())
+        .context("lastState.terminated")?;
+    assert_eq!((last.exit_code, last.signal), (143, Some(15)), "SIGTERM");
+    pods.delete("unhealthy", &DeleteParams::default()).await?;
+    wait_gone(&pods, "unhealthy", Duration::from_secs(10)).await?;
 
     // An image without a binary is reported, never faked.
     pods.create(
