@@ -180,26 +180,27 @@ impl Dispatcher {
     }
 
     fn send(&mut self, key: GroupKey, event: Event, received: Instant) {
-        let tx = match self.groups.get(&key) {
-            Some(tx) => tx,
-            None => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let writer = Writer::new(
-                    Api::namespaced(self.client.clone(), &key.namespace),
-                    Arc::clone(&self.shared.config),
-                    Arc::clone(&self.fence),
-                    self.shared.metrics.clone(),
-                );
-                let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared));
-                tokio::spawn(worker.run(rx));
-                if let Some(term) = self.acting {
-                    let _ = tx.send((Event::Leadership(Some(term)), received));
-                }
-                self.groups.entry(key).or_insert(tx)
-            }
-        };
-        // A closed channel means the worker panicked; nothing to deliver to.
+        if let Some(tx) = self.groups.get(&key) {
+            // A closed channel means the worker panicked; nothing to deliver to.
+            let _ = tx.send((event, received));
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(
+            Api::namespaced(self.client.clone(), &key.namespace),
+            Arc::clone(&self.shared.config),
+            Arc::clone(&self.fence),
+            self.shared.metrics.clone(),
+        );
+        let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared));
+        tokio::spawn(worker.run(rx));
+        // The first pod goes in before the leadership, so the new group is judged with it
+        // (no spurious "no eligible pod" report for a group that is empty for an instant).
         let _ = tx.send((event, received));
+        if let Some(term) = self.acting {
+            let _ = tx.send((Event::Leadership(Some(term)), received));
+        }
+        self.groups.insert(key, tx);
     }
 }
 
