@@ -160,10 +160,20 @@ async fn rounds(tb: &Testbed, args: &Cli) -> Result<()> {
             "  {}  app applied the notification (its /state)",
             ms(t.app_applied_unix_nanos)
         );
-        println!(
-            "  {}  EndpointSlice lists only the new pod",
-            ms(t.endpoints_unix_nanos)
-        );
+        match tb
+            .endpointslice_rejection(APP_NAMESPACE, testbed::APP_SERVICE)
+            .await?
+        {
+            None => println!(
+                "  {}  EndpointSlice lists only the new pod",
+                ms(t.endpoints_unix_nanos)
+            ),
+            Some(why) => println!(
+                "  {}  Service selection is only the new pod (role=active, Ready)\n     \
+                 (the EndpointSlice stays empty: kube-apiserver rejects loopback pod IPs: {why})",
+                ms(t.endpoints_unix_nanos)
+            ),
+        }
         if args.kill == DemoTrigger::Unready
             && let Some(old) = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?
         {
