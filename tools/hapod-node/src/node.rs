@@ -294,7 +294,7 @@ pub async fn run(
         })
     });
     let started = Timestamp::now();
-    let mut nodes = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     for name in &ctx.cfg.node_names {
         nodes.push(register(&client, &ctx.cfg, name, started).await?);
     }
@@ -307,9 +307,20 @@ pub async fn run(
                     _ = token.cancelled() => return,
                     _ = ticker.tick() => {}
                 }
-                for node in &nodes {
+                for node in &mut nodes {
                     if let Err(e) = heartbeat(&client, &ctx.cfg, node, started).await {
                         tracing::warn!(error = format!("{e:#}"), "node heartbeat failed");
+                        // A Node deleted from under the node is registered again.
+                        let name = node.name_any();
+                        if let Ok(None) = Api::<Node>::all(client.clone()).get_opt(&name).await {
+                            match register(&client, &ctx.cfg, &name, Timestamp::now()).await {
+                                Ok(n) => *node = n,
+                                Err(e) => tracing::warn!(
+                                    error = format!("{e:#}"),
+                                    "re-registration failed"
+                                ),
+                            }
+                        }
                     }
                 }
             }
