@@ -4,11 +4,13 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hapod_controller::metrics::Metrics;
 use hapod_controller::podview::pod_view;
 use hapod_controller::router::GroupKey;
+use hapod_controller::runtime::{Dispatcher, Settings};
 use hapod_controller::worker::{PodNote, Shared, Worker};
 use hapod_controller::writer::{Fence, Writer};
 use hapod_core::{Config, Event, Purpose, Role, Write, WriteKind, WriteOutcome, epoch};
@@ -21,7 +23,7 @@ use kube::client::Body;
 use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
@@ -217,9 +219,8 @@ struct Rig {
     metrics: Metrics,
 }
 
-async fn rig() -> Rig {
-    let (client, handle) = mock();
-    let metrics = metrics();
+/// Shared worker context with a loopback notifier and a UDP socket playing the pods' agent.
+async fn shared(metrics: Metrics) -> (Arc<Shared>, mpsc::Receiver<PodNote>, UdpSocket) {
     let agent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
     let (notifier, _outcomes) = Notifier::bind(NotifierConfig {
         bind_v4: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
@@ -235,8 +236,15 @@ async fn rig() -> Rig {
         notifier,
         notify_port: agent.local_addr().unwrap().port(),
         notes: notes_tx,
-        metrics: metrics.clone(),
+        metrics,
     });
+    (shared, notes, agent)
+}
+
+async fn rig() -> Rig {
+    let (client, handle) = mock();
+    let metrics = metrics();
+    let (shared, notes, agent) = shared(metrics.clone()).await;
     let key = GroupKey {
         namespace: "ns".into(),
         group: "hapod".into(),
@@ -352,4 +360,98 @@ async fn forbidden_patch_is_reported_once_not_retried_in_a_loop() {
     assert!(note.warning && note.note.contains("403"));
     assert_eq!(rig.metrics.rejected_writes.get(), 1);
     assert_eq!(rig.metrics.groups_without_active.get(), 1);
+}
+
+fn pod_list(items: &[Value]) -> Response<Body> {
+    ok(&json!({"apiVersion": "v1", "kind": "PodList",
+               "metadata": {"resourceVersion": "10"}, "items": items}))
+}
+
+/// A watch answered with "410 Gone": the watcher must list again.
+fn watch_expired() -> Response<Body> {
+    let event = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+        "metadata": {}, "status": "Failure", "message": "too old resource version",
+        "reason": "Expired", "code": 410}});
+    let mut line = serde_json::to_vec(&event).unwrap();
+    line.push(b'\n');
+    Response::builder()
+        .status(StatusCode::OK)
+        .body(Body::from(line))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn dispatcher_acts_after_the_list_and_a_pod_missing_from_a_relist_is_deleted() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let settings = Settings {
+        selector: "app=hapod".into(),
+        namespaces: vec![],
+        resync: Duration::from_secs(3600),
+    };
+    let fence = Arc::new(FixedTerm(Some(1)));
+    let dispatcher = Dispatcher::new(client, settings, shared, fence, Arc::clone(&ready));
+    let (_leader, term) = watch::channel(Some(1));
+    tokio::spawn(dispatcher.run(term));
+
+    let mut active = pod_json("a", "5", "active", "127.0.0.1");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": "4294967297"});
+    let standby = pod_json("b", "6", "standby", "127.0.0.1");
+    let mut lists = 0;
+    let mut held_watches = Vec::new();
+    loop {
+        let (parts, body, send) = next(&mut handle).await;
+        let watching = parts.uri.query().is_some_and(|q| q.contains("watch=true"));
+        match (parts.method.clone(), watching) {
+            (Method::GET, false) => {
+                assert_eq!(parts.uri.path(), "/api/v1/pods");
+                assert!(
+                    parts
+                        .uri
+                        .query()
+                        .unwrap()
+                        .contains("labelSelector=app%3Dhapod")
+                );
+                lists += 1;
+                if lists == 1 {
+                    send.send_response(pod_list(&[active.clone(), standby.clone()]));
+                } else {
+                    // "a" was deleted during the watch gap.
+                    send.send_response(pod_list(std::slice::from_ref(&standby)));
+                }
+            }
+            (Method::GET, true) if lists == 1 => {
+                // Listed and acting, and the kept active was not touched.
+                assert!(ready.load(Ordering::Acquire));
+                send.send_response(watch_expired());
+            }
+            (Method::GET, true) => held_watches.push(send),
+            (Method::PATCH, _) => {
+                assert_eq!(lists, 2, "no write before the re-list");
+                assert_eq!(parts.uri.path(), "/api/v1/namespaces/ns/pods/b");
+                assert_eq!(body["metadata"]["resourceVersion"], "6");
+                assert_eq!(body["metadata"]["labels"]["role"], "active");
+                // Above the epoch seen on "a": same term, next sequence.
+                assert_eq!(
+                    body["metadata"]["annotations"]["hapod.io/epoch"],
+                    epoch::compose(1, 2).to_string()
+                );
+                send.send_response(ok(&pod_json("b", "11", "active", "127.0.0.1")));
+                break;
+            }
+            (method, _) => panic!("unexpected {method} {}", parts.uri),
+        }
+    }
+    let deleted = hapod_controller::metrics::ReasonLabels {
+        reason: "deleted".into(),
+    };
+    for _ in 0..100 {
+        if metrics.promotions.get_or_create(&deleted).get() == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("promotion not recorded");
 }

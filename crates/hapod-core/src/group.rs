@@ -311,8 +311,8 @@ pub struct GroupState {
     term: Option<u32>,
     /// Last sequence used in `term`.
     seq: u32,
-    /// Highest epoch this replica issued for the group.
-    last_epoch: u64,
+    /// Highest epoch issued or seen in the group, kept after the pod carrying it is gone.
+    highest_epoch: u64,
     next_op: OpId,
     in_flight: Option<InFlight>,
     paused_until: Option<Instant>,
@@ -331,7 +331,7 @@ impl GroupState {
             tombstones: VecDeque::new(),
             term: None,
             seq: 0,
-            last_epoch: 0,
+            highest_epoch: 0,
             next_op: 1,
             in_flight: None,
             paused_until: None,
@@ -373,6 +373,7 @@ impl GroupState {
         if self.tombstones.contains(&view.uid) {
             return;
         }
+        self.highest_epoch = self.highest_epoch.max(view.epoch.unwrap_or(0));
         match self.pods.get_mut(&view.name) {
             Some(entry) if entry.view.uid == view.uid => {
                 if at_least_as_recent(&view.resource_version, &entry.view.resource_version) {
@@ -603,24 +604,18 @@ impl GroupState {
         }
     }
 
-    /// Next epoch for the group in `term`: above every epoch seen on its pods. `None` when a
-    /// pod carries an epoch of a newer term: a newer replica acts, this one must not.
+    /// Next epoch for the group in `term`: above every epoch issued or seen in the group.
+    /// `None` when one belongs to a newer term: a newer replica acts, this one must not.
     fn allocate_epoch(&mut self, term: u32) -> Option<u64> {
-        let floor = self
-            .pods
-            .values()
-            .filter_map(|e| e.view.epoch)
-            .chain([self.last_epoch])
-            .max()
-            .unwrap_or(0);
+        let floor = self.highest_epoch;
         let used = match epoch::term_of(floor).cmp(&term) {
             std::cmp::Ordering::Greater => return None,
             std::cmp::Ordering::Equal => epoch::seq_of(floor),
             std::cmp::Ordering::Less => 0,
         };
         self.seq = self.seq.max(used).checked_add(1)?;
-        self.last_epoch = epoch::compose(term, self.seq);
-        Some(self.last_epoch)
+        self.highest_epoch = epoch::compose(term, self.seq);
+        Some(self.highest_epoch)
     }
 
     fn issue(&mut self, entry_name: &str, kind: WriteKind, out: &mut Vec<Action>) {

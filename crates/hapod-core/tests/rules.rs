@@ -558,6 +558,17 @@ fn epochs_increase_within_and_across_terms_and_respect_annotations() {
 }
 
 #[test]
+fn epochs_stay_above_those_of_deleted_pods() {
+    let (mut ctl, first) =
+        Ctl::acting([active(pod("a", 1), Some(epoch::compose(1, 5))), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.promotions, [epoch::compose(1, 6)]);
+}
+
+#[test]
 fn a_newer_term_on_a_pod_stops_a_stale_replica() {
     let mut b = pod("b", 2);
     b.epoch = Some(epoch::compose(5, 1));
