@@ -160,6 +160,8 @@ pub struct PodWorker {
     clock: ConditionClock,
     start_time: Timestamp,
     sandbox_error: Option<String>,
+    /// Volumes were set up once; later failures are refreshes that leave them as they are.
+    sandbox_ready: bool,
     sandbox_backoff: Duration,
     terminating: bool,
     tx: mpsc::UnboundedSender<Msg>,
@@ -269,6 +271,7 @@ impl PodWorker {
             clock: ConditionClock::default(),
             start_time,
             sandbox_error: None,
+            sandbox_ready: false,
             terminating: false,
             tx,
             last_written: None,
@@ -410,19 +413,24 @@ impl PodWorker {
             Ok(paths) => {
                 self.volumes = paths;
                 self.sandbox_error = None;
+                self.sandbox_ready = true;
+                self.sandbox_backoff = self.ctx.cfg.backoff_initial;
                 if volumes::has_token(&self.pod) {
                     self.after(TOKEN_REFRESH, Msg::RefreshVolumes);
                 }
             }
             Err(e) => {
                 tracing::warn!(pod = %self.key(), error = %e, "volume setup failed; retrying");
-                for c in &mut self.ctrs {
-                    c.view.state = RunState::Waiting {
-                        reason: "ContainerCreating".into(),
-                        message: Some(format!("MountVolume.SetUp failed: {e}")),
-                    };
+                // A failed refresh leaves running containers with the files they have.
+                if !self.sandbox_ready {
+                    for c in self.ctrs.iter_mut().filter(|c| c.attempts == 0) {
+                        c.view.state = RunState::Waiting {
+                            reason: "ContainerCreating".into(),
+                            message: Some(format!("MountVolume.SetUp failed: {e}")),
+                        };
+                    }
+                    self.sandbox_error = Some(e);
                 }
-                self.sandbox_error = Some(e);
                 let delay = self.sandbox_backoff;
                 self.sandbox_backoff = (delay * 2).min(self.ctx.cfg.backoff_max);
                 self.after(delay, Msg::RefreshVolumes);
