@@ -18,7 +18,8 @@ pub type OpId = u64;
 const RETRY_BASE: Duration = Duration::from_millis(50);
 /// Cap of the transient retry delay.
 const RETRY_MAX: Duration = Duration::from_secs(10);
-/// Pause after a write the API refused for good (403, 422): retried only this slowly.
+/// After the API refused a write on a pod for good (403, 422), no write on that pod for this
+/// long.
 const REJECTED_PAUSE: Duration = Duration::from_secs(30);
 /// Deleted pod UIDs remembered so a late duplicate watch event cannot resurrect them.
 const TOMBSTONES: usize = 64;
@@ -203,6 +204,9 @@ struct PodEntry {
     kill_sent: bool,
     /// A write on this version met a 409: no writes until a newer version is seen.
     stale: bool,
+    /// The API refused a write on this pod for good (403, 422): no writes on it until then,
+    /// while the rest of the group goes on.
+    refused_until: Option<Instant>,
 }
 
 impl PodEntry {
@@ -219,6 +223,7 @@ impl PodEntry {
             dead_container,
             kill_sent: false,
             stale: false,
+            refused_until: None,
         }
     }
 
@@ -245,6 +250,14 @@ impl PodEntry {
 
     fn role(&self, config: &Config) -> Role {
         self.view.role(config)
+    }
+
+    fn refused(&self, now: Instant) -> bool {
+        self.refused_until.is_some_and(|t| now < t)
+    }
+
+    fn writable(&self, now: Instant) -> bool {
+        !self.stale && !self.refused(now)
     }
 
     fn eligible(&self) -> bool {
@@ -494,7 +507,11 @@ impl GroupState {
                 }
             }
             WriteOutcome::Rejected { code } => {
-                let pod = self.pods.get(&write.pod).map(PodEntry::pod_ref);
+                let entry = self.pods.get_mut(&write.pod);
+                let pod = entry.map(|e| {
+                    e.refused_until = Some(now + REJECTED_PAUSE);
+                    e.pod_ref()
+                });
                 out.push(Action::Record(Record {
                     pod,
                     kind: RecordKind::Rejected {
@@ -502,7 +519,7 @@ impl GroupState {
                         code,
                     },
                 }));
-                self.pause(REJECTED_PAUSE, now, out);
+                out.push(Action::WakeAfter(REJECTED_PAUSE));
             }
             WriteOutcome::Failed => {
                 self.failures = self.failures.saturating_add(1);
@@ -678,8 +695,9 @@ impl GroupState {
             .values()
             .find(|e| e.role(&config) == Role::Active && Some(&e.view.name) != keep.as_ref());
         if let Some(victim) = victim {
-            // A stale victim waits for its refresh: promoting meanwhile could make two actives.
-            if !victim.stale {
+            // A victim that cannot be written now is waited for: promoting meanwhile could
+            // make two actives.
+            if victim.writable(now) {
                 let name = victim.view.name.clone();
                 self.set_role(&name, Role::Standby, None, Purpose::Demote, out);
             }
@@ -691,7 +709,7 @@ impl GroupState {
                 let candidate = self
                     .pods
                     .values()
-                    .filter(|e| e.eligible())
+                    .filter(|e| e.eligible() && !e.refused(now))
                     .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
                     .map(|e| (e.view.name.clone(), e.stale));
                 if let Some((name, stale)) = candidate {
@@ -732,7 +750,7 @@ impl GroupState {
         }
 
         let doomed = self.pods.values().find_map(|e| match &e.dead_container {
-            Some(c) if !e.kill_sent => Some((e.view.name.clone(), c.clone())),
+            Some(c) if !e.kill_sent && !e.refused(now) => Some((e.view.name.clone(), c.clone())),
             _ => None,
         });
         if let Some((name, container)) = doomed {
@@ -747,7 +765,7 @@ impl GroupState {
                 e.role(&config) == Role::Other
                     && !e.view.deleting
                     && e.dead_container.is_none()
-                    && !e.stale
+                    && e.writable(now)
             })
             .map(|e| e.view.name.clone());
         if let Some(name) = mislabeled {

@@ -456,6 +456,19 @@ fn forbidden_is_reported_and_not_retried_at_once() {
 }
 
 #[test]
+fn a_refused_pod_does_not_block_the_group() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    let w = single_write(&first);
+    assert_eq!(w.pod, "a");
+    let actions = ctl.feed(Event::Outcome {
+        op: w.op,
+        outcome: WriteOutcome::Rejected { code: 422 },
+    });
+    // The next candidate is promoted at once.
+    assert!(is_set_role(&single_write(&actions), "b", Role::Active));
+}
+
+#[test]
 fn transient_errors_back_off_exponentially() {
     let (mut ctl, first) = Ctl::acting([pod("a", 1)]);
     let mut w = single_write(&first);

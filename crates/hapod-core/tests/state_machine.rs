@@ -1,6 +1,6 @@
 //! Property test over random sequences of pod events, crashes, deletes, readiness flaps,
-//! conflicts (concurrent updates), transient write failures, watch gaps, delayed and
-//! reordered watch delivery, and controller restarts. Applying the controller's actions in
+//! conflicts (concurrent updates), transient and refused (403) write failures, watch gaps,
+//! delayed and reordered watch delivery, and controller restarts. Applying the actions in
 //! order against an API that enforces the preconditions:
 //! - never two active pods (the fake API asserts it on every promotion);
 //! - epochs of promotions strictly increase;
@@ -40,8 +40,10 @@ enum Step {
     DeliverOutOfOrder(usize, bool),
     /// The API answers the oldest pending request.
     Execute,
-    /// The oldest pending write fails transiently.
-    FailWrite,
+    /// The oldest pending write fails: transiently, or refused for good (403).
+    FailWrite {
+        refused: bool,
+    },
     /// Time passes and the periodic resync fires.
     Tick,
     /// Watch gap: pending events are lost, the watcher re-lists.
@@ -78,7 +80,7 @@ impl ReferenceStateMachine for Model {
             6 => Just(Step::Deliver),
             2 => (0..4usize, any::<bool>()).prop_map(|(k, dup)| Step::DeliverOutOfOrder(k, dup)),
             6 => Just(Step::Execute),
-            1 => Just(Step::FailWrite),
+            1 => any::<bool>().prop_map(|refused| Step::FailWrite { refused }),
             1 => Just(Step::Tick),
             1 => Just(Step::Relist),
             1 => any::<bool>().prop_map(|write_landed| Step::Restart { write_landed }),
@@ -232,14 +234,16 @@ impl System {
                 }
             }
             Step::Execute => self.execute(),
-            Step::FailWrite => {
+            Step::FailWrite { refused } => {
                 if let Some(Request::Write(w)) = self.requests.front() {
                     let op = w.op;
                     self.requests.pop_front();
-                    self.step_event(Event::Outcome {
-                        op,
-                        outcome: WriteOutcome::Failed,
-                    });
+                    let outcome = if refused {
+                        WriteOutcome::Rejected { code: 403 }
+                    } else {
+                        WriteOutcome::Failed
+                    };
+                    self.step_event(Event::Outcome { op, outcome });
                 }
             }
             Step::Tick => {
