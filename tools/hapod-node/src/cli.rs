@@ -8,7 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ImageMap, NodeConfig};
-use crate::ipalloc::LoopbackCidr;
+use crate::ipalloc::PodCidr;
 
 /// Kubelet stand-in: registers Nodes and runs the pods bound to them as local processes.
 #[derive(Debug, Parser)]
@@ -32,9 +32,10 @@ pub struct Args {
     /// Directory whose files are binaries named like images' last path segments (repeatable).
     #[arg(long = "bin-dir")]
     pub bin_dirs: Vec<PathBuf>,
-    /// Loopback range pod IPs are taken from (each node process needs its own range).
+    /// Range pod IPs are taken from: loopback, or any range on `lo` of a private network
+    /// namespace whose only interface is `lo` (checked at start).
     #[arg(long, default_value = "127.10.0.0/16")]
-    pub pod_cidr: LoopbackCidr,
+    pub pod_cidr: PodCidr,
     /// Per-pod folders: volumes, each container's /tmp, logs.
     #[arg(long, default_value = "/var/lib/hapod-node")]
     pub state_dir: PathBuf,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ipalloc::LoopbackCidr;
+use crate::ipalloc::PodCidr;
 
 /// Maps container images to local binaries. An entry's key is an image reference (a tag or
 /// digest on either side is ignored) or just the image's last path segment (`hapod-demo`
@@ -92,7 +92,7 @@ impl ImageMap {
 pub struct NodeConfig {
     pub node_names: Vec<String>,
     pub images: ImageMap,
-    pub pod_cidr: LoopbackCidr,
+    pub pod_cidr: PodCidr,
     /// Per-pod folders (volumes, private /tmp of each container, logs) live below this.
     pub state_dir: PathBuf,
     pub backoff_initial: Duration,
@@ -116,7 +116,7 @@ impl NodeConfig {
         Self {
             node_names,
             images: ImageMap::default(),
-            pod_cidr: LoopbackCidr::DEFAULT,
+            pod_cidr: PodCidr::DEFAULT,
             state_dir: state_dir.as_ref().to_path_buf(),
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),

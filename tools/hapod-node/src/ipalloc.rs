@@ -1,19 +1,23 @@
-//! Pod IP allocation from a loopback range: every pod gets its own 127.x.y.z so that pods
-//! running as processes on one host can all bind the same ports.
+//! Pod IP allocation: every pod gets its own address so that pods running as processes on one
+//! host can all bind the same ports. By default a loopback range (127.x.y.z). kube-apiserver
+//! refuses loopback addresses as EndpointSlice endpoints, so a test that needs a Service's
+//! endpoints runs the node in a network namespace of its own whose `lo` carries another range;
+//! [`PodCidr::check_confined`] makes sure such addresses can never reach a real network.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Mutex;
 
-/// An IPv4 range inside 127.0.0.0/8 (the network rule allows loopback addresses only).
+/// An IPv4 pod range: inside 127.0.0.0/8, or any range confined to a private network
+/// namespace (see [`PodCidr::check_confined`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoopbackCidr {
+pub struct PodCidr {
     base: u32,
     prefix: u8,
 }
 
-impl LoopbackCidr {
+impl PodCidr {
     /// 127.10.0.0/16, the default pod range.
     pub const DEFAULT: Self = Self {
         base: u32::from_be_bytes([127, 10, 0, 0]),
@@ -23,9 +27,6 @@ impl LoopbackCidr {
     pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
         if !(8..=30).contains(&prefix) {
             return Err(format!("prefix /{prefix} must be between /8 and /30"));
-        }
-        if addr.octets()[0] != 127 {
-            return Err(format!("{addr} is not a loopback address (127.0.0.0/8)"));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Self {
@@ -38,13 +39,55 @@ impl LoopbackCidr {
         1u32 << (32 - self.prefix)
     }
 
+    fn is_loopback(&self) -> bool {
+        self.prefix >= 8 && Ipv4Addr::from(self.base).is_loopback()
+    }
+
+    /// The network rule: pod traffic stays on this machine's loopback. A loopback range always
+    /// does; any other range only where this process's network namespace has no interface but
+    /// `lo` (so no packet can leave it) and the range is local there (assigned to `lo`).
+    pub fn check_confined(&self) -> Result<(), String> {
+        if self.is_loopback() {
+            return Ok(());
+        }
+        // /proc/self/net/dev lists the interfaces of the caller's own network namespace.
+        let dev = std::fs::read_to_string("/proc/self/net/dev")
+            .map_err(|e| format!("reading /proc/self/net/dev: {e}"))?;
+        let others: Vec<&str> = dev
+            .lines()
+            .skip(2)
+            .filter_map(|line| line.split(':').next().map(str::trim))
+            .filter(|name| *name != "lo")
+            .collect();
+        if !others.is_empty() {
+            return Err(format!(
+                "pod range {self} is not loopback and this network namespace has interfaces \
+                 besides lo ({}): run the node in a private namespace (`unshare --net`) with \
+                 the range on lo",
+                others.join(", ")
+            ));
+        }
+        let probe = Ipv4Addr::from(self.base + 1);
+        std::net::UdpSocket::bind((probe, 0))
+            .map(drop)
+            .map_err(|e| {
+                format!("pod range {self} is not local here ({probe}: {e}): add it to lo first")
+            })
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let mask = u32::MAX << (32 - self.prefix);
         u32::from(ip) & mask == self.base
     }
 }
 
-impl FromStr for LoopbackCidr {
+impl std::fmt::Display for PodCidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+impl FromStr for PodCidr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, prefix) = s
@@ -61,7 +104,7 @@ impl FromStr for LoopbackCidr {
 /// new pod (late packets and stale EndpointSlices would reach the wrong process).
 #[derive(Debug)]
 pub struct IpAllocator {
-    cidr: LoopbackCidr,
+    cidr: PodCidr,
     inner: Mutex<Inner>,
 }
 
@@ -72,12 +115,12 @@ struct Inner {
 }
 
 impl IpAllocator {
-    pub fn new(cidr: LoopbackCidr) -> Self {
+    pub fn new(cidr: PodCidr) -> Self {
         Self::starting_at(cidr, 1)
     }
 
     /// Starts handing out addresses at `offset` into the range (wrapping).
-    pub fn starting_at(cidr: LoopbackCidr, offset: u32) -> Self {
+    pub fn starting_at(cidr: PodCidr, offset: u32) -> Self {
         Self {
             cidr,
             inner: Mutex::new(Inner {
@@ -89,7 +132,7 @@ impl IpAllocator {
 
     /// Two node processes on one machine (say, two test runs side by side) using the same range
     /// rarely hand out the same address when each starts at a place drawn from its process id.
-    pub fn for_this_process(cidr: LoopbackCidr) -> Self {
+    pub fn for_this_process(cidr: PodCidr) -> Self {
         let spread = std::process::id().wrapping_mul(2_654_435_761);
         Self::starting_at(cidr, spread)
     }
@@ -142,15 +185,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rejects_non_loopback_ranges() {
-        assert!("10.0.0.0/24".parse::<LoopbackCidr>().is_err());
-        assert!("192.168.0.0/16".parse::<LoopbackCidr>().is_err());
-        assert!("127.10.0.0/16".parse::<LoopbackCidr>().is_ok());
-        assert!("127.10.0.0".parse::<LoopbackCidr>().is_err());
+    fn parses_ranges() {
+        assert!("127.10.0.0/16".parse::<PodCidr>().is_ok());
+        assert!("127.10.0.0/31".parse::<PodCidr>().is_err());
         assert_eq!(
-            "127.10.0.0/16".parse::<LoopbackCidr>(),
-            Ok(LoopbackCidr::DEFAULT)
+            "10.244.7.9/16".parse::<PodCidr>().unwrap().to_string(),
+            "10.244.0.0/16"
         );
+        assert!("127.10.0.0".parse::<PodCidr>().is_err());
+        assert_eq!("127.10.0.0/16".parse::<PodCidr>(), Ok(PodCidr::DEFAULT));
+    }
+
+    #[test]
+    fn only_loopback_ranges_are_confined_outside_a_private_namespace() {
+        assert_eq!(PodCidr::DEFAULT.check_confined(), Ok(()));
+        let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
+        let only_lo = dev
+            .lines()
+            .skip(2)
+            .all(|l| l.trim_start().starts_with("lo:"));
+        let private: PodCidr = "10.244.0.0/16".parse().unwrap();
+        if only_lo {
+            // Inside the test namespace of `cargo xtask test`: accepted only where it is local.
+            let local = std::net::UdpSocket::bind((Ipv4Addr::new(10, 244, 0, 1), 0)).is_ok();
+            assert_eq!(private.check_confined().is_ok(), local);
+        } else {
+            let err = private.check_confined().unwrap_err();
+            assert!(err.contains("interfaces besides lo"), "{err}");
+        }
     }
 
     #[test]
@@ -173,8 +235,8 @@ mod tests {
             .map(|ip| ip.octets()[3])
             .collect();
         assert_eq!(order, [6, 7, 1, 2, 3, 4, 5]);
-        let alloc = IpAllocator::for_this_process(LoopbackCidr::DEFAULT);
-        assert!(LoopbackCidr::DEFAULT.contains(alloc.allocate(None).unwrap()));
+        let alloc = IpAllocator::for_this_process(PodCidr::DEFAULT);
+        assert!(PodCidr::DEFAULT.contains(alloc.allocate(None).unwrap()));
     }
 
     #[test]

@@ -20,6 +20,6 @@ pub mod status;
 pub mod volumes;
 
 pub use config::{ImageMap, NodeConfig};
-pub use ipalloc::LoopbackCidr;
+pub use ipalloc::PodCidr;
 pub use node::{NodeHandle, run};
 pub use pod::{LOG_ANNOTATION_PREFIX, TMP_ANNOTATION_PREFIX};
