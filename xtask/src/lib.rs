@@ -6,5 +6,6 @@ pub mod controlplane;
 pub mod demo;
 pub mod deploy;
 pub mod helm;
+pub mod netns;
 pub mod test;
 pub mod testbed;

@@ -1,0 +1,46 @@
+//! A private network namespace for the end-to-end tests, the demo and the benchmark.
+//!
+//! kube-apiserver refuses loopback addresses (127.0.0.0/8, ::1) as EndpointSlice endpoints, so
+//! pods with 127.x.y.z IPs can never be listed by a Service. The testbed therefore runs in a
+//! network namespace that it creates itself: its loopback interface carries [`POD_CIDR`] as
+//! well, pods take their IPs from it, the EndpointSlice controller accepts them, and every
+//! packet to them stays on that namespace's `lo` (it has no other interface and no route out).
+//! Anything that needs the package registries (Go and cargo builds) runs before entering.
+
+use std::convert::Infallible;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// Pod IPs inside the private namespace. Local to its `lo`, reachable from nowhere else.
+pub const POD_CIDR: &str = "10.244.0.0/16";
+/// The namespace's own address in [`POD_CIDR`].
+const LO_ADDRESS: &str = "10.244.0.1/16";
+/// Set in the environment of the process re-run inside the namespace.
+const MARKER: &str = "HAPOD_PRIVATE_NETNS";
+
+/// Whether this process runs inside the namespace [`reexec_inside`] made.
+pub fn inside() -> bool {
+    std::env::var_os(MARKER).is_some()
+}
+
+/// Runs this same command again inside a fresh network namespace with `lo` up and
+/// [`POD_CIDR`] on it, and exits with its status. Needs root (the project's machines and CI
+/// run as root) and `unshare`/`ip` (util-linux, iproute2).
+pub fn reexec_inside() -> Result<Infallible> {
+    if inside() {
+        bail!("already inside the private network namespace");
+    }
+    let exe = std::env::current_exe().context("locating the running xtask binary")?;
+    let setup = format!(
+        "ip link set lo up && ip addr add {LO_ADDRESS} dev lo && exec \"$0\" \"$@\""
+    );
+    let error = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &setup])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(MARKER, "1")
+        .exec();
+    Err(error).context("running unshare --net (util-linux) to create the test network namespace")
+}
