@@ -107,6 +107,8 @@ impl Cli {
             profile: Profile::Release,
             build: !self.no_build,
             name: if self.quick { "bench-quick" } else { "bench" }.into(),
+            // the scale runs bring their own controller and pods
+            wait_settled: !self.no_failover,
             ..Options::default()
         })
         .await
@@ -264,12 +266,25 @@ fn attribute(
 fn profile_note(groups: usize, path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let top: Vec<String> = text
-        .lines()
-        .filter(|l| !l.trim_start().starts_with('#') && l.contains('%'))
-        .take(12)
-        .map(|l| format!("    {}", l.trim()))
-        .collect();
+    let clean = |l: &str| {
+        let words: Vec<&str> = l.split_whitespace().filter(|w| *w != "-").collect();
+        let line = words.join(" ");
+        format!("    {}", line.chars().take(150).collect::<String>())
+    };
+    let (symbols, dsos) = text.split_once("# by shared object").unwrap_or((&text, ""));
+    let pick = |t: &str, n: usize| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains('%'))
+            .take(n)
+            .map(clean)
+            .collect()
+    };
+    let mut top = pick(symbols, 12);
+    let by_dso = pick(dsos, 5);
+    if !by_dso.is_empty() {
+        top.push("    -- by shared object --".into());
+        top.extend(by_dso);
+    }
     format!(
         "`perf record -F 1999` of the scale controller ({groups} groups), `{file}`; top symbols:\n\n{}",
         top.join("\n")

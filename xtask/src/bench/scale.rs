@@ -296,19 +296,21 @@ pub fn first_converged(log: &[PodRecord], groups: usize) -> Option<u64> {
     None
 }
 
-/// /proc start time of a process as unix ns.
+/// /proc start time of a process as unix ns: now − (uptime − start ticks / USER_HZ); both
+/// have 10 ms resolution (btime has only whole seconds).
 fn process_start_ns(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
-    let btime: f64 = std::fs::read_to_string("/proc/stat")
+    let now = now_ns();
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
+        .split_whitespace()
+        .next()?
         .parse()
         .ok()?;
-    Some(((btime + start_ticks / 100.0) * 1e9) as u64)
+    let age_ns = ((uptime - start_ticks / 100.0) * 1e9).max(0.0) as u64;
+    Some(now.saturating_sub(age_ns))
 }
 
 /// Samples a process's RSS and CPU every 100 ms until `fut` resolves; peak RSS and the last
@@ -604,7 +606,16 @@ fn finish_perf(mut p: Perf, dir: &std::path::Path, what: &str) -> Option<String>
         .args(["--sort", "dso,symbol", "-g", "none"])
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    // where the time goes by binary (controller code, libc, kernel)
+    if let Ok(o) = std::process::Command::new("perf")
+        .args(["report", "--stdio", "--no-children", "--sort", "dso", "-i"])
+        .arg(&p.data)
+        .output()
+    {
+        text.push_str("\n# by shared object\n");
+        text.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
     let _ = std::fs::remove_file(&p.data);
     if text.trim().is_empty() {
         return None;
