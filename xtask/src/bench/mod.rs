@@ -185,6 +185,11 @@ impl Cli {
                     }
                 }
             }
+            r.slice_rejected = tb
+                .endpointslice_rejection(testbed::APP_NAMESPACE, testbed::APP_SERVICE)
+                .await
+                .ok()
+                .flatten();
             match logs::controller_samples(&tb.run_dir) {
                 Ok(samples) => r.controller_log_stages = attribute(&r.records, &samples, timeout),
                 Err(e) => r

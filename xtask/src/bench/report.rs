@@ -27,6 +27,9 @@ pub struct Results {
     pub controller_log_stages: Vec<(Kind, String, Vec<f64>)>,
     pub scale: Vec<ScaleResult>,
     pub profile_notes: Vec<String>,
+    /// kube-apiserver refused the EndpointSlices (loopback pod IPs): the `slice` stage is the
+    /// Service's selection computed from the watched pods
+    pub slice_rejected: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -288,7 +291,20 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     let _ = writeln!(md, "## Failover, milliseconds since the trigger\n");
     let _ = writeln!(md, "Stages:");
     for s in STAGES {
-        let _ = writeln!(md, "- `{s}`: {}", stage_describe(s));
+        if s == "slice" && r.slice_rejected.is_some() {
+            let _ = writeln!(
+                md,
+                "- `slice`: the Service's selection lists only the new pod as ready, computed \
+                 from the bench's pod watch (the Ready pods matching the Service selector, as the \
+                 EndpointSlice controller computes them). kube-apiserver 1.36 rejects \
+                 EndpointSlices holding loopback addresses (`may not be in the loopback range`) \
+                 and the process node's pod IPs must be loopback, so the real EndpointSlice \
+                 write cannot happen here: this stage excludes the EndpointSlice controller's own \
+                 delay and kube-proxy's reprogramming (typically 0.1–1 s on a real cluster)."
+            );
+        } else {
+            let _ = writeln!(md, "- `{s}`: {}", stage_describe(s));
+        }
     }
     let _ = writeln!(md);
     for kind in r.kinds() {
@@ -520,7 +536,25 @@ pub fn targets(r: &Results) -> Vec<String> {
             ));
         }
     }
-    // notification applied within 5 ms after the label write
+    // notification applied within 5 ms after the label write: the controller's own stages
+    // (acked → notification sent, sent → the app's ACK, sent after it applied the role)
+    let stage_p99 = |name: &str| -> Option<f64> {
+        r.controller
+            .iter()
+            .filter(|(k, _)| *k != Kind::ControllerKill)
+            .filter_map(|(_, s)| find_series(s, &["failover_stage", &format!("\"{name}\"")]))
+            .map(|(_, h)| h.quantile(0.99) * 1e3)
+            .reduce(f64::max)
+    };
+    if let (Some(n), Some(a)) = (stage_p99("notify"), stage_p99("notify_ack")) {
+        out.push(format!(
+            "notification applied ≤ 5 ms after the label write acked: {} (controller histograms: acked → sent p99 ≈ {} ms + sent → app's ACK p99 ≈ {} ms = {} ms, worst kind)",
+            verdict(n + a <= 5.0),
+            fmt_ms(n),
+            fmt_ms(a),
+            fmt_ms(n + a)
+        ));
+    }
     let v: Vec<f64> = r
         .kinds()
         .into_iter()
@@ -529,8 +563,7 @@ pub fn targets(r: &Results) -> Vec<String> {
         .collect();
     if let Some(s) = summarize(&v) {
         out.push(format!(
-            "notification applied ≤ 5 ms after the label write: {} (app's applied_at − bench's watch of the label, all kinds but controller-killed; the label event reaches the bench after the write is acked, so this is an upper bound of `applied − acked` when positive): p50 {} ms, p99 {} ms, n={}",
-            verdict(s.p99 <= 5.0),
+            "outside view of the same: app's applied_at − the bench's watch event of the label (all kinds but controller-killed; negative = the app had applied the role before the bench's watch saw the label): p50 {} ms, p99 {} ms, n={}",
             fmt_ms(s.p50),
             fmt_ms(s.p99),
             s.count
