@@ -153,6 +153,20 @@ pub fn renewed(base: &Lease, lease_duration_ms: u64, now: jiff::Timestamp) -> Le
     lease
 }
 
+/// Fill in the holder's pod UID and container if they were unknown at acquisition time (the
+/// pod cache was not synced yet), so standbys get the precise death signals from now on.
+pub fn complete_holder(lease: &mut Lease, pod_uid: Option<&str>, container: Option<&str>) {
+    let ann = lease.metadata.annotations.get_or_insert_with(BTreeMap::new);
+    for (key, value) in [
+        (HOLDER_POD_UID_ANNOTATION, pod_uid),
+        (HOLDER_CONTAINER_ANNOTATION, container),
+    ] {
+        if let Some(v) = value {
+            ann.entry(key.to_owned()).or_insert_with(|| v.to_owned());
+        }
+    }
+}
+
 /// The observed Lease with the holder cleared, term kept (CAS on its resourceVersion).
 pub fn released(base: &Lease) -> Lease {
     let mut lease = base.clone();
@@ -224,6 +238,22 @@ mod tests {
             Some(MicroTime(later))
         );
         assert_eq!(ParsedLease::from_lease(&r), parsed);
+
+        let mut partial = acquired(
+            None,
+            "l",
+            "ns",
+            &Acquisition {
+                holder: &HolderRecord {
+                    pod_uid: None,
+                    container: None,
+                    ..holder()
+                },
+                ..a
+            },
+        );
+        complete_holder(&mut partial, Some("uid-a"), Some("controller"));
+        assert_eq!(ParsedLease::from_lease(&partial).holder, Some(holder()));
 
         let rel = ParsedLease::from_lease(&released(&r));
         assert_eq!(rel.holder, None);

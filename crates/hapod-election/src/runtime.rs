@@ -382,11 +382,13 @@ impl Runner {
         let LeaseSlot::Present { lease, .. } = &self.lease else {
             return Instant::now();
         };
-        let body = lease::renewed(
+        let mut body = lease::renewed(
             lease,
             millis(self.cfg.lease_duration),
             jiff::Timestamp::now(),
         );
+        let (pod_uid, container) = self.pods.identity_of(&self.me.pod);
+        lease::complete_holder(&mut body, pod_uid.as_deref(), container.as_deref());
         let sent = Instant::now();
         let budget = self
             .shared
