@@ -122,6 +122,8 @@ pub struct Options {
     pub kustomize_dir: PathBuf,
     /// Wait for the sample app and the controller to settle after applying.
     pub wait_settled: bool,
+    /// Extra arguments of the process node (e.g. `--max-pods=2200` for the scale benchmark).
+    pub node_args: Vec<String>,
     /// Print progress lines.
     pub verbose: bool,
 }
@@ -135,6 +137,7 @@ impl Default for Options {
             name: "testbed".into(),
             kustomize_dir: workspace_root().join("deploy/base"),
             wait_settled: true,
+            node_args: Vec::new(),
             verbose: true,
         }
     }
@@ -298,7 +301,7 @@ impl Testbed {
         // From here on, Drop stops everything on failure.
         tb.tasks = tb.history.start(tb.client.clone());
         progress(opts.verbose, "starting the process node");
-        tb.start_node()?;
+        tb.start_node(&opts.node_args)?;
         tb.wait_node_ready(Duration::from_secs(60)).await?;
 
         progress(
@@ -334,7 +337,7 @@ impl Testbed {
         Ok(tb)
     }
 
-    fn start_node(&mut self) -> Result<()> {
+    fn start_node(&mut self, extra_args: &[String]) -> Result<()> {
         let node_bin = self.bin_dir.join("hapod-node");
         let log = std::fs::File::create(self.run_dir.join("node.log"))?;
         let mut cmd = Command::new(&node_bin);
@@ -344,6 +347,7 @@ impl Testbed {
                 .arg(format!("{image}={}", self.bin_dir.join(image).display()));
         }
         cmd.arg("--state-dir").arg(self.run_dir.join("node"));
+        cmd.args(extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

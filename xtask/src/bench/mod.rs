@@ -93,6 +93,25 @@ impl Cli {
         }
     }
 
+    fn scale_points(&self) -> Vec<usize> {
+        self.scale
+            .clone()
+            .unwrap_or_else(|| {
+                if self.quick {
+                    vec![10]
+                } else {
+                    vec![1, 100, 1000]
+                }
+            })
+            .into_iter()
+            .filter(|n| *n > 0)
+            .collect()
+    }
+
+    fn max_groups(&self) -> usize {
+        self.scale_points().into_iter().max().unwrap_or(0)
+    }
+
     pub fn out_dir(&self) -> Result<PathBuf> {
         Ok(match &self.out {
             Some(d) => d.clone(),
@@ -109,6 +128,8 @@ impl Cli {
             name: if self.quick { "bench-quick" } else { "bench" }.into(),
             // the scale runs bring their own controller and pods
             wait_settled: !self.no_failover,
+            // room for the largest scale point (2 pods per group) next to deploy/'s pods
+            node_args: vec![format!("--max-pods={}", 2 * self.max_groups() + 200)],
             ..Options::default()
         })
         .await
@@ -197,19 +218,7 @@ impl Cli {
                     .push(format!("controller JSON logs not read: {e:#}")),
             }
         }
-        let points: Vec<usize> = self
-            .scale
-            .clone()
-            .unwrap_or_else(|| {
-                if self.quick {
-                    vec![10]
-                } else {
-                    vec![1, 100, 1000]
-                }
-            })
-            .into_iter()
-            .filter(|n| *n > 0)
-            .collect();
+        let points = self.scale_points();
         let perf = self.perf.unwrap_or(!self.quick) && perf_works();
         let opts = scale::ScaleOpts {
             spec: scale::PodSpec {

@@ -424,17 +424,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
         );
         let _ = writeln!(
             md,
-            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 | storm p99 | storm max | unresolved |"
+            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
         );
         let _ = writeln!(
             md,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &r.scale {
             let st = s.storm_summary();
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
+                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 s.groups,
                 s.pods_ready_s,
                 s.converge_s,
@@ -448,7 +448,13 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
                 st.map_or("–".into(), |x| fmt_ms(x.p50)),
                 st.map_or("–".into(), |x| fmt_ms(x.p99)),
                 st.map_or("–".into(), |x| fmt_ms(x.max)),
-                s.storm_unresolved
+                s.storm_unresolved,
+                summarize(&s.storm_ctl_ms).map_or("–".into(), |x| format!(
+                    "{} / {} (n={})",
+                    fmt_ms(x.p50),
+                    fmt_ms(x.p99),
+                    x.count
+                ))
             );
         }
         let _ = writeln!(md);

@@ -57,6 +57,9 @@ pub struct ScaleResult {
     pub cpu_idle_pct: f64,
     pub storm_groups: usize,
     pub storm_ms: Vec<f64>,
+    /// the scale controller's own `promoted` latency (its watch event → write acked) for the
+    /// storm, from its JSON log
+    pub storm_ctl_ms: Vec<f64>,
     pub storm_unresolved: usize,
     pub storm_cpu_s: f64,
     pub storm_rss_mib: f64,
@@ -553,6 +556,21 @@ async fn run_inner(
         .map(|t| (t.saturating_sub(ts)) as f64 / 1e6)
         .collect();
     r.storm_unresolved = stormed.len() - first.len();
+    // the controller's own view of the storm, from its log (before teardown removes it)
+    let ctl_pods = cpods
+        .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
+        .await?;
+    for p in &ctl_pods.items {
+        if let Some(log) = p.annotations().get("node.hapod.io/log-controller") {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            r.storm_ctl_ms.extend(
+                text.lines()
+                    .flat_map(super::logs::line_stages)
+                    .filter(|s| s.t >= ts && s.stage == "promoted.latency")
+                    .map(|s| s.ms),
+            );
+        }
+    }
     if done.is_none() {
         r.note = format!("storm: {} groups unresolved after 60 s", r.storm_unresolved);
     }
