@@ -64,7 +64,7 @@ pub fn run(args: Cli) -> Result<()> {
         "control plane: built from controlplane/ and cached; the first build takes 10-25 minutes \
          (Go's progress follows), later runs reuse it."
     );
-    crate::controlplane::ensure_built().context("building the control plane")?;
+    crate::testbed::enter_private_network(profile(&args))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -110,8 +110,17 @@ async fn show_pods(tb: &Testbed) -> Result<()> {
     let eps = tb
         .service_endpoints(APP_NAMESPACE, testbed::APP_SERVICE)
         .await?;
+    let source = if tb
+        .endpointslice_rejection(APP_NAMESPACE, testbed::APP_SERVICE)
+        .await?
+        .is_some()
+    {
+        "from its selector; the EndpointSlice stays empty (loopback pod IPs)"
+    } else {
+        "EndpointSlice"
+    };
     println!(
-        "Service {APP_NAMESPACE}/{} endpoints: {eps:?}",
+        "Service {APP_NAMESPACE}/{} endpoints ({source}): {eps:?}",
         testbed::APP_SERVICE
     );
     Ok(())
