@@ -72,14 +72,18 @@ pub fn run(args: Cli) -> Result<()> {
     rt.block_on(demo(args))
 }
 
+fn profile(args: &Cli) -> Profile {
+    if args.release {
+        Profile::Release
+    } else {
+        Profile::Debug
+    }
+}
+
 async fn demo(args: Cli) -> Result<()> {
     let tb = Testbed::start(Options {
         name: "demo".into(),
-        profile: if args.release {
-            Profile::Release
-        } else {
-            Profile::Debug
-        },
+        profile: profile(&args),
         ..Default::default()
     })
     .await?;

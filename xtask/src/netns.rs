@@ -33,9 +33,8 @@ pub fn reexec_inside() -> Result<Infallible> {
         bail!("already inside the private network namespace");
     }
     let exe = std::env::current_exe().context("locating the running xtask binary")?;
-    let setup = format!(
-        "ip link set lo up && ip addr add {LO_ADDRESS} dev lo && exec \"$0\" \"$@\""
-    );
+    let setup =
+        format!("ip link set lo up && ip addr add {LO_ADDRESS} dev lo && exec \"$0\" \"$@\"");
     let error = Command::new("unshare")
         .args(["--net", "--", "sh", "-c", &setup])
         .arg(exe)

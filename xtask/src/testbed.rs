@@ -179,6 +179,18 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// Prepares, outside, everything that needs the package registries (the control plane and the
+/// binaries of `profile`), then runs this same command again inside the private network
+/// namespace the testbed needs ([`crate::netns`]). Inside it, returns at once.
+pub fn enter_private_network(profile: Profile) -> Result<()> {
+    if crate::netns::inside() {
+        return Ok(());
+    }
+    crate::controlplane::ensure_built().context("building the control plane")?;
+    build_binaries(profile, true)?;
+    crate::netns::reexec_inside().map(|never| match never {})
+}
+
 /// Builds the binaries the testbed runs and returns the folder holding them.
 pub fn build_binaries(profile: Profile, verbose: bool) -> Result<PathBuf> {
     let mut cmd = Command::new(cargo());
@@ -245,6 +257,12 @@ pub struct Testbed {
 impl Testbed {
     /// Builds, starts and deploys everything; stops what it started if any step fails.
     pub async fn start(opts: Options) -> Result<Testbed> {
+        ensure!(
+            crate::netns::inside(),
+            "the testbed runs inside its own network namespace (Services need non-loopback pod \
+             IPs, which must never leave the machine): run it through `cargo xtask test`, \
+             `cargo xtask demo` or `cargo xtask bench`"
+        );
         let started = Instant::now();
         let bin_dir = if opts.build {
             progress(opts.verbose, "building the workspace binaries");
@@ -347,6 +365,7 @@ impl Testbed {
                 .arg(format!("{image}={}", self.bin_dir.join(image).display()));
         }
         cmd.arg("--state-dir").arg(self.run_dir.join("node"));
+        cmd.arg("--pod-cidr").arg(crate::netns::POD_CIDR);
         cmd.args(extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -69,6 +69,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
+        crate::testbed::enter_private_network(crate::testbed::Profile::Release)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
