@@ -124,6 +124,9 @@ pub fn run(args: Cli) -> Result<()> {
                 let tests = run_command(c);
                 // The quick benchmark runs release binaries.
                 let bench = || {
+                    if args.skip.iter().any(|s| s == "bench") {
+                        return Ok(());
+                    }
                     crate::testbed::build_binaries(crate::testbed::Profile::Release, true)
                         .map(drop)
                         .map_err(|e| format!("{e:#}"))
