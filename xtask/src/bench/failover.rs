@@ -215,7 +215,7 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
         .await?;
     // let the watch deliver what the API already shows
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let timeline = tb.history.timeline(
+    let mut timeline = tb.history.timeline(
         t_trigger,
         &old,
         &new,
@@ -223,6 +223,18 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
         APP_SERVICE,
         Some(&state),
     );
+    // as Testbed::failover: when the API server rejects loopback EndpointSlices, the Service's
+    // selection moving to the new pod
+    if timeline.endpoints_unix_nanos.is_none()
+        && tb
+            .endpointslice_rejection(APP_NAMESPACE, APP_SERVICE)
+            .await?
+            .is_some()
+    {
+        timeline.endpoints_unix_nanos =
+            tb.history
+                .selection_moved(ns(t_trigger), APP_NAMESPACE, &new);
+    }
     Ok(Record {
         kind: Kind::ControllerKill,
         iter,
