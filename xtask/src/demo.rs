@@ -98,7 +98,9 @@ async fn demo(args: Cli) -> Result<()> {
 }
 
 async fn show_pods(tb: &Testbed) -> Result<()> {
-    println!("\n$ kubectl get pods -A -L role -o wide   (pod IPs are 127.x loopback addresses)");
+    println!(
+        "\n$ kubectl get pods -A -L role -o wide   (pod IPs live only inside the testbed\'s private network namespace)"
+    );
     let out = tb.kubectl(&[
         "get",
         "pods",

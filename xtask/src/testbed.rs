@@ -1323,12 +1323,23 @@ pub struct AppState {
     pub message_id: Option<u64>,
 }
 
-/// A bounded HTTP/1.1 GET to a loopback address; returns status and body.
+/// Whether the testbed may send a packet to `addr`: a loopback address, or (inside the
+/// testbed's private network namespace, whose only interface is `lo`) a pod IP of
+/// [`crate::netns::POD_CIDR`].
+pub fn allowed_address(addr: IpAddr) -> bool {
+    addr.is_loopback()
+        || (crate::netns::inside()
+            && matches!(addr, IpAddr::V4(v4) if v4.octets()[0] == 10 && v4.octets()[1] == 244))
+}
+
+/// A bounded HTTP/1.1 GET to a pod or loopback address (see [`allowed_address`]); returns
+/// status and body.
 pub async fn http_get(ip: &str, port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
     let addr: IpAddr = ip.parse().with_context(|| format!("bad IP {ip}"))?;
     ensure!(
-        addr.is_loopback(),
-        "network rule: refusing to connect to non-loopback address {addr}"
+        allowed_address(addr),
+        "network rule: refusing to connect to {addr} (neither loopback nor a pod IP inside \
+         the testbed's private network namespace)"
     );
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((addr, port)).await?;

@@ -372,8 +372,8 @@ async fn steady_state(tb: &Testbed) -> Result<()> {
     ensure!(view.active().len() == 1, "{} active", view.active().len());
     let ip = pod_ip(&s.active).context("active has no IP")?;
     ensure!(
-        ip.parse::<std::net::IpAddr>()?.is_loopback(),
-        "pod IP {ip} is not a loopback address"
+        testbed::allowed_address(ip.parse()?),
+        "pod IP {ip} is neither loopback nor a pod IP of the private network namespace"
     );
     // Every address of the Service's EndpointSlices, ready or not: only the active pod.
     let all = all_service_addresses(tb).await?;
