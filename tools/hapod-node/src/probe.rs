@@ -175,9 +175,10 @@ fn address(
             .parse()
             .map_err(|_| format!("probe host {h} is not an IP address"))?,
     };
-    if !ip.is_loopback() {
+    // The pod's own IP comes from the node's pod range, checked to be confined at start.
+    if !ip.is_loopback() && ip != IpAddr::V4(target.pod_ip) {
         return Err(format!(
-            "probe host {ip} is not a loopback address; refused"
+            "probe host {ip} is neither loopback nor the pod's IP; refused"
         ));
     }
     let port = match port {
