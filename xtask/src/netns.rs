@@ -33,6 +33,11 @@ pub fn reexec_inside() -> Result<Infallible> {
         bail!("already inside the private network namespace");
     }
     let exe = std::env::current_exe().context("locating the running xtask binary")?;
+    // `cargo build --workspace` may have rebuilt xtask itself meanwhile: run the new binary.
+    let exe = exe
+        .to_str()
+        .and_then(|path| path.strip_suffix(" (deleted)"))
+        .map_or(exe.clone(), Into::into);
     let setup =
         format!("ip link set lo up && ip addr add {LO_ADDRESS} dev lo && exec \"$0\" \"$@\"");
     let error = Command::new("unshare")
