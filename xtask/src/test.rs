@@ -121,7 +121,9 @@ pub fn run(args: Cli) -> Result<()> {
                 banner("cargo build --workspace");
                 let mut c = cargo();
                 c.args(["build", "--workspace", "--bins", "--tests"]);
-                let tests = run_command(c);
+                let mut heavy = cargo();
+                heavy.args(["build", "--release", "-p", "hapod-election", "--tests"]);
+                let tests = run_command(c).and_then(|()| run_command(heavy));
                 // The quick benchmark runs release binaries.
                 let bench = || {
                     if args.skip.iter().any(|s| s == "bench") {
@@ -140,7 +142,21 @@ pub fn run(args: Cli) -> Result<()> {
                 banner("cargo test --workspace --exclude hapod-e2e");
                 let mut c = cargo();
                 c.args(["test", "--workspace", "--exclude", "hapod-e2e"]);
-                ("unit + integration tests".into(), run_command(c))
+                // The heaviest election model checks take about a minute in a debug build.
+                let mut heavy = cargo();
+                heavy.args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "hapod-election",
+                    "--test",
+                    "model",
+                ]);
+                heavy.args(["--", "--ignored"]);
+                (
+                    "unit + integration tests; election model checks, release".into(),
+                    run_command(c).and_then(|()| run_command(heavy)),
+                )
             }
             "deploy" => {
                 if has_subcommand("deploy") {
