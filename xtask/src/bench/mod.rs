@@ -161,6 +161,8 @@ impl Cli {
         let iterations = self.iterations.unwrap_or(if self.quick { 2 } else { 20 });
         let timeout = Duration::from_secs(self.timeout_s);
         if !self.no_failover {
+            // controller logs are read after every kind: a killed replica's log goes with its pod
+            let mut log_samples: Vec<logs::LogSample> = Vec::new();
             for kind in self.kinds()? {
                 println!("bench: {} × {iterations}", kind.name());
                 let before = failover::scrape_controller(tb).await.ok();
@@ -196,6 +198,9 @@ impl Cli {
                         }
                     }
                 }
+                if let Ok(s) = logs::controller_samples(&tb.run_dir) {
+                    log_samples.extend(s);
+                }
                 // the controller that handled this kind (a killed one's counters are gone)
                 if kind != Kind::ControllerKill
                     && let Some(before) = before
@@ -212,12 +217,9 @@ impl Cli {
                 .await
                 .ok()
                 .flatten();
-            match logs::controller_samples(&tb.run_dir) {
-                Ok(samples) => r.controller_log_stages = attribute(&r.records, &samples, timeout),
-                Err(e) => r
-                    .notes
-                    .push(format!("controller JSON logs not read: {e:#}")),
-            }
+            log_samples.sort_by(|a, b| (a.t, &a.stage).cmp(&(b.t, &b.stage)));
+            log_samples.dedup();
+            r.controller_log_stages = attribute(&r.records, &log_samples, timeout);
         }
         let points = self.scale_points();
         let perf = self.perf.unwrap_or(!self.quick) && perf_works();

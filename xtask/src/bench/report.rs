@@ -274,17 +274,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     let _ = writeln!(
         md,
         "Real control plane (kube-apiserver, etcd, controller-manager, scheduler built from \
-         source) with the process node (pods run as local processes on 127.x addresses), \
-         `deploy/base` installed (2 controller replicas, the 2-replica demo app), release \
+         source) with the process node (pods run as local processes, each with its own IP in \
+         the testbed's private network namespace), `deploy/base` installed (2 controller replicas, the 2-replica demo app), release \
          binaries. Every time stamp is on one clock: the bench process's wall clock (watch \
-         events stamped on receipt by the bench's own watch), except `applied`, the demo \
+         events stamped on receipt by the testbed's recorder in the bench process), except `applied`, the demo \
          app's own receive time from its `/state` (same host clock). Percentiles are \
          nearest-rank: with fewer than 100 samples p99 is the maximum. The machine was shared \
          with other work while measuring; treat the tails as upper bounds.\n"
     );
     let _ = writeln!(
         md,
-        "Files: `failovers.csv` (raw samples), `controller-stages.csv`, `scale.csv`, `storm.csv`, `failover.png`.\n"
+        "Files: `failovers.csv` (raw samples), `controller-stages.csv`, `controller-log-stages.csv`, `scale.csv`, `storm.csv`, `profile-*.txt` (perf), `failover.png`, `machine.txt`. Re-run: `cargo xtask bench` (full) or `cargo xtask bench --quick`.\n"
     );
     let _ = writeln!(md, "![failover latency](failover.png)\n");
 
