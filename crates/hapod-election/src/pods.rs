@@ -1,6 +1,6 @@
 //! The controller pods as seen through the watch: who is dead, which role labels are wrong.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
@@ -18,7 +18,15 @@ pub struct PodTracker {
     /// A re-list in progress: pods missing from it were deleted during a watch gap.
     relist: Option<BTreeMap<String, Pod>>,
     synced: bool,
+    /// UIDs of pods this cache saw leave (deleted, or missing from a re-list), newest last.
+    /// Only these count as dead when absent: a holder pod the cache never saw (a selector
+    /// that misses the controller pods, a watch that lags the Lease) is unknown, and the
+    /// lease expiry covers it, so two replicas never steal the Lease from each other.
+    departed: VecDeque<String>,
 }
+
+/// Controller pods are few; remembering the last departures is enough.
+const DEPARTED_MEMORY: usize = 64;
 
 impl PodTracker {
     /// Feed one watcher event.
@@ -34,7 +42,12 @@ impl PodTracker {
             }
             watcher::Event::InitDone => {
                 if let Some(relist) = self.relist.take() {
-                    self.pods = relist;
+                    let old = std::mem::replace(&mut self.pods, relist);
+                    for (name, pod) in old {
+                        if !self.pods.contains_key(&name) {
+                            self.depart(&pod);
+                        }
+                    }
                 }
                 self.synced = true;
             }
@@ -43,7 +56,17 @@ impl PodTracker {
                 if let Some(name) = pod.metadata.name.as_deref() {
                     self.pods.remove(name);
                 }
+                self.depart(&pod);
             }
+        }
+    }
+
+    fn depart(&mut self, pod: &Pod) {
+        if let Some(uid) = pod.metadata.uid.clone() {
+            if self.departed.len() == DEPARTED_MEMORY {
+                self.departed.pop_front();
+            }
+            self.departed.push_back(uid);
         }
     }
 
@@ -63,7 +86,15 @@ impl PodTracker {
             return PodHealth::Unknown;
         }
         let Some(pod) = self.pods.get(pod_name) else {
-            return PodHealth::Dead(DeathCause::Deleted);
+            let seen_leaving = holder
+                .pod_uid
+                .as_ref()
+                .is_some_and(|uid| self.departed.contains(uid));
+            return if seen_leaving {
+                PodHealth::Dead(DeathCause::Deleted)
+            } else {
+                PodHealth::Unknown
+            };
         };
         if let (Some(want), Some(have)) = (holder.pod_uid.as_deref(), pod.metadata.uid.as_deref())
             && want != have
@@ -240,10 +271,8 @@ mod tests {
             t.health(&holder("a", "other")),
             PodHealth::Dead(DeathCause::Deleted)
         );
-        assert_eq!(
-            t.health(&holder("b", "u")),
-            PodHealth::Dead(DeathCause::Deleted)
-        );
+        // Never seen at all: unknown (see a_holder_pod_never_seen_is_unknown_not_dead).
+        assert_eq!(t.health(&holder("b", "u")), PodHealth::Unknown);
 
         let mut deleting = pod("a", "u", None);
         deleting.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
@@ -294,6 +323,23 @@ mod tests {
             t.health(&holder("b", "v")),
             PodHealth::Dead(DeathCause::Deleted)
         );
+    }
+
+    #[test]
+    fn a_holder_pod_never_seen_is_unknown_not_dead() {
+        // A selector that misses the controller pods, or a Lease event ahead of the pod's
+        // watch event: stealing the Lease on absence alone made replicas flap.
+        let mut t = synced(vec![pod("b", "v", None)]);
+        assert_eq!(t.health(&holder("a", "u")), PodHealth::Unknown);
+        t.apply(watcher::Event::Apply(pod("a", "u", None)));
+        assert_eq!(t.health(&holder("a", "u")), PodHealth::Alive);
+        t.apply(watcher::Event::Delete(pod("a", "u", None)));
+        assert_eq!(
+            t.health(&holder("a", "u")),
+            PodHealth::Dead(DeathCause::Deleted)
+        );
+        // A replacement pod of the same name that this cache has not seen yet is unknown.
+        assert_eq!(t.health(&holder("a", "u2")), PodHealth::Unknown);
     }
 
     #[test]
