@@ -169,15 +169,27 @@ impl PodTracker {
         active: &str,
         standby: &str,
     ) -> Vec<(String, String, String)> {
+        let role = |p: &Pod| p.metadata.labels.as_ref().and_then(|l| l.get(key)).cloned();
+        // Demote before promote, as for application pods: this replica labels itself active
+        // only once no other pod (a terminating predecessor included) still says active.
+        let others_active = self
+            .pods
+            .iter()
+            .any(|(name, p)| name != me && role(p).as_deref() == Some(active));
         self.pods
             .iter()
-            .filter(|(_, p)| p.metadata.deletion_timestamp.is_none())
             .filter_map(|(name, p)| {
-                let want = if name == me { active } else { standby };
-                let have = p.metadata.labels.as_ref().and_then(|l| l.get(key));
+                let terminating = p.metadata.deletion_timestamp.is_some();
+                let want = if name == me && !terminating {
+                    if others_active {
+                        return None;
+                    }
+                    active
+                } else {
+                    standby
+                };
                 let rv = p.metadata.resource_version.clone()?;
-                (have.map(String::as_str) != Some(want))
-                    .then(|| (name.clone(), rv, want.to_owned()))
+                (role(p).as_deref() != Some(want)).then(|| (name.clone(), rv, want.to_owned()))
             })
             .collect()
     }
@@ -340,6 +352,23 @@ mod tests {
         );
         // A replacement pod of the same name that this cache has not seen yet is unknown.
         assert_eq!(t.health(&holder("a", "u2")), PodHealth::Unknown);
+    }
+
+    #[test]
+    fn a_terminating_predecessor_is_demoted_before_this_replica_says_active() {
+        let mut old = pod("b", "v", Some("active"));
+        old.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let mut t = synced(vec![pod("a", "u", Some("standby")), old.clone()]);
+        assert_eq!(
+            t.wrong_roles("a", "role", "active", "standby"),
+            vec![("b".to_owned(), "1".to_owned(), "standby".to_owned())]
+        );
+        old.metadata.labels = Some([("role".to_owned(), "standby".to_owned())].into());
+        t.upsert(old);
+        assert_eq!(
+            t.wrong_roles("a", "role", "active", "standby"),
+            vec![("a".to_owned(), "1".to_owned(), "active".to_owned())]
+        );
     }
 
     #[test]
