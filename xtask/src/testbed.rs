@@ -1645,33 +1645,14 @@ impl History {
     /// Errors when two pods of a group were ever active at the same resourceVersion; returns
     /// how many pod records and groups were checked.
     pub fn assert_no_double_active(&self) -> Result<(usize, usize)> {
-        self.assert_no_double_active_relaxed(&[])
-            .map(|(n, g, _)| (n, g))
-    }
-
-    /// Like [`History::assert_no_double_active`], except that in the `relaxed` groups
-    /// (namespace, group) an overlap where all but one of the active pods were terminating
-    /// is returned as a finding instead of an error (the controller replicas: the Lease, not
-    /// the label, decides who acts, and a replica shutting down keeps its label until its
-    /// pod is gone).
-    pub fn assert_no_double_active_relaxed(
-        &self,
-        relaxed: &[(&str, &str)],
-    ) -> Result<(usize, usize, Vec<DoubleActive>)> {
         let records = self.pod_records();
-        let (findings, bad): (Vec<DoubleActive>, Vec<DoubleActive>) =
-            double_actives(&records).into_iter().partition(|d| {
-                d.only_terminating_overlap
-                    && relaxed
-                        .iter()
-                        .any(|(n, g)| d.namespace == *n && d.group == *g)
-            });
+        let bad = double_actives(&records);
         if bad.is_empty() {
             let groups: BTreeSet<(String, String)> = records
                 .iter()
                 .filter_map(|r| r.group.clone().map(|g| (r.namespace.clone(), g)))
                 .collect();
-            return Ok((records.len(), groups.len(), findings));
+            return Ok((records.len(), groups.len()));
         }
         {
             let mut msg = format!("{} double-active resourceVersions:\n", bad.len());
