@@ -116,17 +116,8 @@ async fn show_pods(tb: &Testbed) -> Result<()> {
     let eps = tb
         .service_endpoints(APP_NAMESPACE, testbed::APP_SERVICE)
         .await?;
-    let source = if tb
-        .endpointslice_rejection(APP_NAMESPACE, testbed::APP_SERVICE)
-        .await?
-        .is_some()
-    {
-        "from its selector; the EndpointSlice stays empty (loopback pod IPs)"
-    } else {
-        "EndpointSlice"
-    };
     println!(
-        "Service {APP_NAMESPACE}/{} endpoints ({source}): {eps:?}",
+        "Service {APP_NAMESPACE}/{} endpoints (EndpointSlice): {eps:?}",
         testbed::APP_SERVICE
     );
     Ok(())
@@ -175,20 +166,10 @@ async fn rounds(tb: &Testbed, args: &Cli) -> Result<()> {
             "  {}  app applied the notification (its /state)",
             ms(t.app_applied_unix_nanos)
         );
-        match tb
-            .endpointslice_rejection(APP_NAMESPACE, testbed::APP_SERVICE)
-            .await?
-        {
-            None => println!(
-                "  {}  EndpointSlice lists only the new pod",
-                ms(t.endpoints_unix_nanos)
-            ),
-            Some(why) => println!(
-                "  {}  Service selection is only the new pod (role=active, Ready)\n     \
-                 (the EndpointSlice stays empty: kube-apiserver rejects loopback pod IPs: {why})",
-                ms(t.endpoints_unix_nanos)
-            ),
-        }
+        println!(
+            "  {}  EndpointSlice lists only the new pod",
+            ms(t.endpoints_unix_nanos)
+        );
         if args.kill == DemoTrigger::Unready
             && let Some(old) = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?
         {

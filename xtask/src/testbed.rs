@@ -512,7 +512,7 @@ impl Testbed {
 
     /// Ready endpoint addresses of a Service, merged over its EndpointSlices (sorted): what
     /// the real EndpointSlice controller published.
-    pub async fn service_endpoints_real(&self, ns: &str, service: &str) -> Result<Vec<String>> {
+    pub async fn service_endpoints(&self, ns: &str, service: &str) -> Result<Vec<String>> {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
         let list = api
             .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
@@ -522,35 +522,6 @@ impl Testbed {
             ips.extend(ready_slice_addresses(slice));
         }
         Ok(ips.into_iter().collect())
-    }
-
-    /// Ready endpoints of a Service as the EndpointSlice controller selects them: pods
-    /// matching the Service's selector, Ready, not terminating, with an IP (sorted).
-    pub async fn service_selected_ips(&self, ns: &str, service: &str) -> Result<Vec<String>> {
-        let svc: Api<k8s_openapi::api::core::v1::Service> =
-            Api::namespaced(self.client.clone(), ns);
-        let svc = svc.get(service).await?;
-        let selector = svc
-            .spec
-            .and_then(|s| s.selector)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| anyhow!("Service {ns}/{service} has no selector"))?;
-        let sel = selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        let mut ips: Vec<String> = pods
-            .list(&ListParams::default().labels(&sel))
-            .await?
-            .items
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && pod_ready(p))
-            .filter_map(pod_ip)
-            .collect();
-        ips.sort();
-        Ok(ips)
     }
 
     /// Why the EndpointSlice controller cannot publish this Service's endpoints, if the API
@@ -578,28 +549,12 @@ impl Testbed {
             if g.is_none() {
                 eprintln!(
                     "[testbed] WARNING: kube-apiserver rejects EndpointSlices holding loopback pod \
-                     IPs ({m}); the Service's endpoints are taken from its selector (Ready pods \
-                     matching it, as the EndpointSlice controller computes them) instead of the \
-                     EndpointSlice. Set HAPOD_E2E_STRICT_ENDPOINTSLICE=1 to make this an error."
+                     IPs ({m}); the testbed must run in its private network namespace."
                 );
                 *g = Some(m.clone());
             }
         }
         Ok(found)
-    }
-
-    /// Ready endpoint addresses of a Service (sorted): the real EndpointSlices; when the API
-    /// server rejects loopback endpoints (see [`Testbed::endpointslice_rejection`]) and
-    /// `HAPOD_E2E_STRICT_ENDPOINTSLICE` is not set, the Service's selection instead.
-    pub async fn service_endpoints(&self, ns: &str, service: &str) -> Result<Vec<String>> {
-        let real = self.service_endpoints_real(ns, service).await?;
-        if !real.is_empty() || std::env::var_os("HAPOD_E2E_STRICT_ENDPOINTSLICE").is_some() {
-            return Ok(real);
-        }
-        match self.endpointslice_rejection(ns, service).await? {
-            Some(_) => self.service_selected_ips(ns, service).await,
-            None => Ok(real),
-        }
     }
 
     /// Waits until the Service's ready endpoints are exactly `ips`.

@@ -377,27 +377,10 @@ async fn steady_state(tb: &Testbed) -> Result<()> {
     );
     // Every address of the Service's EndpointSlices, ready or not: only the active pod.
     let all = all_service_addresses(tb).await?;
-    let strict = std::env::var_os("HAPOD_E2E_STRICT_ENDPOINTSLICE").is_some();
-    match tb
-        .endpointslice_rejection(APP_NAMESPACE, APP_SERVICE)
-        .await?
-    {
-        Some(why) if all.is_empty() && !strict => {
-            println!(
-                "  WARNING: the EndpointSlice is empty because kube-apiserver rejects loopback \
-                 pod IPs ({why}); checking the Service's selection instead"
-            );
-            let sel = tb.service_selected_ips(APP_NAMESPACE, APP_SERVICE).await?;
-            ensure!(
-                sel == vec![ip.clone()],
-                "Service selects {sel:?}, want [{ip}]"
-            );
-        }
-        _ => ensure!(
-            all == vec![ip.clone()],
-            "EndpointSlice addresses {all:?}, want [{ip}]"
-        ),
-    }
+    ensure!(
+        all == vec![ip.clone()],
+        "EndpointSlice addresses {all:?}, want [{ip}]"
+    );
     // The app received and applied its notification: role active, the pod's epoch.
     let epoch = pod_epoch(&s.active).context("active pod has no epoch annotation")?;
     let st = tb.app_state(&s.active).await?;
