@@ -249,7 +249,6 @@ pub struct Testbed {
     admin_kubeconfig: PathBuf,
     node: Option<Child>,
     tasks: Vec<JoinHandle<()>>,
-    slice_rejection: Mutex<Option<String>>,
     control_plane: Option<ControlPlane>,
     verbose: bool,
 }
@@ -312,7 +311,6 @@ impl Testbed {
             admin_kubeconfig,
             node: None,
             tasks: Vec::new(),
-            slice_rejection: Mutex::new(None),
             control_plane: Some(control_plane),
             verbose: opts.verbose,
         };
@@ -522,39 +520,6 @@ impl Testbed {
             ips.extend(ready_slice_addresses(slice));
         }
         Ok(ips.into_iter().collect())
-    }
-
-    /// Why the EndpointSlice controller cannot publish this Service's endpoints, if the API
-    /// server rejected its writes because pod IPs are loopback addresses (kube-apiserver's
-    /// EndpointSlice validation forbids 127.0.0.0/8, and the process node's pod IPs must be
-    /// loopback addresses). Remembered once seen.
-    pub async fn endpointslice_rejection(&self, ns: &str, service: &str) -> Result<Option<String>> {
-        if let Some(r) = self.slice_rejection.lock().unwrap().clone() {
-            return Ok(Some(r));
-        }
-        let events: Api<k8s_openapi::api::core::v1::Event> =
-            Api::namespaced(self.client.clone(), ns);
-        let list = events
-            .list(&ListParams::default().fields(&format!(
-                "involvedObject.name={service},reason=FailedToUpdateEndpointSlices"
-            )))
-            .await?;
-        let found = list
-            .items
-            .iter()
-            .filter_map(|e| e.message.clone())
-            .find(|m| m.contains("loopback"));
-        if let Some(m) = &found {
-            let mut g = self.slice_rejection.lock().unwrap();
-            if g.is_none() {
-                eprintln!(
-                    "[testbed] WARNING: kube-apiserver rejects EndpointSlices holding loopback pod \
-                     IPs ({m}); the testbed must run in its private network namespace."
-                );
-                *g = Some(m.clone());
-            }
-        }
-        Ok(found)
     }
 
     /// Waits until the Service's ready endpoints are exactly `ips`.
@@ -834,6 +799,38 @@ impl Testbed {
         Ok(t)
     }
 
+    /// After a trigger on the active app pod `old` at `t_trigger`: waits until another pod is
+    /// the only active one, the Service's EndpointSlice lists only it and its app applied the
+    /// notification; returns the new active, its app state and the timeline.
+    pub async fn await_failover(
+        &self,
+        old: &Pod,
+        t_trigger: SystemTime,
+        timeout: Duration,
+    ) -> Result<(Pod, AppState, Timeline)> {
+        let old_uid = old.uid().unwrap_or_default();
+        let new = self
+            .wait_new_active(APP_NAMESPACE, APP_GROUP, &old_uid, timeout)
+            .await?;
+        let new_ip = pod_ip(&new).ok_or_else(|| anyhow!("new active has no IP"))?;
+        self.wait_endpoints(APP_NAMESPACE, APP_SERVICE, &[&new_ip], timeout)
+            .await?;
+        let state = self
+            .wait_app_role(APP_NAMESPACE, &new.name_any(), ACTIVE, timeout)
+            .await?;
+        // Let the watch deliver what the API already shows.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let timeline = self.history.timeline(
+            t_trigger,
+            old,
+            &new,
+            APP_NAMESPACE,
+            APP_SERVICE,
+            Some(&state),
+        );
+        Ok((new, state, timeline))
+    }
+
     /// Runs one failover of the sample app: the group must be settled first; performs
     /// `trigger` on the active pod, waits until another pod is the only active one, the
     /// Service's endpoints moved to it and its app applied the notification; returns the
@@ -845,38 +842,11 @@ impl Testbed {
             .await
             .context("group not settled before the failover")?;
         let old = before.active.clone();
-        let old_uid = old.uid().unwrap_or_default();
         let t_trigger = self.trigger(&old, trigger).await?;
-        let new = self
-            .wait_new_active(APP_NAMESPACE, APP_GROUP, &old_uid, timeout)
+        let (new, state, timeline) = self
+            .await_failover(&old, t_trigger, timeout)
             .await
             .with_context(|| format!("no failover after {trigger:?} of {}", old.name_any()))?;
-        let new_ip = pod_ip(&new).ok_or_else(|| anyhow!("new active has no IP"))?;
-        self.wait_endpoints(APP_NAMESPACE, APP_SERVICE, &[&new_ip], timeout)
-            .await?;
-        let state = self
-            .wait_app_role(APP_NAMESPACE, &new.name_any(), ACTIVE, timeout)
-            .await?;
-        // Let the watch deliver what the API already shows.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut timeline = self.history.timeline(
-            t_trigger,
-            &old,
-            &new,
-            APP_NAMESPACE,
-            APP_SERVICE,
-            Some(&state),
-        );
-        if timeline.endpoints_unix_nanos.is_none()
-            && self
-                .endpointslice_rejection(APP_NAMESPACE, APP_SERVICE)
-                .await?
-                .is_some()
-        {
-            timeline.endpoints_unix_nanos =
-                self.history
-                    .selection_moved(unix_nanos(t_trigger), APP_NAMESPACE, &new);
-        }
         Ok(Failover {
             trigger,
             old,
@@ -1646,38 +1616,6 @@ impl History {
             .find(|r| f(r))
     }
 
-    /// When, at or after `since`, the Service's selection (role=active, Ready, not
-    /// terminating, in `ns` and `new`'s group) became exactly `new` (replaying the pod
-    /// records; what the EndpointSlice controller acts on).
-    pub fn selection_moved(&self, since_unix_nanos: u64, ns: &str, new: &Pod) -> Option<u64> {
-        let t0 = since_unix_nanos;
-        let new_uid = new.uid().unwrap_or_default();
-        let mut selected_at = None;
-        {
-            let group = pod_group(new).map(String::from);
-            let mut sel: HashMap<String, bool> = HashMap::new();
-            for r in self
-                .pod_records()
-                .into_iter()
-                .filter(|r| r.namespace == ns && r.group == group)
-            {
-                sel.insert(
-                    r.uid.clone(),
-                    r.is_active() && r.ready && !r.terminating && !r.deleted,
-                );
-                if r.seen_unix_nanos >= t0 {
-                    let chosen: Vec<&String> =
-                        sel.iter().filter(|(_, s)| **s).map(|(u, _)| u).collect();
-                    if chosen.len() == 1 && *chosen[0] == new_uid {
-                        selected_at = Some(r.seen_unix_nanos);
-                        break;
-                    }
-                }
-            }
-        }
-        selected_at
-    }
-
     /// Builds a failover timeline from the records after `trigger`.
     pub fn timeline(
         &self,
@@ -1848,9 +1786,7 @@ pub struct Timeline {
     pub promoted_unix_nanos: Option<u64>,
     /// The new active app applied the notification (its own clock, same host).
     pub app_applied_unix_nanos: Option<u64>,
-    /// The Service's ready endpoints are exactly the new active pod (EndpointSlice; when the
-    /// API server rejects loopback endpoints, [`Testbed::failover`] puts the moment the
-    /// Service's selection moved here instead, see [`History::selection_moved`]).
+    /// The Service's ready endpoints (its EndpointSlice) are exactly the new active pod.
     pub endpoints_unix_nanos: Option<u64>,
 }
 

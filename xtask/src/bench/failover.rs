@@ -11,7 +11,7 @@ use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 
 use crate::testbed::{
-    self, APP_CONTAINER, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE, CONTROLLER_NAMESPACE,
+    self, APP_CONTAINER, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, CONTROLLER_NAMESPACE,
     CRITICAL_CONTAINER, Testbed, Timeline, Trigger,
 };
 
@@ -178,7 +178,6 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
         .await
         .context("group not settled before the failover")?;
     let old = before.active.clone();
-    let old_uid = old.uid().unwrap_or_default();
     let ctl = tb.active_controller(timeout).await?;
     let ctl_name = ctl.name_any();
     let pid = super::sysinfo::find_pid("hapod-controller", &ctl_name);
@@ -203,38 +202,10 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
     };
     let (t_kill, (t_trigger, r)) = tokio::join!(kill, del);
     r.context("deleting the active app pod")?;
-    let new = tb
-        .wait_new_active(APP_NAMESPACE, APP_GROUP, &old_uid, timeout)
+    let (new, _, timeline) = tb
+        .await_failover(&old, t_trigger, timeout)
         .await
         .with_context(|| format!("no failover after killing controller {ctl_name}"))?;
-    let new_ip = testbed::pod_ip(&new).ok_or_else(|| anyhow!("new active has no IP"))?;
-    tb.wait_endpoints(APP_NAMESPACE, APP_SERVICE, &[&new_ip], timeout)
-        .await?;
-    let state = tb
-        .wait_app_role(APP_NAMESPACE, &new.name_any(), testbed::ACTIVE, timeout)
-        .await?;
-    // let the watch deliver what the API already shows
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut timeline = tb.history.timeline(
-        t_trigger,
-        &old,
-        &new,
-        APP_NAMESPACE,
-        APP_SERVICE,
-        Some(&state),
-    );
-    // as Testbed::failover: when the API server rejects loopback EndpointSlices, the Service's
-    // selection moving to the new pod
-    if timeline.endpoints_unix_nanos.is_none()
-        && tb
-            .endpointslice_rejection(APP_NAMESPACE, APP_SERVICE)
-            .await?
-            .is_some()
-    {
-        timeline.endpoints_unix_nanos =
-            tb.history
-                .selection_moved(ns(t_trigger), APP_NAMESPACE, &new);
-    }
     Ok(Record {
         kind: Kind::ControllerKill,
         iter,

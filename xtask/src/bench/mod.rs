@@ -212,11 +212,6 @@ impl Cli {
                     }
                 }
             }
-            r.slice_rejected = tb
-                .endpointslice_rejection(testbed::APP_NAMESPACE, testbed::APP_SERVICE)
-                .await
-                .ok()
-                .flatten();
             log_samples.sort_by(|a, b| (a.t, &a.stage).cmp(&(b.t, &b.stage)));
             log_samples.dedup();
             r.controller_log_stages = attribute(&r.records, &log_samples, timeout);

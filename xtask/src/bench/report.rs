@@ -27,9 +27,6 @@ pub struct Results {
     pub controller_log_stages: Vec<(Kind, String, Vec<f64>)>,
     pub scale: Vec<ScaleResult>,
     pub profile_notes: Vec<String>,
-    /// kube-apiserver refused the EndpointSlices (loopback pod IPs): the `slice` stage is the
-    /// Service's selection computed from the watched pods
-    pub slice_rejected: Option<String>,
     pub notes: Vec<String>,
 }
 
@@ -291,20 +288,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     let _ = writeln!(md, "## Failover, milliseconds since the trigger\n");
     let _ = writeln!(md, "Stages:");
     for s in STAGES {
-        if s == "slice" && r.slice_rejected.is_some() {
-            let _ = writeln!(
-                md,
-                "- `slice`: the Service's selection lists only the new pod as ready, computed \
-                 from the bench's pod watch (the Ready pods matching the Service selector, as the \
-                 EndpointSlice controller computes them). kube-apiserver 1.36 rejects \
-                 EndpointSlices holding loopback addresses (`may not be in the loopback range`) \
-                 and the process node's pod IPs must be loopback, so the real EndpointSlice \
-                 write cannot happen here: this stage excludes the EndpointSlice controller's own \
-                 delay and kube-proxy's reprogramming (typically 0.1–1 s on a real cluster)."
-            );
-        } else {
-            let _ = writeln!(md, "- `{s}`: {}", stage_describe(s));
-        }
+        let _ = writeln!(md, "- `{s}`: {}", stage_describe(s));
     }
     let _ = writeln!(md);
     for kind in r.kinds() {
