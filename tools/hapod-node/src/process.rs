@@ -113,7 +113,24 @@ struct PreparedMount {
 /// Builds the command; everything the child does between fork and exec is prepared here so
 /// that the child only makes system calls.
 pub fn build_command(spec: &ProcessSpec) -> io::Result<Command> {
-    let mut cmd = Command::new(&spec.program);
+    // The binary is opened here, in the node's own mount namespace, and executed through
+    // /proc/self/fd: a binary below /tmp (a checkout there) would otherwise be hidden by the
+    // container's own /tmp. Exec needs no namespace match, unlike a bind-mount source. The
+    // descriptor is close-on-exec; the kernel has resolved it before it closes it.
+    let program = if spec.program.is_absolute() {
+        Some(File::open(&spec.program)?)
+    } else {
+        None
+    };
+    let mut cmd = match &program {
+        Some(file) => {
+            use std::os::fd::AsRawFd;
+            let mut cmd = Command::new(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            cmd.arg0(&spec.program);
+            cmd
+        }
+        None => Command::new(&spec.program),
+    };
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -160,6 +177,8 @@ pub fn build_command(spec: &ProcessSpec) -> io::Result<Command> {
     let private_ns = spec.join_mount_ns_of.is_none() && (tmp.is_some() || !mounts.is_empty());
 
     let child_setup = move || -> io::Result<()> {
+        // Keeps the binary's descriptor open until the child executes it.
+        let _program = &program;
         // If the node dies (even by SIGKILL) its containers must not outlive it.
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
         if let Some(fd) = &join_ns {
@@ -307,8 +326,12 @@ mod tests {
         std::fs::write(vol.join("token"), "abc").unwrap();
         let target = dir.path().join("mnt/secrets");
         let log = dir.path().join("log");
+        // The binary itself lives below /tmp (as in a checkout under /tmp), which the
+        // container's own /tmp hides: it must still start.
+        let program = dir.path().join("sh");
+        std::fs::copy("/bin/sh", &program).unwrap();
         let spec = ProcessSpec {
-            program: "/bin/sh".into(),
+            program,
             args: vec![
                 "-c".into(),
                 format!(
