@@ -65,6 +65,9 @@ pub enum Purpose {
     Demote,
     /// A non-active pod whose role label is missing or wrong.
     Repair,
+    /// A kept active pod without an epoch annotation gets one, so its agent can order the
+    /// orders it receives.
+    Adopt,
 }
 
 /// What a write does.
@@ -115,6 +118,15 @@ pub enum RecordKind {
     },
     /// The group has no active pod and no eligible one.
     NoEligible,
+    /// An active pod carries an epoch of a term above the acting one: no replica can have
+    /// issued it while this one holds the Lease. Ignored for epoch allocation.
+    FutureEpoch {
+        epoch: u64,
+    },
+    /// A kept active pod without an epoch got one written.
+    Adopted {
+        epoch: u64,
+    },
     /// The API refused a write for good (403, 422).
     Rejected {
         delete: bool,
@@ -139,7 +151,11 @@ pub struct PodRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Health {
     Active,
-    NoActive { eligible: bool },
+    NoActive {
+        eligible: bool,
+    },
+    /// The group has no pods: nothing to serve, so not "without active".
+    Empty,
 }
 
 /// Output of [`decide`], carried out by the runtime in order.
@@ -179,8 +195,13 @@ pub enum WriteOutcome {
 pub enum Event {
     /// Watch add/modify (or the result of a refresh).
     Applied(PodView),
-    /// Watch delete.
-    Deleted { name: String, uid: String },
+    /// The pod left the group: watch delete (the final object's resourceVersion), relabeled
+    /// out of the group (the resourceVersion of that update), or found gone (`None`).
+    Deleted {
+        name: String,
+        uid: String,
+        resource_version: Option<String>,
+    },
     /// Full list of the group's pods, delivered in watch order (start, watch re-list,
     /// taking over): a pod missing from it is deleted.
     Resync { pods: Vec<PodView> },
@@ -353,6 +374,24 @@ impl GroupState {
             announced: false,
             health: None,
         }
+    }
+
+    /// Continues above `floor`, the highest epoch this process issued for the group before
+    /// (a new worker of a group that was reaped earlier).
+    pub fn with_epoch_floor(mut self, floor: u64) -> Self {
+        self.highest_epoch = self.highest_epoch.max(floor);
+        self
+    }
+
+    /// Whether the group has no pods (a worker may be reaped).
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// Highest epoch issued or taken into account for the group, to hand to
+    /// [`GroupState::with_epoch_floor`] when the group is recreated.
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest_epoch
     }
 
     /// Cached views of the group's pods, by name.
@@ -608,7 +647,7 @@ impl GroupState {
                             kind: RecordKind::Demoted,
                         }));
                     }
-                    Purpose::Repair => {}
+                    Purpose::Repair | Purpose::Adopt => {}
                 }
             }
             WriteKind::Delete { container } => {
@@ -807,7 +846,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     let mut out = Vec::new();
     match event {
         Event::Applied(view) => state.upsert(view, now),
-        Event::Deleted { name, uid } => {
+        Event::Deleted { name, uid, .. } => {
             if state.pods.get(&name).is_some_and(|e| e.view.uid == uid) {
                 state.forget(&name, now);
             }

@@ -80,7 +80,11 @@ impl World {
                 Action::Refresh { pod, uid } => {
                     let fresh = match self.pods.iter().find(|p| p.name == pod) {
                         Some(view) => Event::Applied(view.clone()),
-                        None => Event::Deleted { name: pod, uid },
+                        None => Event::Deleted {
+                            name: pod,
+                            uid,
+                            resource_version: None,
+                        },
                     };
                     self.watch.push((r, fresh));
                 }

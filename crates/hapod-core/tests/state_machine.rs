@@ -172,7 +172,11 @@ impl System {
             Request::Refresh { pod, uid } => {
                 let event = match self.api.pods.get(&pod) {
                     Some(view) => Event::Applied(view.clone()),
-                    None => Event::Deleted { name: pod, uid },
+                    None => Event::Deleted {
+                        name: pod,
+                        uid,
+                        resource_version: None,
+                    },
                 };
                 self.step_event(event);
             }

@@ -77,10 +77,14 @@ impl FakeApi {
         api
     }
 
+    fn next_revision(&mut self) -> u64 {
+        self.revision += 1;
+        self.revision
+    }
+
     /// Stores a pod under a fresh resourceVersion and returns the watch event for it.
     pub fn put(&mut self, mut view: PodView) -> Event {
-        self.revision += 1;
-        view.resource_version = self.revision.to_string();
+        view.resource_version = self.next_revision().to_string();
         self.pods.insert(view.name.clone(), view.clone());
         Event::Applied(view)
     }
@@ -97,6 +101,7 @@ impl FakeApi {
         Some(Event::Deleted {
             name: view.name,
             uid: view.uid,
+            resource_version: Some(self.next_revision().to_string()),
         })
     }
 
