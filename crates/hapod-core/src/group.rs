@@ -134,7 +134,7 @@ pub enum RecordKind {
     },
 }
 
-/// A record about one pod (`pod` is `None` for group-level records of an empty group).
+/// A record about one pod (`pod` is `None` when the pod is no longer known).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub pod: Option<PodRef>,
@@ -812,9 +812,12 @@ impl GroupState {
         }
     }
 
-    /// Reports a change of health; the no-eligible record only from the acting replica.
+    /// Reports a change of health; the no-eligible record only from the acting replica, and
+    /// never for an empty group (nothing there to be eligible).
     fn report_health(&mut self, out: &mut Vec<Action>) {
-        let health = if self.eligible_active().is_some() {
+        let health = if self.pods.is_empty() {
+            Health::Empty
+        } else if self.eligible_active().is_some() {
             Health::Active
         } else {
             Health::NoActive {

@@ -623,3 +623,18 @@ fn pod_without_containers_or_ip_is_handled() {
     ctl.settle(actions);
     assert_eq!(ctl.api.actives(), ["a"]);
 }
+
+/// Item 14: a group whose pods are all gone is empty, not "without active".
+#[test]
+fn a_group_without_pods_is_empty_not_without_active() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1))]);
+    ctl.settle(first);
+    assert!(!ctl.state.is_empty());
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    assert!(ctl.state.is_empty());
+    assert_eq!(actions, [Action::Health(Health::Empty)]);
+    // A new replica that lists an empty group says so at once.
+    let (_, first) = Ctl::acting([]);
+    assert_eq!(first, [Action::Health(Health::Empty)]);
+}
