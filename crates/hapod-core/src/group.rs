@@ -281,6 +281,12 @@ impl PodEntry {
         !self.stale && !self.refused(now)
     }
 
+    /// Already on its way out: being deleted, or every container has stopped for good. A kill
+    /// would only cut its grace period short.
+    fn leaving(&self) -> bool {
+        self.view.deleting || matches!(self.view.phase, Phase::Failed | Phase::Succeeded)
+    }
+
     fn eligible(&self) -> bool {
         self.view.serving() && self.dead_container.is_none() && !self.kill_sent
     }
@@ -789,7 +795,9 @@ impl GroupState {
         }
 
         let doomed = self.pods.values().find_map(|e| match &e.dead_container {
-            Some(c) if !e.kill_sent && !e.refused(now) => Some((e.view.name.clone(), c.clone())),
+            Some(c) if !e.kill_sent && !e.leaving() && !e.refused(now) => {
+                Some((e.view.name.clone(), c.clone()))
+            }
             _ => None,
         });
         if let Some((name, container)) = doomed {

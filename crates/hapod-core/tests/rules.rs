@@ -638,3 +638,34 @@ fn a_group_without_pods_is_empty_not_without_active() {
     let (_, first) = Ctl::acting([]);
     assert_eq!(first, [Action::Health(Health::Empty)]);
 }
+
+/// Item 7: a pod already on its way out (terminating, or Failed/Succeeded) whose critical
+/// container exits is not force-deleted (that would cut its grace period); it still loses the
+/// active role.
+#[test]
+fn no_kill_for_a_terminating_or_finished_pod() {
+    let exits_while = |change: fn(&mut hapod_core::PodView)| {
+        let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+        ctl.settle(first);
+        let ev = ctl
+            .api
+            .modify("a", |p| {
+                change(p);
+                p.critical[0].terminated = true;
+            })
+            .unwrap();
+        let first = ctl.feed(ev);
+        let all = ctl.settle(first);
+        assert!(
+            writes(&all)
+                .iter()
+                .all(|w| !matches!(w.kind, WriteKind::Delete { .. })),
+            "{all:?}"
+        );
+        assert_eq!(ctl.api.actives(), ["b"]);
+        assert_eq!(ctl.api.pods["a"].role_label.as_deref(), Some("standby"));
+    };
+    exits_while(|p| p.deleting = true);
+    exits_while(|p| p.phase = Phase::Failed);
+    exits_while(|p| p.phase = Phase::Succeeded);
+}
