@@ -217,8 +217,6 @@ pub enum Event {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct PodEntry {
     view: PodView,
-    /// Last restart count seen per critical container.
-    restarts_seen: BTreeMap<String, u32>,
     /// A critical container that died; sticky until the pod is gone.
     dead_container: Option<String>,
     /// Our delete was acknowledged; the pod is on its way out.
@@ -232,15 +230,9 @@ struct PodEntry {
 
 impl PodEntry {
     fn new(view: PodView) -> Self {
-        let restarts_seen = view
-            .critical
-            .iter()
-            .map(|c| (c.name.clone(), c.restart_count))
-            .collect();
-        let dead_container = view.visibly_dead_container().map(str::to_owned);
+        let dead_container = view.dead_container().map(str::to_owned);
         Self {
             view,
-            restarts_seen,
             dead_container,
             kill_sent: false,
             stale: false,
@@ -248,23 +240,10 @@ impl PodEntry {
         }
     }
 
-    /// Takes a newer version of the same pod, detecting restarts since the last one.
+    /// Takes a newer version of the same pod; a death seen once stays.
     fn observe(&mut self, view: PodView) {
         if self.dead_container.is_none() {
-            let restarted = view.critical.iter().find(|c| {
-                c.last_terminated
-                    && self
-                        .restarts_seen
-                        .get(&c.name)
-                        .is_some_and(|&seen| c.restart_count > seen)
-            });
-            self.dead_container = restarted
-                .map(|c| c.name.as_str())
-                .or_else(|| view.visibly_dead_container())
-                .map(str::to_owned);
-        }
-        for c in &view.critical {
-            self.restarts_seen.insert(c.name.clone(), c.restart_count);
+            self.dead_container = view.dead_container().map(str::to_owned);
         }
         self.view = view;
     }

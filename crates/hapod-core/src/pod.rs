@@ -86,7 +86,8 @@ impl Phase {
     }
 }
 
-/// Status of one critical container (non-critical containers are not kept).
+/// Status of one critical container (non-critical containers are not kept). It is dead
+/// when terminated, waiting in CrashLoopBackOff, or restarted at all (`restart_count > 0`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CriticalContainer {
     pub name: String,
@@ -100,9 +101,14 @@ pub struct CriticalContainer {
 }
 
 impl CriticalContainer {
-    /// Death visible in this status alone, without memory of earlier restart counts.
-    fn visibly_dead(&self) -> bool {
-        self.terminated || self.waiting_reason.as_deref() == Some("CrashLoopBackOff")
+    /// Dead: terminated, waiting in CrashLoopBackOff, or restarted at all. A critical
+    /// container is never supposed to restart in place, so every restart is a death the
+    /// controller must act on, whether it saw it happen or not (a pod the controller already
+    /// killed is gone or deleting, and deleting pods are not killed again).
+    fn dead(&self) -> bool {
+        self.terminated
+            || self.waiting_reason.as_deref() == Some("CrashLoopBackOff")
+            || self.restart_count > 0
     }
 }
 
@@ -142,16 +148,16 @@ impl PodView {
         self.pod_ips.first().copied()
     }
 
-    /// Eligibility, except the critical-container rule that needs memory (see `GroupState`).
+    /// Eligibility, except the critical-container rule, which is sticky (see `GroupState`).
     pub(crate) fn serving(&self) -> bool {
         self.phase == Phase::Running && self.ready && !self.deleting && !self.pod_ips.is_empty()
     }
 
-    /// Name of a critical container dead by this status alone.
-    pub(crate) fn visibly_dead_container(&self) -> Option<&str> {
+    /// Name of a dead critical container, see [`CriticalContainer`].
+    pub(crate) fn dead_container(&self) -> Option<&str> {
         self.critical
             .iter()
-            .find(|c| c.visibly_dead())
+            .find(|c| c.dead())
             .map(|c| c.name.as_str())
     }
 

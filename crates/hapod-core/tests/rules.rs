@@ -259,11 +259,7 @@ fn missing_from_relist_counts_as_deleted() {
 
 #[test]
 fn restart_count_rise_with_last_state_terminated_is_a_death() {
-    let mut restarted = pod("s", 2);
-    restarted.critical[0].last_terminated = true;
-    restarted.critical[0].restart_count = 4;
-    // First sighting of an old restart: not a death (it may be hours old).
-    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), restarted]);
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("s", 2)]);
     assert!(
         ctl.settle(first)
             .iter()
@@ -271,7 +267,10 @@ fn restart_count_rise_with_last_state_terminated_is_a_death() {
     );
     let ev = ctl
         .api
-        .modify("s", |p| p.critical[0].restart_count = 5)
+        .modify("s", |p| {
+            p.critical[0].restart_count = 1;
+            p.critical[0].last_terminated = true;
+        })
         .unwrap();
     let actions = ctl.feed(ev);
     let kill = single_write(&actions);
@@ -282,6 +281,35 @@ fn restart_count_rise_with_last_state_terminated_is_a_death() {
         }
     );
     assert_eq!((kill.pod.as_str(), kill.uid.as_str()), ("s", "s-uid"));
+}
+
+/// Item 8: a critical container never restarts in place, so a restart the controller did not
+/// see (it happened while no replica was watching) is a death all the same.
+#[test]
+fn restart_count_above_zero_on_first_sight_is_a_death() {
+    let mut restarted = pod("a", 1);
+    restarted.critical[0].restart_count = 4;
+    let (mut ctl, first) = Ctl::acting([active(restarted, Some(1)), pod("s", 2)]);
+    let demote = single_write(&first);
+    assert!(is_set_role(&demote, "a", Role::Standby));
+    let all = ctl.settle(first);
+    assert_eq!(promoted(&all)[0].2, PromotionReason::CriticalDeath);
+    assert!(all.iter().any(|a| matches!(a,
+        Action::Record(r) if r.kind == RecordKind::Killed { container: "crit".into() })));
+    assert_eq!(ctl.api.actives(), ["s"]);
+    assert!(!ctl.api.pods.contains_key("a"));
+}
+
+/// Item 8 with item 7: a deleting pod with restarts is not killed again.
+#[test]
+fn a_deleting_pod_with_restarts_is_not_killed() {
+    let mut restarted = pod("s", 2);
+    restarted.critical[0].restart_count = 1;
+    restarted.deleting = true;
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), restarted]);
+    let all = ctl.settle(first);
+    assert!(writes(&all).is_empty(), "{all:?}");
+    assert!(ctl.api.pods.contains_key("s"));
 }
 
 #[test]

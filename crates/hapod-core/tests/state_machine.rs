@@ -293,9 +293,11 @@ fn eligible(p: &PodView) -> bool {
         && p.ready
         && !p.deleting
         && !p.pod_ips.is_empty()
-        && p.critical
-            .iter()
-            .all(|c| !c.terminated && c.waiting_reason.as_deref() != Some("CrashLoopBackOff"))
+        && p.critical.iter().all(|c| {
+            !c.terminated
+                && c.waiting_reason.as_deref() != Some("CrashLoopBackOff")
+                && c.restart_count == 0
+        })
 }
 
 impl StateMachineTest for System {
