@@ -21,7 +21,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// After the API refused a write on a pod for good (403, 422), no write on that pod for this
 /// long.
 const REJECTED_PAUSE: Duration = Duration::from_secs(30);
-/// Deleted pod UIDs remembered so a late duplicate watch event cannot resurrect them.
+/// Pods that left the group, remembered so a late duplicate watch event cannot bring them back.
 const TOMBSTONES: usize = 64;
 
 /// Why a pod was promoted (metric label `reason`).
@@ -293,6 +293,20 @@ impl PodEntry {
     }
 }
 
+/// A pod that left the group: events about it up to `floor` (the resourceVersion at which it
+/// left) are late duplicates; a later one means it came back (relabeled into the group again).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Tombstone {
+    uid: String,
+    floor: String,
+}
+
+/// Whether `new` is strictly after `floor`, both read as integers; one that does not parse
+/// is not, so an odd apiserver cannot bring a deleted pod back.
+fn after_floor(new: &str, floor: &str) -> bool {
+    matches!((new.parse::<u64>(), floor.parse::<u64>()), (Ok(n), Ok(f)) if n > f)
+}
+
 /// Whether `new` is at least as recent as `old`. Resource versions are compared as integers
 /// (the apiserver's resource versions are comparable etcd revisions); one that does not parse
 /// is taken as newer, so an odd apiserver degrades to "last event wins".
@@ -325,7 +339,7 @@ struct InFlight {
 pub struct GroupState {
     config: Arc<Config>,
     pods: BTreeMap<String, PodEntry>,
-    tombstones: VecDeque<String>,
+    tombstones: VecDeque<Tombstone>,
     /// Controller term while this replica acts.
     term: Option<u32>,
     /// Last sequence used in `term`.
@@ -407,8 +421,12 @@ impl GroupState {
     }
 
     fn upsert(&mut self, view: PodView, now: Instant) {
-        if self.tombstones.contains(&view.uid) {
-            return;
+        if let Some(i) = self.tombstones.iter().position(|t| t.uid == view.uid) {
+            if !after_floor(&view.resource_version, &self.tombstones[i].floor) {
+                return;
+            }
+            // It rejoined the group: a new member from here on.
+            self.tombstones.remove(i);
         }
         self.highest_epoch = self.highest_epoch.max(view.epoch.unwrap_or(0));
         match self.pods.get_mut(&view.name) {
@@ -421,7 +439,7 @@ impl GroupState {
             Some(_) => {
                 // The name was reused by a new pod: the old one is gone.
                 let name = view.name.clone();
-                self.forget(&name, now);
+                self.forget(&name, None, now);
                 self.pods.insert(name, PodEntry::new(view));
             }
             None => {
@@ -430,8 +448,9 @@ impl GroupState {
         }
     }
 
-    /// Drops a pod that no longer exists; losing the active starts a failover.
-    fn forget(&mut self, name: &str, now: Instant) {
+    /// Drops a pod that left the group at `resource_version` (`None`: unknown, the last one
+    /// seen counts); losing the active starts a failover.
+    fn forget(&mut self, name: &str, resource_version: Option<String>, now: Instant) {
         let Some(entry) = self.pods.remove(name) else {
             return;
         };
@@ -444,7 +463,10 @@ impl GroupState {
         if self.tombstones.len() == TOMBSTONES {
             self.tombstones.pop_front();
         }
-        self.tombstones.push_back(entry.view.uid);
+        self.tombstones.push_back(Tombstone {
+            floor: resource_version.unwrap_or(entry.view.resource_version),
+            uid: entry.view.uid,
+        });
     }
 
     fn resync(&mut self, snapshot: Vec<PodView>, now: Instant) {
@@ -461,7 +483,7 @@ impl GroupState {
             .map(|e| e.view.name.clone())
             .collect();
         for name in missing {
-            self.forget(&name, now);
+            self.forget(&name, None, now);
         }
         for view in snapshot {
             self.upsert(view, now);
@@ -527,7 +549,7 @@ impl GroupState {
                     .get(&write.pod)
                     .is_some_and(|e| e.view.uid == write.uid)
                 {
-                    self.forget(&write.pod, now);
+                    self.forget(&write.pod, None, now);
                 }
             }
             WriteOutcome::Rejected { code } => {
@@ -836,9 +858,13 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     let mut out = Vec::new();
     match event {
         Event::Applied(view) => state.upsert(view, now),
-        Event::Deleted { name, uid, .. } => {
+        Event::Deleted {
+            name,
+            uid,
+            resource_version,
+        } => {
             if state.pods.get(&name).is_some_and(|e| e.view.uid == uid) {
-                state.forget(&name, now);
+                state.forget(&name, resource_version, now);
             }
         }
         Event::Resync { pods } => state.resync(pods, now),

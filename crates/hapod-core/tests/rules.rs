@@ -697,3 +697,28 @@ fn no_kill_for_a_terminating_or_finished_pod() {
     exits_while(|p| p.phase = Phase::Failed);
     exits_while(|p| p.phase = Phase::Succeeded);
 }
+
+/// Item 1: the active is relabeled out of the group (the group sees it deleted, promotes
+/// another) and back in with the same UID: it rejoins and is demoted next to the new active.
+#[test]
+fn an_active_that_leaves_and_rejoins_the_group_is_demoted() {
+    let (mut ctl, first) = Ctl::acting([pod("p", 1), pod("q", 2)]);
+    ctl.settle(first);
+    let left = ctl.api.pods["p"].clone();
+    let ev = ctl.api.remove("p").unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.state.actives(), ["q"]);
+    // A late duplicate from before it left is still dropped.
+    assert!(ctl.feed(Event::Applied(left.clone())).is_empty());
+    let back = ctl.api.put(left);
+    let actions = ctl.feed(back);
+    let demote = single_write(&actions);
+    assert!(is_set_role(&demote, "p", Role::Standby), "{actions:?}");
+    let all = ctl.settle(actions);
+    let n = notifies(&all);
+    assert_eq!(n.len(), 1, "{all:?}");
+    assert_eq!((n[0].pod.as_str(), n[0].role), ("p", Role::Standby));
+    assert_eq!(ctl.api.actives(), ["q"]);
+    assert_eq!(ctl.state.actives(), ["q"]);
+}
