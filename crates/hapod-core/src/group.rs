@@ -3,7 +3,7 @@
 //! flight at a time; the next step is planned only when its outcome is fed back, which is
 //! what makes "demote, then promote" hold: the promote is issued after the demote is acked.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -344,8 +344,11 @@ pub struct GroupState {
     term: Option<u32>,
     /// Last sequence used in `term`.
     seq: u32,
-    /// Highest epoch issued or seen in the group, kept after the pod carrying it is gone.
+    /// Highest epoch issued by this process, or carried by an active pod that left while this
+    /// replica acted (in its term or before): the allocation floor once the pod is gone.
     highest_epoch: u64,
+    /// Epochs of a term above the acting one already reported, by pod UID, in this term.
+    future_reported: BTreeSet<(String, u64)>,
     next_op: OpId,
     in_flight: Option<InFlight>,
     paused_until: Option<Instant>,
@@ -365,6 +368,7 @@ impl GroupState {
             term: None,
             seq: 0,
             highest_epoch: 0,
+            future_reported: BTreeSet::new(),
             next_op: 1,
             in_flight: None,
             paused_until: None,
@@ -428,7 +432,6 @@ impl GroupState {
             // It rejoined the group: a new member from here on.
             self.tombstones.remove(i);
         }
-        self.highest_epoch = self.highest_epoch.max(view.epoch.unwrap_or(0));
         match self.pods.get_mut(&view.name) {
             Some(entry) if entry.view.uid == view.uid => {
                 if at_least_as_recent(&view.resource_version, &entry.view.resource_version) {
@@ -454,12 +457,21 @@ impl GroupState {
         let Some(entry) = self.pods.remove(name) else {
             return;
         };
-        if entry.role(&self.config) == Role::Active && self.trigger.is_none() {
-            self.trigger = Some(Trigger {
-                at: now,
-                reason: PromotionReason::Deleted,
-            });
+        if entry.role(&self.config) == Role::Active {
+            if let (Some(term), Some(epoch)) = (self.term, entry.view.epoch)
+                && epoch::term_of(epoch) <= term
+            {
+                self.highest_epoch = self.highest_epoch.max(epoch);
+            }
+            if self.trigger.is_none() {
+                self.trigger = Some(Trigger {
+                    at: now,
+                    reason: PromotionReason::Deleted,
+                });
+            }
         }
+        self.future_reported
+            .retain(|(uid, _)| *uid != entry.view.uid);
         if self.tombstones.len() == TOMBSTONES {
             self.tombstones.pop_front();
         }
@@ -501,6 +513,7 @@ impl GroupState {
         self.paused_until = None;
         self.failures = 0;
         self.announced = false;
+        self.future_reported.clear();
         self.health = None;
     }
 
@@ -667,18 +680,50 @@ impl GroupState {
         }
     }
 
-    /// Next epoch for the group in `term`: above every epoch issued or seen in the group.
-    /// `None` when one belongs to a newer term: a newer replica acts, this one must not.
+    /// Next epoch for the group in `term`: above every epoch of `term` issued by this process
+    /// or carried by an active pod. Older terms' epochs are below it by construction. One of a
+    /// newer term cannot be legitimate while this replica holds the Lease: it is reported
+    /// (see `report_future_epochs`) and ignored, so failover goes on. Epochs on pods not
+    /// labeled active never count: they are left over from earlier promotions. `None` only
+    /// when the sequence of `term` is exhausted.
     fn allocate_epoch(&mut self, term: u32) -> Option<u64> {
-        let floor = self.highest_epoch;
-        let used = match epoch::term_of(floor).cmp(&term) {
-            std::cmp::Ordering::Greater => return None,
-            std::cmp::Ordering::Equal => epoch::seq_of(floor),
-            std::cmp::Ordering::Less => 0,
-        };
+        let config = Arc::clone(&self.config);
+        let used = self
+            .pods
+            .values()
+            .filter(|e| e.role(&config) == Role::Active)
+            .filter_map(|e| e.view.epoch)
+            .chain([self.highest_epoch])
+            .filter(|&e| epoch::term_of(e) == term)
+            .map(epoch::seq_of)
+            .max()
+            .unwrap_or(0);
         self.seq = self.seq.max(used).checked_add(1)?;
-        self.highest_epoch = epoch::compose(term, self.seq);
-        Some(self.highest_epoch)
+        let fresh = epoch::compose(term, self.seq);
+        self.highest_epoch = self.highest_epoch.max(fresh);
+        Some(fresh)
+    }
+
+    /// Reports, once per pod and epoch while acting, an active pod whose epoch belongs to a
+    /// term above the acting one.
+    fn report_future_epochs(&mut self, out: &mut Vec<Action>) {
+        let Some(term) = self.term else {
+            return;
+        };
+        for entry in self.pods.values() {
+            let Some(epoch) = entry.view.epoch else {
+                continue;
+            };
+            if entry.role(&self.config) == Role::Active
+                && epoch::term_of(epoch) > term
+                && self.future_reported.insert((entry.view.uid.clone(), epoch))
+            {
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::FutureEpoch { epoch },
+                }));
+            }
+        }
     }
 
     fn issue(&mut self, entry_name: &str, kind: WriteKind, out: &mut Vec<Action>) {
@@ -881,6 +926,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
     }
     state.observe_trigger(now);
+    state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);
     out

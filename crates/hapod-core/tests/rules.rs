@@ -568,22 +568,22 @@ fn standby_replica_never_writes_and_takes_over_on_leadership() {
 }
 
 #[test]
-fn epochs_increase_within_and_across_terms_and_respect_annotations() {
-    // A pod carries an epoch of this term from an earlier incarnation: go above it.
+fn epochs_increase_within_and_across_terms() {
+    // A standby's epoch (left from an earlier promotion) does not count.
     let (mut ctl, first) = Ctl::acting([pod("a", 1), {
         let mut b = pod("b", 2);
         b.epoch = Some(epoch::compose(1, 7));
         b
     }]);
     ctl.settle(first);
-    assert_eq!(ctl.api.promotions, [epoch::compose(1, 8)]);
+    assert_eq!(ctl.api.promotions, [epoch::compose(1, 1)]);
     let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
     let actions = ctl.feed(ev);
     ctl.settle(actions);
-    // Standby notification took 1.9, the promotion 1.10.
+    // Standby notification took 1.2, the promotion 1.3.
     assert_eq!(
         ctl.api.promotions,
-        [epoch::compose(1, 8), epoch::compose(1, 10)]
+        [epoch::compose(1, 1), epoch::compose(1, 3)]
     );
     // New term after a controller failover.
     ctl.feed(Event::Leadership(Some(2)));
@@ -610,11 +610,65 @@ fn epochs_stay_above_those_of_deleted_pods() {
 }
 
 #[test]
-fn a_newer_term_on_a_pod_stops_a_stale_replica() {
+fn an_epoch_on_a_standby_never_raises_the_floor() {
     let mut b = pod("b", 2);
     b.epoch = Some(epoch::compose(5, 1));
-    let (_, first) = Ctl::acting([pod("a", 1), b]);
-    assert!(writes(&first).is_empty());
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), b]);
+    ctl.settle(first);
+    assert_eq!(ctl.api.promotions, [epoch::compose(1, 1)]);
+}
+
+/// Item 5: one active carrying an epoch of a term above the acting one (nobody can have
+/// issued it while this replica holds the Lease) is reported once; failover goes on with
+/// epochs of the acting term.
+#[test]
+fn a_future_epoch_on_the_active_is_reported_and_failover_goes_on() {
+    let future = epoch::compose(9, 1);
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(future)), pod("b", 2)]);
+    let mut all = ctl.settle(first);
+    all.extend(ctl.feed(Event::Tick));
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let actions = ctl.feed(ev);
+    all.extend(ctl.settle(actions));
+    assert_eq!(ctl.api.actives(), ["b"]);
+    assert_eq!(ctl.api.promotions, [epoch::compose(1, 2)]);
+    let reports: Vec<_> = all
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(r) if matches!(r.kind, RecordKind::FutureEpoch { .. }) => {
+                Some((r.pod.as_ref().unwrap().name.as_str(), r.kind.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports, [("a", RecordKind::FutureEpoch { epoch: future })]);
+}
+
+/// Contract item 5: a recreated group continues above the epochs issued before.
+#[test]
+fn a_recreated_group_continues_above_its_epoch_floor() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1)]);
+    ctl.settle(first);
+    let floor = ctl.state.highest_epoch();
+    assert_eq!(floor, epoch::compose(1, 1));
+    let mut fresh = hapod_core::GroupState::new(Default::default()).with_epoch_floor(floor);
+    let now = ctl.now;
+    hapod_core::decide(
+        &mut fresh,
+        Event::Resync {
+            pods: vec![pod("b", 2)],
+        },
+        now,
+    );
+    let w = single_write(&hapod_core::decide(
+        &mut fresh,
+        Event::Leadership(Some(1)),
+        now,
+    ));
+    assert!(
+        matches!(w.kind, WriteKind::SetRole { epoch: Some(e), .. } if e == epoch::compose(1, 2))
+    );
+    assert_eq!(fresh.highest_epoch(), epoch::compose(1, 2));
 }
 
 #[test]
