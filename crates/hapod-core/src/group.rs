@@ -767,9 +767,10 @@ impl GroupState {
         self.issue(name, kind, out);
     }
 
-    /// Issues the next write the group needs, most urgent first: demote a second or ineligible
-    /// active, promote when none is left, kill pods with a dead critical container, repair
-    /// wrong labels. Nothing while another write is in flight, while paused, or while standby.
+    /// Issues the next write the group needs, most urgent first, so a lost active is always
+    /// handled before kills and label repairs. Each phase answers whether the group now waits
+    /// (a write issued, or one it must wait for). Nothing while another write is in flight,
+    /// while paused, or while standby.
     fn plan(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(term) = self.term else {
             return;
@@ -778,84 +779,119 @@ impl GroupState {
             return;
         }
         self.paused_until = None;
-        let config = Arc::clone(&self.config);
         let keep = self.eligible_active().map(|e| e.view.name.clone());
-
-        let victim = self
-            .pods
-            .values()
-            .find(|e| e.role(&config) == Role::Active && Some(&e.view.name) != keep.as_ref());
-        if let Some(victim) = victim {
-            // A victim that cannot be written now is waited for: promoting meanwhile could
-            // make two actives.
-            if victim.writable(now) {
-                let name = victim.view.name.clone();
-                self.set_role(&name, Role::Standby, None, Purpose::Demote, out);
-            }
+        let keep = keep.as_deref();
+        if self.demote_extra_active(keep, now, out)
+            || self.promote(keep, term, now, out)
+            || self.announce_kept_active(keep, out)
+            || self.kill_dead_critical(now, out)
+        {
             return;
         }
+        self.repair_labels(now, out);
+    }
 
-        match keep {
-            None => {
-                let candidate = self
-                    .pods
-                    .values()
-                    .filter(|e| e.eligible() && !e.refused(now))
-                    .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
-                    .map(|e| (e.view.name.clone(), e.stale));
-                if let Some((name, stale)) = candidate {
-                    // A stale candidate waits for its refresh rather than handing the role to
-                    // another pod: the choice stays "the oldest eligible".
-                    if stale {
-                        return;
-                    }
-                    let Some(epoch) = self.allocate_epoch(term) else {
-                        return;
-                    };
-                    let reason = self.trigger.map_or(PromotionReason::Initial, |t| t.reason);
-                    self.set_role(
-                        &name,
-                        Role::Active,
-                        Some(epoch),
-                        Purpose::Promote(reason),
-                        out,
-                    );
-                    return;
-                }
-            }
-            Some(name) if !self.announced => {
-                // Taking over (start or new term): the kept active may have missed its
-                // notification when the previous replica stopped between write and send.
-                self.announced = true;
-                let entry = &self.pods[&name];
-                if let (Some(ip), Some(epoch)) = (entry.view.primary_ip(), entry.view.epoch) {
-                    out.push(Action::Notify(Notify {
-                        pod: name,
-                        ip,
-                        role: Role::Active,
-                        epoch,
-                    }));
-                }
-            }
-            Some(_) => {}
+    /// Demotes an active pod other than `keep` (a second active, or one that must give up).
+    fn demote_extra_active(
+        &mut self,
+        keep: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(victim) = self
+            .pods
+            .values()
+            .find(|e| e.role(&self.config) == Role::Active && Some(e.view.name.as_str()) != keep)
+        else {
+            return false;
+        };
+        // A victim that cannot be written now is waited for: promoting meanwhile could make
+        // two actives.
+        if victim.writable(now) {
+            let name = victim.view.name.clone();
+            self.set_role(&name, Role::Standby, None, Purpose::Demote, out);
         }
+        true
+    }
 
+    /// Promotes the oldest eligible pod when no active is kept.
+    fn promote(
+        &mut self,
+        keep: Option<&str>,
+        term: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if keep.is_some() {
+            return false;
+        }
+        let Some(candidate) = self.successor(now) else {
+            return false;
+        };
+        // A stale candidate waits for its refresh rather than handing the role to another
+        // pod: the choice stays "the oldest eligible".
+        if candidate.stale {
+            return true;
+        }
+        let name = candidate.view.name.clone();
+        let Some(epoch) = self.allocate_epoch(term) else {
+            return true;
+        };
+        let reason = self.trigger.map_or(PromotionReason::Initial, |t| t.reason);
+        self.set_role(
+            &name,
+            Role::Active,
+            Some(epoch),
+            Purpose::Promote(reason),
+            out,
+        );
+        true
+    }
+
+    /// Taking over (start or new term): the kept active may have missed its notification when
+    /// the previous replica stopped between write and send.
+    fn announce_kept_active(&mut self, keep: Option<&str>, out: &mut Vec<Action>) -> bool {
+        let Some(name) = keep else {
+            return false;
+        };
+        if self.announced {
+            return false;
+        }
+        self.announced = true;
+        let entry = &self.pods[name];
+        if let (Some(ip), Some(epoch)) = (entry.view.primary_ip(), entry.view.epoch) {
+            out.push(Action::Notify(Notify {
+                pod: name.to_owned(),
+                ip,
+                role: Role::Active,
+                epoch,
+            }));
+        }
+        false
+    }
+
+    /// Deletes a pod with a dead critical container, unless it is already on its way out.
+    fn kill_dead_critical(&mut self, now: Instant, out: &mut Vec<Action>) -> bool {
         let doomed = self.pods.values().find_map(|e| match &e.dead_container {
             Some(c) if !e.kill_sent && !e.leaving() && !e.refused(now) => {
                 Some((e.view.name.clone(), c.clone()))
             }
             _ => None,
         });
-        if let Some((name, container)) = doomed {
-            self.issue(&name, WriteKind::Delete { container }, out);
-            return;
-        }
+        let Some((name, container)) = doomed else {
+            return false;
+        };
+        self.issue(&name, WriteKind::Delete { container }, out);
+        true
+    }
 
+    /// Labels standby a live pod whose role label is missing or wrong.
+    fn repair_labels(&mut self, now: Instant, out: &mut Vec<Action>) {
         let mislabeled = self
             .pods
             .values()
             .find(|e| {
-                e.role(&config) == Role::Other
+                e.role(&self.config) == Role::Other
                     && !e.view.deleting
                     && e.dead_container.is_none()
                     && e.writable(now)
@@ -864,6 +900,15 @@ impl GroupState {
         if let Some(name) = mislabeled {
             self.set_role(&name, Role::Standby, None, Purpose::Repair, out);
         }
+    }
+
+    /// The pod to promote when no active is kept: the oldest eligible one that the API has
+    /// not refused.
+    fn successor(&self, now: Instant) -> Option<&PodEntry> {
+        self.pods
+            .values()
+            .filter(|e| e.eligible() && !e.refused(now))
+            .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
     }
 
     /// Reports a change of health; the no-eligible record only from the acting replica, and
