@@ -270,6 +270,14 @@ impl PodEntry {
         self.view.serving() && self.dead_container.is_none() && !self.kill_sent
     }
 
+    /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or
+    /// Unknown): such an active still serves better than none, so it keeps the role until a
+    /// successor can take over. The hard reasons (leaving, a dead critical container, a kill
+    /// sent) lose the role at once.
+    fn softly_ineligible(&self) -> bool {
+        !self.eligible() && !self.leaving() && self.dead_container.is_none() && !self.kill_sent
+    }
+
     /// Why an active pod that is not eligible has to give up the role.
     fn loss_reason(&self) -> PromotionReason {
         if self.view.deleting {
@@ -411,17 +419,36 @@ impl GroupState {
             .collect()
     }
 
+    /// The eligible active with the highest epoch, then the oldest.
     fn eligible_active(&self) -> Option<&PodEntry> {
-        // Highest epoch first, then the oldest: the rule for keeping one of two actives.
+        self.best_active(PodEntry::eligible)
+    }
+
+    /// Of the active pods passing `filter`, the one with the highest epoch, then the oldest:
+    /// the rule for keeping one of two actives.
+    fn best_active(&self, filter: impl Fn(&PodEntry) -> bool) -> Option<&PodEntry> {
         self.pods
             .values()
-            .filter(|e| e.role(&self.config) == Role::Active && e.eligible())
+            .filter(|e| e.role(&self.config) == Role::Active && filter(e))
             .max_by(|a, b| {
                 a.view
                     .epoch
                     .cmp(&b.view.epoch)
                     .then_with(|| b.view.age_key().cmp(&a.view.age_key()))
             })
+    }
+
+    /// The active pod that keeps the role: the eligible one; failing that, a softly
+    /// ineligible one while no successor can be promoted at once (demoting it would leave the
+    /// group without any active).
+    fn kept_active(&self, now: Instant) -> Option<&PodEntry> {
+        self.eligible_active().or_else(|| {
+            if self.successor(now).is_some_and(|e| e.writable(now)) {
+                None
+            } else {
+                self.best_active(PodEntry::softly_ineligible)
+            }
+        })
     }
 
     fn upsert(&mut self, view: PodView, now: Instant) {
@@ -779,7 +806,7 @@ impl GroupState {
             return;
         }
         self.paused_until = None;
-        let keep = self.eligible_active().map(|e| e.view.name.clone());
+        let keep = self.kept_active(now).map(|e| e.view.name.clone());
         let keep = keep.as_deref();
         if self.demote_extra_active(keep, now, out)
             || self.promote(keep, term, now, out)
@@ -849,9 +876,9 @@ impl GroupState {
     }
 
     /// Taking over (start or new term): the kept active may have missed its notification when
-    /// the previous replica stopped between write and send.
+    /// the previous replica stopped between write and send. Only an eligible one is told.
     fn announce_kept_active(&mut self, keep: Option<&str>, out: &mut Vec<Action>) -> bool {
-        let Some(name) = keep else {
+        let Some(name) = keep.filter(|name| self.pods[*name].eligible()) else {
             return false;
         };
         if self.announced {

@@ -776,3 +776,51 @@ fn an_active_that_leaves_and_rejoins_the_group_is_demoted() {
     assert_eq!(ctl.api.actives(), ["q"]);
     assert_eq!(ctl.state.actives(), ["q"]);
 }
+
+/// Item 9: an active that is merely unready stays active while no pod can take over, and is
+/// replaced as soon as one can; the latency counts from the loss.
+#[test]
+fn an_unready_active_stays_until_a_successor_can_take_over() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1))]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let actions = ctl.feed(ev);
+    assert!(writes(&actions).is_empty(), "{actions:?}");
+    assert!(actions.contains(&Action::Health(Health::NoActive { eligible: false })));
+    assert_eq!(ctl.api.actives(), ["a"]);
+    ctl.now += Duration::from_millis(40);
+    let ev = ctl.api.put(pod("b", 2));
+    let actions = ctl.feed(ev);
+    assert!(is_set_role(&single_write(&actions), "a", Role::Standby));
+    let all = ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["b"]);
+    assert!(all.iter().any(|a| matches!(a,
+        Action::Record(r) if matches!(r.kind, RecordKind::Promoted {
+            reason: PromotionReason::NotReady,
+            latency: Some(l),
+            ..
+        } if l == Duration::from_millis(40)))));
+}
+
+/// Item 9: a hard loss (terminating) is demoted even with no successor.
+#[test]
+fn a_terminating_active_is_demoted_even_without_successor() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1))]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("a", |p| p.deleting = true).unwrap();
+    let actions = ctl.feed(ev);
+    assert!(is_set_role(&single_write(&actions), "a", Role::Standby));
+}
+
+/// Item 9: two softly ineligible actives and no successor: one is kept, never both.
+#[test]
+fn of_two_unready_actives_without_successor_one_is_kept() {
+    let mut a = active(pod("a", 1), Some(epoch::compose(1, 2)));
+    a.ready = false;
+    let mut b = active(pod("b", 2), Some(epoch::compose(1, 3)));
+    b.pod_ips.clear();
+    let (mut ctl, first) = Ctl::acting([a, b]);
+    assert!(is_set_role(&single_write(&first), "a", Role::Standby));
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["b"]);
+}
