@@ -362,8 +362,8 @@ pub struct GroupState {
     paused_until: Option<Instant>,
     failures: u32,
     trigger: Option<Trigger>,
-    /// The kept active pod was notified in this term.
-    announced: bool,
+    /// Active pods (UID, epoch) this replica told they are active, in this term.
+    announced: BTreeSet<(String, u64)>,
     health: Option<Health>,
 }
 
@@ -382,7 +382,7 @@ impl GroupState {
             paused_until: None,
             failures: 0,
             trigger: None,
-            announced: false,
+            announced: BTreeSet::new(),
             health: None,
         }
     }
@@ -499,6 +499,7 @@ impl GroupState {
         }
         self.future_reported
             .retain(|(uid, _)| *uid != entry.view.uid);
+        self.announced.retain(|(uid, _)| *uid != entry.view.uid);
         if self.tombstones.len() == TOMBSTONES {
             self.tombstones.pop_front();
         }
@@ -539,7 +540,7 @@ impl GroupState {
         self.in_flight = None;
         self.paused_until = None;
         self.failures = 0;
-        self.announced = false;
+        self.announced.clear();
         self.future_reported.clear();
         self.health = None;
     }
@@ -659,15 +660,7 @@ impl GroupState {
                     Purpose::Promote(reason) => {
                         let epoch = epoch.unwrap_or_default();
                         let latency = self.trigger.take().map(|t| now.duration_since(t.at));
-                        self.announced = true;
-                        if let Some(ip) = ip {
-                            out.push(Action::Notify(Notify {
-                                pod: pod.name.clone(),
-                                ip,
-                                role: Role::Active,
-                                epoch,
-                            }));
-                        }
+                        self.announce(&pod, ip, epoch, out);
                         out.push(Action::Record(Record {
                             pod: Some(pod),
                             kind: RecordKind::Promoted {
@@ -678,6 +671,8 @@ impl GroupState {
                         }));
                     }
                     Purpose::Demote => {
+                        // Told standby: a later active role must be announced again.
+                        self.announced.retain(|(uid, _)| *uid != pod.uid);
                         // A fresh epoch, above the one it was promoted with, so the pod's
                         // agent takes the standby order as newer than its last active order.
                         let epoch = self.term.and_then(|t| self.allocate_epoch(t));
@@ -694,7 +689,15 @@ impl GroupState {
                             kind: RecordKind::Demoted,
                         }));
                     }
-                    Purpose::Repair | Purpose::Adopt => {}
+                    Purpose::Adopt => {
+                        let epoch = epoch.unwrap_or_default();
+                        self.announce(&pod, ip, epoch, out);
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Adopted { epoch },
+                        }));
+                    }
+                    Purpose::Repair => {}
                 }
             }
             WriteKind::Delete { container } => {
@@ -810,7 +813,7 @@ impl GroupState {
         let keep = keep.as_deref();
         if self.demote_extra_active(keep, now, out)
             || self.promote(keep, term, now, out)
-            || self.announce_kept_active(keep, out)
+            || self.announce_kept_active(keep, term, now, out)
             || self.kill_dead_critical(now, out)
         {
             return;
@@ -875,26 +878,50 @@ impl GroupState {
         true
     }
 
-    /// Taking over (start or new term): the kept active may have missed its notification when
-    /// the previous replica stopped between write and send. Only an eligible one is told.
-    fn announce_kept_active(&mut self, keep: Option<&str>, out: &mut Vec<Action>) -> bool {
-        let Some(name) = keep.filter(|name| self.pods[*name].eligible()) else {
+    /// Makes sure the kept active knows it is active, once per (pod, epoch) in this term: the
+    /// previous replica may have stopped between write and send, or the pod became the kept
+    /// active without this replica promoting it (a second active kept, a pod that rejoined).
+    /// One without an epoch first gets one written, so its agent can order its orders. Only
+    /// an eligible active is told.
+    fn announce_kept_active(
+        &mut self,
+        keep: Option<&str>,
+        term: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(entry) = keep.map(|name| &self.pods[name]).filter(|e| e.eligible()) else {
             return false;
         };
-        if self.announced {
-            return false;
+        let Some(epoch) = entry.view.epoch else {
+            if !entry.writable(now) {
+                return false;
+            }
+            let name = entry.view.name.clone();
+            let Some(epoch) = self.allocate_epoch(term) else {
+                return false;
+            };
+            self.set_role(&name, Role::Active, Some(epoch), Purpose::Adopt, out);
+            return true;
+        };
+        if !self.announced.contains(&(entry.view.uid.clone(), epoch)) {
+            let (pod, ip) = (entry.pod_ref(), entry.view.primary_ip());
+            self.announce(&pod, ip, epoch, out);
         }
-        self.announced = true;
-        let entry = &self.pods[name];
-        if let (Some(ip), Some(epoch)) = (entry.view.primary_ip(), entry.view.epoch) {
+        false
+    }
+
+    /// Tells `pod` it is active with `epoch` (when it has an address to be told at).
+    fn announce(&mut self, pod: &PodRef, ip: Option<IpAddr>, epoch: u64, out: &mut Vec<Action>) {
+        self.announced.insert((pod.uid.clone(), epoch));
+        if let Some(ip) = ip {
             out.push(Action::Notify(Notify {
-                pod: name.to_owned(),
+                pod: pod.name.clone(),
                 ip,
                 role: Role::Active,
                 epoch,
             }));
         }
-        false
     }
 
     /// Deletes a pod with a dead critical container, unless it is already on its way out.

@@ -824,3 +824,58 @@ fn of_two_unready_actives_without_successor_one_is_kept() {
     ctl.settle(first);
     assert_eq!(ctl.api.actives(), ["b"]);
 }
+
+/// Item 13: a kept active this replica did not promote is told, even after the replica
+/// announced another pod in the same term.
+#[test]
+fn a_kept_active_not_promoted_here_is_notified() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    ctl.settle(first);
+    // Another writer labels "b" active with a higher epoch: "b" is kept, "a" demoted.
+    let later = epoch::compose(1, 5);
+    let ev = ctl
+        .api
+        .modify("b", |p| {
+            p.role_label = Some("active".into());
+            p.epoch = Some(later);
+        })
+        .unwrap();
+    let actions = ctl.feed(ev);
+    let all = ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["b"]);
+    let told: Vec<_> = notifies(&all)
+        .iter()
+        .map(|n| (n.pod.as_str(), n.role, n.epoch))
+        .filter(|n| n.1 == Role::Active)
+        .collect();
+    assert_eq!(told, [("b", Role::Active, later)]);
+}
+
+/// Item 13: a kept active without an epoch gets one written (fenced as every role write),
+/// then is told.
+#[test]
+fn a_kept_active_without_epoch_is_adopted() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), None), pod("b", 2)]);
+    let w = single_write(&first);
+    assert_eq!(
+        w.kind,
+        WriteKind::SetRole {
+            resource_version: ctl.api.pods["a"].resource_version.clone(),
+            role: Role::Active,
+            epoch: Some(epoch::compose(1, 1)),
+            purpose: Purpose::Adopt,
+        }
+    );
+    let (actions, _) = ctl.answer(&w);
+    let n = notifies(&actions);
+    assert_eq!(n.len(), 1);
+    assert_eq!(
+        (n[0].pod.as_str(), n[0].role, n[0].epoch),
+        ("a", Role::Active, epoch::compose(1, 1))
+    );
+    assert!(actions.iter().any(|a| matches!(a,
+        Action::Record(r) if r.kind == RecordKind::Adopted { epoch: epoch::compose(1, 1) })));
+    assert_eq!(ctl.api.pods["a"].epoch, Some(epoch::compose(1, 1)));
+    assert!(writes(&ctl.settle(actions)).is_empty());
+    assert_eq!(ctl.api.actives(), ["a"]);
+}
