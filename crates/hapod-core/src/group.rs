@@ -1007,7 +1007,15 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
             uid,
             resource_version,
         } => {
-            if state.pods.get(&name).is_some_and(|e| e.view.uid == uid) {
+            // A deletion older than the view held is stale: a re-read of the pod back in the
+            // group overtook the watch event of it leaving.
+            let current = state.pods.get(&name).is_some_and(|e| {
+                e.view.uid == uid
+                    && resource_version
+                        .as_deref()
+                        .is_none_or(|rv| at_least_as_recent(rv, &e.view.resource_version))
+            });
+            if current {
                 state.forget(&name, resource_version, now);
             }
         }

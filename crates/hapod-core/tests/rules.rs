@@ -879,3 +879,26 @@ fn a_kept_active_without_epoch_is_adopted() {
     assert!(writes(&ctl.settle(actions)).is_empty());
     assert_eq!(ctl.api.actives(), ["a"]);
 }
+
+/// Item 1: a deletion older than the view already held (a re-read of the pod back in the group
+/// overtook the watch event of it leaving) is stale: the pod stays, so a promotion of it that
+/// lands is not mistaken for nothing.
+#[test]
+fn a_deletion_older_than_the_view_is_ignored() {
+    let (mut ctl, first) = Ctl::acting([pod("a", 1), pod("b", 2)]);
+    let promote = single_write(&first);
+    let view = ctl.api.pods["a"].clone();
+    let left = ctl.api.remove("a").unwrap();
+    let Event::Applied(back) = ctl.api.put(view) else {
+        unreachable!()
+    };
+    let (actions, _) = ctl.answer(&promote);
+    assert_eq!(writes(&actions).len(), 0);
+    // The re-read (pod back in the group) arrives before the watch event of it leaving.
+    let retry = single_write(&ctl.feed(Event::Applied(back)));
+    assert!(is_set_role(&retry, "a", Role::Active));
+    assert!(ctl.feed(left).is_empty());
+    let all = ctl.settle(vec![Action::Write(retry)]);
+    assert_eq!(ctl.api.actives(), ["a"]);
+    assert_eq!(promoted(&all).len(), 1, "{all:?}");
+}
