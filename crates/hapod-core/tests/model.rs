@@ -1,18 +1,21 @@
 //! Exhaustive model check (stateright) of two controller replicas running the real core
 //! against one API server: watch events delayed, reordered and duplicated per replica, write
 //! requests and their answers delayed, resourceVersion compare-and-swap on every role write,
-//! pods failing, and leadership moving between the replicas. Property: at most one pod is
-//! labeled active, in every reachable state.
+//! pods failing, pods leaving the group and rejoining it, and leadership lost and then taken
+//! by either replica (the other, or the same one again). Property: at most one pod is labeled
+//! active, in every reachable state, apart from a pod a user brought back into the group still
+//! labeled active (until a write resolves it).
 //!
 //! Leadership assumption (what the election's fencing provides): the Lease moves only when the
 //! old holder has no write in flight (it stops writing at its renew deadline, before the lease
 //! can expire for the other), and a new holder re-lists the pods (a new watch) before acting.
 //!
-//! The default bound (one fault, one duplicate, one handover) runs in well under a minute;
-//! `MODEL_FAULTS=2` explores two faults (minutes).
+//! The default bound (one fault, one duplicate, one leadership loss) runs in well under a
+//! minute; `MODEL_FAULTS=2` explores two faults (minutes).
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
@@ -28,6 +31,8 @@ struct World {
     /// Pods by name in the API, with the API's revision counter.
     pods: Vec<hapod_core::PodView>,
     revision: u64,
+    /// See [`FakeApi::rejoined`].
+    rejoined: BTreeSet<String>,
     replicas: [GroupState; 2],
     leader: usize,
     term: u32,
@@ -51,7 +56,11 @@ enum Step {
     NotReady(usize),
     Delete(usize),
     Touch(usize),
-    Handover,
+    Leave(usize),
+    Rejoin(usize),
+    /// The leader loses the Lease and replica `r` (the other one, or the same one again)
+    /// takes it in a higher term.
+    Handover(usize),
 }
 
 impl World {
@@ -63,6 +72,7 @@ impl World {
                 .map(|p| (p.name.clone(), p.clone()))
                 .collect(),
             revision: self.revision,
+            rejoined: self.rejoined.clone(),
             promotions: Vec::new(),
         }
     }
@@ -70,6 +80,7 @@ impl World {
     fn set_api(&mut self, api: FakeApi) {
         self.pods = api.pods.into_values().collect();
         self.revision = api.revision;
+        self.rejoined = api.rejoined;
     }
 
     /// Feeds `event` to replica `r` and queues what it asks for.
@@ -79,7 +90,7 @@ impl World {
                 Action::Write(w) => self.requests.push((r, w)),
                 Action::Refresh { pod, uid } => {
                     let fresh = match self.pods.iter().find(|p| p.name == pod) {
-                        Some(view) => Event::Applied(view.clone()),
+                        Some(view) => FakeApi::event_for(view.clone()),
                         None => Event::Deleted {
                             name: pod,
                             uid,
@@ -99,8 +110,13 @@ impl World {
         self.watch.push((1, event));
     }
 
+    /// Active pods in the group, apart from ones a user brought back labeled active.
     fn actives(&self) -> usize {
-        self.api().actives().len()
+        let api = self.api();
+        api.actives()
+            .iter()
+            .filter(|a| !api.rejoined.contains(**a))
+            .count()
     }
 }
 
@@ -122,6 +138,7 @@ impl Model for TwoReplicas {
         let mut world = World {
             pods: Vec::new(),
             revision: 0,
+            rejoined: BTreeSet::new(),
             replicas: [GroupState::new(config.clone()), GroupState::new(config)],
             leader: 0,
             term: 1,
@@ -161,10 +178,18 @@ impl Model for TwoReplicas {
                 actions.push(Step::Delete(p));
                 actions.push(Step::Touch(p));
             }
+            // Only the first pod leaves (it is the first promoted): enough for the rejoin
+            // races, and the bound stays fast.
+            actions.push(Step::Leave(0));
+        }
+        for (p, view) in w.pods.iter().enumerate() {
+            if view.group != common::GROUP {
+                actions.push(Step::Rejoin(p));
+            }
         }
         let leader_writing = w.requests.iter().any(|(r, _)| *r == w.leader);
         if w.handovers_left > 0 && !leader_writing {
-            actions.push(Step::Handover);
+            actions.extend([Step::Handover(0), Step::Handover(1)]);
         }
     }
 
@@ -194,23 +219,29 @@ impl Model for TwoReplicas {
                 let (r, op, outcome) = w.answers.remove(i);
                 w.feed(r, Event::Outcome { op, outcome });
             }
-            Step::NotReady(p) | Step::Delete(p) | Step::Touch(p) => {
+            Step::NotReady(p) | Step::Delete(p) | Step::Touch(p) | Step::Leave(p) => {
                 w.faults_left -= 1;
                 let name = w.pods[p].name.clone();
                 let mut api = w.api();
                 let event = match step {
                     Step::NotReady(_) => api.modify(&name, |v| v.ready = false),
                     Step::Delete(_) => api.remove(&name),
+                    Step::Leave(_) => api.leave(&name),
                     _ => api.modify(&name, |_| {}),
                 };
                 w.set_api(api);
                 w.broadcast(event?);
             }
-            Step::Handover => {
+            Step::Rejoin(p) => {
+                let name = w.pods[p].name.clone();
+                let mut api = w.api();
+                let event = api.rejoin(&name);
+                w.set_api(api);
+                w.broadcast(event?);
+            }
+            Step::Handover(new) => {
                 w.handovers_left -= 1;
-                let old = w.leader;
-                let new = 1 - old;
-                w.feed(old, Event::Leadership(None));
+                w.feed(w.leader, Event::Leadership(None));
                 w.term += 1;
                 w.leader = new;
                 // The new holder restarts its watch: events in flight to it are dropped and

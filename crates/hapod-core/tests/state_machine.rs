@@ -1,9 +1,13 @@
 //! Property test over random sequences of pod events, crashes, deletes, readiness flaps,
 //! conflicts (concurrent updates), transient and refused (403) write failures, watch gaps,
-//! delayed and reordered watch delivery, and controller restarts. Applying the actions in
-//! order against an API that enforces the preconditions:
-//! - never two active pods (the fake API asserts it on every promotion);
+//! delayed and reordered watch delivery, controller restarts, leadership lost and regained
+//! (writes of the old term landing late), pods leaving the group and rejoining it, and an
+//! active carrying a far-future epoch. Applying the actions in order against an API that
+//! enforces the preconditions:
+//! - never two active pods (the fake API asserts it on every promotion), except a pod a user
+//!   brought back into the group still labeled active, until the controller resolved it;
 //! - epochs of promotions strictly increase;
+//! - no Delete is issued for a pod being deleted or in phase Failed/Succeeded;
 //! - once things settle, exactly one active pod whenever an eligible pod exists.
 
 mod common;
@@ -13,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{FakeApi, pod};
-use hapod_core::{Action, Config, Event, GroupState, Phase, PodView, Role, Write, WriteOutcome};
+use hapod_core::{
+    Action, Config, Event, GroupState, Phase, PodView, Role, Write, WriteKind, WriteOutcome, epoch,
+};
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
 
@@ -52,6 +58,19 @@ enum Step {
     Restart {
         write_landed: bool,
     },
+    /// A user relabels a pod out of the group (the API keeps it).
+    Leave(usize),
+    /// A user relabels a pod that left back into the group, as it is.
+    Rejoin(usize),
+    /// The replica stops acting; its writes stay on their way to the API.
+    LoseLeadership,
+    /// The replica acts again in a higher term, after a re-list.
+    RegainLeadership,
+    /// The API answers a pending request out of order: a write of an old term may land after
+    /// writes of the new one.
+    ExecuteLate(usize),
+    /// An active pod gets an epoch of a far-future term (by hand, or a bug elsewhere).
+    FutureEpoch(usize),
 }
 
 struct Model;
@@ -84,6 +103,12 @@ impl ReferenceStateMachine for Model {
             1 => Just(Step::Tick),
             1 => Just(Step::Relist),
             1 => any::<bool>().prop_map(|write_landed| Step::Restart { write_landed }),
+            1 => slot.clone().prop_map(Step::Leave),
+            1 => slot.clone().prop_map(Step::Rejoin),
+            1 => Just(Step::LoseLeadership),
+            1 => Just(Step::RegainLeadership),
+            2 => (0..4usize).prop_map(Step::ExecuteLate),
+            1 => slot.clone().prop_map(Step::FutureEpoch),
         ]
         .boxed()
     }
@@ -104,6 +129,7 @@ struct System {
     api: FakeApi,
     state: GroupState,
     term: u32,
+    acting: bool,
     now: Instant,
     watch: VecDeque<Event>,
     requests: VecDeque<Request>,
@@ -116,6 +142,7 @@ impl System {
             api: FakeApi::default(),
             state: GroupState::new(Arc::new(Config::default())),
             term: 1,
+            acting: true,
             now: Instant::now(),
             watch: VecDeque::new(),
             requests: VecDeque::new(),
@@ -133,7 +160,17 @@ impl System {
     fn take(&mut self, actions: Vec<Action>) {
         for action in actions {
             match action {
-                Action::Write(w) => self.requests.push_back(Request::Write(w)),
+                Action::Write(w) => {
+                    if let WriteKind::Delete { .. } = w.kind {
+                        let view = self.state.pods().find(|p| p.name == w.pod).unwrap();
+                        assert!(
+                            !view.deleting
+                                && !matches!(view.phase, Phase::Failed | Phase::Succeeded),
+                            "kill of a pod on its way out: {view:#?}"
+                        );
+                    }
+                    self.requests.push_back(Request::Write(w));
+                }
                 Action::Refresh { pod, uid } => {
                     self.requests.push_back(Request::Refresh { pod, uid })
                 }
@@ -152,15 +189,23 @@ impl System {
     }
 
     fn modify(&mut self, i: usize, change: impl FnOnce(&mut PodView)) {
-        if let Some(name) = self.slot_name(i)
-            && let Some(event) = self.api.modify(&name, change)
-        {
+        if let Some(name) = self.slot_name(i) {
+            self.modify_named(&name, change);
+        }
+    }
+
+    fn modify_named(&mut self, name: &str, change: impl FnOnce(&mut PodView)) {
+        if let Some(event) = self.api.modify(name, change) {
             self.watch.push_back(event);
         }
     }
 
     fn execute(&mut self) {
-        let Some(request) = self.requests.pop_front() else {
+        self.execute_nth(0);
+    }
+
+    fn execute_nth(&mut self, k: usize) {
+        let Some(request) = self.requests.remove(k) else {
             return;
         };
         match request {
@@ -171,7 +216,7 @@ impl System {
             }
             Request::Refresh { pod, uid } => {
                 let event = match self.api.pods.get(&pod) {
-                    Some(view) => Event::Applied(view.clone()),
+                    Some(view) => FakeApi::event_for(view.clone()),
                     None => Event::Deleted {
                         name: pod,
                         uid,
@@ -181,6 +226,13 @@ impl System {
                 self.step_event(event);
             }
         }
+    }
+
+    fn regain_leadership(&mut self) {
+        self.term += 1;
+        self.acting = true;
+        self.resync();
+        self.step_event(Event::Leadership(Some(self.term)));
     }
 
     fn resync(&mut self) {
@@ -261,16 +313,63 @@ impl System {
                     let _ = self.api.execute(&w);
                 }
                 self.requests.clear();
-                self.term += 1;
                 self.state = GroupState::new(Arc::new(Config::default()));
-                self.resync();
-                self.step_event(Event::Leadership(Some(self.term)));
+                self.regain_leadership();
+            }
+            Step::Leave(i) => {
+                if let Some(name) = self.slot_name(i)
+                    && let Some(event) = self.api.leave(&name)
+                {
+                    self.watch.push_back(event);
+                }
+            }
+            Step::Rejoin(i) => {
+                let away: Vec<String> = self
+                    .api
+                    .pods
+                    .values()
+                    .filter(|p| p.group != common::GROUP)
+                    .map(|p| p.name.clone())
+                    .collect();
+                if !away.is_empty()
+                    && let Some(event) = self.api.rejoin(&away[i % away.len()])
+                {
+                    self.watch.push_back(event);
+                }
+            }
+            Step::LoseLeadership => {
+                if self.acting {
+                    self.acting = false;
+                    self.step_event(Event::Leadership(None));
+                }
+            }
+            Step::RegainLeadership => {
+                if !self.acting {
+                    self.regain_leadership();
+                }
+            }
+            Step::ExecuteLate(k) => {
+                if !self.requests.is_empty() {
+                    self.execute_nth(k % self.requests.len());
+                }
+            }
+            Step::FutureEpoch(i) => {
+                let actives: Vec<String> =
+                    self.api.actives().into_iter().map(str::to_owned).collect();
+                if !actives.is_empty() {
+                    let far = epoch::compose(self.term + 100, 1);
+                    let name = actives[i % actives.len()].clone();
+                    self.modify_named(&name, |p| p.epoch = Some(far));
+                }
             }
         }
     }
 
     /// Lets everything pending happen, with time passing, until nothing changes.
     fn settle(&mut self) {
+        if !self.acting {
+            self.regain_leadership();
+        }
         for _ in 0..200 {
             while let Some(event) = self.watch.pop_front() {
                 self.step_event(event);
@@ -314,7 +413,13 @@ impl StateMachineTest for System {
     }
 
     fn check_invariants(state: &Self, _: &()) {
-        assert!(state.api.actives().len() <= 1, "{:?}", state.api.actives());
+        let made: Vec<&str> = state
+            .api
+            .actives()
+            .into_iter()
+            .filter(|a| !state.api.rejoined.contains(*a))
+            .collect();
+        assert!(made.len() <= 1, "{:?}", state.api.actives());
         assert!(
             state.api.promotions.windows(2).all(|e| e[1] > e[0]),
             "epochs not increasing: {:?}",
@@ -325,14 +430,13 @@ impl StateMachineTest for System {
     fn teardown(mut state: Self, _: ()) {
         state.settle();
         let config = Config::default();
-        let actives: Vec<&PodView> = state
-            .api
-            .pods
-            .values()
+        let pods = state.api.snapshot();
+        let actives: Vec<&PodView> = pods
+            .iter()
             .filter(|p| p.role(&config) == Role::Active)
             .collect();
-        if state.api.pods.values().any(eligible) {
-            assert_eq!(actives.len(), 1, "pods: {:#?}", state.api.pods);
+        if pods.iter().any(eligible) {
+            assert_eq!(actives.len(), 1, "pods: {pods:#?}");
             assert!(
                 eligible(actives[0]),
                 "active not eligible: {:#?}",
@@ -342,7 +446,7 @@ impl StateMachineTest for System {
             assert!(actives.len() <= 1);
         }
         // Every live non-active pod ends up standby (dying pods are left alone).
-        for p in state.api.pods.values() {
+        for p in &pods {
             if p.role(&config) == Role::Other {
                 assert!(p.deleting, "label not repaired on {p:#?}");
             }
@@ -352,7 +456,7 @@ impl StateMachineTest for System {
 
 prop_state_machine! {
     #![proptest_config(ProptestConfig {
-        cases: 256,
+        cases: 512,
         max_shrink_iters: 4096,
         ..ProptestConfig::default()
     })]

@@ -3,12 +3,15 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the fixtures
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use hapod_core::{
     Action, Config, CriticalContainer, Event, Phase, PodView, Role, Write, WriteKind, WriteOutcome,
 };
+
+/// Value of the group label of the group under test.
+pub const GROUP: &str = "hapod";
 
 /// A Running, Ready, standby pod with one critical container, created at `created`.
 pub fn pod(name: &str, created: i64) -> PodView {
@@ -18,7 +21,7 @@ pub fn pod(name: &str, created: i64) -> PodView {
         name: name.into(),
         uid: format!("{name}-uid"),
         resource_version: "1".into(),
-        group: "hapod".into(),
+        group: GROUP.into(),
         role_label: Some("standby".into()),
         epoch: None,
         phase: Phase::Running,
@@ -59,11 +62,17 @@ pub fn single_write(actions: &[Action]) -> Write {
     w[0].clone()
 }
 
-/// In-memory API server holding the truth about one group's pods.
+/// In-memory API server holding the truth about one group's pods (and pods relabeled out of
+/// it, which it keeps).
 #[derive(Clone, Debug, Default)]
 pub struct FakeApi {
     pub pods: BTreeMap<String, PodView>,
     pub revision: u64,
+    /// Pods a user relabeled back into the group still labeled active: a second active the
+    /// controller did not make (nor could see coming: it may promote another pod before the
+    /// rejoin reaches it). Forgotten once the controller wrote the pod's role, or a standby
+    /// write left the group with at most one active (the pair was resolved).
+    pub rejoined: BTreeSet<String>,
     /// Epochs of acknowledged role writes to active (promotions and adoptions), in order.
     pub promotions: Vec<u64>,
 }
@@ -89,11 +98,47 @@ impl FakeApi {
         Event::Applied(view)
     }
 
-    /// Changes a pod (as the kubelet or a user would) and returns the watch event.
+    /// Changes a pod (as the kubelet or a user would) and returns the group's watch event.
     pub fn modify(&mut self, name: &str, change: impl FnOnce(&mut PodView)) -> Option<Event> {
         let mut view = self.pods.get(name)?.clone();
         change(&mut view);
-        Some(self.put(view))
+        let Event::Applied(view) = self.put(view) else {
+            unreachable!()
+        };
+        Some(Self::event_for(view))
+    }
+
+    /// The watch event for a pod: a pod outside the group left it.
+    pub fn event_for(view: PodView) -> Event {
+        if view.group == GROUP {
+            Event::Applied(view)
+        } else {
+            Event::Deleted {
+                name: view.name,
+                uid: view.uid,
+                resource_version: Some(view.resource_version),
+            }
+        }
+    }
+
+    /// A user relabels the pod out of the group; the API keeps it.
+    pub fn leave(&mut self, name: &str) -> Option<Event> {
+        if self.pods.get(name)?.group != GROUP {
+            return None;
+        }
+        self.modify(name, |p| p.group = "elsewhere".into())
+    }
+
+    /// A user relabels a pod back into the group, as it is (an active stays labeled active).
+    pub fn rejoin(&mut self, name: &str) -> Option<Event> {
+        if self.pods.get(name)?.group == GROUP {
+            return None;
+        }
+        let event = self.modify(name, |p| p.group = GROUP.into())?;
+        if self.actives().contains(&name) {
+            self.rejoined.insert(name.to_owned());
+        }
+        Some(event)
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Event> {
@@ -105,15 +150,21 @@ impl FakeApi {
         })
     }
 
+    /// The group's pods, as a re-list returns them.
     pub fn snapshot(&self) -> Vec<PodView> {
-        self.pods.values().cloned().collect()
+        self.pods
+            .values()
+            .filter(|p| p.group == GROUP)
+            .cloned()
+            .collect()
     }
 
+    /// Pods of the group labeled active.
     pub fn actives(&self) -> Vec<&str> {
         let config = Config::default();
         self.pods
             .values()
-            .filter(|p| p.role(&config) == Role::Active)
+            .filter(|p| p.group == GROUP && p.role(&config) == Role::Active)
             .map(|p| p.name.as_str())
             .collect()
     }
@@ -153,7 +204,7 @@ impl FakeApi {
                     let others: Vec<&str> = self
                         .actives()
                         .into_iter()
-                        .filter(|a| *a != write.pod)
+                        .filter(|a| *a != write.pod && !self.rejoined.contains(*a))
                         .collect();
                     assert!(
                         others.is_empty(),
@@ -164,15 +215,18 @@ impl FakeApi {
                     self.promotions
                         .push(epoch.expect("promotion carries an epoch"));
                 }
-                let event = self.put(view);
-                let Event::Applied(v) = &event else {
+                let Event::Applied(view) = self.put(view) else {
                     unreachable!()
                 };
+                self.rejoined.remove(&view.name);
+                if *role == Role::Standby && self.actives().len() <= 1 {
+                    self.rejoined.clear();
+                }
                 (
                     WriteOutcome::Done {
-                        resource_version: Some(v.resource_version.clone()),
+                        resource_version: Some(view.resource_version.clone()),
                     },
-                    Some(event),
+                    Some(Self::event_for(view)),
                 )
             }
             WriteKind::Delete { .. } => {
@@ -243,7 +297,7 @@ impl Ctl {
                     }
                     Action::Refresh { pod, .. } => {
                         if let Some(view) = self.api.pods.get(pod).cloned() {
-                            pending.extend(self.feed(Event::Applied(view)));
+                            pending.extend(self.feed(FakeApi::event_for(view)));
                         }
                     }
                     _ => {}
