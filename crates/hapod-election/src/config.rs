@@ -11,6 +11,10 @@ pub const DEFAULT_RENEW_DEADLINE_MS: u64 = 2000;
 /// Default retry period: renew cadence, and the bound for a standby's reaction to a release.
 pub const DEFAULT_RETRY_PERIOD_MS: u64 = 500;
 
+/// Longest lease accepted: beyond it a hung leader stalls every failover for minutes, which no
+/// user of millisecond failover wants (and the Lease's seconds field has a limit too).
+pub const MAX_LEASE_DURATION_MS: u64 = 600_000;
+
 /// The election flags, to `#[command(flatten)]` into the controller's arguments.
 #[derive(clap::Args, Clone, Debug, PartialEq, Eq)]
 pub struct ElectionArgs {
@@ -41,15 +45,17 @@ pub struct ElectionArgs {
 /// Invalid timing or names.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("retry period must be > 0 ms")]
+    #[error("--retry-period-ms must be > 0")]
     ZeroRetryPeriod,
-    #[error("retry period ({retry_ms} ms) must be below the renew deadline ({renew_ms} ms)")]
+    #[error("--retry-period-ms ({retry_ms}) must be below --renew-deadline-ms ({renew_ms})")]
     RetryNotBelowDeadline { retry_ms: u64, renew_ms: u64 },
     #[error(
-        "renew deadline ({renew_ms} ms) must be below the lease duration ({lease_ms} ms), with a margin of at least 1/8 of the lease duration for clock drift and in-flight writes"
+        "--renew-deadline-ms ({renew_ms}) must be below --lease-duration-ms ({lease_ms}), with a margin of at least 1/8 of the lease duration for clock drift and in-flight writes"
     )]
     DeadlineTooCloseToLease { renew_ms: u64, lease_ms: u64 },
-    #[error("lease duration ({0} ms) exceeds the Lease's i32 seconds field")]
+    #[error(
+        "--lease-duration-ms ({0}) is above {MAX_LEASE_DURATION_MS}: a hung leader would stop failovers for that long"
+    )]
     LeaseTooLong(u64),
     #[error("{0} must not be empty")]
     Empty(&'static str),
@@ -100,12 +106,12 @@ impl ElectionConfig {
     /// Check the timing relations the safety argument relies on.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, v) in [
-            ("lease name", &self.lease_name),
-            ("pod namespace", &self.namespace),
-            ("pod name", &self.pod_name),
-            ("role label", &self.role_label),
-            ("active value", &self.active_value),
-            ("standby value", &self.standby_value),
+            ("--lease-name", &self.lease_name),
+            ("--pod-namespace", &self.namespace),
+            ("--pod-name", &self.pod_name),
+            ("--role-label", &self.role_label),
+            ("--active-value", &self.active_value),
+            ("--standby-value", &self.standby_value),
         ] {
             if v.is_empty() {
                 return Err(ConfigError::Empty(name));
@@ -125,7 +131,7 @@ impl ElectionConfig {
         if renew_ms.saturating_add(lease_ms / 8) > lease_ms {
             return Err(ConfigError::DeadlineTooCloseToLease { renew_ms, lease_ms });
         }
-        if lease_ms.div_ceil(1000) > i32::MAX as u64 {
+        if lease_ms > MAX_LEASE_DURATION_MS {
             return Err(ConfigError::LeaseTooLong(lease_ms));
         }
         Ok(())

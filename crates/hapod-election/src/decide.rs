@@ -218,11 +218,22 @@ pub fn decide(lease: Option<&LeaseView>, me: &Me, obs: &Observation, now: Millis
 }
 
 fn acquire(current: Term, reason: AcquireReason, obs: &Observation) -> Decision {
-    match current.next(obs.term_floor) {
-        Some(term) => Decision::Acquire { term, reason },
-        // 2^32 acquisitions: cannot happen in practice; standing by is the safe answer.
-        None => Decision::StandBy { recheck_at: None },
-    }
+    let term = current
+        .next(obs.term_floor)
+        .unwrap_or_else(|| recovery_term(obs.term_floor));
+    Decision::Acquire { term, reason }
+}
+
+/// Terms that acquisitions faster than one per second can have run ahead of the wall-clock
+/// floor: about 194 days' worth.
+const RECOVERY_MARGIN: u32 = 1 << 24;
+
+/// The term taken over a Lease whose term cannot grow (`u32::MAX`: 2^32 acquisitions cannot
+/// happen, so it was written by hand or corrupted). Standing by for ever would stop every
+/// failover; the wall-clock floor plus a margin is above every term an honest acquisition
+/// can have issued, and the compare-and-swap on the Lease still lets one replica win.
+fn recovery_term(floor: u32) -> Term {
+    Term(floor.saturating_add(RECOVERY_MARGIN))
 }
 
 /// The wall-clock floor for new terms: whole seconds since 2024-01-01T00:00:00Z.
@@ -435,14 +446,18 @@ mod tests {
     }
 
     #[test]
-    fn exhausted_terms_stand_by_instead_of_wrapping() {
+    fn an_exhausted_term_is_recovered_from_the_wall_clock_not_stood_by() {
         let lease = LeaseView {
             holder: None,
             ..held_by("x", "x", u32::MAX, 0)
         };
+        let o = Observation {
+            term_floor: 90_000_000,
+            ..obs()
+        };
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 0),
-            Decision::StandBy { recheck_at: None }
+            decide(Some(&lease), &me(), &o, 0),
+            acq(90_000_000 + (1 << 24), AcquireReason::Released)
         );
     }
 

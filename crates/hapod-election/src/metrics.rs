@@ -15,6 +15,7 @@ use tokio::time::Instant;
 pub(crate) struct Metrics {
     transitions: Family<Vec<(String, String)>, Counter>,
     is_leader: Gauge,
+    term_recoveries: Counter,
     last_renew: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -44,6 +45,7 @@ impl Metrics {
         let m = Metrics {
             transitions: Family::default(),
             is_leader: Gauge::default(),
+            term_recoveries: Counter::default(),
             last_renew: Arc::default(),
         };
         registry.register(
@@ -56,6 +58,11 @@ impl Metrics {
             "1 while this replica holds the Lease and is inside its renew deadline",
             m.is_leader.clone(),
         );
+        registry.register(
+            "hapod_election_term_recoveries",
+            "Acquisitions over a Lease whose term could not grow (hapod.io/term edited to its maximum)",
+            m.term_recoveries.clone(),
+        );
         registry.register_collector(Box::new(SinceRenew(m.last_renew.clone())));
         m
     }
@@ -66,6 +73,10 @@ impl Metrics {
             .get_or_create(&vec![("to".to_owned(), to.to_owned())])
             .inc();
         self.is_leader.set(i64::from(leader));
+    }
+
+    pub(crate) fn term_recovered(&self) {
+        self.term_recoveries.inc();
     }
 
     pub(crate) fn renewed_at(&self, at: Instant) {

@@ -59,9 +59,9 @@ impl Shared {
         )
     }
 
-    fn fence(&self) -> Result<Term, NotLeader> {
+    fn fence(&self) -> Result<(Term, Instant), NotLeader> {
         match self.acting() {
-            Some((term, deadline)) if Instant::now() < deadline => Ok(term),
+            Some((term, deadline)) if Instant::now() < deadline => Ok((term, deadline)),
             _ => Err(NotLeader),
         }
     }
@@ -82,6 +82,12 @@ impl LeaderHandle {
     /// has not passed. Call it right before every write, and put the term's epoch and a
     /// resourceVersion precondition on that write.
     pub fn fence(&self) -> Result<Term, NotLeader> {
+        self.shared.fence().map(|(term, _)| term)
+    }
+
+    /// [`LeaderHandle::fence`] with the instant the leadership stops being certain (the renew
+    /// deadline): bound every write by it, so none can land after another replica may act.
+    pub fn fence_until(&self) -> Result<(Term, Instant), NotLeader> {
         self.shared.fence()
     }
 
@@ -311,6 +317,11 @@ impl Runner {
         let wake = match decision {
             Decision::Acquire { term, reason } => {
                 info!(%term, %reason, identity = %self.me.identity, "acquiring lease");
+                if let Some(lease_term) = view.as_ref().map(|v| v.term).filter(|t| *t >= term) {
+                    // Only a Lease term that cannot grow (edited by hand) leads here.
+                    tracing::error!(%lease_term, %term, "lease term cannot grow; recovering with a term from the wall clock");
+                    self.metrics.term_recovered();
+                }
                 self.acquire(term).await
             }
             Decision::Renew { term } if now >= self.next_renew => self.renew(term).await,
