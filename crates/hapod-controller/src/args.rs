@@ -115,18 +115,110 @@ impl Args {
         }
     }
 
-    /// Namespaces to watch, blanks dropped (empty: all).
+    /// Namespaces to watch, blanks and duplicates dropped (empty: all).
     pub fn namespace_list(&self) -> Vec<String> {
-        self.namespaces
-            .iter()
-            .map(|n| n.trim().to_owned())
-            .filter(|n| !n.is_empty())
-            .collect()
+        crate::runtime::distinct_namespaces(&self.namespaces)
+    }
+
+    /// Refuses settings that cannot work, naming the flag: a role that could never be told
+    /// apart (an endless relabel loop), a selector matching every pod, names the API would
+    /// refuse on every write or list, lease timings outside the election's safety margins.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.selector.trim().is_empty() {
+            return Err("--selector must not be empty (it would match every pod)".into());
+        }
+        if let Some(term) = self.selector.split(',').find(|t| t.trim().is_empty())
+            && !self.selector.contains('(')
+        {
+            return Err(format!(
+                "--selector {:?} has an empty term {term:?}",
+                self.selector
+            ));
+        }
+        for (flag, key) in [
+            ("--group-label", &self.group_label),
+            ("--role-label", &self.role_label),
+            ("--critical-env", &self.critical_env),
+        ] {
+            if !label_key(key) {
+                return Err(format!("{flag} {key:?} is not a valid label key / name"));
+            }
+        }
+        if self.group_label == self.role_label {
+            return Err(format!(
+                "--role-label and --group-label must differ (both {:?}): relabeling the role would move the pod to another group",
+                self.role_label
+            ));
+        }
+        for (flag, value) in [
+            ("--active-value", &self.active_value),
+            ("--standby-value", &self.standby_value),
+        ] {
+            if value.is_empty() || !label_value(value) {
+                return Err(format!(
+                    "{flag} {value:?} is not a valid, non-empty label value"
+                ));
+            }
+        }
+        if self.active_value == self.standby_value {
+            return Err(format!(
+                "--active-value and --standby-value must differ (both {:?})",
+                self.active_value
+            ));
+        }
+        if let Some(ns) = self.namespace_list().iter().find(|ns| !dns_label(ns)) {
+            return Err(format!(
+                "--namespaces: {ns:?} is not a namespace name (lower case letters, digits, '-', at most 63)"
+            ));
+        }
+        if self.notify_deadline_ms == 0 || self.notify_deadline_ms > MAX_NOTIFY_DEADLINE_MS {
+            return Err(format!(
+                "--notify-deadline-ms must be within 1..={MAX_NOTIFY_DEADLINE_MS}"
+            ));
+        }
+        hapod_election::ElectionConfig::new(
+            &self.election,
+            &self.role_label,
+            &self.active_value,
+            &self.standby_value,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
     }
 
     pub fn resync(&self) -> Duration {
         Duration::from_secs(self.resync_seconds)
     }
+}
+
+/// A notification resent for longer than this is useless: the failover is long over.
+const MAX_NOTIFY_DEADLINE_MS: u64 = 60_000;
+
+/// A DNS-1123 label (namespace names).
+fn dns_label(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// A label value: at most 63 characters, alphanumerics with '-', '_', '.' inside.
+fn label_value(s: &str) -> bool {
+    s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && s.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
+/// A label key: an optional DNS subdomain prefix and '/', then a non-empty name.
+fn label_key(s: &str) -> bool {
+    let (prefix, name) = s.rsplit_once('/').unwrap_or(("", s));
+    !name.is_empty()
+        && label_value(name)
+        && (s.len() == name.len()
+            || (!prefix.is_empty() && prefix.len() <= 253 && prefix.split('.').all(dns_label)))
 }
 
 #[cfg(test)]
@@ -173,6 +265,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.namespace_list(), ["a", "b", "c"]);
+        assert!(a.validate().is_ok());
         assert!(a.notify_legacy);
         assert_eq!(a.log_format, LogFormat::Json);
     }
@@ -190,5 +283,53 @@ mod tests {
         ] {
             assert!(help.contains(needle), "--help lacks {needle}");
         }
+    }
+
+    fn validated(extra: &[&str]) -> Result<(), String> {
+        let mut argv = vec![
+            "hapod-controller",
+            "--pod-name",
+            "p",
+            "--pod-namespace",
+            "n",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap().validate()
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_flag() {
+        for (extra, flag) in [
+            (
+                &["--active-value", "standby"][..],
+                "--active-value and --standby-value",
+            ),
+            (
+                &["--role-label", "app"][..],
+                "--role-label and --group-label",
+            ),
+            (&["--selector", " "][..], "--selector"),
+            (&["--selector", "app=hapod,"][..], "--selector"),
+            (&["--namespaces", "a,Bad_Name"][..], "--namespaces"),
+            (&["--group-label", "a b"][..], "--group-label"),
+            (&["--active-value", ""][..], "--active-value"),
+            (&["--notify-deadline-ms", "0"][..], "--notify-deadline-ms"),
+            (
+                &[
+                    "--lease-duration-ms",
+                    "31536000000",
+                    "--renew-deadline-ms",
+                    "2000",
+                ][..],
+                "--lease-duration-ms",
+            ),
+            (&["--retry-period-ms", "5000"][..], "--retry-period-ms"),
+        ] {
+            let error = validated(extra).expect_err(&format!("{extra:?} accepted"));
+            assert!(error.contains(flag), "{extra:?}: {error}");
+        }
+        assert_eq!(validated(&["--namespaces", "a,a, a"]), Ok(()));
+        assert_eq!(validated(&["--group-label", "example.com/group"]), Ok(()));
+        assert_eq!(validated(&["--selector", "app in (a,b),tier"]), Ok(()));
     }
 }

@@ -3,6 +3,7 @@
 //! (`hapod_protocol`) and exposes metrics. The binary `hapod-controller` wires it up.
 
 pub mod args;
+pub mod client;
 pub mod metrics;
 pub mod podview;
 pub mod router;

@@ -2,11 +2,11 @@
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use hapod_controller::args::{Args, LogFormat};
 use hapod_controller::metrics::Metrics;
 use hapod_controller::runtime::{
@@ -16,7 +16,6 @@ use hapod_controller::worker::Shared;
 use hapod_election::{ElectionConfig, LeaderElector, LeaderState};
 use hapod_protocol::Key;
 use hapod_protocol::sender::{Notifier, NotifierConfig};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::Reporter;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -33,30 +32,6 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-/// `--kubeconfig` (a colon-separated list, merged), else in-cluster, else the usual search.
-async fn client_config(kubeconfig: Option<&str>) -> anyhow::Result<kube::Config> {
-    let options = KubeConfigOptions::default();
-    if let Some(paths) = kubeconfig.filter(|p| !p.is_empty()) {
-        let mut merged: Option<Kubeconfig> = None;
-        for path in std::env::split_paths(paths) {
-            let next = Kubeconfig::read_from(&path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            merged = Some(match merged {
-                Some(m) => m.merge(next)?,
-                None => next,
-            });
-        }
-        let merged = merged.context("empty --kubeconfig")?;
-        return Ok(kube::Config::from_custom_kubeconfig(merged, &options).await?);
-    }
-    match kube::Config::incluster() {
-        Ok(config) => Ok(config),
-        Err(_) => Ok(kube::Config::from_kubeconfig(&options)
-            .await
-            .context("no in-cluster config and no usable kubeconfig")?),
     }
 }
 
@@ -90,9 +65,17 @@ fn notifier_config(args: &Args) -> anyhow::Result<NotifierConfig> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Err(error) = args.validate() {
+        // clap's own format: "error: ..." and exit code 2, like any other bad flag.
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, error)
+            .exit();
+    }
     init_logging(args.log_format);
     let config = Arc::new(args.core_config());
-    let client = kube::Client::try_from(client_config(args.kubeconfig.as_deref()).await?)?;
+    let client = kube::Client::try_from(
+        hapod_controller::client::config(args.kubeconfig.as_deref()).await?,
+    )?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
@@ -152,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         notify_port: args.notify_port,
         notes: notes_tx,
         metrics,
+        epoch_floor: AtomicU64::new(0),
     });
     let settings = Settings {
         selector: args.selector.clone(),
