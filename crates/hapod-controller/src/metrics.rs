@@ -35,7 +35,7 @@ pub struct ApiErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NotificationLabels {
     pub role: String,
-    /// `acked`, `timed_out`, `superseded`, `refused`.
+    /// `acked`, `timed_out`, `superseded`, `refused`, `fenced` (not sent: leadership lost).
     pub outcome: String,
 }
 
@@ -80,6 +80,9 @@ pub struct Metrics {
     pub rejected_writes: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
     pub unplaceable_pods: Counter,
+    pub acting: Gauge,
+    pub unsynced_scopes: Gauge,
+    pub epoch_anomalies: Counter,
 }
 
 impl Metrics {
@@ -96,6 +99,9 @@ impl Metrics {
             rejected_writes: Counter::default(),
             notifications: Family::default(),
             unplaceable_pods: Counter::default(),
+            acting: Gauge::default(),
+            unsynced_scopes: Gauge::default(),
+            epoch_anomalies: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("hapod");
         r.register(
@@ -148,6 +154,21 @@ impl Metrics {
             "unplaceable_pods",
             "Pods matching the selector but lacking the group label (logged once each)",
             m.unplaceable_pods.clone(),
+        );
+        r.register(
+            "acting",
+            "1 while this replica acts (holds the Lease and its pod lists are current), else 0",
+            m.acting.clone(),
+        );
+        r.register(
+            "unsynced_scopes",
+            "Watched namespaces (or the all-namespaces watch) whose pod list has not completed",
+            m.unsynced_scopes.clone(),
+        );
+        r.register(
+            "epoch_anomalies",
+            "Active pods seen carrying an epoch of a term above the acting one (ignored)",
+            m.epoch_anomalies.clone(),
         );
         m
     }

@@ -49,10 +49,20 @@ pub struct Router {
     metrics: Metrics,
     /// Group of every placed pod, by UID.
     placed: HashMap<String, GroupKey>,
-    /// Pods already logged as unplaceable, by UID (one log line each, not a storm).
-    warned: HashSet<String>,
-    /// Pods listed so far by a re-list in progress, per scope.
-    relists: HashMap<Scope, Vec<PodView>>,
+    /// Number of placed pods per group; a group without any is absent.
+    members: HashMap<GroupKey, usize>,
+    /// Pods already logged as unplaceable: UID -> namespace (one log line each, not a storm).
+    warned: HashMap<String, String>,
+    /// Re-lists in progress, per scope (one stream per scope: `Settings` deduplicates them).
+    relists: HashMap<Scope, Relist>,
+}
+
+/// What a re-list in progress has delivered so far.
+#[derive(Default)]
+struct Relist {
+    views: Vec<PodView>,
+    /// UIDs of listed pods that cannot be grouped: warnings about other pods are forgotten.
+    unplaceable: HashSet<String>,
 }
 
 impl Router {
@@ -62,14 +72,47 @@ impl Router {
             group_label,
             metrics,
             placed: HashMap::new(),
-            warned: HashSet::new(),
+            members: HashMap::new(),
+            warned: HashMap::new(),
             relists: HashMap::new(),
         }
     }
 
     /// Every group with a placed pod in `scope`.
     pub fn groups_in(&self, scope: &Scope) -> impl Iterator<Item = &GroupKey> {
-        self.placed.values().filter(move |k| in_scope(scope, k))
+        self.members.keys().filter(move |k| in_scope(scope, k))
+    }
+
+    /// Whether no pod is placed in `key` (its worker may be reaped).
+    pub fn is_empty(&self, key: &GroupKey) -> bool {
+        !self.members.contains_key(key)
+    }
+
+    /// Pods tracked: placed ones and unplaceable ones already warned about.
+    pub fn tracked_pods(&self) -> usize {
+        self.placed.len() + self.warned.len()
+    }
+
+    fn place(&mut self, uid: String, key: GroupKey) {
+        if let Some(old) = self.placed.insert(uid, key.clone()) {
+            self.leave(&old);
+        }
+        *self.members.entry(key).or_default() += 1;
+    }
+
+    fn unplace(&mut self, uid: &str) -> Option<GroupKey> {
+        let key = self.placed.remove(uid)?;
+        self.leave(&key);
+        Some(key)
+    }
+
+    fn leave(&mut self, key: &GroupKey) {
+        if let Some(n) = self.members.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.members.remove(key);
+            }
+        }
     }
 
     fn view(&mut self, pod: &Pod) -> Option<PodView> {
@@ -77,7 +120,8 @@ impl Router {
             Ok(view) => Some(view),
             Err(reason) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
-                if self.warned.insert(uid) {
+                let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+                if self.warned.insert(uid, namespace).is_none() {
                     self.metrics.unplaceable_pods.inc();
                     tracing::warn!(
                         namespace = pod.metadata.namespace.as_deref().unwrap_or(""),
@@ -95,42 +139,44 @@ impl Router {
     pub fn route(&mut self, scope: &Scope, event: watcher::Event<Pod>) -> Vec<(GroupKey, Event)> {
         match event {
             watcher::Event::Init => {
-                self.relists.insert(scope.clone(), Vec::new());
+                self.relists.insert(scope.clone(), Relist::default());
                 Vec::new()
             }
             watcher::Event::InitApply(pod) => {
-                if let Some(view) = self.view(&pod) {
-                    self.relists.entry(scope.clone()).or_default().push(view);
+                let view = self.view(&pod);
+                let relist = self.relists.entry(scope.clone()).or_default();
+                match view {
+                    Some(view) => relist.views.push(view),
+                    None => {
+                        relist
+                            .unplaceable
+                            .insert(pod.metadata.uid.clone().unwrap_or_default());
+                    }
                 }
                 Vec::new()
             }
             watcher::Event::InitDone => {
-                let listed = self.relists.remove(scope).unwrap_or_default();
-                self.snapshot(scope, listed)
+                let relist = self.relists.remove(scope).unwrap_or_default();
+                self.snapshot(scope, relist)
             }
             watcher::Event::Apply(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 let view = self.view(&pod);
                 let mut out = Vec::new();
                 let new_key = view.as_ref().map(GroupKey::of);
-                // A pod whose group label changed or vanished leaves its old group.
-                if let Some(old) = self
+                // A pod whose group label changed or vanished leaves its old group, at the
+                // version of this update (so the group can tell a later return from a replay).
+                if self
                     .placed
                     .get(&uid)
-                    .filter(|old| Some(*old) != new_key.as_ref())
+                    .is_some_and(|old| Some(old) != new_key.as_ref())
+                    && let Some(old) = self.unplace(&uid)
                 {
-                    out.push((
-                        old.clone(),
-                        Event::Deleted {
-                            name: pod.metadata.name.clone().unwrap_or_default(),
-                            uid: uid.clone(),
-                        },
-                    ));
-                    self.placed.remove(&uid);
+                    out.push((old, left(&pod)));
                 }
                 if let (Some(view), Some(key)) = (view, new_key) {
                     self.warned.remove(&uid);
-                    self.placed.insert(uid, key.clone());
+                    self.place(uid, key.clone());
                     out.push((key, Event::Applied(view)));
                 }
                 out
@@ -138,32 +184,52 @@ impl Router {
             watcher::Event::Delete(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 self.warned.remove(&uid);
-                let Some(key) = self.placed.remove(&uid) else {
-                    return Vec::new();
-                };
-                let name = pod.metadata.name.clone().unwrap_or_default();
-                vec![(key, Event::Deleted { name, uid })]
+                match self.unplace(&uid) {
+                    Some(key) => vec![(key, left(&pod))],
+                    None => Vec::new(),
+                }
             }
         }
     }
 
     /// One `Resync` per group of `scope` from a full list: groups known before but absent
     /// from the list get an empty one (all their pods are gone).
-    fn snapshot(&mut self, scope: &Scope, listed: Vec<PodView>) -> Vec<(GroupKey, Event)> {
+    fn snapshot(&mut self, scope: &Scope, relist: Relist) -> Vec<(GroupKey, Event)> {
         let mut groups: BTreeMap<GroupKey, Vec<PodView>> = self
             .groups_in(scope)
             .map(|k| (k.clone(), Vec::new()))
             .collect();
-        self.placed.retain(|_, k| !in_scope(scope, k));
-        for view in listed {
+        let gone: Vec<String> = self
+            .placed
+            .iter()
+            .filter(|(_, k)| in_scope(scope, k))
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        for uid in gone {
+            self.unplace(&uid);
+        }
+        // Unplaceable pods that were not listed again are gone: forget their warnings.
+        self.warned.retain(|uid, namespace| {
+            scope.as_ref().is_some_and(|ns| ns != namespace) || relist.unplaceable.contains(uid)
+        });
+        for view in relist.views {
             let key = GroupKey::of(&view);
-            self.placed.insert(view.uid.clone(), key.clone());
+            self.place(view.uid.clone(), key.clone());
             groups.entry(key).or_default().push(view);
         }
         groups
             .into_iter()
             .map(|(key, pods)| (key, Event::Resync { pods }))
             .collect()
+    }
+}
+
+/// The event telling a group that `pod` left it (deleted, or relabeled out of it).
+fn left(pod: &Pod) -> Event {
+    Event::Deleted {
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        resource_version: pod.metadata.resource_version.clone(),
     }
 }
 
@@ -265,5 +331,31 @@ mod tests {
         r.route(&other, watcher::Event::Init);
         assert!(r.route(&other, watcher::Event::InitDone).is_empty());
         assert_eq!(r.groups_in(&None).count(), 1);
+    }
+
+    #[test]
+    fn churn_leaves_nothing_behind() {
+        let mut r = router();
+        let all: Scope = None;
+        for round in 0..100 {
+            let group = format!("g{round}");
+            r.route(
+                &all,
+                watcher::Event::Apply(pod(&format!("p{round}"), Some(&group))),
+            );
+            r.route(&all, watcher::Event::Apply(pod(&format!("x{round}"), None)));
+            r.route(
+                &all,
+                watcher::Event::Delete(pod(&format!("p{round}"), Some(&group))),
+            );
+        }
+        assert_eq!(r.groups_in(&all).count(), 0);
+        assert!(r.is_empty(&key("g7")));
+        // The unplaceable pods vanished during a watch gap: the re-list forgets them.
+        r.route(&all, watcher::Event::Init);
+        r.route(&all, watcher::Event::InitApply(pod("x99", None)));
+        r.route(&all, watcher::Event::InitDone);
+        assert_eq!(r.tracked_pods(), 1);
+        assert_eq!(r.metrics.unplaceable_pods.get(), 100);
     }
 }

@@ -27,9 +27,10 @@ use crate::writer::{Fence, Writer, status_code};
 pub struct Settings {
     /// Label selector of the application pods.
     pub selector: String,
-    /// Namespaces to watch; empty: all.
+    /// Namespaces to watch; empty: all. Blanks and duplicates are dropped.
     pub namespaces: Vec<String>,
-    /// Period of the re-planning of every group from its cached state.
+    /// Period of the re-planning of every group from its cached state; also how long a group
+    /// stays without pods before its worker is stopped.
     pub resync: Duration,
 }
 
@@ -46,19 +47,24 @@ pub struct Dispatcher {
     fence: Arc<dyn Fence>,
     router: Router,
     groups: HashMap<GroupKey, mpsc::UnboundedSender<Input>>,
-    /// Term the workers were told to act in.
-    acting: Option<u32>,
+    /// Groups without pods, since when: their workers are stopped after `settings.resync`.
+    empty_since: HashMap<GroupKey, Instant>,
+    /// Term held (the Lease), or `None` while standing by.
+    term: Option<u32>,
+    /// Scopes listed since the watches last (re)started: the term acts in these only.
+    synced: HashSet<Scope>,
     ready: Arc<AtomicBool>,
 }
 
 impl Dispatcher {
     pub fn new(
         client: Client,
-        settings: Settings,
+        mut settings: Settings,
         shared: Arc<Shared>,
         fence: Arc<dyn Fence>,
         ready: Arc<AtomicBool>,
     ) -> Self {
+        settings.namespaces = distinct_namespaces(&settings.namespaces);
         let router = Router::new(
             Arc::clone(&shared.config),
             shared.group_label.clone(),
@@ -71,7 +77,9 @@ impl Dispatcher {
             fence,
             router,
             groups: HashMap::new(),
-            acting: None,
+            empty_since: HashMap::new(),
+            term: None,
+            synced: HashSet::new(),
             ready,
         }
     }
@@ -84,6 +92,11 @@ impl Dispatcher {
         }
     }
 
+    /// The scope (watch stream) a group's pods come from.
+    fn scope_of(&self, key: &GroupKey) -> Scope {
+        (!self.settings.namespaces.is_empty()).then(|| key.namespace.clone())
+    }
+
     fn pods_in(&self, scope: &Scope) -> Api<Pod> {
         match scope {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
@@ -93,12 +106,11 @@ impl Dispatcher {
 
     /// One pod watch per scope, merged. Re-lists use consistent reads: a list served from a
     /// stale cache could miss a pod that exists.
-    fn watch_streams(&self, scopes: &[Scope]) -> PodEvents {
+    fn watch_streams(&self) -> PodEvents {
         let config = watcher::Config::default()
             .labels(&self.settings.selector)
             .list_semantic(watcher::ListSemantic::MostRecent);
-        futures::stream::select_all(scopes.iter().map(|scope| {
-            let scope = scope.clone();
+        futures::stream::select_all(self.scopes().into_iter().map(|scope| {
             watcher(self.pods_in(&scope), config.clone())
                 .default_backoff()
                 .map(move |event| (scope.clone(), event))
@@ -106,18 +118,23 @@ impl Dispatcher {
         }))
     }
 
+    /// (Re)starts the watches: every scope must list again before the term acts in it.
+    fn restart_watches(&mut self) -> PodEvents {
+        self.synced.clear();
+        self.sync_changed();
+        self.watch_streams()
+    }
+
     /// Runs until the leadership channel closes (the election task is gone).
     ///
-    /// Taking over restarts the watches and acts only once every scope has re-listed: the
-    /// cache may lag behind the writes of the replica that acted before, and a re-list
-    /// delivered in watch order can never be overtaken by older events.
+    /// Taking over restarts the watches and acts in each scope (namespace) once it has
+    /// re-listed: the cache may lag behind the writes of the replica that acted before, and a
+    /// re-list delivered in watch order can never be overtaken by older events. A namespace
+    /// whose list keeps failing holds back only itself (reported by `/readyz`, the metric
+    /// `hapod_unsynced_scopes` and the log).
     pub async fn run(mut self, mut leader: watch::Receiver<Option<u32>>) {
-        let scopes = self.scopes();
-        let mut watch = self.watch_streams(&scopes);
-        // Scopes whose list since the last (re)start of the watches has not completed.
-        let mut listing: HashSet<Scope> = scopes.iter().cloned().collect();
-        // Term to act in once `listing` is empty.
-        let mut pending = *leader.borrow_and_update();
+        let mut watch = self.restart_watches();
+        self.term = *leader.borrow_and_update();
         let mut resync = tokio::time::interval(self.settings.resync);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -130,12 +147,10 @@ impl Dispatcher {
                             for (key, event) in self.router.route(&scope, event) {
                                 self.send(key, event, received);
                             }
-                            if listed && listing.remove(&scope) && listing.is_empty() {
-                                self.ready.store(true, Ordering::Release);
-                                if let Some(term) = pending.take() {
-                                    tracing::info!(term, groups = self.groups.len(), "acting");
-                                    self.acting = Some(term);
-                                    self.broadcast(Event::Leadership(Some(term)));
+                            if listed && self.synced.insert(scope.clone()) {
+                                self.sync_changed();
+                                if let Some(term) = self.term {
+                                    self.act_in(&scope, term);
                                 }
                             }
                         }
@@ -148,28 +163,71 @@ impl Dispatcher {
                     }
                 }
                 changed = leader.changed() => {
-                    if changed.is_err() {
-                        tracing::error!("leader election stopped; no longer acting");
-                        self.broadcast(Event::Leadership(None));
-                        return;
-                    }
-                    let term = *leader.borrow_and_update();
-                    if term == self.acting || term == pending {
+                    let term = match changed {
+                        Ok(()) => *leader.borrow_and_update(),
+                        Err(_) => {
+                            tracing::error!("leader election stopped; no longer acting");
+                            self.stand_by();
+                            return;
+                        }
+                    };
+                    if term == self.term {
                         continue;
                     }
-                    // Stop acting at once; a new term starts after a fresh list.
-                    if self.acting.take().is_some() {
-                        tracing::info!("standing by");
-                        self.broadcast(Event::Leadership(None));
-                    }
-                    pending = term;
+                    // Stop acting at once; a new term acts after a fresh list of each scope.
+                    self.stand_by();
+                    self.term = term;
                     if term.is_some() {
-                        watch = self.watch_streams(&scopes);
-                        listing = scopes.iter().cloned().collect();
+                        watch = self.restart_watches();
                     }
                 }
-                _ = resync.tick() => self.broadcast(Event::Tick),
+                _ = resync.tick() => {
+                    self.broadcast(Event::Tick);
+                    self.reap_idle_groups();
+                }
             }
+        }
+    }
+
+    /// Starts acting in `term` for every group of `scope`.
+    fn act_in(&mut self, scope: &Scope, term: u32) {
+        tracing::info!(term, ?scope, "acting");
+        self.shared.metrics.acting.set(1);
+        let now = Instant::now();
+        let event = Event::Leadership(Some(term));
+        for (key, tx) in &self.groups {
+            if self.scope_of(key) == *scope {
+                let _ = tx.send((event.clone(), now));
+            }
+        }
+    }
+
+    /// Tells every group to stop acting.
+    fn stand_by(&mut self) {
+        if self.term.take().is_some() {
+            tracing::info!("standing by");
+            self.shared.metrics.acting.set(0);
+            self.broadcast(Event::Leadership(None));
+        }
+    }
+
+    /// Publishes which scopes have not listed yet (readiness, metric).
+    fn sync_changed(&self) {
+        let unsynced: Vec<Scope> = self
+            .scopes()
+            .into_iter()
+            .filter(|s| !self.synced.contains(s))
+            .collect();
+        self.shared
+            .metrics
+            .unsynced_scopes
+            .set(i64::try_from(unsynced.len()).unwrap_or(i64::MAX));
+        self.ready.store(unsynced.is_empty(), Ordering::Release);
+        if !unsynced.is_empty() && !self.synced.is_empty() {
+            tracing::warn!(
+                ?unsynced,
+                "pod list not complete in these namespaces; acting in the others"
+            );
         }
     }
 
@@ -179,7 +237,30 @@ impl Dispatcher {
             .retain(|_, tx| tx.send((event.clone(), now)).is_ok());
     }
 
+    /// Stops the workers of groups that have had no pod for a whole resync period. A worker
+    /// finishes what it was sent, then exits and leaves every gauge.
+    fn reap_idle_groups(&mut self) {
+        let now = Instant::now();
+        let idle = self.settings.resync;
+        let reaped: Vec<GroupKey> = self
+            .empty_since
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= idle)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in reaped {
+            self.empty_since.remove(&key);
+            self.groups.remove(&key);
+            tracing::debug!(group = %key, "group without pods: worker stopped");
+        }
+    }
+
     fn send(&mut self, key: GroupKey, event: Event, received: Instant) {
+        if self.router.is_empty(&key) {
+            self.empty_since.entry(key.clone()).or_insert(received);
+        } else {
+            self.empty_since.remove(&key);
+        }
         if let Some(tx) = self.groups.get(&key) {
             // A closed channel means the worker panicked; nothing to deliver to.
             let _ = tx.send((event, received));
@@ -197,11 +278,26 @@ impl Dispatcher {
         // The first pod goes in before the leadership, so the new group is judged with it
         // (no spurious "no eligible pod" report for a group that is empty for an instant).
         let _ = tx.send((event, received));
-        if let Some(term) = self.acting {
+        if let Some(term) = self
+            .term
+            .filter(|_| self.synced.contains(&self.scope_of(&key)))
+        {
             let _ = tx.send((Event::Leadership(Some(term)), received));
         }
         self.groups.insert(key, tx);
     }
+}
+
+/// Namespaces trimmed, blanks and duplicates dropped, in their first order: two watches of one
+/// namespace would interleave two re-lists of the same pods.
+pub fn distinct_namespaces(namespaces: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    namespaces
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty() && seen.insert(*n))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Publishes Kubernetes Events about pods, one at a time, away from the workers.

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
@@ -14,6 +15,7 @@ use hapod_core::{
 use hapod_protocol::Notification;
 use hapod_protocol::sender::Notifier;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, sleep_until};
 
 use crate::metrics::{Metrics, ReasonLabels, Stage};
@@ -43,64 +45,93 @@ pub struct Shared {
     pub notify_port: u16,
     pub notes: mpsc::Sender<PodNote>,
     pub metrics: Metrics,
+    /// Highest epoch issued by workers that have exited: a group whose worker was stopped
+    /// and started again goes on above it (its pods' agents may remember those epochs).
+    pub epoch_floor: AtomicU64,
 }
 
-/// Retry delay after a failed re-read.
-const REREAD_RETRY: Duration = Duration::from_millis(200);
+/// First retry delay after a failed re-read; doubles per failure up to `REREAD_MAX`.
+const REREAD_BASE: Duration = Duration::from_millis(100);
+const REREAD_MAX: Duration = Duration::from_secs(10);
 
 pub struct Worker {
     key: GroupKey,
     state: GroupState,
     writer: Writer,
     shared: Arc<Shared>,
+    /// Write outcomes and re-read results, fed after the watch events already waiting.
+    follow_ups: VecDeque<Input>,
     wake_at: Option<Instant>,
+    failed_rereads: u32,
     without_active: bool,
 }
 
 impl Worker {
     pub fn new(key: GroupKey, writer: Writer, shared: Arc<Shared>) -> Self {
+        let floor = shared.epoch_floor.load(Ordering::Relaxed);
         Self {
-            state: GroupState::new(Arc::clone(&shared.config)),
+            state: GroupState::new(Arc::clone(&shared.config)).with_epoch_floor(floor),
             key,
             writer,
             shared,
+            follow_ups: VecDeque::new(),
             wake_at: None,
+            failed_rereads: 0,
             without_active: false,
         }
     }
 
-    /// Runs until the input channel closes.
+    /// Runs until the input channel closes and everything sent has been handled.
+    ///
+    /// Watch events waiting in the channel go before the follow-ups of earlier writes, so a
+    /// lost active is seen (and, the core's most urgent step, replaced) before a chain of
+    /// kills or label repairs goes on.
     pub async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
         self.shared.metrics.groups.inc();
         loop {
-            let input = tokio::select! {
-                input = inputs.recv() => match input {
-                    Some(input) => input,
-                    None => break,
+            let input = match inputs.try_recv() {
+                Ok(input) => input,
+                Err(closed) => match self.follow_ups.pop_front() {
+                    Some(follow_up) => follow_up,
+                    None if closed == TryRecvError::Disconnected => break,
+                    None => tokio::select! {
+                        input = inputs.recv() => match input {
+                            Some(input) => input,
+                            None => break,
+                        },
+                        () = sleep_until(self.wake_at.unwrap_or_else(Instant::now)), if self.wake_at.is_some() => {
+                            self.wake_at = None;
+                            (Event::Tick, Instant::now())
+                        }
+                    },
                 },
-                () = sleep_until(self.wake_at.unwrap_or_else(Instant::now)), if self.wake_at.is_some() => {
-                    self.wake_at = None;
-                    (Event::Tick, Instant::now())
-                }
             };
-            self.handle(input).await;
+            self.step(input).await;
         }
         self.shared.metrics.groups.dec();
         if self.without_active {
             self.shared.metrics.groups_without_active.dec();
         }
+        self.shared
+            .epoch_floor
+            .fetch_max(self.state.highest_epoch(), Ordering::Relaxed);
     }
 
     /// Feeds one input and everything it leads to (write outcomes, re-reads) into the core.
     pub async fn handle(&mut self, input: Input) {
-        let mut queue = VecDeque::from([input]);
-        while let Some((event, received)) = queue.pop_front() {
-            let actions = decide(&mut self.state, event, received.into_std());
-            let decided = Instant::now();
-            for action in actions {
-                if let Some(next) = self.act(action, received, decided).await {
-                    queue.push_back(next);
-                }
+        self.step(input).await;
+        while let Some(follow_up) = self.follow_ups.pop_front() {
+            self.step(follow_up).await;
+        }
+    }
+
+    /// Feeds one input into the core and carries out its actions.
+    async fn step(&mut self, (event, received): Input) {
+        let actions = decide(&mut self.state, event, received.into_std());
+        let decided = Instant::now();
+        for action in actions {
+            if let Some(next) = self.act(action, received, decided).await {
+                self.follow_ups.push_back(next);
             }
         }
     }
@@ -109,19 +140,40 @@ impl Worker {
         match action {
             Action::Write(write) => Some(self.write(write, received, decided).await),
             Action::Refresh { pod, uid } => match self.writer.read(&pod).await {
-                Ok(Some(fresh)) => {
-                    let view = pod_view(&fresh, &self.shared.config, &self.shared.group_label);
+                Ok(fresh) => {
+                    self.failed_rereads = 0;
+                    let view = fresh.as_ref().map(|fresh| {
+                        (
+                            pod_view(fresh, &self.shared.config, &self.shared.group_label),
+                            fresh.metadata.resource_version.clone(),
+                        )
+                    });
                     let event = match view {
-                        Ok(view) if view.group == self.key.group => Event::Applied(view),
-                        // Relabeled out of the group meanwhile: gone from this group.
-                        _ => Event::Deleted { name: pod, uid },
+                        Some((Ok(view), _)) if view.group == self.key.group && view.uid == uid => {
+                            Event::Applied(view)
+                        }
+                        // Relabeled out of the group meanwhile (or the name reused by a new
+                        // pod): gone from this group at that version.
+                        Some((_, resource_version)) => Event::Deleted {
+                            name: pod,
+                            uid,
+                            resource_version,
+                        },
+                        None => Event::Deleted {
+                            name: pod,
+                            uid,
+                            resource_version: None,
+                        },
                     };
                     Some((event, Instant::now()))
                 }
-                Ok(None) => Some((Event::Deleted { name: pod, uid }, Instant::now())),
                 Err(error) => {
-                    tracing::warn!(group = %self.key, %pod, %error, "re-read after conflict failed");
-                    self.wake(REREAD_RETRY);
+                    self.failed_rereads = self.failed_rereads.saturating_add(1);
+                    let delay = REREAD_BASE
+                        .saturating_mul(1 << self.failed_rereads.min(16))
+                        .min(REREAD_MAX);
+                    tracing::warn!(group = %self.key, %pod, %error, retry_ms = delay.as_millis() as u64, "re-read after conflict failed");
+                    self.wake(delay);
                     None
                 }
             },
@@ -187,6 +239,13 @@ impl Worker {
             Role::Active => hapod_protocol::Role::Active,
             _ => hapod_protocol::Role::Standby,
         };
+        if !self.writer.leading() {
+            // The leadership that allowed the label write is gone: the next acting replica
+            // announces what it keeps.
+            self.count_notification(role, "fenced");
+            tracing::debug!(group = %self.key, pod = %notify.pod, "notification not sent: not leading any more");
+            return;
+        }
         let message = Notification::new(self.key.to_string(), &notify.pod, role, notify.epoch);
         let message_id = message.message_id;
         let addr = SocketAddr::new(notify.ip, self.shared.notify_port);
@@ -201,16 +260,21 @@ impl Worker {
                 );
             }
             Err(error) => {
-                metrics
-                    .notifications
-                    .get_or_create(&crate::metrics::NotificationLabels {
-                        role: role.as_str().into(),
-                        outcome: "refused".into(),
-                    })
-                    .inc();
+                self.count_notification(role, "refused");
                 tracing::warn!(group = %self.key, pod = %notify.pod, %addr, %error, "notification refused");
             }
         }
+    }
+
+    fn count_notification(&self, role: hapod_protocol::Role, outcome: &str) {
+        self.shared
+            .metrics
+            .notifications
+            .get_or_create(&crate::metrics::NotificationLabels {
+                role: role.as_str().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     fn record(&self, record: Record) {
@@ -259,6 +323,27 @@ impl Worker {
                     true,
                 )
             }
+            RecordKind::Adopted { epoch } => {
+                tracing::info!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name), epoch, "kept active given an epoch");
+                (
+                    "Adopted",
+                    format!("kept as active; epoch {epoch} written and announced"),
+                    false,
+                )
+            }
+            RecordKind::FutureEpoch { epoch } => {
+                metrics.epoch_anomalies.inc();
+                let term = hapod_core::epoch::term_of(*epoch);
+                tracing::error!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name), epoch, term,
+                    "active pod carries an epoch of a term above the acting one; ignored (edited or copied annotation?)");
+                (
+                    "FutureEpoch",
+                    format!(
+                        "annotation hapod.io/epoch={epoch} names term {term}, above the acting controller's; ignored"
+                    ),
+                    true,
+                )
+            }
             RecordKind::NoEligible => {
                 tracing::warn!(group = %self.key, "no eligible pod to make active");
                 (
@@ -294,7 +379,7 @@ impl Worker {
     }
 
     fn health(&mut self, health: Health) {
-        let without = health != Health::Active;
+        let without = matches!(health, Health::NoActive { .. });
         if without != self.without_active {
             self.without_active = without;
             let gauge = &self.shared.metrics.groups_without_active;

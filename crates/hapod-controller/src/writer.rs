@@ -2,25 +2,31 @@
 //! error classified into the outcome the core understands.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hapod_core::{Config, Role, Write, WriteKind, WriteOutcome, epoch};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::metrics::{Metrics, Verb};
 use crate::podview::EPOCH_ANNOTATION;
 
+/// Bound of a re-read: a stalled connection must not hold a group's worker.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The leadership check made right before every write. Implemented by the election's
 /// `LeaderHandle`; the seam exists so the runtime can be tested without a Lease.
 pub trait Fence: Send + Sync {
-    /// The current controller term while this replica may write, else `None`.
-    fn term(&self) -> Option<u32>;
+    /// While this replica may write: the current controller term and the instant until which
+    /// its leadership is certain (the renew deadline). Else `None`.
+    fn lease(&self) -> Option<(u32, Instant)>;
 }
 
 impl Fence for hapod_election::LeaderHandle {
-    fn term(&self) -> Option<u32> {
-        self.fence().ok().map(|t| t.get())
+    fn lease(&self) -> Option<(u32, Instant)> {
+        self.fence_until().ok().map(|(t, until)| (t.get(), until))
     }
 }
 
@@ -101,10 +107,17 @@ impl Writer {
         }
     }
 
-    /// Fences, then performs `write`. A write whose epoch belongs to another term than the one
-    /// held now is not sent: the leadership change reaches the group next.
+    /// Whether this replica may write (and notify) now.
+    pub fn leading(&self) -> bool {
+        self.fence.lease().is_some()
+    }
+
+    /// Fences, then performs `write`, given up when the leadership stops being certain: no
+    /// write of this replica is waited for past its renew deadline (the API client does not
+    /// retry on its own either). A write whose epoch belongs to another term than the one held
+    /// now is not sent: the leadership change reaches the group next.
     pub async fn execute(&self, write: &Write) -> WriteOutcome {
-        let Some(term) = self.fence.term() else {
+        let Some((term, until)) = self.fence.lease() else {
             tracing::debug!(pod = %write.pod, "write skipped: not the acting leader");
             return WriteOutcome::Failed;
         };
@@ -119,25 +132,28 @@ impl Writer {
                     return WriteOutcome::Failed;
                 }
                 let body = role_patch(&self.config, resource_version, *role, *stamped);
-                let result = self
-                    .pods
-                    .patch(&write.pod, &PatchParams::default(), &Patch::Merge(&body))
+                let (params, patch) = (PatchParams::default(), Patch::Merge(&body));
+                let call = self.pods.patch(&write.pod, &params, &patch);
+                let result = timeout_at(until, call)
                     .await
-                    .map(|pod| pod.metadata.resource_version);
+                    .map(|r| r.map(|pod| pod.metadata.resource_version));
                 (Verb::patch, result)
             }
             WriteKind::Delete { .. } => {
-                let result = self
-                    .pods
-                    .delete(&write.pod, &kill_params(&write.uid))
-                    .await
-                    .map(|_| None);
+                let params = kill_params(&write.uid);
+                let call = self.pods.delete(&write.pod, &params);
+                let result = timeout_at(until, call).await.map(|r| r.map(|_| None));
                 (Verb::delete, result)
             }
         };
         match result {
-            Ok(resource_version) => WriteOutcome::Done { resource_version },
-            Err(error) => {
+            Ok(Ok(resource_version)) => WriteOutcome::Done { resource_version },
+            Err(_elapsed) => {
+                self.metrics.api_error(verb, 0);
+                tracing::warn!(pod = %write.pod, ?verb, "write abandoned at the renew deadline");
+                WriteOutcome::Failed
+            }
+            Ok(Err(error)) => {
                 let code = status_code(&error);
                 self.metrics.api_error(verb, code);
                 let outcome = classify(&error);
@@ -151,9 +167,26 @@ impl Writer {
     }
 
     /// Reads a pod again after a conflict; `Ok(None)` when it is gone.
-    pub async fn read(&self, name: &str) -> Result<Option<Pod>, kube::Error> {
-        self.pods.get_opt(name).await.inspect_err(|error| {
-            self.metrics.api_error(Verb::get, status_code(error));
-        })
+    pub async fn read(&self, name: &str) -> Result<Option<Pod>, ReadError> {
+        match timeout(READ_TIMEOUT, self.pods.get_opt(name)).await {
+            Ok(Ok(pod)) => Ok(pod),
+            Ok(Err(error)) => {
+                self.metrics.api_error(Verb::get, status_code(&error));
+                Err(ReadError::Api(error))
+            }
+            Err(_) => {
+                self.metrics.api_error(Verb::get, 0);
+                Err(ReadError::TimedOut(READ_TIMEOUT))
+            }
+        }
     }
+}
+
+/// A re-read that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Api(kube::Error),
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }

@@ -31,8 +31,9 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 struct FixedTerm(Option<u32>);
 
 impl Fence for FixedTerm {
-    fn term(&self) -> Option<u32> {
+    fn lease(&self) -> Option<(u32, Instant)> {
         self.0
+            .map(|t| (t, Instant::now() + Duration::from_secs(3600)))
     }
 }
 
@@ -237,6 +238,7 @@ async fn shared(metrics: Metrics) -> (Arc<Shared>, mpsc::Receiver<PodNote>, UdpS
         notify_port: agent.local_addr().unwrap().port(),
         notes: notes_tx,
         metrics,
+        epoch_floor: Default::default(),
     });
     (shared, notes, agent)
 }
@@ -267,7 +269,10 @@ fn view(json: Value) -> hapod_core::PodView {
 #[tokio::test]
 async fn pod_missing_from_relist_fails_over_and_notifies() {
     let mut rig = rig().await;
-    let active = view(pod_json("a", "5", "active", "127.0.0.1"));
+    // "a" listens elsewhere: the agent socket below plays "b" only.
+    let mut active = pod_json("a", "5", "active", "127.0.0.9");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
+    let active = view(active);
     let standby = view(pod_json("b", "6", "standby", "127.0.0.1"));
     let now = Instant::now();
     rig.worker
@@ -280,8 +285,7 @@ async fn pod_missing_from_relist_fails_over_and_notifies() {
         .await;
     let mut handle = rig.handle;
     let worker = tokio::spawn(async move {
-        // Taking over re-announces "a" (no epoch annotation: nothing to announce), then the
-        // re-list without "a" makes "b" active.
+        // Taking over re-announces "a", then the re-list without "a" makes "b" active.
         rig.worker
             .handle((Event::Leadership(Some(1)), Instant::now()))
             .await;
@@ -314,7 +318,7 @@ async fn pod_missing_from_relist_fails_over_and_notifies() {
         (note.pod.as_str(), note.role, note.group.as_str()),
         ("b", hapod_protocol::Role::Active, "ns/hapod")
     );
-    assert_eq!(note.epoch, epoch::compose(1, 1));
+    assert_eq!(note.epoch, epoch::compose(1, 2));
     let promoted = rig.notes.recv().await.unwrap();
     assert_eq!((promoted.pod.as_str(), promoted.reason), ("b", "Promoted"));
     assert!(promoted.note.contains("reason deleted"));
@@ -454,4 +458,318 @@ async fn dispatcher_acts_after_the_list_and_a_pod_missing_from_a_relist_is_delet
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("promotion not recorded");
+}
+
+/// Polls `f` every 10 ms for up to 2 s.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("not within 2 s: {what}");
+}
+
+/// A dispatcher over the mock API, following `term`.
+fn dispatcher(
+    client: kube::Client,
+    shared: Arc<Shared>,
+    namespaces: &[&str],
+    term: watch::Receiver<Option<u32>>,
+) -> Arc<AtomicBool> {
+    let ready = Arc::new(AtomicBool::new(false));
+    let settings = Settings {
+        selector: "app=hapod".into(),
+        namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+        resync: Duration::from_secs(3600),
+    };
+    let fence = Arc::new(FixedTerm(Some(1)));
+    let dispatcher = Dispatcher::new(client, settings, shared, fence, Arc::clone(&ready));
+    tokio::spawn(dispatcher.run(term));
+    ready
+}
+
+#[tokio::test]
+async fn losing_the_leadership_stops_acting_and_regaining_it_lists_again() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let (leader, term) = watch::channel(Some(1));
+    dispatcher(client, shared, &[], term);
+    let mut active = pod_json("a", "5", "active", "127.0.0.1");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": "4294967297"});
+    let standby = pod_json("b", "6", "standby", "127.0.0.1");
+    let mut held = Vec::new();
+    let mut lists = 0;
+    // Serves lists and holds watches open until `lists` lists were served.
+    let mut serve = async |handle: &mut Handle, until: usize, lists: &mut usize| {
+        while *lists < until {
+            let (parts, _, send) = next(handle).await;
+            if parts.uri.query().is_some_and(|q| q.contains("watch=true")) {
+                held.push(send);
+            } else {
+                *lists += 1;
+                send.send_response(pod_list(&[active.clone(), standby.clone()]));
+            }
+        }
+    };
+    serve(&mut handle, 1, &mut lists).await;
+    eventually("acting in term 1", || metrics.acting.get() == 1).await;
+    leader.send_replace(None);
+    eventually("standing by after the Lease is lost", || {
+        metrics.acting.get() == 0
+    })
+    .await;
+    leader.send_replace(Some(2));
+    // A new term acts only after a fresh list.
+    serve(&mut handle, 2, &mut lists).await;
+    eventually("acting in term 2", || metrics.acting.get() == 1).await;
+}
+
+#[tokio::test]
+async fn duplicate_namespaces_are_watched_once() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let (_leader, term) = watch::channel(Some(1));
+    dispatcher(client, shared, &["ns", "ns", " ns "], term);
+    let mut lists = 0;
+    let mut held = Vec::new();
+    let mut active = pod_json("b", "6", "active", "127.0.0.1");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": "4294967297"});
+    while let Ok(Some((request, send))) =
+        timeout(Duration::from_millis(500), handle.next_request()).await
+    {
+        assert_eq!(request.uri().path(), "/api/v1/namespaces/ns/pods");
+        if request
+            .uri()
+            .query()
+            .is_some_and(|q| q.contains("watch=true"))
+        {
+            held.push(send);
+        } else {
+            lists += 1;
+            send.send_response(pod_list(std::slice::from_ref(&active)));
+        }
+    }
+    assert_eq!(lists, 1, "one list per distinct namespace");
+    assert_eq!(held.len(), 1, "one watch per distinct namespace");
+}
+
+#[tokio::test]
+async fn a_namespace_that_cannot_be_listed_does_not_stop_the_others() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let (_leader, term) = watch::channel(Some(1));
+    let ready = dispatcher(client, shared, &["ok", "denied"], term);
+    let mut standby = pod_json("b", "6", "standby", "127.0.0.1");
+    standby["metadata"]["namespace"] = json!("ok");
+    let mut held = Vec::new();
+    // Bounded: the failing namespace is retried (with backoff) for ever.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the listed namespace was not acted on"
+        );
+        let (parts, body, send) = next(&mut handle).await;
+        let path = parts.uri.path().to_owned();
+        if path.starts_with("/api/v1/namespaces/denied/") {
+            send.send_response(status(403, "Forbidden"));
+        } else if parts.uri.query().is_some_and(|q| q.contains("watch=true")) {
+            held.push(send);
+        } else if parts.method == Method::GET {
+            send.send_response(pod_list(std::slice::from_ref(&standby)));
+        } else {
+            // The group in the listed namespace is acted on while the other keeps failing.
+            assert_eq!(
+                (parts.method, path.as_str()),
+                (Method::PATCH, "/api/v1/namespaces/ok/pods/b")
+            );
+            assert_eq!(body["metadata"]["labels"]["role"], "active");
+            break;
+        }
+    }
+    assert_eq!(metrics.unsynced_scopes.get(), 1);
+    assert!(
+        !ready.load(Ordering::Acquire),
+        "not ready while a namespace fails to list"
+    );
+}
+
+/// A lease held in term 1 until a fixed instant.
+struct HeldUntil(Instant);
+
+impl Fence for HeldUntil {
+    fn lease(&self) -> Option<(u32, Instant)> {
+        (Instant::now() < self.0).then_some((1, self.0))
+    }
+}
+
+#[tokio::test]
+async fn a_write_is_given_up_at_the_renew_deadline() {
+    let (client, mut handle) = mock();
+    let until = Instant::now() + Duration::from_millis(300);
+    let writer = Writer::new(
+        Api::namespaced(client, "ns"),
+        Arc::new(Config::default()),
+        Arc::new(HeldUntil(until)),
+        metrics(),
+    );
+    let write = tokio::spawn(async move { writer.execute(&promote_write(1)).await });
+    // The API server takes the request and never answers.
+    let (_request, _never_answered) = handle.next_request().await.unwrap();
+    let outcome = timeout(Duration::from_secs(3), write)
+        .await
+        .expect("the write is bounded by the renew deadline")
+        .unwrap();
+    assert_eq!(outcome, WriteOutcome::Failed);
+    assert!(Instant::now() >= until);
+}
+
+fn with_dead_critical_container(mut pod: Value) -> Value {
+    pod["spec"]["containers"] =
+        json!([{"name": "c", "env": [{"name": "pwcriticality", "value": "critical"}]}]);
+    pod["status"]["containerStatuses"] = json!([{"name": "c", "ready": false, "restartCount": 0,
+        "image": "i", "imageID": "", "state": {"terminated": {"exitCode": 1}}}]);
+    pod
+}
+
+#[tokio::test]
+async fn a_lost_active_goes_before_the_rest_of_a_chain_of_writes() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let key = GroupKey {
+        namespace: "ns".into(),
+        group: "hapod".into(),
+    };
+    let worker = Worker::new(key, writer(client, Some(1), metrics), shared);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(worker.run(rx));
+    let mut active = pod_json("a", "5", "active", "127.0.0.1");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
+    let mut unlabeled = pod_json("d", "8", "standby", "127.0.0.4");
+    unlabeled["metadata"]["labels"] = json!({"app": "hapod"});
+    let pods = vec![
+        view(active),
+        view(pod_json("b", "6", "standby", "127.0.0.2")),
+        view(with_dead_critical_container(pod_json(
+            "c",
+            "7",
+            "standby",
+            "127.0.0.3",
+        ))),
+        view(unlabeled),
+    ];
+    tx.send((Event::Resync { pods }, Instant::now())).unwrap();
+    tx.send((Event::Leadership(Some(1)), Instant::now()))
+        .unwrap();
+    let (parts, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (parts.method, parts.uri.path()),
+        (Method::DELETE, "/api/v1/namespaces/ns/pods/c")
+    );
+    // The active is deleted while the kill is in flight.
+    tx.send((
+        Event::Deleted {
+            name: "a".into(),
+            uid: "a-uid".into(),
+            resource_version: Some("9".into()),
+        },
+        Instant::now(),
+    ))
+    .unwrap();
+    send.send_response(ok(&pod_json("c", "10", "standby", "127.0.0.3")));
+    let (parts, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (parts.method, parts.uri.path()),
+        (Method::PATCH, "/api/v1/namespaces/ns/pods/b"),
+        "the failover comes before the label repair"
+    );
+    assert_eq!(body["metadata"]["labels"]["role"], "active");
+    send.send_response(ok(&pod_json("b", "11", "active", "127.0.0.2")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_rereads_back_off_exponentially() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let key = GroupKey {
+        namespace: "ns".into(),
+        group: "hapod".into(),
+    };
+    let worker = Worker::new(key, writer(client, Some(1), metrics), shared);
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(worker.run(rx));
+    let pods = vec![view(pod_json("b", "6", "standby", "127.0.0.2"))];
+    tx.send((Event::Resync { pods }, Instant::now())).unwrap();
+    tx.send((Event::Leadership(Some(1)), Instant::now()))
+        .unwrap();
+    let (parts, _, send) = next(&mut handle).await;
+    assert_eq!(parts.method, Method::PATCH);
+    send.send_response(status(409, "Conflict"));
+    // The API is down for 10 s: every re-read fails.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut rereads = 0;
+    while let Ok(Some((request, send))) =
+        tokio::time::timeout_at(deadline, handle.next_request()).await
+    {
+        assert_eq!(request.method(), Method::GET);
+        rereads += 1;
+        send.send_response(status(503, "ServiceUnavailable"));
+    }
+    assert!((3..=8).contains(&rereads), "{rereads} re-reads in 10 s");
+}
+
+#[tokio::test]
+async fn a_group_without_pods_is_reaped_and_leaves_every_gauge() {
+    let (client, mut handle) = mock();
+    let metrics = metrics();
+    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let ready = Arc::new(AtomicBool::new(false));
+    let settings = Settings {
+        selector: "app=hapod".into(),
+        namespaces: vec![],
+        resync: Duration::from_millis(100),
+    };
+    let dispatcher = Dispatcher::new(
+        client,
+        settings,
+        shared,
+        Arc::new(FixedTerm(Some(1))),
+        ready,
+    );
+    let (_leader, term) = watch::channel(Some(1));
+    tokio::spawn(dispatcher.run(term));
+    let mut active = pod_json("a", "5", "active", "127.0.0.9");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
+    let mut lists = 0;
+    let mut held = Vec::new();
+    while lists < 2 {
+        let (parts, _, send) = next(&mut handle).await;
+        if !parts.uri.query().is_some_and(|q| q.contains("watch=true")) {
+            lists += 1;
+            // Every pod of the group is gone by the second list.
+            let items = if lists == 1 {
+                vec![active.clone()]
+            } else {
+                vec![]
+            };
+            send.send_response(pod_list(&items));
+        } else if lists == 1 {
+            eventually("the group has a worker", || metrics.groups.get() == 1).await;
+            send.send_response(watch_expired());
+        } else {
+            held.push(send);
+        }
+    }
+    eventually("the empty group's worker is stopped", || {
+        metrics.groups.get() == 0
+    })
+    .await;
+    assert_eq!(metrics.groups_without_active.get(), 0);
 }
