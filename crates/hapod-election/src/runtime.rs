@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tokio::sync::{Notify, watch};
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, ElectionConfig, millis};
@@ -596,9 +596,13 @@ impl Runner {
             &self.cfg.standby_value,
         );
         for (name, rv, value) in wrong {
-            if self.labeled.get(&name) == Some(&rv) || self.shared.fence().is_err() {
+            if self.labeled.get(&name) == Some(&rv) {
                 continue;
             }
+            // Like every fenced write: given up when the leadership stops being certain.
+            let Ok((_, until)) = self.shared.fence() else {
+                return;
+            };
             let patch = serde_json::json!({
                 "metadata": {
                     "resourceVersion": rv,
@@ -607,7 +611,7 @@ impl Runner {
             });
             let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
             let call = self.pods_api.patch(&name, &pp, &patch);
-            match timeout(self.cfg.retry_period, call).await {
+            match timeout_at(until.min(Instant::now() + self.cfg.retry_period), call).await {
                 Ok(Ok(pod)) => {
                     debug!(pod = %name, role = %value, "role label set");
                     self.pods.upsert(pod);

@@ -459,6 +459,9 @@ async fn fence_fails_at_the_renew_deadline_when_renews_hang() {
 
     sleep(Duration::from_millis(1990)).await;
     assert_eq!(a.fence().map(|t| u64::from(t.get())), Ok(term));
+    // The deadline every write of the controller is bounded by.
+    let (_, until) = a.fence_until().expect("still leading");
+    assert!(until > Instant::now() && until <= t0 + Duration::from_millis(2001));
     sleep(Duration::from_millis(11)).await;
     // 2001 ms after the acquisition was sent: no successful renew since, so no more writes.
     assert!(a.fence().is_err());
