@@ -18,9 +18,11 @@ group the controller keeps one eligible pod labeled <role-label>=<active-value> 
 other pod <role-label>=<standby-value>. Eligible: phase Running, condition Ready=True, no
 deletionTimestamp, a pod IP, and no critical container dead. A container is critical when
 its env has <critical-env>=<critical-value> (name exact; value compared after trimming ASCII
-whitespace, ignoring ASCII case). A dead critical container (state.terminated,
-lastState.terminated with a higher restartCount, or waiting in CrashLoopBackOff) gets its pod
-deleted with grace period 0 and a UID precondition, after failing over if it was active.
+whitespace, ignoring ASCII case). A dead critical container (state.terminated, waiting in
+CrashLoopBackOff, or any restart: restartCount > 0) gets its pod deleted with grace period 0
+and a UID precondition, after failing over if it was active; pods already terminating or
+Failed/Succeeded are not deleted again. An active that is only not Ready keeps the role until
+a standby can take over.
 
 Failover: demote (relabel standby) the old active if it still exists, then label the chosen
 standby active; each write is a merge patch with metadata.resourceVersion as precondition.
