@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 
-use crate::decide::{Holder, LeaseView, Millis, Term};
+use crate::leadership::{Holder, LeaseView, Millis, Term};
 
 /// The last term handed out.
 pub const TERM_ANNOTATION: &str = "hapod.io/term";

@@ -1,6 +1,6 @@
 //! Leader election for the hapod controller (issue 4; design in docs/election.md).
 //!
-//! - [`decide`]: the pure decision (lease view + observation + local monotonic now).
+//! - [`decide_leadership`]: the pure decision (lease view + observation + local monotonic now).
 //! - [`LeaderElector`] / [`LeaderHandle`]: the kube runtime around it. The controller calls
 //!   [`LeaderHandle::fence`] right before every write, follows
 //!   [`LeaderHandle::subscribe`] to start and stop acting, and calls
@@ -21,7 +21,7 @@
 //! ```
 
 mod config;
-mod decide;
+mod leadership;
 mod lease;
 mod metrics;
 mod pods;
@@ -31,9 +31,9 @@ pub use config::{
     ConfigError, DEFAULT_LEASE_DURATION_MS, DEFAULT_RENEW_DEADLINE_MS, DEFAULT_RETRY_PERIOD_MS,
     ElectionArgs, ElectionConfig,
 };
-pub use decide::{
+pub use leadership::{
     AcquireReason, DeathCause, Decision, Holder, LeaseView, Me, Millis, Observation, PodHealth,
-    Term, decide, term_floor_from_wall_clock,
+    Term, decide_leadership, term_floor_from_wall_clock,
 };
 pub use lease::{
     HOLDER_CONTAINER_ANNOTATION, HOLDER_POD_ANNOTATION, HOLDER_POD_UID_ANNOTATION,

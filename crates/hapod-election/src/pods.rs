@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, VecDeque};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher;
 
-use crate::decide::{DeathCause, PodHealth};
+use crate::leadership::{DeathCause, PodHealth};
 use crate::lease::HolderRecord;
 
 /// kubectl's annotation naming a pod's main container.

@@ -19,7 +19,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, info, warn};
 
 use crate::config::{ConfigError, ElectionConfig, millis};
-use crate::decide::{Decision, Me, Millis, Observation, PodHealth, Term, decide};
+use crate::leadership::{Decision, Me, Millis, Observation, PodHealth, Term, decide_leadership};
 use crate::lease::{self, Acquisition, HolderRecord, ParsedLease};
 use crate::metrics::Metrics;
 use crate::pods::PodTracker;
@@ -40,14 +40,14 @@ pub enum LeaderState {
 pub struct NotLeader;
 
 #[derive(Debug)]
-struct Shared {
+struct ActingState {
     /// The term being acted in and the monotonic instant its renew deadline passes.
     acting: Mutex<Option<(Term, Instant)>>,
     shutting_down: AtomicBool,
     wake: Notify,
 }
 
-impl Shared {
+impl ActingState {
     fn acting(&self) -> Option<(Term, Instant)> {
         *self.acting.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -70,7 +70,7 @@ impl Shared {
 /// What the controller holds: fencing, the acting state channel, and release for SIGTERM.
 #[derive(Clone, Debug)]
 pub struct LeaderHandle {
-    shared: Arc<Shared>,
+    shared: Arc<ActingState>,
     state: watch::Receiver<LeaderState>,
     done: watch::Receiver<bool>,
     identity: Arc<str>,
@@ -129,7 +129,7 @@ impl LeaderElector {
     ) -> Result<(LeaderHandle, LeaderElector), ConfigError> {
         config.validate()?;
         let identity = format!("{}_{}", config.pod_name, instance_id());
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(ActingState {
             acting: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             wake: Notify::new(),
@@ -199,7 +199,7 @@ struct Runner {
     pods_api: Api<Pod>,
     cfg: ElectionConfig,
     me: Me,
-    shared: Arc<Shared>,
+    shared: Arc<ActingState>,
     state_tx: watch::Sender<LeaderState>,
     done_tx: watch::Sender<bool>,
     metrics: Metrics,
@@ -221,7 +221,7 @@ impl Drop for Runner {
     }
 }
 
-enum WriteOutcome {
+enum LeaseWriteOutcome {
     Written(Box<Lease>),
     Conflict,
     Failed,
@@ -309,11 +309,11 @@ impl Runner {
             holder_pod,
             acting: self.shared.acting().map(|(t, d)| (t, self.ms(d))),
             shutting_down,
-            term_floor: crate::decide::term_floor_from_wall_clock(
+            term_floor: crate::leadership::term_floor_from_wall_clock(
                 jiff::Timestamp::now().as_second(),
             ),
         };
-        let decision = decide(view.as_ref(), &self.me, &obs, self.ms(now));
+        let decision = decide_leadership(view.as_ref(), &self.me, &obs, self.ms(now));
         let wake = match decision {
             Decision::Acquire { term, reason } => {
                 info!(%term, %reason, identity = %self.me.identity, "acquiring lease");
@@ -370,7 +370,7 @@ impl Runner {
             }
         };
         match write {
-            WriteOutcome::Written(new) => {
+            LeaseWriteOutcome::Written(new) => {
                 self.observe_lease(Some(*new));
                 if self.shared.shutting_down.load(Ordering::SeqCst) {
                     // SIGTERM arrived while the write was in flight: never start acting.
@@ -381,11 +381,11 @@ impl Runner {
                 self.next_renew = sent + self.cfg.retry_period;
                 self.next_renew
             }
-            WriteOutcome::Conflict => {
+            LeaseWriteOutcome::Conflict => {
                 self.refetch().await;
                 Instant::now()
             }
-            WriteOutcome::Failed => Instant::now() + self.cfg.retry_period,
+            LeaseWriteOutcome::Failed => Instant::now() + self.cfg.retry_period,
         }
     }
 
@@ -406,7 +406,7 @@ impl Runner {
             .acting()
             .map_or(Duration::ZERO, |(_, d)| d.saturating_duration_since(sent));
         match self.replace(body, budget).await {
-            WriteOutcome::Written(new) => {
+            LeaseWriteOutcome::Written(new) => {
                 self.observe_lease(Some(*new));
                 let extended = {
                     let mut acting = self.shared.acting.lock().unwrap_or_else(|e| e.into_inner());
@@ -432,11 +432,11 @@ impl Runner {
                 self.next_renew = sent + self.cfg.retry_period;
                 self.next_renew
             }
-            WriteOutcome::Conflict => {
+            LeaseWriteOutcome::Conflict => {
                 self.refetch().await;
                 Instant::now()
             }
-            WriteOutcome::Failed => {
+            LeaseWriteOutcome::Failed => {
                 self.next_renew = Instant::now() + self.cfg.retry_period;
                 self.next_renew
             }
@@ -450,25 +450,25 @@ impl Runner {
         };
         let body = lease::released(lease);
         match self.replace(body, self.cfg.renew_deadline).await {
-            WriteOutcome::Written(new) => {
+            LeaseWriteOutcome::Written(new) => {
                 info!(%term, "lease released");
                 self.observe_lease(Some(*new));
             }
             // Someone else already took it, or the API is unreachable: either way the lease
             // is not ours to hand over any more, and it expires on its own.
-            WriteOutcome::Conflict | WriteOutcome::Failed => {
+            LeaseWriteOutcome::Conflict | LeaseWriteOutcome::Failed => {
                 warn!(%term, "lease release failed; it will expire instead");
             }
         }
     }
 
-    async fn create(&self, body: Lease) -> WriteOutcome {
+    async fn create(&self, body: Lease) -> LeaseWriteOutcome {
         let pp = PostParams::default();
         let call = self.leases.create(&pp, &body);
         classify(timeout(self.cfg.renew_deadline, call).await)
     }
 
-    async fn replace(&self, body: Lease, budget: Duration) -> WriteOutcome {
+    async fn replace(&self, body: Lease, budget: Duration) -> LeaseWriteOutcome {
         let pp = PostParams::default();
         let call = self.leases.replace(&self.cfg.lease_name, &pp, &body);
         classify(timeout(budget, call).await)
@@ -625,20 +625,22 @@ impl Runner {
     }
 }
 
-fn classify(r: Result<Result<Lease, kube::Error>, tokio::time::error::Elapsed>) -> WriteOutcome {
+fn classify(
+    r: Result<Result<Lease, kube::Error>, tokio::time::error::Elapsed>,
+) -> LeaseWriteOutcome {
     match r {
-        Ok(Ok(l)) => WriteOutcome::Written(Box::new(l)),
+        Ok(Ok(l)) => LeaseWriteOutcome::Written(Box::new(l)),
         Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
             debug!(message = %s.message, "lease write lost a race");
-            WriteOutcome::Conflict
+            LeaseWriteOutcome::Conflict
         }
         Ok(Err(e)) => {
             warn!(error = %e, "lease write failed");
-            WriteOutcome::Failed
+            LeaseWriteOutcome::Failed
         }
         Err(_) => {
             warn!("lease write timed out");
-            WriteOutcome::Failed
+            LeaseWriteOutcome::Failed
         }
     }
 }

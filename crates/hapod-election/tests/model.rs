@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hapod_election::{
     AcquireReason, DeathCause, Decision, Holder, LeaseView, Me, Observation, PodHealth, Term,
-    decide,
+    decide_leadership,
 };
 use stateright::{Checker, Model, Property};
 
@@ -188,7 +188,7 @@ impl ElectionModel {
             shutting_down: r.shutting,
             term_floor: 0,
         };
-        match decide(view.as_ref(), &me, &obs, ms(BASE)) {
+        match decide_leadership(view.as_ref(), &me, &obs, ms(BASE)) {
             Decision::Acquire { term, .. } if term.get() > self.max_term => {
                 Decision::StandBy { recheck_at: None }
             }

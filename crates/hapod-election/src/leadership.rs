@@ -171,7 +171,12 @@ pub enum Decision {
 }
 
 /// Decide what this replica does with the Lease.
-pub fn decide(lease: Option<&LeaseView>, me: &Me, obs: &Observation, now: Millis) -> Decision {
+pub fn decide_leadership(
+    lease: Option<&LeaseView>,
+    me: &Me,
+    obs: &Observation,
+    now: Millis,
+) -> Decision {
     let standby = Decision::StandBy { recheck_at: None };
     let Some(lease) = lease else {
         if obs.shutting_down {
@@ -287,7 +292,7 @@ mod tests {
     #[test]
     fn creates_missing_lease_with_first_term() {
         assert_eq!(
-            decide(None, &me(), &obs(), 0),
+            decide_leadership(None, &me(), &obs(), 0),
             acq(1, AcquireReason::Create)
         );
     }
@@ -299,7 +304,7 @@ mod tests {
             ..obs()
         };
         assert_eq!(
-            decide(None, &me(), &o, 0),
+            decide_leadership(None, &me(), &o, 0),
             Decision::StandBy { recheck_at: None }
         );
         let released = LeaseView {
@@ -307,7 +312,7 @@ mod tests {
             ..held_by("x", "x", 4, 0)
         };
         assert_eq!(
-            decide(Some(&released), &me(), &o, 10_000),
+            decide_leadership(Some(&released), &me(), &o, 10_000),
             Decision::StandBy { recheck_at: None }
         );
     }
@@ -321,7 +326,7 @@ mod tests {
         };
         let lease = held_by("icr-a_1", "icr-a", 4, 0);
         assert_eq!(
-            decide(Some(&lease), &me(), &o, 10_000),
+            decide_leadership(Some(&lease), &me(), &o, 10_000),
             Decision::Release { term: Term::new(4) }
         );
     }
@@ -333,7 +338,7 @@ mod tests {
             ..held_by("x", "x", 7, 1000)
         };
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 1000),
+            decide_leadership(Some(&lease), &me(), &obs(), 1000),
             acq(8, AcquireReason::Released)
         );
     }
@@ -346,7 +351,7 @@ mod tests {
             ..obs()
         };
         assert_eq!(
-            decide(Some(&lease), &me(), &o, 1999),
+            decide_leadership(Some(&lease), &me(), &o, 1999),
             Decision::Renew { term: Term::new(4) }
         );
     }
@@ -359,12 +364,12 @@ mod tests {
             ..obs()
         };
         assert_eq!(
-            decide(Some(&lease), &me(), &o, 2000),
+            decide_leadership(Some(&lease), &me(), &o, 2000),
             acq(5, AcquireReason::Reacquire)
         );
         // An acquisition whose response was lost: the Lease names us but we never acted.
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 10),
+            decide_leadership(Some(&lease), &me(), &obs(), 10),
             acq(5, AcquireReason::Reacquire)
         );
     }
@@ -373,7 +378,7 @@ mod tests {
     fn restarted_container_takes_over_from_its_previous_incarnation() {
         let lease = held_by("icr-a_0", "icr-a", 9, 0);
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 1),
+            decide_leadership(Some(&lease), &me(), &obs(), 1),
             acq(10, AcquireReason::Reacquire)
         );
     }
@@ -382,13 +387,13 @@ mod tests {
     fn waits_for_expiry_measured_from_its_own_observation() {
         let lease = held_by("icr-b_1", "icr-b", 3, 5000);
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 7999),
+            decide_leadership(Some(&lease), &me(), &obs(), 7999),
             Decision::StandBy {
                 recheck_at: Some(8000)
             }
         );
         assert_eq!(
-            decide(Some(&lease), &me(), &obs(), 8000),
+            decide_leadership(Some(&lease), &me(), &obs(), 8000),
             acq(4, AcquireReason::Expired)
         );
     }
@@ -401,7 +406,7 @@ mod tests {
             ..obs()
         };
         assert!(matches!(
-            decide(Some(&lease), &me(), &o, 100),
+            decide_leadership(Some(&lease), &me(), &o, 100),
             Decision::StandBy { .. }
         ));
     }
@@ -419,7 +424,7 @@ mod tests {
                 ..obs()
             };
             assert_eq!(
-                decide(Some(&lease), &me(), &o, 5001),
+                decide_leadership(Some(&lease), &me(), &o, 5001),
                 acq(4, AcquireReason::HolderDead(cause))
             );
         }
@@ -432,7 +437,7 @@ mod tests {
             ..obs()
         };
         assert_eq!(
-            decide(None, &me(), &o, 0),
+            decide_leadership(None, &me(), &o, 0),
             acq(90_000_000, AcquireReason::Create)
         );
         let lease = LeaseView {
@@ -440,7 +445,7 @@ mod tests {
             ..held_by("x", "x", 95_000_000, 0)
         };
         assert_eq!(
-            decide(Some(&lease), &me(), &o, 0),
+            decide_leadership(Some(&lease), &me(), &o, 0),
             acq(95_000_001, AcquireReason::Released)
         );
     }
@@ -456,7 +461,7 @@ mod tests {
             ..obs()
         };
         assert_eq!(
-            decide(Some(&lease), &me(), &o, 0),
+            decide_leadership(Some(&lease), &me(), &o, 0),
             acq(90_000_000 + (1 << 24), AcquireReason::Released)
         );
     }
@@ -499,7 +504,7 @@ mod tests {
             };
             let me = Me { identity: "icr-0_0".into(), pod: "icr-0".into() };
             let before = lease.as_ref().map_or(Term::default(), |l| l.term);
-            match decide(lease.as_ref(), &me, &o, now) {
+            match decide_leadership(lease.as_ref(), &me, &o, now) {
                 Decision::Acquire { term: t, .. } => {
                     proptest::prop_assert!(t > before);
                     proptest::prop_assert!(!shutting_down);
