@@ -1162,46 +1162,27 @@ async fn far_future_epoch(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (l) The controller runs with the app namespace listed twice (`HAPOD_NAMESPACES=a,a`): a
-/// force-delete failover gives exactly one active, and a takeover by the other replica (which
-/// re-lists its watches) neither loses the active pod nor promotes another. The controller's
-/// settings are restored afterwards.
+/// (l) The controller runs with the app namespace listed twice (`HAPOD_NAMESPACES=a,a`, two
+/// watches of one namespace). A few rounds of: a force-delete failover promotes the standby
+/// (the acting replica knew it) and leaves exactly one active; a takeover by the other replica
+/// (which re-lists both watches) neither loses the active pod nor promotes another. The
+/// controller's settings are restored afterwards.
 async fn duplicate_namespaces(tb: &Testbed) -> Result<()> {
     const NAMESPACES_ENV: &str = "HAPOD_NAMESPACES";
+    /// Each takeover is one more chance for the two re-lists to interleave.
+    const ROUNDS: usize = 3;
     let twice = format!("{APP_NAMESPACE},{APP_NAMESPACE}");
     let result = async {
         set_controller_env(tb, NAMESPACES_ENV, Some(&twice)).await?;
-        let f = failover_acked(tb, Trigger::ForceDelete).await?;
-        check_failover(tb, &f).await?;
-
-        // Takeover: the standby replica restarts its watches and re-lists both of them.
-        let ctrl = tb.wait_controllers_settled(WAIT).await?;
-        let standby = ctrl.standbys.first().context("no standby controller")?;
-        let promotions_before = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
-        let app = tb
-            .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
-            .await?;
-        let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
-        api.delete(
-            &ctrl.active.name_any(),
-            &DeleteParams::default().grace_period(0),
-        )
-        .await?;
-        let holder = wait_lease_moved(tb, &ctrl.active.name_any(), WAIT).await?;
-        ensure!(
-            holder == standby.name_any(),
-            "the Lease went to {holder}, not to the standby replica"
-        );
-        tb.wait_controllers_settled(WAIT).await?;
-        assert_active_stays(tb, &app.active, Duration::from_secs(5))
-            .await
-            .context("the takeover with duplicate namespaces moved the app's active pod")?;
-        let promotions = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
-        ensure!(
-            promotions == promotions_before,
-            "the new acting replica {holder} promoted a pod after re-listing \
-             ({PROMOTIONS} {promotions_before} -> {promotions})"
-        );
+        for round in 1..=ROUNDS {
+            let f = failover_acked(tb, Trigger::ForceDelete).await?;
+            check_failover(tb, &f)
+                .await
+                .with_context(|| format!("failover of round {round}/{ROUNDS}"))?;
+            takeover_keeps_active(tb)
+                .await
+                .with_context(|| format!("takeover of round {round}/{ROUNDS}"))?;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -1210,6 +1191,40 @@ async fn duplicate_namespaces(tb: &Testbed) -> Result<()> {
     restored.context("restoring the controller's namespaces")?;
     tb.wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
         .await?;
+    Ok(())
+}
+
+/// Deletes the acting controller replica (grace 0): the standby replica takes over, which
+/// restarts and re-lists its watches. The app's active pod stays the same, alone, and the new
+/// acting replica promotes nobody.
+async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?;
+    let standby = ctrl.standbys.first().context("no standby controller")?;
+    let promotions_before = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    let app = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(
+        &ctrl.active.name_any(),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await?;
+    let holder = wait_lease_moved(tb, &ctrl.active.name_any(), WAIT).await?;
+    ensure!(
+        holder == standby.name_any(),
+        "the Lease went to {holder}, not to the standby replica"
+    );
+    tb.wait_controllers_settled(WAIT).await?;
+    assert_active_stays(tb, &app.active, Duration::from_secs(3))
+        .await
+        .context("the takeover moved the app's active pod")?;
+    let promotions = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    ensure!(
+        promotions == promotions_before,
+        "the new acting replica {holder} promoted a pod after re-listing \
+         ({PROMOTIONS} {promotions_before} -> {promotions})"
+    );
     Ok(())
 }
 
