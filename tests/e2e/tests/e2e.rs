@@ -1186,6 +1186,13 @@ async fn duplicate_namespaces(tb: &Testbed) -> Result<()> {
         anyhow::Ok(())
     }
     .await;
+    if result.is_err() {
+        // The replicas that ran with the duplicate namespaces are gone after the restore.
+        println!(
+            "  before restoring the controller's namespaces:\n{}",
+            tb.diagnostics().await
+        );
+    }
     let restored = set_controller_env(tb, NAMESPACES_ENV, None).await;
     result?;
     restored.context("restoring the controller's namespaces")?;
