@@ -54,6 +54,9 @@ pub const APP_REPLICAS: usize = 2;
 pub const APP_CONTAINER: &str = "app";
 /// The critical crash container of the sample app (`/tmp/killme`).
 pub const CRITICAL_CONTAINER: &str = "critcontainer";
+/// The non-critical crash container of the sample app (`/tmp/killme`, `pwcriticality:
+/// noncritical`).
+pub const NONCRITICAL_CONTAINER: &str = "sidecar";
 /// The demo app's HTTP port.
 pub const APP_HTTP_PORT: u16 = 8080;
 /// The controller's HTTP port (`/metrics`, `/healthz`, `/readyz`).
@@ -792,6 +795,9 @@ impl Testbed {
             Trigger::KillCritical => {
                 Self::touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
             }
+            Trigger::KillNonCritical => {
+                Self::touch_in_container(pod, NONCRITICAL_CONTAINER, "killme")?;
+            }
             Trigger::Unready => {
                 Self::touch_in_container(pod, APP_CONTAINER, "unready")?;
             }
@@ -1028,15 +1034,19 @@ pub enum Trigger {
     GracefulDelete,
     /// `/tmp/killme` in the critical container (it aborts).
     KillCritical,
+    /// `/tmp/killme` in the non-critical container (it aborts and keeps aborting, restarted
+    /// in place by the node, until the file is removed).
+    KillNonCritical,
     /// `/tmp/unready` in the app container (its readiness probe fails).
     Unready,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [
+    pub const ALL: [Trigger; 5] = [
         Trigger::ForceDelete,
         Trigger::GracefulDelete,
         Trigger::KillCritical,
+        Trigger::KillNonCritical,
         Trigger::Unready,
     ];
     pub fn name(self) -> &'static str {
@@ -1044,6 +1054,7 @@ impl Trigger {
             Trigger::ForceDelete => "force-delete",
             Trigger::GracefulDelete => "graceful-delete",
             Trigger::KillCritical => "critical-crash",
+            Trigger::KillNonCritical => "noncritical-crash",
             Trigger::Unready => "not-ready",
         }
     }
@@ -1436,6 +1447,8 @@ struct HistoryInner {
     endpoints: Vec<EndpointsRecord>,
     slices: HashMap<(String, String), (String, Vec<String>)>,
     watch_restarts: Vec<String>,
+    /// Pods a scenario itself brought into a group while labeled active: (UID, rv).
+    injected_actives: Vec<(String, u64)>,
     pod_inits: usize,
     slice_inits: usize,
 }
@@ -1561,16 +1574,39 @@ impl History {
         self.inner.lock().unwrap().watch_restarts.clone()
     }
 
-    /// Replays the pod records in resourceVersion order per group (namespace + group label)
-    /// and returns every resourceVersion at which two pods of a group were labeled active.
-    pub fn double_actives(&self) -> Vec<DoubleActive> {
-        double_actives(&self.pod_records())
+    /// Declares that a scenario itself put the pod `uid` into a group while it was labeled
+    /// active, by a write at resourceVersion `rv` (a pod relabeled back into its group): that
+    /// second active is the scenario's doing, not the controller's. From `rv` until the pod's
+    /// first record that is not active (the controller demoted it, or it is gone), the
+    /// double-active check leaves it out; whether and how fast the controller demotes it is
+    /// the scenario's own assertion.
+    pub fn injected_active(&self, uid: &str, rv: u64) {
+        self.inner
+            .lock()
+            .unwrap()
+            .injected_actives
+            .push((uid.to_string(), rv));
     }
 
-    /// Errors when two pods of a group were ever active at the same resourceVersion; returns
-    /// how many pod records and groups were checked.
+    /// The pod records the double-active check replays: every record, in resourceVersion
+    /// order, with the actives a scenario injected ([`History::injected_active`]) not active.
+    fn controller_written_records(&self) -> Vec<PodRecord> {
+        let injected = self.inner.lock().unwrap().injected_actives.clone();
+        without_injected_actives(self.pod_records(), &injected)
+    }
+
+    /// Replays the pod records in resourceVersion order per group (namespace + group label)
+    /// and returns every resourceVersion at which two pods of a group were labeled active
+    /// (actives injected by a scenario left out, see [`History::injected_active`]).
+    pub fn double_actives(&self) -> Vec<DoubleActive> {
+        double_actives(&self.controller_written_records())
+    }
+
+    /// Errors when two pods of a group were ever active at the same resourceVersion (actives
+    /// injected by a scenario left out); returns how many pod records and groups were
+    /// checked.
     pub fn assert_no_double_active(&self) -> Result<(usize, usize)> {
-        let records = self.pod_records();
+        let records = self.controller_written_records();
         let bad = double_actives(&records);
         if bad.is_empty() {
             let groups: BTreeSet<(String, String)> = records
@@ -1717,6 +1753,26 @@ impl HistoryInner {
             ready_ips: ips,
         });
     }
+}
+
+/// `records` (in resourceVersion order) with each injected active `(uid, rv)` shown not
+/// active from `rv` up to the pod's first record there that is not active.
+fn without_injected_actives(
+    mut records: Vec<PodRecord>,
+    injected: &[(String, u64)],
+) -> Vec<PodRecord> {
+    for (uid, from) in injected {
+        for r in records
+            .iter_mut()
+            .filter(|r| r.uid == *uid && r.rv >= *from)
+        {
+            if !r.is_active() {
+                break;
+            }
+            r.role = None;
+        }
+    }
+    records
 }
 
 /// Replays pod records (any order) in resourceVersion order per group; returns every
@@ -1878,6 +1934,21 @@ mod tests {
             rec(12, "b", Some(ACTIVE), false, false),
         ];
         assert!(double_actives(&r).is_empty());
+    }
+
+    #[test]
+    fn injected_active_is_left_out_until_demoted() {
+        let r = vec![
+            rec(10, "a", Some(ACTIVE), false, false),
+            rec(11, "b", Some(ACTIVE), false, false),
+            rec(12, "b", Some(STANDBY), false, false),
+            rec(13, "b", Some(ACTIVE), false, false),
+        ];
+        let injected = [("uid-b".to_string(), 11)];
+        let d = double_actives(&without_injected_actives(r.clone(), &injected));
+        // Injected at 11, demoted at 12; active again at 13 is the controller's doing.
+        assert_eq!(d.iter().map(|d| d.rv).collect::<Vec<_>>(), vec![13]);
+        assert_eq!(double_actives(&r).len(), 2);
     }
 
     #[test]

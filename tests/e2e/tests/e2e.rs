@@ -25,12 +25,17 @@ use kube::{Client, ResourceExt};
 use xtask::testbed::{
     self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
     APP_SERVICE, CONTROLLER_GROUP, CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
-    CONTROLLER_SERVICE_ACCOUNT, CRITICAL_CONTAINER, STANDBY, Testbed, Trigger, pod_epoch, pod_ip,
-    pod_role,
+    CONTROLLER_SERVICE_ACCOUNT, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
+    NONCRITICAL_CONTAINER, STANDBY, Testbed, Trigger, pod_epoch, pod_group, pod_ip, pod_role,
+    restart_count,
 };
 
 /// Bound of every wait in a scenario (failover, settle, ...).
 const WAIT: Duration = Duration::from_secs(60);
+/// The controller's Deployment in `deploy/base`.
+const CONTROLLER_DEPLOYMENT: &str = "hapod-controller";
+/// The election term annotation on the Lease.
+const TERM_ANNOTATION: &str = "hapod.io/term";
 /// Bound of one whole scenario.
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -61,6 +66,10 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         controller_deleted_during_failover
     ),
     scenario!("g_controller_sigterm_handover", controller_sigterm_handover),
+    scenario!("j_active_relabeled_out_and_back", relabeled_out_and_back),
+    scenario!("k_far_future_epoch_on_active", far_future_epoch),
+    scenario!("l_duplicate_namespaces", duplicate_namespaces),
+    scenario!("m_noncritical_sidecar_crash", noncritical_crash),
     scenario!("i_label_history_no_double_active", no_double_active),
 ];
 
@@ -290,6 +299,8 @@ async fn check_failover(tb: &Testbed, f: &testbed::Failover) -> Result<testbed::
 
 const ACKED_ACTIVE: [(&str, &str); 2] = [("role", "active"), ("outcome", "acked")];
 const NOTIFICATIONS: &str = "hapod_notifications_total";
+/// Pods labeled active by a controller replica, by `reason`.
+const PROMOTIONS: &str = "hapod_promotions_total";
 
 /// Runs a failover of the sample app and checks, on the acting controller's own metrics,
 /// that the new active pod acknowledged its notification (ACK received by the controller).
@@ -608,7 +619,6 @@ async fn force_delete(tb: &Testbed) -> Result<()> {
 /// while the old pod still runs out its grace period, not when it is finally gone.
 async fn graceful_delete(tb: &Testbed) -> Result<()> {
     const PROMOTED_AT_TERMINATING: [(&str, &str); 1] = [("reason", "terminating")];
-    const PROMOTIONS: &str = "hapod_promotions_total";
     let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
     let before = tb
         .controller_metric(&ctrl, PROMOTIONS, &PROMOTED_AT_TERMINATING)
@@ -828,6 +838,455 @@ async fn controller_sigterm_handover(tb: &Testbed) -> Result<()> {
     // The new acting replica does its job.
     let f = failover_acked(tb, Trigger::ForceDelete).await?;
     check_failover(tb, &f).await?;
+    Ok(())
+}
+
+/// Sets (`Some`) or removes (`None`) an environment variable of the controller Deployment's
+/// container and waits until the rollout finished and the replicas settled again.
+async fn set_controller_env(tb: &Testbed, name: &str, value: Option<&str>) -> Result<()> {
+    let assignment = match value {
+        Some(v) => format!("{name}={v}"),
+        None => format!("{name}-"),
+    };
+    let deployment = format!("deployment/{CONTROLLER_DEPLOYMENT}");
+    let rollout_timeout = format!("--timeout={}s", (2 * WAIT).as_secs());
+    tokio::task::block_in_place(|| {
+        tb.kubectl(&[
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "set",
+            "env",
+            &deployment,
+            &assignment,
+        ])?;
+        tb.kubectl(&[
+            "-n",
+            CONTROLLER_NAMESPACE,
+            "rollout",
+            "status",
+            &deployment,
+            &rollout_timeout,
+        ])
+    })
+    .with_context(|| format!("rolling out the controller with {assignment}"))?;
+    let settled = tb.wait_controllers_settled(2 * WAIT).await?;
+    for p in std::iter::once(&settled.active).chain(&settled.standbys) {
+        let got = p
+            .spec
+            .iter()
+            .flat_map(|s| &s.containers)
+            .flat_map(|c| c.env.iter().flatten())
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.as_deref());
+        ensure!(
+            got == value,
+            "controller pod {} has {name}={got:?} after the rollout, want {value:?}",
+            p.name_any()
+        );
+    }
+    Ok(())
+}
+
+/// The election term of the acting controller replica (the Lease's `hapod.io/term`).
+async fn acting_term(tb: &Testbed) -> Result<u64> {
+    let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    let lease = api.get(testbed::LEASE_NAME).await?;
+    lease
+        .annotations()
+        .get(TERM_ANNOTATION)
+        .and_then(|t| t.trim().parse().ok())
+        .with_context(|| format!("the Lease has no numeric {TERM_ANNOTATION} annotation"))
+}
+
+/// Core v1 Events about a pod (by UID) with `reason`.
+async fn pod_events(
+    tb: &Testbed,
+    pod: &Pod,
+    reason: &str,
+) -> Result<Vec<k8s_openapi::api::core::v1::Event>> {
+    let api: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    let uid = pod.uid().unwrap_or_default();
+    let list = api
+        .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect())
+}
+
+/// Waits until the active app pod stays the same pod, alone, for `window`.
+async fn assert_active_stays(tb: &Testbed, active: &Pod, window: Duration) -> Result<()> {
+    let until = Instant::now() + window;
+    while Instant::now() < until {
+        let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+        let now = view.active();
+        ensure!(
+            now.len() == 1 && now[0].uid() == active.uid(),
+            "the active pod was {}; now the active pods are {:?}\n{}",
+            active.name_any(),
+            now.iter().map(|p| p.name_any()).collect::<Vec<_>>(),
+            view.table()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// (j) The active pod P is relabeled out of the group (it leaves the selector; the
+/// controller promotes the standby Q; the ReplicaSet adds a pod), then back into it, still
+/// labeled active. Within one reconcile exactly one pod of the group is active: Q, the highest
+/// epoch, and P (unless the ReplicaSet removed it as the surplus pod) is demoted and its app
+/// told it is standby.
+async fn relabeled_out_and_back(tb: &Testbed) -> Result<()> {
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let p = before.active.clone();
+    let result = relabel_out_and_back(tb, &before).await;
+    // Whatever happened: P is the pod to drop if it is outside the group or a second active.
+    if let Some(now) = tb
+        .pod(APP_NAMESPACE, &p.name_any())
+        .await?
+        .filter(|now| now.uid() == p.uid())
+    {
+        let actives = tb
+            .group_view(APP_NAMESPACE, APP_GROUP)
+            .await?
+            .active()
+            .len();
+        if pod_group(&now) != Some(APP_GROUP) || actives > 1 {
+            println!("  cleanup: force-deleting {}", p.name_any());
+            let api: Api<Pod> = Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+            api.delete(&p.name_any(), &DeleteParams::default().grace_period(0))
+                .await?;
+        }
+    }
+    tb.wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await
+        .context("the group did not return to its normal replicas after the relabeling")?;
+    result
+}
+
+async fn relabel_out_and_back(tb: &Testbed, before: &testbed::Settled) -> Result<()> {
+    const OUTSIDE_GROUP: &str = "hapod-debug";
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    let p = &before.active;
+    let name = p.name_any();
+    let relabel = |group: &'static str| {
+        let api = api.clone();
+        let name = name.clone();
+        async move {
+            api.patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"labels": {GROUP_LABEL: group}}})),
+            )
+            .await
+            .with_context(|| format!("relabeling {name} {GROUP_LABEL}={group}"))
+        }
+    };
+
+    relabel(OUTSIDE_GROUP).await?;
+    let q = tb
+        .wait_new_active(APP_NAMESPACE, APP_GROUP, &p.uid().unwrap_or_default(), WAIT)
+        .await
+        .with_context(|| format!("no new active after {name} left the group"))?;
+    ensure!(
+        before.standbys.iter().any(|s| s.uid() == q.uid()),
+        "the new active {} was not the standby",
+        q.name_any()
+    );
+    // The ReplicaSet's replacement joined as standby.
+    let out = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await
+        .with_context(|| format!("the group did not settle with {name} outside it"))?;
+    ensure!(out.active.uid() == q.uid(), "the active changed again");
+    let q_epoch = pod_epoch(&out.active).context("the new active has no epoch")?;
+    println!(
+        "  {name} left the group: {} active (epoch {q_epoch}), {} standby",
+        q.name_any(),
+        out.standbys
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let back = relabel(APP_GROUP).await?;
+    let rv: u64 = back
+        .resource_version()
+        .and_then(|v| v.parse().ok())
+        .context("the relabeled pod has no resourceVersion")?;
+    // This second active is the scenario's own doing; what the controller does about it is
+    // asserted below.
+    tb.history.injected_active(&p.uid().unwrap_or_default(), rv);
+    println!(
+        "  {name} back in the group at rv {rv}, labeled {:?}",
+        pod_role(&back)
+    );
+
+    let settled = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await
+        .with_context(|| {
+            format!(
+                "after {name} rejoined the group still labeled active, the group did not \
+                 settle to one active (want {} alone, the highest epoch)",
+                q.name_any()
+            )
+        })?;
+    let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+    println!("{}", view.table());
+    match view.pods.iter().find(|pod| pod.uid() == q.uid()) {
+        Some(_) => ensure!(
+            settled.active.uid() == q.uid(),
+            "{} is active, want {} (highest epoch {q_epoch})",
+            settled.active.name_any(),
+            q.name_any()
+        ),
+        None => ensure!(
+            pod_epoch(&settled.active).is_some_and(|e| e > q_epoch),
+            "the ReplicaSet removed {}; the active {} has no epoch above {q_epoch}",
+            q.name_any(),
+            settled.active.name_any()
+        ),
+    }
+    let max_epoch = view.pods.iter().filter_map(pod_epoch).max();
+    ensure!(
+        pod_epoch(&settled.active) == max_epoch,
+        "the active {} does not carry the group's highest epoch {max_epoch:?}",
+        settled.active.name_any()
+    );
+    if settled.standbys.iter().any(|s| s.uid() == p.uid()) {
+        let st = tb
+            .wait_app_role(APP_NAMESPACE, &name, STANDBY, WAIT)
+            .await
+            .with_context(|| format!("the app of {name} was never told it is standby"))?;
+        println!("  {name} rejoined as standby; its app: {st:?}");
+    } else {
+        println!("  the ReplicaSet removed {name} as the surplus pod");
+    }
+    Ok(())
+}
+
+/// (k) The active pod carries an epoch whose term is far above the acting one, then is
+/// force-deleted: the failover still happens, with an epoch of the acting term, and the
+/// anomaly is reported (Event `FutureEpoch` on that pod, `hapod_epoch_anomalies_total`).
+async fn far_future_epoch(tb: &Testbed) -> Result<()> {
+    const FAR_FUTURE_EPOCH: u64 = (4294967294u64 << 32) | 7;
+    const EPOCH_ANOMALIES: &str = "hapod_epoch_anomalies_total";
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let anomalies_before = tb.controller_metric(&ctrl, EPOCH_ANOMALIES, &[]).await?;
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let old = before.active.clone();
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    api.patch(
+        &old.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+            EPOCH_ANNOTATION: FAR_FUTURE_EPOCH.to_string()
+        }}})),
+    )
+    .await?;
+    let t = tb.trigger(&old, Trigger::ForceDelete).await?;
+    let (new, app_state, timeline) = match tb.await_failover(&old, t, WAIT).await {
+        Ok(f) => f,
+        Err(e) => {
+            // Give the next scenarios a working controller: a fresh acting replica.
+            println!("  no failover: deleting the acting controller replica to recover");
+            let ctrl_api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+            ctrl_api
+                .delete(&ctrl.name_any(), &DeleteParams::default().grace_period(0))
+                .await?;
+            return Err(e).with_context(|| {
+                format!(
+                    "no failover after force-deleting the active pod {} that carried the \
+                     far-future epoch {FAR_FUTURE_EPOCH} (term {})",
+                    old.name_any(),
+                    FAR_FUTURE_EPOCH >> 32
+                )
+            });
+        }
+    };
+    let term = acting_term(tb).await?;
+    let epoch = pod_epoch(&new).context("the new active has no epoch")?;
+    ensure!(
+        epoch >> 32 == term,
+        "the new active's epoch {epoch} is of term {}, the acting term is {term}",
+        epoch >> 32
+    );
+    // `old` as read before the annotation: its epoch is the one the controller issued, which
+    // the new one must exceed.
+    let f = testbed::Failover {
+        trigger: Trigger::ForceDelete,
+        old,
+        new,
+        standby_before: before.standbys,
+        app_state,
+        timeline,
+    };
+    check_failover(tb, &f).await?;
+
+    let deadline = Instant::now() + WAIT;
+    let events = loop {
+        let events = pod_events(tb, &f.old, "FutureEpoch").await?;
+        if !events.is_empty() || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        !events.is_empty(),
+        "no Event with reason FutureEpoch about {} (uid {})",
+        f.old.name_any(),
+        f.old.uid().unwrap_or_default()
+    );
+    println!(
+        "  Event FutureEpoch: {:?}",
+        events[0].message.as_deref().unwrap_or("")
+    );
+    let anomalies = tb.controller_metric(&ctrl, EPOCH_ANOMALIES, &[]).await?;
+    ensure!(
+        anomalies > anomalies_before,
+        "the acting controller {} counted no epoch anomaly ({EPOCH_ANOMALIES} stayed at \
+         {anomalies_before})",
+        ctrl.name_any()
+    );
+    Ok(())
+}
+
+/// (l) The controller runs with the app namespace listed twice (`HAPOD_NAMESPACES=a,a`, two
+/// watches of one namespace). A few rounds of: a force-delete failover promotes the standby
+/// (the acting replica knew it) and leaves exactly one active; a takeover by the other replica
+/// (which re-lists both watches) neither loses the active pod nor promotes another. The
+/// controller's settings are restored afterwards.
+async fn duplicate_namespaces(tb: &Testbed) -> Result<()> {
+    const NAMESPACES_ENV: &str = "HAPOD_NAMESPACES";
+    /// Each takeover is one more chance for the two re-lists to interleave.
+    const ROUNDS: usize = 3;
+    let twice = format!("{APP_NAMESPACE},{APP_NAMESPACE}");
+    let result = async {
+        set_controller_env(tb, NAMESPACES_ENV, Some(&twice)).await?;
+        for round in 1..=ROUNDS {
+            let f = failover_acked(tb, Trigger::ForceDelete).await?;
+            check_failover(tb, &f)
+                .await
+                .with_context(|| format!("failover of round {round}/{ROUNDS}"))?;
+            takeover_keeps_active(tb)
+                .await
+                .with_context(|| format!("takeover of round {round}/{ROUNDS}"))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        // The replicas that ran with the duplicate namespaces are gone after the restore.
+        println!(
+            "  before restoring the controller's namespaces:\n{}",
+            tb.diagnostics().await
+        );
+    }
+    let restored = set_controller_env(tb, NAMESPACES_ENV, None).await;
+    result?;
+    restored.context("restoring the controller's namespaces")?;
+    tb.wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the acting controller replica (grace 0): the standby replica takes over, which
+/// restarts and re-lists its watches. The app's active pod stays the same, alone, and the new
+/// acting replica promotes nobody.
+async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?;
+    let standby = ctrl.standbys.first().context("no standby controller")?;
+    let promotions_before = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    let app = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(
+        &ctrl.active.name_any(),
+        &DeleteParams::default().grace_period(0),
+    )
+    .await?;
+    let holder = wait_lease_moved(tb, &ctrl.active.name_any(), WAIT).await?;
+    ensure!(
+        holder == standby.name_any(),
+        "the Lease went to {holder}, not to the standby replica"
+    );
+    tb.wait_controllers_settled(WAIT).await?;
+    assert_active_stays(tb, &app.active, Duration::from_secs(3))
+        .await
+        .context("the takeover moved the app's active pod")?;
+    let promotions = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    ensure!(
+        promotions == promotions_before,
+        "the new acting replica {holder} promoted a pod after re-listing \
+         ({PROMOTIONS} {promotions_before} -> {promotions})"
+    );
+    Ok(())
+}
+
+/// (m) `/tmp/killme` in the non-critical `sidecar` container of the active pod: the pod is
+/// not deleted (the node restarts the sidecar in place), but it is not Ready meanwhile, so the
+/// role moves to the ready standby (reason `not_ready`); the pod rejoins as standby.
+async fn noncritical_crash(tb: &Testbed) -> Result<()> {
+    const NOT_READY: [(&str, &str); 1] = [("reason", "not_ready")];
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let promoted_before = tb.controller_metric(&ctrl, PROMOTIONS, &NOT_READY).await?;
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let old = before.active.clone();
+    let restarts_before =
+        restart_count(&old, NONCRITICAL_CONTAINER).context("no sidecar container status")?;
+    let f = failover_acked(tb, Trigger::KillNonCritical).await;
+    // Stop the crash loop, whatever happened.
+    Testbed::remove_in_container(&old, NONCRITICAL_CONTAINER, "killme")?;
+    let f = f?;
+    ensure!(
+        f.old.uid() == old.uid(),
+        "the failover started from another pod"
+    );
+    let promoted = tb.controller_metric(&ctrl, PROMOTIONS, &NOT_READY).await?;
+    ensure!(
+        promoted > promoted_before,
+        "the acting controller counted no promotion for a not-Ready active \
+         ({PROMOTIONS}{{reason=\"not_ready\"}} stayed at {promoted_before})"
+    );
+    let settled = check_failover(tb, &f).await?;
+    // Not deleted: the same pod (UID) is back, as standby, its sidecar restarted in place.
+    let now = settled
+        .standbys
+        .iter()
+        .find(|p| p.uid() == old.uid())
+        .with_context(|| format!("{} (same UID) did not rejoin as standby", old.name_any()))?;
+    let restarts = restart_count(now, NONCRITICAL_CONTAINER).unwrap_or_default();
+    ensure!(
+        restarts > restarts_before,
+        "the sidecar's restartCount stayed at {restarts_before}"
+    );
+    let old_uid = old.uid().unwrap_or_default();
+    ensure!(
+        !tb.history
+            .pod_records()
+            .iter()
+            .any(|r| r.uid == old_uid && (r.terminating || r.deleted)),
+        "{} was deleted after its non-critical container crashed",
+        old.name_any()
+    );
+    println!(
+        "  {} stayed (sidecar restarts {restarts_before} -> {restarts}), rejoined as standby",
+        old.name_any()
+    );
     Ok(())
 }
 
