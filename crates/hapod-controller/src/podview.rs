@@ -47,6 +47,9 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
         phase: Phase::parse(status.and_then(|s| s.phase.as_deref())),
         ready,
         deleting: meta.deletion_timestamp.is_some(),
+        vanishing: meta.deletion_timestamp.is_some()
+            && meta.deletion_grace_period_seconds == Some(0)
+            && meta.finalizers.as_ref().is_none_or(Vec::is_empty),
         pod_ips: pod_ips(pod),
         created_unix_seconds: meta
             .creation_timestamp

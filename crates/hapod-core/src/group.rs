@@ -21,6 +21,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// After the API refused a write on a pod for good (403, 422), no write on that pod for this
 /// long.
 const REJECTED_PAUSE: Duration = Duration::from_secs(30);
+/// How long a force-deleted (vanishing) active is waited for before it is demoted like any
+/// terminating one: the API server removes it within the same request.
+const VANISH_WAIT: Duration = Duration::from_millis(250);
 /// Pods that left the group, remembered so a late duplicate watch event cannot bring them back.
 const TOMBSTONES: usize = 64;
 
@@ -835,6 +838,15 @@ impl GroupState {
         else {
             return false;
         };
+        // A force-deleted victim is gone a moment later: waiting for that saves a demote the
+        // API would answer 404, without ever promoting beside it.
+        if victim.view.vanishing
+            && let Some(until) = self.trigger.map(|t| t.at + VANISH_WAIT)
+            && now < until
+        {
+            out.push(Action::WakeAfter(until - now));
+            return true;
+        }
         // A victim that cannot be written now is waited for: promoting meanwhile could make
         // two actives.
         if victim.writable(now) {

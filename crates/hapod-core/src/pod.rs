@@ -130,6 +130,9 @@ pub struct PodView {
     pub ready: bool,
     /// `metadata.deletionTimestamp` is set.
     pub deleting: bool,
+    /// Deleted with a grace period of 0 and no finalizers: the API server removes it within
+    /// the same request, so the watch shows it gone a moment later.
+    pub vanishing: bool,
     /// `status.podIPs` (the first is the primary), falling back to `status.podIP`.
     pub pod_ips: Vec<IpAddr>,
     /// `metadata.creationTimestamp` in Unix seconds (the API's precision).

@@ -902,3 +902,48 @@ fn a_deletion_older_than_the_view_is_ignored() {
     assert_eq!(ctl.api.actives(), ["a"]);
     assert_eq!(promoted(&all).len(), 1, "{all:?}");
 }
+
+/// A force delete (grace 0, no finalizers) shows the pod terminating, then gone, within the
+/// same API request: demoting it would be a write answered 404. The group waits for the pod to
+/// vanish instead, and promotes with one write; no instant has two actives.
+#[test]
+fn a_force_deleted_active_is_not_demoted_but_replaced_once_gone() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("a", |p| {
+            p.deleting = true;
+            p.vanishing = true;
+        })
+        .unwrap();
+    let actions = ctl.feed(ev);
+    assert!(
+        writes(&actions).is_empty(),
+        "no write to a vanishing pod: {actions:?}"
+    );
+    assert!(actions.iter().any(|a| matches!(a, Action::WakeAfter(_))));
+    ctl.now += Duration::from_millis(2);
+    let gone = ctl.api.remove("a").unwrap();
+    let promote = single_write(&ctl.feed(gone));
+    assert!(is_set_role(&promote, "b", Role::Active));
+}
+
+/// If the pod does not vanish after all (the delete did not complete), it is demoted as any
+/// terminating active.
+#[test]
+fn a_vanishing_active_that_stays_is_demoted_after_a_short_wait() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("a", |p| {
+            p.deleting = true;
+            p.vanishing = true;
+        })
+        .unwrap();
+    assert!(writes(&ctl.feed(ev)).is_empty());
+    ctl.now += Duration::from_secs(1);
+    let demote = single_write(&ctl.feed(Event::Tick));
+    assert!(is_set_role(&demote, "a", Role::Standby));
+}

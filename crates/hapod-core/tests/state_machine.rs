@@ -35,6 +35,8 @@ enum Step {
     SetPhase(usize, Phase),
     Terminate(usize),
     Delete(usize),
+    /// Delete with grace 0: the pod shows terminating, then is gone (one API request).
+    ForceDelete(usize),
     Crash(usize),
     QuickRestart(usize),
     LoseIp(usize),
@@ -92,6 +94,7 @@ impl ReferenceStateMachine for Model {
                 .prop_map(|(i, p)| Step::SetPhase(i, p)),
             1 => slot.clone().prop_map(Step::Terminate),
             1 => slot.clone().prop_map(Step::Delete),
+            1 => slot.clone().prop_map(Step::ForceDelete),
             1 => slot.clone().prop_map(Step::Crash),
             1 => slot.clone().prop_map(Step::QuickRestart),
             1 => slot.clone().prop_map(Step::LoseIp),
@@ -254,6 +257,17 @@ impl System {
             Step::SetPhase(i, phase) => self.modify(i, |p| p.phase = phase),
             Step::Terminate(i) => self.modify(i, |p| p.deleting = true),
             Step::Delete(i) => {
+                if let Some(name) = self.slot_name(i)
+                    && let Some(event) = self.api.remove(&name)
+                {
+                    self.watch.push_back(event);
+                }
+            }
+            Step::ForceDelete(i) => {
+                self.modify(i, |p| {
+                    p.deleting = true;
+                    p.vanishing = true;
+                });
                 if let Some(name) = self.slot_name(i)
                     && let Some(event) = self.api.remove(&name)
                 {

@@ -27,6 +27,7 @@ pub fn pod(name: &str, created: i64) -> PodView {
         phase: Phase::Running,
         ready: true,
         deleting: false,
+        vanishing: false,
         pod_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, octet))],
         created_unix_seconds: created,
         critical: vec![CriticalContainer {
