@@ -142,7 +142,7 @@ impl Render {
 fn parse_documents(yaml: &str) -> Result<Vec<Value>> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_norway::Deserializer::from_str(yaml) {
         let value = Value::deserialize(doc)?;
         if !value.is_null() {
             out.push(value);
@@ -1141,7 +1141,7 @@ fn to_yaml_stream(objects: &[&Value]) -> Result<String> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&serde_norway::to_string(o)?);
     }
     Ok(out)
 }
