@@ -1463,3 +1463,21 @@ fn prove_rbac(
     );
     p.finish("RBAC proof (kubectl auth can-i with the ServiceAccount token)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_streams_round_trip_and_skip_empty_documents() {
+        let yaml = "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: a\n\
+                    data:\n  key: \"0123\"\n";
+        let objects = parse_documents(yaml).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(str_at(&objects[1], "/data/key"), "0123");
+        let again =
+            parse_documents(&to_yaml_stream(&objects.iter().collect::<Vec<_>>()).unwrap()).unwrap();
+        assert_eq!(again, objects);
+    }
+}
