@@ -1,6 +1,6 @@
 //! A real Kubernetes control plane on loopback for tests and the demo: etcd, kube-apiserver
 //! (RBAC, service-account issuer, client CA), kube-controller-manager and kube-scheduler,
-//! built from `controlplane/` (see [`build`]) and run as local processes.
+//! built from `controlplane/` (by the private `build` module) and run as local processes.
 //!
 //! Library use (tests, other xtask modules):
 //! ```no_run

@@ -142,7 +142,7 @@ impl Render {
 fn parse_documents(yaml: &str) -> Result<Vec<Value>> {
     use serde::Deserialize as _;
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_norway::Deserializer::from_str(yaml) {
         let value = Value::deserialize(doc)?;
         if !value.is_null() {
             out.push(value);
@@ -1141,7 +1141,7 @@ fn to_yaml_stream(objects: &[&Value]) -> Result<String> {
     let mut out = String::new();
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&serde_norway::to_string(o)?);
     }
     Ok(out)
 }
@@ -1462,4 +1462,22 @@ fn prove_rbac(
         table.len() - allowed
     );
     p.finish("RBAC proof (kubectl auth can-i with the ServiceAccount token)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_streams_round_trip_and_skip_empty_documents() {
+        let yaml = "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: a\n\
+                    data:\n  key: \"0123\"\n";
+        let objects = parse_documents(yaml).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(str_at(&objects[1], "/data/key"), "0123");
+        let again =
+            parse_documents(&to_yaml_stream(&objects.iter().collect::<Vec<_>>()).unwrap()).unwrap();
+        assert_eq!(again, objects);
+    }
 }

@@ -2,13 +2,16 @@
 //!
 //! Steps, in order, each streaming its output; the first failure stops the run with a
 //! non-zero exit and a summary:
-//! 1. build the control plane (cached outside the repository; the first build takes
+//! 1. static checks: `cargo fmt --check`, `cargo clippy -D warnings`, `cargo doc` with
+//!    rustdoc warnings denied, and `cargo deny check licenses bans sources` against `deny.toml`
+//!    (cargo-deny is installed with `cargo install` when missing),
+//! 2. build the control plane (cached outside the repository; the first build takes
 //!    10–25 minutes on 2 cores and prints Go's progress),
-//! 2. `cargo build --workspace` (every binary, the e2e crate included),
-//! 3. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
-//! 4. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
-//! 5. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
-//! 6. a short benchmark run (`cargo xtask bench --quick`), when the benchmark exists.
+//! 3. `cargo build --workspace` (every binary, the e2e crate included),
+//! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
+//! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
+//! 6. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
+//! 7. a short benchmark run (`cargo xtask bench --quick`), when the benchmark exists.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -19,7 +22,7 @@ use crate::testbed::{target_dir, workspace_root};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Cli {
-    /// Skip a step (repeatable): controlplane, build, unit, deploy, e2e, bench.
+    /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, bench.
     #[arg(long = "skip", value_name = "STEP")]
     pub skip: Vec<String>,
     /// Only run the end-to-end scenarios whose name contains this (repeatable).
@@ -27,10 +30,24 @@ pub struct Cli {
     pub e2e_filter: Vec<String>,
 }
 
-const STEPS: [&str; 6] = ["controlplane", "build", "unit", "deploy", "e2e", "bench"];
-/// Steps that need the package registries run first, outside; the others run again in the
-/// private network namespace of the testbed ([`crate::netns`]), which reaches nothing.
-const OUTSIDE: [&str; 2] = ["controlplane", "build"];
+const STEPS: [&str; 7] = [
+    "static",
+    "controlplane",
+    "build",
+    "unit",
+    "deploy",
+    "e2e",
+    "bench",
+];
+/// Steps that need the package registries (`static` may install cargo-deny) run first,
+/// outside; the others run again in the private network namespace of the testbed
+/// ([`crate::netns`]), which reaches nothing. They must come first in [`STEPS`], so that
+/// the steps run in the order listed.
+const OUTSIDE: [&str; 3] = ["static", "controlplane", "build"];
+
+/// Installed by the `static` step when `cargo deny` is missing (CI starts on a fresh machine).
+/// Pinned so that every run checks with the same rules; it needs Rust 1.88 or later.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 struct Outcome {
     step: &'static str,
@@ -106,6 +123,14 @@ pub fn run(args: Cli) -> Result<()> {
         }
         let t = Instant::now();
         let (what, result): (String, Result<(), String>) = match step {
+            "static" => {
+                banner("static checks: rustfmt, clippy, rustdoc, cargo-deny");
+                (
+                    "cargo fmt, clippy and doc with warnings denied; cargo deny (licenses, bans, sources)"
+                        .into(),
+                    static_checks(),
+                )
+            }
             "controlplane" => {
                 banner("control plane build (cached; the first build takes 10-25 min)");
                 (
@@ -174,7 +199,7 @@ pub fn run(args: Cli) -> Result<()> {
                 let mut c = cargo();
                 c.args(["test", "-p", "hapod-e2e", "--test", "e2e", "--"]);
                 c.args(&args.e2e_filter);
-                // Step 2 built the binaries the testbed runs.
+                // The `build` step built the binaries the testbed runs.
                 if !args.skip.iter().any(|s| s == "build") {
                     c.env("HAPOD_E2E_NO_BUILD", "1");
                 }
@@ -224,6 +249,60 @@ pub fn run(args: Cli) -> Result<()> {
     Ok(())
 }
 
+/// The `static` step: each check is named in the failure it reports.
+fn static_checks() -> Result<(), String> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    let mut doc = cargo();
+    doc.args(["doc", "--workspace", "--no-deps"]);
+    doc.env("RUSTDOCFLAGS", "-D warnings");
+    // Advisories are left out: their database is fetched from a Git host this project's
+    // machines cannot reach (see deny.toml).
+    let mut deny = cargo();
+    deny.args(["deny", "check", "licenses", "bans", "sources"]);
+    let check = |name: &str, cmd: Command| run_command(cmd).map_err(|e| format!("{name}: {e}"));
+    check("cargo fmt --check", fmt)
+        .and_then(|()| check("cargo clippy", clippy))
+        .and_then(|()| check("cargo doc", doc))
+        .and_then(|()| ensure_cargo_deny())
+        .and_then(|()| check("cargo deny", deny))
+}
+
+/// Installs cargo-deny into cargo's bin folder unless `cargo deny` already runs.
+fn ensure_cargo_deny() -> Result<(), String> {
+    let installed = cargo()
+        .args(["deny", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if installed {
+        return Ok(());
+    }
+    println!(
+        "cargo-deny is missing: installing cargo-deny {CARGO_DENY_VERSION} from crates.io \
+         (cargo install --locked; about 10 minutes on 2 cores)"
+    );
+    let mut install = cargo();
+    install.args([
+        "install",
+        "--locked",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+    ]);
+    run_command(install).map_err(|e| format!("installing cargo-deny: {e}"))
+}
+
 fn summary(outcomes: &[Outcome], started: Instant) {
     println!(
         "\n== cargo xtask test: summary ({:.0} s) ==",
@@ -246,4 +325,19 @@ fn summary(outcomes: &[Outcome], started: Instant) {
 
 fn banner(s: &str) {
     println!("\n==> {s}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_steps_come_first_so_steps_run_in_the_order_listed() {
+        assert_eq!(STEPS[..OUTSIDE.len()], OUTSIDE);
+    }
+
+    #[test]
+    fn static_checks_run_first() {
+        assert_eq!(STEPS[0], "static");
+    }
 }

@@ -23,7 +23,12 @@
 //!
 //! Applications in other languages run the `hapod-agent` sidecar binary instead, which keeps
 //! the role in a file and runs a hook command on every change ([`sidecar`]).
+//!
+//! Cargo features: `cli` (default) adds the `hapod-agent` binary and the `cli` module with its
+//! flags and logging setup; embed with `default-features = false` to leave out clap and
+//! tracing-subscriber.
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod sidecar;
 mod validate;

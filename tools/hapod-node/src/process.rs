@@ -85,6 +85,7 @@ impl HeldPath {
     }
 
     /// Runs in the child: opens the path at the fixed descriptor number.
+    #[allow(unsafe_code)]
     fn open(&self) -> io::Result<()> {
         // SAFETY: valid NUL-terminated path; plain system calls.
         let fd = unsafe { libc::open(self.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
@@ -112,6 +113,7 @@ struct PreparedMount {
 
 /// Builds the command; everything the child does between fork and exec is prepared here so
 /// that the child only makes system calls.
+#[allow(unsafe_code)]
 pub fn build_command(spec: &ProcessSpec) -> io::Result<Command> {
     // The binary is opened here, in the node's own mount namespace, and executed through
     // /proc/self/fd: a binary below /tmp (a checkout there) would otherwise be hidden by the
@@ -313,6 +315,7 @@ mod tests {
     }
 
     #[tokio::test]
+    #[allow(unsafe_code)]
     async fn private_tmp_and_bind_mounts() {
         if unsafe { libc::geteuid() } != 0 {
             eprintln!("skipped: mount namespaces need root");

@@ -167,6 +167,7 @@ fn alive(pid: i32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[allow(unsafe_code)]
 async fn pods_run_as_processes_against_the_real_control_plane() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: the process node needs root for mount namespaces");

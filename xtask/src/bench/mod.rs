@@ -46,7 +46,7 @@ pub struct Cli {
     /// Skip the failover scenarios (scale only).
     #[arg(long)]
     pub no_failover: bool,
-    /// Output folder (default results/bench, quick <target>/bench-quick).
+    /// Output folder (default results/bench; with --quick, bench-quick in cargo's target folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Do not build the release binaries first.
