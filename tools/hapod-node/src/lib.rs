@@ -8,6 +8,7 @@
 //! Use [`NodeHandle::spawn`] to run a node inside a test's runtime, or the `hapod-node` binary.
 
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod expand;
 pub mod ipalloc;

@@ -11,6 +11,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::command::resolve_program;
 use crate::process::{ProcessSpec, Spawner, build_command, signal_group};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,7 +258,7 @@ async fn exec_probe(
         return Err("exec probe without a command".into());
     };
     let spec = ProcessSpec {
-        program: crate::pod::resolve_program(first, &target.program),
+        program: resolve_program(first, &target.program),
         args: rest.to_vec(),
         env: target.env.clone(),
         join_mount_ns_of: Some(target.pid),
