@@ -8,7 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ImageMap, NodeConfig};
-use crate::ipalloc::PodCidr;
+use crate::ip_allocator::PodCidr;
 
 /// Kubelet stand-in: registers Nodes and runs the pods bound to them as local processes.
 #[derive(Debug, Parser)]

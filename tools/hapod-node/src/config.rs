@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ipalloc::PodCidr;
+use crate::ip_allocator::PodCidr;
 
 /// Maps container images to local binaries. An entry's key is an image reference (a tag or
 /// digest on either side is ignored) or just the image's last path segment (`hapod-demo`

@@ -11,7 +11,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod expand;
-pub mod ipalloc;
+pub mod ip_allocator;
 pub mod kubelet;
 pub mod node;
 pub mod pod;
@@ -21,6 +21,6 @@ pub mod status;
 pub mod volumes;
 
 pub use config::{ImageMap, NodeConfig};
-pub use ipalloc::PodCidr;
+pub use ip_allocator::PodCidr;
 pub use node::{NodeHandle, run};
 pub use pod::{LOG_ANNOTATION_PREFIX, TMP_ANNOTATION_PREFIX};

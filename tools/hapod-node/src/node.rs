@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::expand::parse_quantity;
-use crate::ipalloc::IpAllocator;
+use crate::ip_allocator::IpAllocator;
 use crate::pod::{Msg, NodeCtx, PodWorker};
 use crate::process::Spawner;
 

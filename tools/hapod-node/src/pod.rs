@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use crate::command::command_line;
 use crate::config::NodeConfig;
 use crate::expand::{EnvContext, RefData, build_env, expand, referenced_objects};
-use crate::ipalloc::IpAllocator;
+use crate::ip_allocator::IpAllocator;
 use crate::probe::{self, ProbeKind, ProbeTarget};
 use crate::process::{BindMount, ProcessSpec, Spawner, build_command, signal_group};
 use crate::status::{
