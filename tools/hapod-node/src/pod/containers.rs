@@ -1,0 +1,327 @@
+//! A pod's containers as processes: starting one (image, environment, mounts, command line),
+//! retrying with backoff when it cannot start, and handling its exit (restart policy and
+//! crash-loop backoff). Kept apart from the pod's lifecycle so each reads on its own.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Container;
+use nix::sys::signal::Signal;
+use tokio::task::AbortHandle;
+
+use super::{Msg, PodWorker, now};
+use crate::command::command_line;
+use crate::expand::{RefData, build_env, expand, referenced_objects};
+use crate::probe::ProbeKind;
+use crate::process::{BindMount, ProcessSpec, build_command, signal_group};
+use crate::status::{ContainerView, RunState, Terminated, should_restart};
+use crate::volumes;
+
+impl PodWorker {
+    /// Waits in `reason` and retries after the container's backoff.
+    pub(super) fn wait_and_retry(&mut self, idx: usize, reason: &str, message: String) {
+        let c = &mut self.ctrs[idx];
+        tracing::warn!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, reason, %message, "container cannot start");
+        c.view.state = RunState::Waiting {
+            reason: reason.into(),
+            message: Some(message),
+        };
+        let delay = c.backoff;
+        c.backoff = (c.backoff * 2).min(self.ctx.cfg.backoff_max);
+        let inst = c.inst;
+        self.after(delay, Msg::Retry { idx, inst });
+        self.mark();
+    }
+
+    pub(super) async fn start(&mut self, idx: usize) {
+        self.mark();
+        let first_attempt = self.ctrs[idx].attempts == 0;
+        {
+            let c = &mut self.ctrs[idx];
+            c.attempts += 1;
+            c.inst += 1;
+        }
+        let image = self.ctrs[idx].view.image.clone();
+        let binary = match self.ctx.cfg.images.resolve(&image) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = if first_attempt {
+                    "ErrImagePull"
+                } else {
+                    "ImagePullBackOff"
+                };
+                self.wait_and_retry(idx, reason, e);
+                return;
+            }
+        };
+        self.ctrs[idx].view.image_id = Some(format!("hapod-node://{}", binary.display()));
+        let env = match self.container_env(idx).await {
+            Ok(env) => env,
+            Err(e) => {
+                self.wait_and_retry(idx, "CreateContainerConfigError", e);
+                return;
+            }
+        };
+        let mounts = match self.mounts(idx) {
+            Ok(m) => m,
+            Err(e) => {
+                self.wait_and_retry(idx, "CreateContainerConfigError", e);
+                return;
+            }
+        };
+        let c = &self.ctrs[idx];
+        // A restarted container gets a fresh /tmp, as a new container's writable layer would.
+        if c.runs > 0 {
+            clear_dir(&c.tmp);
+        }
+        let (program, args) = command_line(&c.spec, &binary, &env);
+        let spec = ProcessSpec {
+            program: program.clone(),
+            args,
+            env: env.clone(),
+            working_dir: c.spec.working_dir.as_ref().map(PathBuf::from),
+            tmp_dir: Some(c.tmp.clone()),
+            mounts,
+            log_file: Some(c.log.clone()),
+            join_mount_ns_of: None,
+        };
+        let spawned = match build_command(&spec) {
+            Ok(cmd) => self.ctx.spawner.spawn(cmd).await,
+            Err(e) => Err(e),
+        };
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let msg = format!("failed to start {}: {e}", program.display());
+                self.wait_and_retry(idx, "RunContainerError", msg);
+                return;
+            }
+        };
+        let Some(pid) = child.id() else {
+            self.wait_and_retry(
+                idx,
+                "RunContainerError",
+                "process exited before it was tracked".into(),
+            );
+            return;
+        };
+        let uid = self.uid.clone();
+        let c = &mut self.ctrs[idx];
+        if c.runs > 0 {
+            c.view.restart_count += 1;
+        }
+        c.runs += 1;
+        c.pid = Some(pid);
+        c.env = env;
+        c.program = Some(binary);
+        let started_at = now();
+        c.view.state = RunState::Running {
+            started_at,
+            container_id: format!(
+                "hapod-node://{uid}/{}/{}",
+                c.view.name, c.view.restart_count
+            ),
+        };
+        let has_startup = c.spec.startup_probe.is_some();
+        c.view.started = !has_startup;
+        c.view.ready = !has_startup && c.spec.readiness_probe.is_none();
+        tracing::info!(pod = %format!("{}/{}", self.ns, self.name), container = %c.view.name, pid, restarts = c.view.restart_count, "container started");
+        let inst = c.inst;
+        let tx = self.tx.clone();
+        // The child's exit is reported as soon as the runtime reaps it (SIGCHLD), not polled.
+        tokio::spawn(async move {
+            let (code, signal) = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (status.code(), status.signal())
+                }
+                Err(_) => (None, Some(libc::SIGKILL)),
+            };
+            let _ = tx.send(Msg::Exited {
+                idx,
+                inst,
+                code,
+                signal,
+            });
+        });
+        if has_startup {
+            self.spawn_probe(idx, ProbeKind::Startup);
+        } else {
+            self.spawn_probe(idx, ProbeKind::Readiness);
+            self.spawn_probe(idx, ProbeKind::Liveness);
+        }
+    }
+
+    pub(super) async fn container_env(&self, idx: usize) -> Result<Vec<(String, String)>, String> {
+        let container = &self.ctrs[idx].spec;
+        let (secrets, config_maps) = referenced_objects(container);
+        let mut refs = RefData::default();
+        for name in secrets {
+            let data = volumes::secret_strings(&self.ctx.client, &self.ns, &name).await?;
+            refs.secrets.insert(name, data);
+        }
+        for name in config_maps {
+            let data = volumes::config_map_strings(&self.ctx.client, &self.ns, &name).await?;
+            refs.config_maps.insert(name, data);
+        }
+        let mut env = build_env(&self.pod, container, &self.env_ctx(), &refs)?;
+        // What a container runtime adds: a PATH, HOME and the pod's host name.
+        for (k, v) in [
+            (
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            ),
+            ("HOME", "/root"),
+            ("HOSTNAME", self.name.as_str()),
+        ] {
+            if !env.iter().any(|(key, _)| key == k) {
+                env.push((k.into(), v.into()));
+            }
+        }
+        Ok(env)
+    }
+
+    pub(super) fn mounts(&self, idx: usize) -> Result<Vec<BindMount>, String> {
+        let c = &self.ctrs[idx];
+        let env = &c.env;
+        let mut out = Vec::new();
+        for m in c.spec.volume_mounts.iter().flatten() {
+            let source = self.volumes.get(&m.name).ok_or_else(|| {
+                format!(
+                    "volume {} of mount {} is not available",
+                    m.name, m.mount_path
+                )
+            })?;
+            let sub = match (&m.sub_path, &m.sub_path_expr) {
+                (Some(p), _) if !p.is_empty() => Some(p.clone()),
+                (_, Some(e)) if !e.is_empty() => Some(expand(e, |n| {
+                    env.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())
+                })),
+                _ => None,
+            };
+            let source = match sub {
+                Some(sub) if sub.split('/').any(|s| s == "..") || sub.starts_with('/') => {
+                    return Err(format!("subPath {sub} must stay inside the volume"));
+                }
+                Some(sub) => {
+                    let p = source.join(sub);
+                    if !p.exists() {
+                        std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                    }
+                    p
+                }
+                None => source.clone(),
+            };
+            out.push(BindMount {
+                source,
+                target: PathBuf::from(&m.mount_path),
+                read_only: m.read_only == Some(true),
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn on_exit(
+        &mut self,
+        idx: usize,
+        inst: u64,
+        code: Option<i32>,
+        signal: Option<i32>,
+    ) {
+        let policy = self.policy();
+        let terminating = self.terminating;
+        let backoff_max = self.ctx.cfg.backoff_max;
+        let backoff_initial = self.ctx.cfg.backoff_initial;
+        let key = self.key();
+        let Some(c) = self.ctrs.get_mut(idx).filter(|c| c.inst == inst) else {
+            return;
+        };
+        let Some(pid) = c.pid.take() else { return };
+        c.inst += 1;
+        c.stop_probes();
+        // Whatever the container's process left behind dies with it, as in a container.
+        signal_group(pid, Signal::SIGKILL);
+        let finished_at = now();
+        let (started_at, container_id) = match &c.view.state {
+            RunState::Running {
+                started_at,
+                container_id,
+            } => (*started_at, container_id.clone()),
+            _ => (finished_at, String::new()),
+        };
+        let t = Terminated::from_exit(code, signal, started_at, finished_at, container_id);
+        tracing::info!(pod = %key, container = %c.view.name, exit_code = t.exit_code, signal = ?t.signal, "container exited");
+        let exit_code = t.exit_code;
+        c.view.state = RunState::Terminated(t.clone());
+        c.view.ready = false;
+        c.view.started = false;
+        self.dirty_since.get_or_insert_with(Instant::now);
+        if terminating || !should_restart(&policy, c.view.kind, exit_code) {
+            self.reconcile().await;
+            return;
+        }
+        // A container that ran long enough is not crash-looping: start over with a short wait.
+        let ran = finished_at.duration_since(started_at).as_secs_f64();
+        if ran > 2.0 * backoff_max.as_secs_f64() {
+            c.backoff = backoff_initial;
+        }
+        let delay = c.backoff;
+        c.backoff = (c.backoff * 2).min(backoff_max);
+        let name = c.view.name.clone();
+        let inst = c.inst;
+        // The death itself reaches the API first, then the backoff wait.
+        self.flush().await;
+        let c = &mut self.ctrs[idx];
+        c.view.last = Some(t);
+        c.view.state = RunState::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: Some(format!(
+                "back-off {}ms restarting failed container={name} pod={}_{}({})",
+                delay.as_millis(),
+                self.name,
+                self.ns,
+                self.uid
+            )),
+        };
+        self.mark();
+        self.after(delay, Msg::Retry { idx, inst });
+    }
+}
+
+pub(super) struct Ctr {
+    pub(super) spec: Container,
+    pub(super) view: ContainerView,
+    /// Changes on every start attempt and exit, so that stale timers and probe results of an
+    /// earlier instance are ignored.
+    pub(super) inst: u64,
+    pub(super) pid: Option<u32>,
+    pub(super) env: Vec<(String, String)>,
+    pub(super) program: Option<PathBuf>,
+    pub(super) tmp: PathBuf,
+    pub(super) log: PathBuf,
+    pub(super) backoff: Duration,
+    pub(super) attempts: u32,
+    pub(super) runs: u32,
+    pub(super) probes: Vec<AbortHandle>,
+}
+
+impl Ctr {
+    pub(super) fn stop_probes(&mut self) {
+        for p in self.probes.drain(..) {
+            p.abort();
+        }
+    }
+}
+
+fn clear_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let _ = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}

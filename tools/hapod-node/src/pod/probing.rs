@@ -1,0 +1,90 @@
+//! Probe tasks of a pod's containers and what their verdicts do to the container (readiness,
+//! started, restart on a failed liveness or startup probe). The probes themselves are in
+//! [`crate::probe`].
+
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+
+use super::{Msg, PodWorker};
+use crate::probe::{self, ProbeKind, ProbeTarget};
+
+impl PodWorker {
+    pub(super) fn probe_of(c: &Container, kind: ProbeKind) -> Option<&Probe> {
+        match kind {
+            ProbeKind::Startup => c.startup_probe.as_ref(),
+            ProbeKind::Readiness => c.readiness_probe.as_ref(),
+            ProbeKind::Liveness => c.liveness_probe.as_ref(),
+        }
+    }
+
+    pub(super) fn spawn_probe(&mut self, idx: usize, kind: ProbeKind) {
+        let c = &self.ctrs[idx];
+        let (Some(probe), Some(pid), Some(program)) = (
+            Self::probe_of(&c.spec, kind).cloned(),
+            c.pid,
+            c.program.clone(),
+        ) else {
+            return;
+        };
+        let target = ProbeTarget {
+            pod_ip: self.ip,
+            container: c.spec.clone(),
+            pid,
+            program,
+            env: c.env.clone(),
+            spawner: self.ctx.spawner.clone(),
+        };
+        let tx = self.tx.clone();
+        let inst = c.inst;
+        let scale = self.ctx.cfg.probe_period_scale;
+        let task = tokio::spawn(probe::run(kind, probe, target, scale, move |ok| {
+            tx.send(Msg::Probe {
+                idx,
+                inst,
+                kind,
+                ok,
+            })
+            .is_ok()
+        }));
+        self.ctrs[idx].probes.push(task.abort_handle());
+    }
+
+    pub(super) async fn on_probe(&mut self, idx: usize, inst: u64, kind: ProbeKind, ok: bool) {
+        let Some(c) = self
+            .ctrs
+            .get_mut(idx)
+            .filter(|c| c.inst == inst && c.pid.is_some())
+        else {
+            return;
+        };
+        self.dirty_since.get_or_insert_with(Instant::now);
+        match (kind, ok) {
+            (ProbeKind::Readiness, ready) => {
+                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ready, "readiness changed");
+                c.view.ready = ready;
+            }
+            (ProbeKind::Startup, true) => {
+                c.view.started = true;
+                c.view.ready = c.spec.readiness_probe.is_none();
+                self.spawn_probe(idx, ProbeKind::Readiness);
+                self.spawn_probe(idx, ProbeKind::Liveness);
+                self.reconcile().await;
+            }
+            (ProbeKind::Startup | ProbeKind::Liveness, false) => {
+                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
+                let grace = Self::probe_of(&c.spec, kind)
+                    .and_then(|p| p.termination_grace_period_seconds)
+                    .or_else(|| {
+                        self.pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.termination_grace_period_seconds)
+                    })
+                    .unwrap_or(30);
+                self.stop_container(idx, grace);
+            }
+            (ProbeKind::Liveness, true) => {}
+        }
+    }
+}
