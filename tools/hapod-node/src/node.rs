@@ -12,7 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::NodeConfig;
 use crate::expand::parse_quantity;
 use crate::ip_allocator::IpAllocator;
-use crate::pod::{Msg, NodeCtx, PodWorker};
+use crate::pod::{Msg, NodeCtx, PodWorker, delete_finished_pod};
 use crate::process::Spawner;
 
 /// The in-cluster service variables, pointing at the API server the node itself talks to: its
@@ -436,15 +436,7 @@ fn on_apply(
                 Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
             let name = pod.name_any();
             tokio::spawn(async move {
-                let params = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                let _ = api.delete(&name, &params).await;
+                let _ = delete_finished_pod(&api, &name, &uid).await;
             });
         }
         return;

@@ -17,7 +17,6 @@ use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodStatus};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
-use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -25,7 +24,7 @@ use crate::config::NodeConfig;
 use crate::expand::EnvContext;
 use crate::ip_allocator::IpAllocator;
 use crate::probe::ProbeKind;
-use crate::process::{Spawner, signal_group};
+use crate::process::Spawner;
 use crate::status::{ConditionClock, ContainerView, Kind, RunState};
 use crate::volumes::{self, VolumeContext};
 
@@ -40,6 +39,7 @@ mod status_writer;
 mod termination;
 
 use containers::Ctr;
+pub(crate) use termination::delete_finished_pod;
 
 const TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
 
@@ -424,14 +424,7 @@ impl PodWorker {
                     self.reconcile().await;
                 }
             }
-            Msg::Kill { idx, inst } => {
-                if let Some(c) = self.ctrs.get(idx).filter(|c| c.inst == inst)
-                    && let Some(pid) = c.pid
-                {
-                    tracing::info!(pod = %self.key(), container = %c.view.name, "grace period over: SIGKILL");
-                    signal_group(pid, Signal::SIGKILL);
-                }
-            }
+            Msg::Kill { idx, inst } => self.on_grace_over(idx, inst),
             Msg::RefreshVolumes => {
                 if !self.terminating {
                     let was_broken = self.sandbox_error.is_some();

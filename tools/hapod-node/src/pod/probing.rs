@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
 
+use super::termination::StopCause;
 use super::{Msg, PodWorker};
 use crate::probe::{self, ProbeKind, ProbeTarget};
 
@@ -73,16 +74,8 @@ impl PodWorker {
             }
             (ProbeKind::Startup | ProbeKind::Liveness, false) => {
                 tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
-                let grace = Self::probe_of(&c.spec, kind)
-                    .and_then(|p| p.termination_grace_period_seconds)
-                    .or_else(|| {
-                        self.pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.termination_grace_period_seconds)
-                    })
-                    .unwrap_or(30);
-                self.stop_container(idx, grace);
+                let probe = Self::probe_of(&c.spec, kind).cloned().unwrap_or_default();
+                self.stop_container(idx, StopCause::ProbeFailed(&probe));
             }
             (ProbeKind::Liveness, true) => {}
         }
