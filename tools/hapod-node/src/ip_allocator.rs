@@ -217,41 +217,41 @@ mod tests {
 
     #[test]
     fn unique_addresses_inside_the_range() {
-        let alloc = IpAllocator::new("127.10.0.0/16".parse().unwrap());
+        let allocator = IpAllocator::new("127.10.0.0/16".parse().unwrap());
         let mut seen = HashSet::new();
         for _ in 0..600 {
-            let ip = alloc.allocate(None).unwrap();
+            let ip = allocator.allocate(None).unwrap();
             assert_eq!(ip.octets()[..2], [127, 10]);
             assert!(!matches!(ip.octets()[3], 0 | 255), "{ip}");
             assert!(seen.insert(ip), "duplicate {ip}");
         }
-        assert_eq!(alloc.in_use(), 600);
+        assert_eq!(allocator.in_use(), 600);
     }
 
     #[test]
     fn starting_offset_wraps() {
-        let alloc = IpAllocator::starting_at("127.20.0.0/29".parse().unwrap(), 6 + 8 * 100);
-        let order: Vec<_> = std::iter::from_fn(|| alloc.allocate(None))
+        let allocator = IpAllocator::starting_at("127.20.0.0/29".parse().unwrap(), 6 + 8 * 100);
+        let order: Vec<_> = std::iter::from_fn(|| allocator.allocate(None))
             .map(|ip| ip.octets()[3])
             .collect();
         assert_eq!(order, [6, 7, 1, 2, 3, 4, 5]);
-        let alloc = IpAllocator::for_this_process(PodCidr::DEFAULT);
-        assert!(PodCidr::DEFAULT.contains(alloc.allocate(None).unwrap()));
+        let allocator = IpAllocator::for_this_process(PodCidr::DEFAULT);
+        assert!(PodCidr::DEFAULT.contains(allocator.allocate(None).unwrap()));
     }
 
     #[test]
     fn release_and_preferred() {
-        let alloc = IpAllocator::new("127.20.0.0/29".parse().unwrap());
-        let all: Vec<_> = std::iter::from_fn(|| alloc.allocate(None)).collect();
+        let allocator = IpAllocator::new("127.20.0.0/29".parse().unwrap());
+        let all: Vec<_> = std::iter::from_fn(|| allocator.allocate(None)).collect();
         // .0 is skipped; .1 to .7 are usable.
         assert_eq!(all.len(), 7);
-        assert_eq!(alloc.allocate(None), None);
-        alloc.release(all[2]);
-        assert_eq!(alloc.allocate(None), Some(all[2]));
-        alloc.release(all[4]);
-        assert_eq!(alloc.allocate(Some(all[4])), Some(all[4]));
+        assert_eq!(allocator.allocate(None), None);
+        allocator.release(all[2]);
+        assert_eq!(allocator.allocate(None), Some(all[2]));
+        allocator.release(all[4]);
+        assert_eq!(allocator.allocate(Some(all[4])), Some(all[4]));
         // Preferred but taken or outside the range: falls back to a free one (none here).
-        assert_eq!(alloc.allocate(Some(all[0])), None);
-        assert_eq!(alloc.allocate(Some(Ipv4Addr::new(127, 99, 0, 1))), None);
+        assert_eq!(allocator.allocate(Some(all[0])), None);
+        assert_eq!(allocator.allocate(Some(Ipv4Addr::new(127, 99, 0, 1))), None);
     }
 }

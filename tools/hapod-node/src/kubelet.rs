@@ -22,16 +22,20 @@ pub fn respond(state_dir: &Path, target: &str) -> (u16, String) {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => (200, "ok".into()),
-        ["containerLogs", ns, pod, container] => match log_file(state_dir, ns, pod, container) {
-            Some(file) => match std::fs::read(&file) {
-                Ok(bytes) => (200, tail(&String::from_utf8_lossy(&bytes), query)),
-                Err(e) => (500, format!("{}: {e}\n", file.display())),
-            },
-            None => (
-                404,
-                format!("no logs of container {container} of pod {ns}/{pod} on this node\n"),
-            ),
-        },
+        ["containerLogs", namespace, pod, container] => {
+            match log_file(state_dir, namespace, pod, container) {
+                Some(file) => match std::fs::read(&file) {
+                    Ok(bytes) => (200, tail(&String::from_utf8_lossy(&bytes), query)),
+                    Err(e) => (500, format!("{}: {e}\n", file.display())),
+                },
+                None => (
+                    404,
+                    format!(
+                        "no logs of container {container} of pod {namespace}/{pod} on this node\n"
+                    ),
+                ),
+            }
+        }
         ["exec" | "attach" | "portForward" | "run", ..] => (501, UNSUPPORTED.into()),
         _ => (404, format!("{path}: not served by hapod-node\n")),
     }
@@ -56,9 +60,9 @@ fn tail(text: &str, query: &str) -> String {
     }
 }
 
-/// Pod folders are `<ns>_<name>_<uid>`; namespaces and names never contain `_`.
-fn log_file(state_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<PathBuf> {
-    let prefix = format!("{ns}_{pod}_");
+/// Pod folders are `<namespace>_<name>_<uid>`; namespaces and names never contain `_`.
+fn log_file(state_dir: &Path, namespace: &str, pod: &str, container: &str) -> Option<PathBuf> {
+    let prefix = format!("{namespace}_{pod}_");
     std::fs::read_dir(state_dir.join("pods"))
         .ok()?
         .flatten()

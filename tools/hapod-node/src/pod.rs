@@ -38,15 +38,15 @@ mod probing;
 mod status_writer;
 mod termination;
 
-use containers::Ctr;
+use containers::PodContainer;
 pub(crate) use termination::delete_finished_pod;
 
 const TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
 
 /// Shared by every pod of the node process.
-pub struct NodeCtx {
+pub struct NodeContext {
     pub client: Client,
-    pub cfg: NodeConfig,
+    pub config: NodeConfig,
     pub ips: IpAllocator,
     pub spawner: Spawner,
     pub service_env: Vec<(String, String)>,
@@ -57,7 +57,7 @@ pub struct NodeCtx {
 
 /// Messages to a pod's task: from the node's pod watch and from the task's own helpers.
 #[derive(Debug)]
-pub enum Msg {
+pub enum Message {
     /// The pod as last seen by the watch.
     Updated(Box<Pod>),
     /// The pod object is gone (force delete): kill at once.
@@ -65,26 +65,26 @@ pub enum Msg {
     /// The node is stopping: kill at once, leave the API alone.
     Shutdown,
     Exited {
-        idx: usize,
-        inst: u64,
+        index: usize,
+        instance: u64,
         code: Option<i32>,
         signal: Option<i32>,
     },
     Probe {
-        idx: usize,
-        inst: u64,
+        index: usize,
+        instance: u64,
         kind: ProbeKind,
         ok: bool,
     },
     /// A backoff wait is over: try to start the container again.
     Retry {
-        idx: usize,
-        inst: u64,
+        index: usize,
+        instance: u64,
     },
     /// The grace period is over: SIGKILL.
     Kill {
-        idx: usize,
-        inst: u64,
+        index: usize,
+        instance: u64,
     },
     RefreshVolumes,
     FlushStatus,
@@ -95,16 +95,16 @@ fn now() -> Timestamp {
 }
 
 pub struct PodWorker {
-    ctx: Arc<NodeCtx>,
+    node: Arc<NodeContext>,
     pod: Pod,
-    ns: String,
+    namespace: String,
     name: String,
     uid: String,
     node_name: String,
     ip: Ipv4Addr,
     dir: PathBuf,
     volumes: HashMap<String, PathBuf>,
-    ctrs: Vec<Ctr>,
+    containers: Vec<PodContainer>,
     clock: ConditionClock,
     start_time: Timestamp,
     sandbox_error: Option<String>,
@@ -112,20 +112,24 @@ pub struct PodWorker {
     sandbox_ready: bool,
     sandbox_backoff: Duration,
     terminating: bool,
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<Message>,
     last_written: Option<PodStatus>,
     dirty_since: Option<Instant>,
 }
 
 /// Directory name of a pod below the state dir: readable and unique.
-fn pod_dir_name(ns: &str, name: &str, uid: &str) -> String {
-    format!("{ns}_{name}_{uid}")
+fn pod_dir_name(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}_{name}_{uid}")
 }
 
 impl PodWorker {
     /// Prepares the worker; returns `None` when no pod IP is left.
-    pub fn new(ctx: Arc<NodeCtx>, pod: Pod, tx: mpsc::UnboundedSender<Msg>) -> Option<Self> {
-        let ns = pod
+    pub fn new(
+        node: Arc<NodeContext>,
+        pod: Pod,
+        tx: mpsc::UnboundedSender<Message>,
+    ) -> Option<Self> {
+        let namespace = pod
             .metadata
             .namespace
             .clone()
@@ -139,18 +143,18 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
-        let ip = ctx.ips.allocate(preferred)?;
-        let dir = ctx
-            .cfg
+        let ip = node.ips.allocate(preferred)?;
+        let dir = node
+            .config
             .state_dir
             .join("pods")
-            .join(pod_dir_name(&ns, &name, &uid));
+            .join(pod_dir_name(&namespace, &name, &uid));
         let start_time = pod
             .status
             .as_ref()
             .and_then(|s| s.start_time.as_ref())
             .map_or_else(now, |t| t.0);
-        let mut ctrs = Vec::new();
+        let mut containers = Vec::new();
         let previous: Vec<ContainerStatus> = pod
             .status
             .iter()
@@ -178,17 +182,17 @@ impl PodWorker {
             if let Some(p) = ran_before {
                 view.restart_count = p.restart_count;
             }
-            ctrs.push(Ctr {
+            containers.push(PodContainer {
                 runs: u32::from(ran_before.is_some()),
                 view,
                 spec: c.clone(),
-                inst: 0,
+                instance: 0,
                 pid: None,
                 env: Vec::new(),
                 program: None,
                 tmp: dir.join("tmp").join(&c.name),
                 log: dir.join("logs").join(format!("{}.log", c.name)),
-                backoff: ctx.cfg.backoff_initial,
+                backoff: node.config.backoff_initial,
                 attempts: 0,
                 probes: Vec::new(),
             });
@@ -205,17 +209,17 @@ impl PodWorker {
             add(c, Kind::Regular);
         }
         Some(Self {
-            sandbox_backoff: ctx.cfg.backoff_initial,
-            ctx,
+            sandbox_backoff: node.config.backoff_initial,
+            node,
             pod,
-            ns,
+            namespace,
             name,
             uid,
             node_name,
             ip,
             dir,
             volumes: HashMap::new(),
-            ctrs,
+            containers,
             clock: ConditionClock::default(),
             start_time,
             sandbox_error: None,
@@ -228,7 +232,7 @@ impl PodWorker {
     }
 
     fn api(&self) -> Api<Pod> {
-        Api::namespaced(self.ctx.client.clone(), &self.ns)
+        Api::namespaced(self.node.client.clone(), &self.namespace)
     }
 
     fn policy(&self) -> String {
@@ -239,22 +243,22 @@ impl PodWorker {
             .unwrap_or_else(|| "Always".into())
     }
 
-    fn env_ctx(&self) -> EnvContext {
+    fn env_context(&self) -> EnvContext {
         EnvContext {
             pod_ip: self.ip.to_string(),
             host_ip: HOST_IP.into(),
             node_name: self.node_name.clone(),
-            service_env: self.ctx.service_env.clone(),
-            node_cpu_millis: self.ctx.cpu_millis,
-            node_memory_bytes: self.ctx.memory_bytes,
+            service_env: self.node.service_env.clone(),
+            node_cpu_millis: self.node.cpu_millis,
+            node_memory_bytes: self.node.memory_bytes,
         }
     }
 
-    fn after(&self, delay: Duration, msg: Msg) {
+    fn after(&self, delay: Duration, message: Message) {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(msg);
+            let _ = tx.send(message);
         });
     }
 
@@ -263,7 +267,7 @@ impl PodWorker {
     }
 
     /// Runs the pod until it is deleted (or the node stops).
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
         tracing::info!(pod = %self.key(), ip = %self.ip, "pod assigned");
         if let Err(e) = self.prepare_dirs() {
             self.sandbox_error = Some(e);
@@ -278,7 +282,7 @@ impl PodWorker {
         }
         loop {
             self.flush().await;
-            if self.terminating && self.ctrs.iter().all(|c| c.pid.is_none()) {
+            if self.terminating && self.containers.iter().all(|c| c.pid.is_none()) {
                 self.finish_deletion().await;
                 return;
             }
@@ -287,19 +291,19 @@ impl PodWorker {
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
-            for msg in batch {
-                match msg {
-                    Msg::Gone => {
+            for message in batch {
+                match message {
+                    Message::Gone => {
                         tracing::info!(pod = %self.key(), "pod object gone: killing its processes");
                         self.kill_all();
                         self.cleanup();
                         return;
                     }
-                    Msg::Shutdown => {
+                    Message::Shutdown => {
                         // The pod lives on in the API: its folder (logs above all) stays for
                         // whoever looks into a failed run, and for the next node process.
                         self.kill_all();
-                        self.ctx.ips.release(self.ip);
+                        self.node.ips.release(self.ip);
                         return;
                     }
                     other => self.handle(other).await,
@@ -311,12 +315,12 @@ impl PodWorker {
     }
 
     fn key(&self) -> String {
-        format!("{}/{}", self.ns, self.name)
+        format!("{}/{}", self.namespace, self.name)
     }
 
     fn prepare_dirs(&self) -> Result<(), String> {
         use std::os::unix::fs::PermissionsExt;
-        for c in &self.ctrs {
+        for c in &self.containers {
             std::fs::create_dir_all(&c.tmp).map_err(|e| format!("{}: {e}", c.tmp.display()))?;
             // Like /tmp: world-writable with the sticky bit, for containers that drop root.
             std::fs::set_permissions(&c.tmp, std::fs::Permissions::from_mode(0o1777))
@@ -330,7 +334,7 @@ impl PodWorker {
     /// there since there is no `kubectl exec`) and its log file, before anything starts.
     async fn publish_annotations(&self) {
         let mut annotations = serde_json::Map::new();
-        for c in &self.ctrs {
+        for c in &self.containers {
             annotations.insert(
                 format!("{TMP_ANNOTATION_PREFIX}{}", c.view.name),
                 Value::String(c.tmp.display().to_string()),
@@ -351,27 +355,27 @@ impl PodWorker {
     }
 
     async fn setup_sandbox(&mut self) {
-        let env = self.env_ctx();
-        let ctx = VolumeContext {
-            client: &self.ctx.client,
+        let env = self.env_context();
+        let volume_context = VolumeContext {
+            client: &self.node.client,
             env: &env,
-            ca_pem: self.ctx.ca_pem.as_deref(),
+            ca_pem: self.node.ca_pem.as_deref(),
         };
-        match volumes::materialize(&ctx, &self.pod, &self.dir.join("volumes")).await {
+        match volumes::materialize(&volume_context, &self.pod, &self.dir.join("volumes")).await {
             Ok(paths) => {
                 self.volumes = paths;
                 self.sandbox_error = None;
                 self.sandbox_ready = true;
-                self.sandbox_backoff = self.ctx.cfg.backoff_initial;
+                self.sandbox_backoff = self.node.config.backoff_initial;
                 if volumes::has_token(&self.pod) {
-                    self.after(TOKEN_REFRESH, Msg::RefreshVolumes);
+                    self.after(TOKEN_REFRESH, Message::RefreshVolumes);
                 }
             }
             Err(e) => {
                 tracing::warn!(pod = %self.key(), error = %e, "volume setup failed; retrying");
                 // A failed refresh leaves running containers with the files they have.
                 if !self.sandbox_ready {
-                    for c in self.ctrs.iter_mut().filter(|c| c.attempts == 0) {
+                    for c in self.containers.iter_mut().filter(|c| c.attempts == 0) {
                         c.view.state = RunState::Waiting {
                             reason: "ContainerCreating".into(),
                             message: Some(format!("MountVolume.SetUp failed: {e}")),
@@ -380,16 +384,16 @@ impl PodWorker {
                     self.sandbox_error = Some(e);
                 }
                 let delay = self.sandbox_backoff;
-                self.sandbox_backoff = (delay * 2).min(self.ctx.cfg.backoff_max);
-                self.after(delay, Msg::RefreshVolumes);
+                self.sandbox_backoff = (delay * 2).min(self.node.config.backoff_max);
+                self.after(delay, Message::RefreshVolumes);
             }
         }
         self.mark();
     }
 
-    async fn handle(&mut self, msg: Msg) {
-        match msg {
-            Msg::Updated(pod) => {
+    async fn handle(&mut self, message: Message) {
+        match message {
+            Message::Updated(pod) => {
                 let deleting = pod.metadata.deletion_timestamp.is_some();
                 let gates_changed = pod.status.as_ref().map(|s| &s.conditions)
                     != self.pod.status.as_ref().map(|s| &s.conditions);
@@ -401,31 +405,31 @@ impl PodWorker {
                     self.mark();
                 }
             }
-            Msg::Exited {
-                idx,
-                inst,
+            Message::Exited {
+                index,
+                instance,
                 code,
                 signal,
-            } => self.on_exit(idx, inst, code, signal).await,
-            Msg::Probe {
-                idx,
-                inst,
+            } => self.on_exit(index, instance, code, signal).await,
+            Message::Probe {
+                index,
+                instance,
                 kind,
                 ok,
-            } => self.on_probe(idx, inst, kind, ok).await,
-            Msg::Retry { idx, inst } => {
+            } => self.on_probe(index, instance, kind, ok).await,
+            Message::Retry { index, instance } => {
                 if self
-                    .ctrs
-                    .get(idx)
-                    .is_some_and(|c| c.inst == inst && c.pid.is_none())
+                    .containers
+                    .get(index)
+                    .is_some_and(|c| c.instance == instance && c.pid.is_none())
                     && !self.terminating
                 {
-                    self.start(idx).await;
+                    self.start(index).await;
                     self.reconcile().await;
                 }
             }
-            Msg::Kill { idx, inst } => self.on_grace_over(idx, inst),
-            Msg::RefreshVolumes => {
+            Message::Kill { index, instance } => self.on_grace_over(index, instance),
+            Message::RefreshVolumes => {
                 if !self.terminating {
                     let was_broken = self.sandbox_error.is_some();
                     self.setup_sandbox().await;
@@ -434,8 +438,8 @@ impl PodWorker {
                     }
                 }
             }
-            Msg::FlushStatus => self.mark(),
-            Msg::Gone | Msg::Shutdown => {}
+            Message::FlushStatus => self.mark(),
+            Message::Gone | Message::Shutdown => {}
         }
     }
 
@@ -445,14 +449,14 @@ impl PodWorker {
         if self.terminating || self.sandbox_error.is_some() {
             return;
         }
-        for idx in 0..self.ctrs.len() {
-            let c = &self.ctrs[idx];
+        for index in 0..self.containers.len() {
+            let c = &self.containers[index];
             match c.view.kind {
                 Kind::Sidecar => {
                     if c.attempts == 0 {
-                        self.start(idx).await;
+                        self.start(index).await;
                     }
-                    let c = &self.ctrs[idx];
+                    let c = &self.containers[index];
                     if !(c.view.is_running() && c.view.started) {
                         return;
                     }
@@ -462,13 +466,13 @@ impl PodWorker {
                         continue;
                     }
                     if c.attempts == 0 {
-                        self.start(idx).await;
+                        self.start(index).await;
                     }
                     return;
                 }
                 Kind::Regular => {
                     if c.attempts == 0 {
-                        self.start(idx).await;
+                        self.start(index).await;
                     }
                 }
             }

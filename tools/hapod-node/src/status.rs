@@ -569,10 +569,10 @@ mod tests {
         let statuses = s.container_statuses.unwrap();
         assert_eq!(statuses.len(), 2);
         assert!(s.init_container_statuses.is_none());
-        let st = &statuses[0];
-        assert_eq!(st.container_id.as_deref(), Some("hapod://a"));
-        assert!(st.state.as_ref().unwrap().running.is_some());
-        assert_eq!(st.started, Some(true));
+        let container_status = &statuses[0];
+        assert_eq!(container_status.container_id.as_deref(), Some("hapod://a"));
+        assert!(container_status.state.as_ref().unwrap().running.is_some());
+        assert_eq!(container_status.started, Some(true));
     }
 
     #[test]
@@ -610,12 +610,24 @@ mod tests {
             message: Some("back-off 2s".into()),
         };
         let s = build_status(&facts, &[crashed], &mut clock, ts(2));
-        let st = &s.container_statuses.unwrap()[0];
-        assert_eq!(st.restart_count, 2);
-        assert_eq!(st.container_id.as_deref(), Some("old"));
-        let waiting = st.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        let container_status = &s.container_statuses.unwrap()[0];
+        assert_eq!(container_status.restart_count, 2);
+        assert_eq!(container_status.container_id.as_deref(), Some("old"));
+        let waiting = container_status
+            .state
+            .as_ref()
+            .unwrap()
+            .waiting
+            .as_ref()
+            .unwrap();
         assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
-        let last = st.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        let last = container_status
+            .last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap();
         assert_eq!((last.exit_code, last.signal), (134, Some(6)));
     }
 }

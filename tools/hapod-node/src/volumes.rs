@@ -26,10 +26,10 @@ type Files = Vec<(String, Vec<u8>, Option<i32>)>;
 /// Reads a Secret's data as strings (for env vars).
 pub async fn secret_strings(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, String>>, String> {
-    Ok(secret_bytes(client, ns, name).await?.map(|data| {
+    Ok(secret_bytes(client, namespace, name).await?.map(|data| {
         data.into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect()
@@ -38,13 +38,13 @@ pub async fn secret_strings(
 
 async fn secret_bytes(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get Secret {ns}/{name}: {e}"))?;
+        .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
     Ok(secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
             .data
@@ -61,35 +61,37 @@ async fn secret_bytes(
 
 pub async fn config_map_strings(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, String>>, String> {
-    Ok(config_map_bytes(client, ns, name, None).await?.map(|data| {
-        data.into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect()
-    }))
+    Ok(config_map_bytes(client, namespace, name, None)
+        .await?
+        .map(|data| {
+            data.into_iter()
+                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        }))
 }
 
 async fn config_map_bytes(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
     ca_pem: Option<&str>,
 ) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get ConfigMap {ns}/{name}: {e}"))?;
-    Ok(match cm {
-        Some(cm) => {
-            let mut data: BTreeMap<String, Vec<u8>> = cm
+        .map_err(|e| format!("get ConfigMap {namespace}/{name}: {e}"))?;
+    Ok(match config_map {
+        Some(config_map) => {
+            let mut data: BTreeMap<String, Vec<u8>> = config_map
                 .data
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            for (k, v) in cm.binary_data.unwrap_or_default() {
+            for (k, v) in config_map.binary_data.unwrap_or_default() {
                 data.insert(k, v.0);
             }
             Some(data)
@@ -136,8 +138,8 @@ async fn service_account_token(
     audience: Option<&str>,
     expiration_seconds: Option<i64>,
 ) -> Result<Vec<u8>, String> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let sa = pod
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let service_account = pod
         .spec
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref())
@@ -155,33 +157,35 @@ async fn service_account_token(
         }),
         ..Default::default()
     };
-    let resp = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
         .await
-        .map_err(|e| format!("TokenRequest for ServiceAccount {ns}/{sa}: {e}"))?;
-    resp.status
+        .map_err(|e| {
+            format!("TokenRequest for ServiceAccount {namespace}/{service_account}: {e}")
+        })?;
+    response.status
         .and_then(|s| s.token)
         .map(String::into_bytes)
-        .ok_or_else(|| format!("TokenRequest for ServiceAccount {ns}/{sa}: no token in the answer"))
+        .ok_or_else(|| format!("TokenRequest for ServiceAccount {namespace}/{service_account}: no token in the answer"))
 }
 
 async fn volume_files(
-    ctx: &VolumeContext<'_>,
+    context: &VolumeContext<'_>,
     pod: &Pod,
     volume: &Volume,
 ) -> Result<(Files, Option<i32>), String> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let client = ctx.client;
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let client = context.client;
     if let Some(s) = &volume.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let data = secret_bytes(client, ns, &name).await?;
+        let data = secret_bytes(client, namespace, &name).await?;
         return Ok((
             select("Secret", &name, data, s.items.as_ref(), s.optional)?,
             s.default_mode,
         ));
     }
     if let Some(c) = &volume.config_map {
-        let data = config_map_bytes(client, ns, &c.name, ctx.ca_pem).await?;
+        let data = config_map_bytes(client, namespace, &c.name, context.ca_pem).await?;
         return Ok((
             select("ConfigMap", &c.name, data, c.items.as_ref(), c.optional)?,
             c.default_mode,
@@ -192,7 +196,7 @@ async fn volume_files(
         for item in d.items.iter().flatten() {
             files.push((
                 item.path.clone(),
-                downward_item(pod, ctx.env, item)?,
+                downward_item(pod, context.env, item)?,
                 item.mode,
             ));
         }
@@ -207,7 +211,7 @@ async fn volume_files(
                         .await?;
                 files.push((t.path.clone(), token, None));
             } else if let Some(c) = &source.config_map {
-                let data = config_map_bytes(client, ns, &c.name, ctx.ca_pem).await?;
+                let data = config_map_bytes(client, namespace, &c.name, context.ca_pem).await?;
                 files.extend(select(
                     "ConfigMap",
                     &c.name,
@@ -216,7 +220,7 @@ async fn volume_files(
                     c.optional,
                 )?);
             } else if let Some(s) = &source.secret {
-                let data = secret_bytes(client, ns, &s.name).await?;
+                let data = secret_bytes(client, namespace, &s.name).await?;
                 files.extend(select(
                     "Secret",
                     &s.name,
@@ -228,7 +232,7 @@ async fn volume_files(
                 for item in d.items.iter().flatten() {
                     files.push((
                         item.path.clone(),
-                        downward_item(pod, ctx.env, item)?,
+                        downward_item(pod, context.env, item)?,
                         item.mode,
                     ));
                 }
@@ -297,7 +301,7 @@ fn write_files(dir: &Path, files: &Files, default_mode: Option<i32>) -> Result<(
 
 /// Materializes every volume of the pod below `dir`; returns the host path of each volume.
 pub async fn materialize(
-    ctx: &VolumeContext<'_>,
+    context: &VolumeContext<'_>,
     pod: &Pod,
     dir: &Path,
 ) -> Result<HashMap<String, PathBuf>, String> {
@@ -320,7 +324,7 @@ pub async fn materialize(
             paths.insert(volume.name.clone(), host);
             continue;
         }
-        let (files, default_mode) = volume_files(ctx, pod, volume).await?;
+        let (files, default_mode) = volume_files(context, pod, volume).await?;
         write_files(&host, &files, default_mode)?;
         paths.insert(volume.name.clone(), host);
     }

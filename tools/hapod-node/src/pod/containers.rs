@@ -9,9 +9,9 @@ use k8s_openapi::api::core::v1::Container;
 use nix::sys::signal::Signal;
 use tokio::task::AbortHandle;
 
-use super::{Msg, PodWorker, now};
+use super::{Message, PodWorker, now};
 use crate::command::command_line;
-use crate::expand::{RefData, build_env, expand, referenced_objects};
+use crate::expand::{ReferencedData, build_env, expand, referenced_objects};
 use crate::probe::ProbeKind;
 use crate::process::{BindMount, ProcessSpec, build_command, signal_group};
 use crate::status::{ContainerView, RunState, Terminated, should_restart};
@@ -19,30 +19,30 @@ use crate::volumes;
 
 impl PodWorker {
     /// Waits in `reason` and retries after the container's backoff.
-    pub(super) fn wait_and_retry(&mut self, idx: usize, reason: &str, message: String) {
-        let c = &mut self.ctrs[idx];
-        tracing::warn!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, reason, %message, "container cannot start");
+    pub(super) fn wait_and_retry(&mut self, index: usize, reason: &str, message: String) {
+        let c = &mut self.containers[index];
+        tracing::warn!(pod = %format_args!("{}/{}", self.namespace, self.name), container = %c.view.name, reason, %message, "container cannot start");
         c.view.state = RunState::Waiting {
             reason: reason.into(),
             message: Some(message),
         };
         let delay = c.backoff;
-        c.backoff = (c.backoff * 2).min(self.ctx.cfg.backoff_max);
-        let inst = c.inst;
-        self.after(delay, Msg::Retry { idx, inst });
+        c.backoff = (c.backoff * 2).min(self.node.config.backoff_max);
+        let instance = c.instance;
+        self.after(delay, Message::Retry { index, instance });
         self.mark();
     }
 
-    pub(super) async fn start(&mut self, idx: usize) {
+    pub(super) async fn start(&mut self, index: usize) {
         self.mark();
-        let first_attempt = self.ctrs[idx].attempts == 0;
+        let first_attempt = self.containers[index].attempts == 0;
         {
-            let c = &mut self.ctrs[idx];
+            let c = &mut self.containers[index];
             c.attempts += 1;
-            c.inst += 1;
+            c.instance += 1;
         }
-        let image = self.ctrs[idx].view.image.clone();
-        let binary = match self.ctx.cfg.images.resolve(&image) {
+        let image = self.containers[index].view.image.clone();
+        let binary = match self.node.config.images.resolve(&image) {
             Ok(b) => b,
             Err(e) => {
                 let reason = if first_attempt {
@@ -50,26 +50,26 @@ impl PodWorker {
                 } else {
                     "ImagePullBackOff"
                 };
-                self.wait_and_retry(idx, reason, e);
+                self.wait_and_retry(index, reason, e);
                 return;
             }
         };
-        self.ctrs[idx].view.image_id = Some(format!("hapod-node://{}", binary.display()));
-        let env = match self.container_env(idx).await {
+        self.containers[index].view.image_id = Some(format!("hapod-node://{}", binary.display()));
+        let env = match self.container_env(index).await {
             Ok(env) => env,
             Err(e) => {
-                self.wait_and_retry(idx, "CreateContainerConfigError", e);
+                self.wait_and_retry(index, "CreateContainerConfigError", e);
                 return;
             }
         };
-        let mounts = match self.mounts(idx) {
+        let mounts = match self.mounts(index) {
             Ok(m) => m,
             Err(e) => {
-                self.wait_and_retry(idx, "CreateContainerConfigError", e);
+                self.wait_and_retry(index, "CreateContainerConfigError", e);
                 return;
             }
         };
-        let c = &self.ctrs[idx];
+        let c = &self.containers[index];
         // A restarted container gets a fresh /tmp, as a new container's writable layer would.
         if c.runs > 0 {
             clear_dir(&c.tmp);
@@ -86,27 +86,27 @@ impl PodWorker {
             join_mount_ns_of: None,
         };
         let spawned = match build_command(&spec) {
-            Ok(cmd) => self.ctx.spawner.spawn(cmd).await,
+            Ok(cmd) => self.node.spawner.spawn(cmd).await,
             Err(e) => Err(e),
         };
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                let msg = format!("failed to start {}: {e}", program.display());
-                self.wait_and_retry(idx, "RunContainerError", msg);
+                let message = format!("failed to start {}: {e}", program.display());
+                self.wait_and_retry(index, "RunContainerError", message);
                 return;
             }
         };
         let Some(pid) = child.id() else {
             self.wait_and_retry(
-                idx,
+                index,
                 "RunContainerError",
                 "process exited before it was tracked".into(),
             );
             return;
         };
         let uid = self.uid.clone();
-        let c = &mut self.ctrs[idx];
+        let c = &mut self.containers[index];
         if c.runs > 0 {
             c.view.restart_count += 1;
         }
@@ -125,8 +125,8 @@ impl PodWorker {
         let has_startup = c.spec.startup_probe.is_some();
         c.view.started = !has_startup;
         c.view.ready = !has_startup && c.spec.readiness_probe.is_none();
-        tracing::info!(pod = %format!("{}/{}", self.ns, self.name), container = %c.view.name, pid, restarts = c.view.restart_count, "container started");
-        let inst = c.inst;
+        tracing::info!(pod = %format!("{}/{}", self.namespace, self.name), container = %c.view.name, pid, restarts = c.view.restart_count, "container started");
+        let instance = c.instance;
         let tx = self.tx.clone();
         // The child's exit is reported as soon as the runtime reaps it (SIGCHLD), not polled.
         tokio::spawn(async move {
@@ -137,34 +137,38 @@ impl PodWorker {
                 }
                 Err(_) => (None, Some(libc::SIGKILL)),
             };
-            let _ = tx.send(Msg::Exited {
-                idx,
-                inst,
+            let _ = tx.send(Message::Exited {
+                index,
+                instance,
                 code,
                 signal,
             });
         });
         if has_startup {
-            self.spawn_probe(idx, ProbeKind::Startup);
+            self.spawn_probe(index, ProbeKind::Startup);
         } else {
-            self.spawn_probe(idx, ProbeKind::Readiness);
-            self.spawn_probe(idx, ProbeKind::Liveness);
+            self.spawn_probe(index, ProbeKind::Readiness);
+            self.spawn_probe(index, ProbeKind::Liveness);
         }
     }
 
-    pub(super) async fn container_env(&self, idx: usize) -> Result<Vec<(String, String)>, String> {
-        let container = &self.ctrs[idx].spec;
+    pub(super) async fn container_env(
+        &self,
+        index: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        let container = &self.containers[index].spec;
         let (secrets, config_maps) = referenced_objects(container);
-        let mut refs = RefData::default();
+        let mut references = ReferencedData::default();
         for name in secrets {
-            let data = volumes::secret_strings(&self.ctx.client, &self.ns, &name).await?;
-            refs.secrets.insert(name, data);
+            let data = volumes::secret_strings(&self.node.client, &self.namespace, &name).await?;
+            references.secrets.insert(name, data);
         }
         for name in config_maps {
-            let data = volumes::config_map_strings(&self.ctx.client, &self.ns, &name).await?;
-            refs.config_maps.insert(name, data);
+            let data =
+                volumes::config_map_strings(&self.node.client, &self.namespace, &name).await?;
+            references.config_maps.insert(name, data);
         }
-        let mut env = build_env(&self.pod, container, &self.env_ctx(), &refs)?;
+        let mut env = build_env(&self.pod, container, &self.env_context(), &references)?;
         // What a container runtime adds: a PATH, HOME and the pod's host name.
         for (k, v) in [
             (
@@ -181,8 +185,8 @@ impl PodWorker {
         Ok(env)
     }
 
-    pub(super) fn mounts(&self, idx: usize) -> Result<Vec<BindMount>, String> {
-        let c = &self.ctrs[idx];
+    pub(super) fn mounts(&self, index: usize) -> Result<Vec<BindMount>, String> {
+        let c = &self.containers[index];
         let env = &c.env;
         let mut out = Vec::new();
         for m in c.spec.volume_mounts.iter().flatten() {
@@ -223,21 +227,25 @@ impl PodWorker {
 
     pub(super) async fn on_exit(
         &mut self,
-        idx: usize,
-        inst: u64,
+        index: usize,
+        instance: u64,
         code: Option<i32>,
         signal: Option<i32>,
     ) {
         let policy = self.policy();
         let terminating = self.terminating;
-        let backoff_max = self.ctx.cfg.backoff_max;
-        let backoff_initial = self.ctx.cfg.backoff_initial;
+        let backoff_max = self.node.config.backoff_max;
+        let backoff_initial = self.node.config.backoff_initial;
         let key = self.key();
-        let Some(c) = self.ctrs.get_mut(idx).filter(|c| c.inst == inst) else {
+        let Some(c) = self
+            .containers
+            .get_mut(index)
+            .filter(|c| c.instance == instance)
+        else {
             return;
         };
         let Some(pid) = c.pid.take() else { return };
-        c.inst += 1;
+        c.instance += 1;
         c.stop_probes();
         // Whatever the container's process left behind dies with it, as in a container.
         signal_group(pid, Signal::SIGKILL);
@@ -268,10 +276,10 @@ impl PodWorker {
         let delay = c.backoff;
         c.backoff = (c.backoff * 2).min(backoff_max);
         let name = c.view.name.clone();
-        let inst = c.inst;
+        let instance = c.instance;
         // The death itself reaches the API first, then the backoff wait.
         self.flush().await;
-        let c = &mut self.ctrs[idx];
+        let c = &mut self.containers[index];
         c.view.last = Some(t);
         c.view.state = RunState::Waiting {
             reason: "CrashLoopBackOff".into(),
@@ -279,21 +287,21 @@ impl PodWorker {
                 "back-off {}ms restarting failed container={name} pod={}_{}({})",
                 delay.as_millis(),
                 self.name,
-                self.ns,
+                self.namespace,
                 self.uid
             )),
         };
         self.mark();
-        self.after(delay, Msg::Retry { idx, inst });
+        self.after(delay, Message::Retry { index, instance });
     }
 }
 
-pub(super) struct Ctr {
+pub(super) struct PodContainer {
     pub(super) spec: Container,
     pub(super) view: ContainerView,
     /// Changes on every start attempt and exit, so that stale timers and probe results of an
     /// earlier instance are ignored.
-    pub(super) inst: u64,
+    pub(super) instance: u64,
     pub(super) pid: Option<u32>,
     pub(super) env: Vec<(String, String)>,
     pub(super) program: Option<PathBuf>,
@@ -305,7 +313,7 @@ pub(super) struct Ctr {
     pub(super) probes: Vec<AbortHandle>,
 }
 
-impl Ctr {
+impl PodContainer {
     pub(super) fn stop_probes(&mut self) {
         for p in self.probes.drain(..) {
             p.abort();

@@ -7,7 +7,7 @@ use std::time::Instant;
 use k8s_openapi::api::core::v1::{Container, Probe};
 
 use super::termination::StopCause;
-use super::{Msg, PodWorker};
+use super::{Message, PodWorker};
 use crate::probe::{self, ProbeKind, ProbeTarget};
 
 impl PodWorker {
@@ -19,8 +19,8 @@ impl PodWorker {
         }
     }
 
-    pub(super) fn spawn_probe(&mut self, idx: usize, kind: ProbeKind) {
-        let c = &self.ctrs[idx];
+    pub(super) fn spawn_probe(&mut self, index: usize, kind: ProbeKind) {
+        let c = &self.containers[index];
         let (Some(probe), Some(pid), Some(program)) = (
             Self::probe_of(&c.spec, kind).cloned(),
             c.pid,
@@ -34,48 +34,54 @@ impl PodWorker {
             pid,
             program,
             env: c.env.clone(),
-            spawner: self.ctx.spawner.clone(),
+            spawner: self.node.spawner.clone(),
         };
         let tx = self.tx.clone();
-        let inst = c.inst;
-        let scale = self.ctx.cfg.probe_period_scale;
+        let instance = c.instance;
+        let scale = self.node.config.probe_period_scale;
         let task = tokio::spawn(probe::run(kind, probe, target, scale, move |ok| {
-            tx.send(Msg::Probe {
-                idx,
-                inst,
+            tx.send(Message::Probe {
+                index,
+                instance,
                 kind,
                 ok,
             })
             .is_ok()
         }));
-        self.ctrs[idx].probes.push(task.abort_handle());
+        self.containers[index].probes.push(task.abort_handle());
     }
 
-    pub(super) async fn on_probe(&mut self, idx: usize, inst: u64, kind: ProbeKind, ok: bool) {
+    pub(super) async fn on_probe(
+        &mut self,
+        index: usize,
+        instance: u64,
+        kind: ProbeKind,
+        ok: bool,
+    ) {
         let Some(c) = self
-            .ctrs
-            .get_mut(idx)
-            .filter(|c| c.inst == inst && c.pid.is_some())
+            .containers
+            .get_mut(index)
+            .filter(|c| c.instance == instance && c.pid.is_some())
         else {
             return;
         };
         self.dirty_since.get_or_insert_with(Instant::now);
         match (kind, ok) {
             (ProbeKind::Readiness, ready) => {
-                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ready, "readiness changed");
+                tracing::info!(pod = %format_args!("{}/{}", self.namespace, self.name), container = %c.view.name, ready, "readiness changed");
                 c.view.ready = ready;
             }
             (ProbeKind::Startup, true) => {
                 c.view.started = true;
                 c.view.ready = c.spec.readiness_probe.is_none();
-                self.spawn_probe(idx, ProbeKind::Readiness);
-                self.spawn_probe(idx, ProbeKind::Liveness);
+                self.spawn_probe(index, ProbeKind::Readiness);
+                self.spawn_probe(index, ProbeKind::Liveness);
                 self.reconcile().await;
             }
             (ProbeKind::Startup | ProbeKind::Liveness, false) => {
-                tracing::info!(pod = %format_args!("{}/{}", self.ns, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
+                tracing::info!(pod = %format_args!("{}/{}", self.namespace, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
                 let probe = Self::probe_of(&c.spec, kind).cloned().unwrap_or_default();
-                self.stop_container(idx, StopCause::ProbeFailed(&probe));
+                self.stop_container(index, StopCause::ProbeFailed(&probe));
             }
             (ProbeKind::Liveness, true) => {}
         }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::PodStatus;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::{HOST_IP, Msg, PodWorker, now};
+use super::{HOST_IP, Message, PodWorker, now};
 use crate::status::{ContainerView, PodFacts, build_status};
 
 impl PodWorker {
@@ -41,7 +41,7 @@ impl PodWorker {
             gate_status: self.gate_status(),
             sandbox_error: self.sandbox_error.clone(),
         };
-        let views: Vec<ContainerView> = self.ctrs.iter().map(|c| c.view.clone()).collect();
+        let views: Vec<ContainerView> = self.containers.iter().map(|c| c.view.clone()).collect();
         let status = build_status(&facts, &views, &mut self.clock, now());
         if self.last_written.as_ref() == Some(&status) {
             return;
@@ -69,7 +69,7 @@ impl PodWorker {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => {
                 tracing::warn!(pod = %self.key(), error = %e, "status write failed; retrying");
-                self.after(Duration::from_millis(500), Msg::FlushStatus);
+                self.after(Duration::from_millis(500), Message::FlushStatus);
             }
         }
     }

@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{Pod, Probe};
 use kube::api::{Api, DeleteParams, Preconditions};
 use nix::sys::signal::Signal;
 
-use super::{Msg, PodWorker};
+use super::{Message, PodWorker};
 use crate::process::signal_group;
 
 /// Why a running container is stopped: decides which grace period applies.
@@ -58,20 +58,23 @@ pub(crate) async fn delete_finished_pod(api: &Api<Pod>, name: &str, uid: &str) -
 impl PodWorker {
     /// SIGTERM now, SIGKILL once the grace period for `cause` is over: the one place that
     /// stops a running container gracefully.
-    pub(super) fn stop_container(&mut self, idx: usize, cause: StopCause<'_>) {
+    pub(super) fn stop_container(&mut self, index: usize, cause: StopCause<'_>) {
         let grace = grace_period(&self.pod, cause);
-        let c = &mut self.ctrs[idx];
+        let c = &mut self.containers[index];
         let Some(pid) = c.pid else { return };
         c.stop_probes();
         signal_group(pid, Signal::SIGTERM);
-        let inst = c.inst;
-        self.after(grace, Msg::Kill { idx, inst });
+        let instance = c.instance;
+        self.after(grace, Message::Kill { index, instance });
     }
 
     /// The grace period of a stopped container is over: SIGKILL, unless that instance has
     /// exited already.
-    pub(super) fn on_grace_over(&self, idx: usize, inst: u64) {
-        if let Some(c) = self.ctrs.get(idx).filter(|c| c.inst == inst)
+    pub(super) fn on_grace_over(&self, index: usize, instance: u64) {
+        if let Some(c) = self
+            .containers
+            .get(index)
+            .filter(|c| c.instance == instance)
             && let Some(pid) = c.pid
         {
             tracing::info!(pod = %self.key(), container = %c.view.name, "grace period over: SIGKILL");
@@ -83,14 +86,14 @@ impl PodWorker {
         self.terminating = true;
         let grace = grace_period(&self.pod, StopCause::PodDeleted);
         tracing::info!(pod = %self.key(), grace_seconds = grace.as_secs(), "pod deleted: stopping its containers");
-        for idx in 0..self.ctrs.len() {
-            self.stop_container(idx, StopCause::PodDeleted);
+        for index in 0..self.containers.len() {
+            self.stop_container(index, StopCause::PodDeleted);
         }
         self.mark();
     }
 
     pub(super) fn kill_all(&mut self) {
-        for c in &mut self.ctrs {
+        for c in &mut self.containers {
             c.stop_probes();
             if let Some(pid) = c.pid.take() {
                 signal_group(pid, Signal::SIGKILL);
@@ -99,7 +102,7 @@ impl PodWorker {
     }
 
     pub(super) fn cleanup(&mut self) {
-        self.ctx.ips.release(self.ip);
+        self.node.ips.release(self.ip);
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
