@@ -68,10 +68,15 @@ pub struct Args {
     pub log_format: String,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+/// A `--node-label` that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: expected KEY=VALUE")]
+pub struct MalformedLabel(String);
+
+fn parse_label(s: &str) -> Result<(String, String), MalformedLabel> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+        .ok_or_else(|| MalformedLabel(s.to_string()))
 }
 
 impl Args {

@@ -62,6 +62,31 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
+/// Why a container's environment (or a downward API value) cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("{kind} \"{name}\" not found")]
+    ObjectNotFound { kind: &'static str, name: String },
+    #[error("couldn't find key {key} in {kind} {name}")]
+    MissingKey {
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("env {0}: unsupported valueFrom source")]
+    UnsupportedValueFrom(String),
+    #[error("unsupported fieldRef path {0}")]
+    UnsupportedFieldPath(String),
+    #[error("unsupported resourceFieldRef {0}")]
+    UnsupportedResource(String),
+    #[error("bad quantity {0}")]
+    BadQuantity(String),
+    #[error("bad divisor {0}")]
+    BadDivisor(String),
+    #[error("divisor must be positive")]
+    NonPositiveDivisor,
+}
+
 /// What the environment of a container depends on besides the pod itself.
 #[derive(Debug, Clone, Default)]
 pub struct EnvContext {
@@ -121,7 +146,7 @@ pub fn build_env(
     container: &Container,
     context: &EnvContext,
     references: &ReferencedData,
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         if let Some(slot) = env.iter_mut().find(|(k, _)| *k == key) {
@@ -156,7 +181,12 @@ pub fn build_env(
                 }
             }
             None if optional == Some(true) => {}
-            None => return Err(format!("{kind} \"{name}\" not found")),
+            None => {
+                return Err(EnvError::ObjectNotFound {
+                    kind,
+                    name: name.clone(),
+                });
+            }
         }
     }
     for var in container.env.iter().flatten() {
@@ -179,7 +209,7 @@ fn env_value(
     context: &EnvContext,
     references: &ReferencedData,
     so_far: &[(String, String)],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let Some(source) = &var.value_from else {
         let raw = var.value.clone().unwrap_or_default();
         let lookup = |name: &str| {
@@ -215,16 +245,16 @@ fn env_value(
             selector.optional,
         );
     }
-    Err(format!("env {}: unsupported valueFrom source", var.name))
+    Err(EnvError::UnsupportedValueFrom(var.name.clone()))
 }
 
 fn key_value(
-    kind: &str,
+    kind: &'static str,
     objects: &HashMap<String, Option<BTreeMap<String, String>>>,
     name: &str,
     key: &str,
     optional: Option<bool>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let found = objects
         .get(name)
         .and_then(Option::as_ref)
@@ -232,7 +262,11 @@ fn key_value(
     match found {
         Some(v) => Ok(Some(v.clone())),
         None if optional == Some(true) => Ok(None),
-        None => Err(format!("couldn't find key {key} in {kind} {name}")),
+        None => Err(EnvError::MissingKey {
+            kind,
+            name: name.to_string(),
+            key: key.to_string(),
+        }),
     }
 }
 
@@ -241,7 +275,7 @@ pub fn field_value(
     pod: &Pod,
     field: &ObjectFieldSelector,
     context: &EnvContext,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let meta = &pod.metadata;
     let path = field.field_path.as_str();
     let from_map = |map: &Option<BTreeMap<String, String>>, prefix: &str| -> Option<String> {
@@ -269,7 +303,7 @@ pub fn field_value(
         "metadata.annotations" => format_map(meta.annotations.as_ref()),
         _ => from_map(&meta.labels, "metadata.labels['")
             .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
-            .ok_or_else(|| format!("unsupported fieldRef path {path}"))?,
+            .ok_or_else(|| EnvError::UnsupportedFieldPath(path.to_string()))?,
     };
     Ok(value)
 }
@@ -289,39 +323,33 @@ pub fn resource_value(
     container: &Container,
     selector: &ResourceFieldSelector,
     context: &EnvContext,
-) -> Result<String, String> {
+) -> Result<String, EnvError> {
     let resources = container.resources.as_ref();
     let (map, name) = match selector.resource.split_once('.') {
         Some(("limits", name)) => (resources.and_then(|r| r.limits.as_ref()), name),
         Some(("requests", name)) => (resources.and_then(|r| r.requests.as_ref()), name),
         _ => {
-            return Err(format!(
-                "unsupported resourceFieldRef {}",
-                selector.resource
-            ));
+            return Err(EnvError::UnsupportedResource(selector.resource.clone()));
         }
     };
     let fallback = match name {
         "cpu" => context.node_cpu_millis as f64 / 1000.0,
         "memory" | "ephemeral-storage" => context.node_memory_bytes as f64,
         _ => {
-            return Err(format!(
-                "unsupported resourceFieldRef {}",
-                selector.resource
-            ));
+            return Err(EnvError::UnsupportedResource(selector.resource.clone()));
         }
     };
     let value = match map.and_then(|m| m.get(name)) {
-        Some(q) => parse_quantity(&q.0).ok_or_else(|| format!("bad quantity {}", q.0))?,
+        Some(q) => parse_quantity(&q.0).ok_or_else(|| EnvError::BadQuantity(q.0.clone()))?,
         None if selector.resource.starts_with("requests.") && name == "cpu" => 0.0,
         None => fallback,
     };
     let divisor = match &selector.divisor {
-        Some(d) => parse_quantity(&d.0).ok_or_else(|| format!("bad divisor {}", d.0))?,
+        Some(d) => parse_quantity(&d.0).ok_or_else(|| EnvError::BadDivisor(d.0.clone()))?,
         None => 1.0,
     };
     if divisor <= 0.0 {
-        return Err("divisor must be positive".into());
+        return Err(EnvError::NonPositiveDivisor);
     }
     // The kubelet reports at least 1 for a CPU limit so that a sub-core limit is never 0.
     let result = (value / divisor)
@@ -539,7 +567,9 @@ mod tests {
         {
             selector.optional = None;
         }
-        let err = build_env(&test_pod(), &required, &context(), &references).unwrap_err();
+        let err = build_env(&test_pod(), &required, &context(), &references)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("couldn't find key k in ConfigMap missing"),
             "{err}"

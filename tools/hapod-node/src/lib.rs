@@ -14,6 +14,7 @@ pub mod expand;
 pub mod ip_allocator;
 pub mod kubelet;
 pub mod node;
+pub mod path_error;
 pub mod pod;
 pub mod probe;
 pub mod process;

@@ -265,10 +265,7 @@ pub async fn run(
     if config.node_names.is_empty() {
         bail!("no node names given");
     }
-    config
-        .pod_cidr
-        .check_confined()
-        .map_err(anyhow::Error::msg)?;
+    config.pod_cidr.check_confined()?;
     let service_env = service_env(&kube_config.cluster_url)?;
     let ca_pem = ca_pem(&kube_config);
     let client = Client::try_from(kube_config).context("API client")?;

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::config::NodeConfig;
 use crate::expand::EnvContext;
 use crate::ip_allocator::IpAllocator;
+use crate::path_error::{AtPath, PathError};
 use crate::probe::ProbeKind;
 use crate::process::Spawner;
 use crate::status::{ConditionClock, ContainerView, Kind, RunState};
@@ -270,7 +271,7 @@ impl PodWorker {
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Message>) {
         tracing::info!(pod = %self.key(), ip = %self.ip, "pod assigned");
         if let Err(e) = self.prepare_dirs() {
-            self.sandbox_error = Some(e);
+            self.sandbox_error = Some(e.to_string());
         }
         self.publish_annotations().await;
         self.mark();
@@ -318,16 +319,15 @@ impl PodWorker {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    fn prepare_dirs(&self) -> Result<(), String> {
+    fn prepare_dirs(&self) -> Result<(), PathError> {
         use std::os::unix::fs::PermissionsExt;
         for c in &self.containers {
-            std::fs::create_dir_all(&c.tmp).map_err(|e| format!("{}: {e}", c.tmp.display()))?;
+            std::fs::create_dir_all(&c.tmp).at(&c.tmp)?;
             // Like /tmp: world-writable with the sticky bit, for containers that drop root.
-            std::fs::set_permissions(&c.tmp, std::fs::Permissions::from_mode(0o1777))
-                .map_err(|e| format!("{}: {e}", c.tmp.display()))?;
+            std::fs::set_permissions(&c.tmp, std::fs::Permissions::from_mode(0o1777)).at(&c.tmp)?;
         }
         let logs = self.dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))
+        std::fs::create_dir_all(&logs).at(&logs)
     }
 
     /// Publishes the host folder behind each container's /tmp (tests create `/tmp/killme`
@@ -381,7 +381,7 @@ impl PodWorker {
                             message: Some(format!("MountVolume.SetUp failed: {e}")),
                         };
                     }
-                    self.sandbox_error = Some(e);
+                    self.sandbox_error = Some(e.to_string());
                 }
                 let delay = self.sandbox_backoff;
                 self.sandbox_backoff = (delay * 2).min(self.node.config.backoff_max);

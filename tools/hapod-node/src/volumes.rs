@@ -10,7 +10,58 @@ use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccou
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::expand::{EnvContext, field_value, resource_value};
+use crate::expand::{EnvContext, EnvError, field_value, resource_value};
+use crate::path_error::{AtPath, PathError};
+
+/// Why a pod's volumes (or the Secrets and ConfigMaps its environment refers to) cannot be
+/// materialized.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("get {kind} {namespace}/{name}: {error}")]
+    Get {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        error: kube::Error,
+    },
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} \"{name}\" has no key {key}")]
+    MissingKey {
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("TokenRequest for ServiceAccount {namespace}/{service_account}: {error}")]
+    TokenRequest {
+        namespace: String,
+        service_account: String,
+        error: kube::Error,
+    },
+    #[error(
+        "TokenRequest for ServiceAccount {namespace}/{service_account}: no token in the answer"
+    )]
+    NoToken {
+        namespace: String,
+        service_account: String,
+    },
+    #[error("volume {0}: unsupported projected source")]
+    UnsupportedProjectedSource(String),
+    #[error("volume {0}: unsupported volume type")]
+    UnsupportedType(String),
+    #[error("downward API item {item}: no container {container}")]
+    NoSuchContainer { item: String, container: String },
+    #[error("downward API item {0}: no source")]
+    NoDownwardSource(String),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("unsafe path {0:?} in volume")]
+    UnsafePath(String),
+    #[error("hostPath {0}")]
+    HostPath(PathError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
 
 /// What volumes need from the node besides the pod.
 pub struct VolumeContext<'a> {
@@ -28,7 +79,7 @@ pub async fn secret_strings(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
+) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
     Ok(secret_bytes(client, namespace, name).await?.map(|data| {
         data.into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
@@ -40,11 +91,16 @@ async fn secret_bytes(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get Secret {namespace}/{name}: {e}"))?;
+        .map_err(|error| VolumeError::Get {
+            kind: "Secret",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            error,
+        })?;
     Ok(secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
             .data
@@ -63,7 +119,7 @@ pub async fn config_map_strings(
     client: &Client,
     namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
+) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
     Ok(config_map_bytes(client, namespace, name, None)
         .await?
         .map(|data| {
@@ -78,11 +134,16 @@ async fn config_map_bytes(
     namespace: &str,
     name: &str,
     ca_pem: Option<&str>,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get ConfigMap {namespace}/{name}: {e}"))?;
+        .map_err(|error| VolumeError::Get {
+            kind: "ConfigMap",
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            error,
+        })?;
     Ok(match config_map {
         Some(config_map) => {
             let mut data: BTreeMap<String, Vec<u8>> = config_map
@@ -106,17 +167,20 @@ async fn config_map_bytes(
 }
 
 fn select(
-    kind: &str,
+    kind: &'static str,
     name: &str,
     data: Option<BTreeMap<String, Vec<u8>>>,
     items: Option<&Vec<KeyToPath>>,
     optional: Option<bool>,
-) -> Result<Files, String> {
+) -> Result<Files, VolumeError> {
     let Some(data) = data else {
         return if optional == Some(true) {
             Ok(Vec::new())
         } else {
-            Err(format!("{kind} \"{name}\" not found"))
+            Err(VolumeError::NotFound {
+                kind,
+                name: name.to_string(),
+            })
         };
     };
     match items {
@@ -126,7 +190,11 @@ fn select(
             .filter_map(|item| match data.get(&item.key) {
                 Some(v) => Some(Ok((item.path.clone(), v.clone(), item.mode))),
                 None if optional == Some(true) => None,
-                None => Some(Err(format!("{kind} \"{name}\" has no key {}", item.key))),
+                None => Some(Err(VolumeError::MissingKey {
+                    kind,
+                    name: name.to_string(),
+                    key: item.key.clone(),
+                })),
             })
             .collect(),
     }
@@ -137,7 +205,7 @@ async fn service_account_token(
     pod: &Pod,
     audience: Option<&str>,
     expiration_seconds: Option<i64>,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let service_account = pod
         .spec
@@ -160,20 +228,26 @@ async fn service_account_token(
     let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
         .create_token_request(service_account, &PostParams::default(), &request)
         .await
-        .map_err(|e| {
-            format!("TokenRequest for ServiceAccount {namespace}/{service_account}: {e}")
+        .map_err(|error| VolumeError::TokenRequest {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            error,
         })?;
-    response.status
+    response
+        .status
         .and_then(|s| s.token)
         .map(String::into_bytes)
-        .ok_or_else(|| format!("TokenRequest for ServiceAccount {namespace}/{service_account}: no token in the answer"))
+        .ok_or_else(|| VolumeError::NoToken {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+        })
 }
 
 async fn volume_files(
     context: &VolumeContext<'_>,
     pod: &Pod,
     volume: &Volume,
-) -> Result<(Files, Option<i32>), String> {
+) -> Result<(Files, Option<i32>), VolumeError> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let client = context.client;
     if let Some(s) = &volume.secret {
@@ -237,24 +311,21 @@ async fn volume_files(
                     ));
                 }
             } else {
-                return Err(format!(
-                    "volume {}: unsupported projected source",
-                    volume.name
-                ));
+                return Err(VolumeError::UnsupportedProjectedSource(volume.name.clone()));
             }
         }
         return Ok((files, p.default_mode));
     }
-    Err(format!("volume {}: unsupported volume type", volume.name))
+    Err(VolumeError::UnsupportedType(volume.name.clone()))
 }
 
 fn downward_item(
     pod: &Pod,
     env: &EnvContext,
     item: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, VolumeError> {
     if let Some(f) = &item.field_ref {
-        return field_value(pod, f, env).map(String::into_bytes);
+        return Ok(field_value(pod, f, env)?.into_bytes());
     }
     if let Some(r) = &item.resource_field_ref {
         let name = r.container_name.as_deref().unwrap_or_default();
@@ -263,38 +334,40 @@ fn downward_item(
             .iter()
             .flat_map(|s| s.containers.iter())
             .find(|c| c.name == name)
-            .ok_or_else(|| format!("downward API item {}: no container {name}", item.path))?;
-        return resource_value(container, r, env).map(String::into_bytes);
+            .ok_or_else(|| VolumeError::NoSuchContainer {
+                item: item.path.clone(),
+                container: name.to_string(),
+            })?;
+        return Ok(resource_value(container, r, env)?.into_bytes());
     }
-    Err(format!("downward API item {}: no source", item.path))
+    Err(VolumeError::NoDownwardSource(item.path.clone()))
 }
 
 /// A relative path that stays inside its folder (the API validates this too; the node does not
 /// trust it to).
-fn safe_relative(p: &str) -> Result<&Path, String> {
+fn safe_relative(p: &str) -> Result<&Path, VolumeError> {
     let path = Path::new(p);
     if path.components().all(|c| matches!(c, Component::Normal(_))) && !p.is_empty() {
         Ok(path)
     } else {
-        Err(format!("unsafe path {p:?} in volume"))
+        Err(VolumeError::UnsafePath(p.to_string()))
     }
 }
 
 /// Writes the files of a volume, each atomically (write then rename) so that a refresh never
 /// shows a half-written token.
-fn write_files(dir: &Path, files: &Files, default_mode: Option<i32>) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn write_files(dir: &Path, files: &Files, default_mode: Option<i32>) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).at(dir)?;
     for (rel, data, mode) in files {
         let path = dir.join(safe_relative(rel)?);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).at(parent)?;
         }
         let tmp = path.with_extension("hapod-node-tmp");
-        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, data).at(&tmp)?;
         let mode = mode.or(default_mode).unwrap_or(0o644) as u32 & 0o7777;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
     }
     Ok(())
 }
@@ -304,7 +377,7 @@ pub async fn materialize(
     context: &VolumeContext<'_>,
     pod: &Pod,
     dir: &Path,
-) -> Result<HashMap<String, PathBuf>, String> {
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let mut paths = HashMap::new();
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let host = dir.join(safe_relative(&volume.name)?);
@@ -312,15 +385,15 @@ pub async fn materialize(
             let p = PathBuf::from(&h.path);
             if matches!(h.type_.as_deref(), Some("DirectoryOrCreate")) {
                 std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("hostPath {}: {e}", p.display()))?;
+                    .at(&p)
+                    .map_err(VolumeError::HostPath)?;
             }
             paths.insert(volume.name.clone(), p);
             continue;
         }
         if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&host).map_err(|e| format!("{}: {e}", host.display()))?;
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| format!("{}: {e}", host.display()))?;
+            std::fs::create_dir_all(&host).at(&host)?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777)).at(&host)?;
             paths.insert(volume.name.clone(), host);
             continue;
         }
@@ -376,6 +449,7 @@ mod tests {
         assert!(
             select("Secret", "s", None, None, None)
                 .unwrap_err()
+                .to_string()
                 .contains("not found")
         );
         assert!(

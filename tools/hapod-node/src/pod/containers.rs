@@ -11,11 +11,27 @@ use tokio::task::AbortHandle;
 
 use super::{Message, PodWorker, now};
 use crate::command::command_line;
-use crate::expand::{ReferencedData, build_env, expand, referenced_objects};
+use crate::expand::{EnvError, ReferencedData, build_env, expand, referenced_objects};
+use crate::path_error::{AtPath, PathError};
 use crate::probe::ProbeKind;
 use crate::process::{BindMount, ProcessSpec, build_command, signal_group};
 use crate::status::{ContainerView, RunState, Terminated, should_restart};
-use crate::volumes;
+use crate::volumes::{self, VolumeError};
+
+/// Why a container cannot be set up; it waits in `CreateContainerConfigError` and is retried.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ContainerConfigError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Fetch(#[from] VolumeError),
+    #[error("volume {volume} of mount {mount_path} is not available")]
+    VolumeUnavailable { volume: String, mount_path: String },
+    #[error("subPath {0} must stay inside the volume")]
+    SubPathEscapes(String),
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
 
 impl PodWorker {
     /// Waits in `reason` and retries after the container's backoff.
@@ -50,7 +66,7 @@ impl PodWorker {
                 } else {
                     "ImagePullBackOff"
                 };
-                self.wait_and_retry(index, reason, e);
+                self.wait_and_retry(index, reason, e.to_string());
                 return;
             }
         };
@@ -58,14 +74,14 @@ impl PodWorker {
         let env = match self.container_env(index).await {
             Ok(env) => env,
             Err(e) => {
-                self.wait_and_retry(index, "CreateContainerConfigError", e);
+                self.wait_and_retry(index, "CreateContainerConfigError", e.to_string());
                 return;
             }
         };
         let mounts = match self.mounts(index) {
             Ok(m) => m,
             Err(e) => {
-                self.wait_and_retry(index, "CreateContainerConfigError", e);
+                self.wait_and_retry(index, "CreateContainerConfigError", e.to_string());
                 return;
             }
         };
@@ -155,7 +171,7 @@ impl PodWorker {
     pub(super) async fn container_env(
         &self,
         index: usize,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<(String, String)>, ContainerConfigError> {
         let container = &self.containers[index].spec;
         let (secrets, config_maps) = referenced_objects(container);
         let mut references = ReferencedData::default();
@@ -185,16 +201,16 @@ impl PodWorker {
         Ok(env)
     }
 
-    pub(super) fn mounts(&self, index: usize) -> Result<Vec<BindMount>, String> {
+    pub(super) fn mounts(&self, index: usize) -> Result<Vec<BindMount>, ContainerConfigError> {
         let c = &self.containers[index];
         let env = &c.env;
         let mut out = Vec::new();
         for m in c.spec.volume_mounts.iter().flatten() {
             let source = self.volumes.get(&m.name).ok_or_else(|| {
-                format!(
-                    "volume {} of mount {} is not available",
-                    m.name, m.mount_path
-                )
+                ContainerConfigError::VolumeUnavailable {
+                    volume: m.name.clone(),
+                    mount_path: m.mount_path.clone(),
+                }
             })?;
             let sub = match (&m.sub_path, &m.sub_path_expr) {
                 (Some(p), _) if !p.is_empty() => Some(p.clone()),
@@ -205,12 +221,12 @@ impl PodWorker {
             };
             let source = match sub {
                 Some(sub) if sub.split('/').any(|s| s == "..") || sub.starts_with('/') => {
-                    return Err(format!("subPath {sub} must stay inside the volume"));
+                    return Err(ContainerConfigError::SubPathEscapes(sub));
                 }
                 Some(sub) => {
                     let p = source.join(sub);
                     if !p.exists() {
-                        std::fs::create_dir_all(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                        std::fs::create_dir_all(&p).at(&p)?;
                     }
                     p
                 }
