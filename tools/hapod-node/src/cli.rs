@@ -160,7 +160,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         tracing::info!("signal received: stopping");
         stop.cancel();
     });
-    crate::node::run(config, node_config, token).await
+    Ok(crate::node::run(config, node_config, token).await?)
 }
 
 #[cfg(test)]

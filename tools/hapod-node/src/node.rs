@@ -5,7 +5,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use base64::Engine;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -22,23 +21,63 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::expand::parse_quantity;
+use crate::ip_allocator::ConfinementError;
 use crate::ip_allocator::IpAllocator;
+use crate::path_error::{AtPath, PathError};
 use crate::pod::{Message, NodeContext, PodWorker, delete_finished_pod};
 use crate::process::Spawner;
 
+/// Why the node cannot start, register or keep its Nodes alive.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no node names given")]
+    NoNodeNames,
+    #[error("API server URL has no host")]
+    NoApiHost,
+    #[error("API server host {host} is not an IP address: {error}")]
+    ApiHostNotAnIp {
+        host: String,
+        error: std::net::AddrParseError,
+    },
+    #[error("API server {0} is not a loopback address; hapod-node only talks to loopback")]
+    ApiNotLoopback(IpAddr),
+    #[error(transparent)]
+    Confinement(#[from] ConfinementError),
+    #[error("API client: {0}")]
+    Client(kube::Error),
+    #[error("create {0}")]
+    StateDir(PathError),
+    #[error("spawner thread: {0}")]
+    Spawner(std::io::Error),
+    #[error("Node object: {0}")]
+    NodeObject(serde_json::Error),
+    /// An API call; `action` says which (`create Node x`, `renew Lease kube-node-lease/x`).
+    #[error("{action}: {error}")]
+    Api { action: String, error: kube::Error },
+    #[error("node task panicked: {0}")]
+    Panicked(tokio::task::JoinError),
+}
+
+/// Names a failed API call: `.map_err(api_error(format!("create Node {name}")))`.
+fn api_error(action: String) -> impl FnOnce(kube::Error) -> NodeError {
+    move |error| NodeError::Api { action, error }
+}
+
 /// The in-cluster service variables, pointing at the API server the node itself talks to: its
 /// loopback address and port (never a Service ClusterIP: nothing routes those here).
-pub fn service_env(cluster_url: &http::Uri) -> anyhow::Result<Vec<(String, String)>> {
-    let host = cluster_url.host().context("API server URL has no host")?;
+pub fn service_env(cluster_url: &http::Uri) -> Result<Vec<(String, String)>, NodeError> {
+    let host = cluster_url.host().ok_or(NodeError::NoApiHost)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = if host == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
-        host.parse()
-            .with_context(|| format!("API server host {host} is not an IP address"))?
+        host.parse().map_err(|error| NodeError::ApiHostNotAnIp {
+            host: host.to_string(),
+            error,
+        })?
     };
     if !ip.is_loopback() {
-        bail!("API server {ip} is not a loopback address; hapod-node only talks to loopback");
+        return Err(NodeError::ApiNotLoopback(ip));
     }
     let port = cluster_url.port_u16().unwrap_or(443);
     let (h, p) = (ip.to_string(), port.to_string());
@@ -117,7 +156,7 @@ fn node_status(config: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> s
     })
 }
 
-fn node_object(config: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Result<Node> {
+fn node_object(config: &NodeConfig, name: &str, now: Timestamp) -> Result<Node, NodeError> {
     let mut labels: serde_json::Map<String, serde_json::Value> = [
         ("kubernetes.io/hostname", name),
         ("kubernetes.io/os", "linux"),
@@ -137,13 +176,14 @@ fn node_object(config: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Resul
         { "type": "InternalIP", "address": "127.0.0.1" },
         { "type": "Hostname", "address": "localhost" },
     ]);
-    Ok(serde_json::from_value(json!({
+    serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": name, "labels": labels },
         "spec": {},
         "status": status,
-    }))?)
+    }))
+    .map_err(NodeError::NodeObject)
 }
 
 /// Creates the Node (or takes over an existing one) and writes its status.
@@ -152,20 +192,23 @@ async fn register(
     config: &NodeConfig,
     name: &str,
     now: Timestamp,
-) -> anyhow::Result<Node> {
+) -> Result<Node, NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = node_object(config, name, now)?;
     let created = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
-        Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(name).await?,
-        Err(e) => return Err(e).with_context(|| format!("create Node {name}")),
+        Err(kube::Error::Api(e)) if e.code == 409 => nodes
+            .get(name)
+            .await
+            .map_err(api_error(format!("get Node {name}")))?,
+        Err(e) => return Err(api_error(format!("create Node {name}"))(e)),
     };
     // Create may drop the status, and an existing Node keeps its old one: write it.
     let status = json!({ "status": node.status });
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .with_context(|| format!("write status of Node {name}"))?;
+        .map_err(api_error(format!("write status of Node {name}")))?;
     clear_condition_taints(&nodes, &created).await?;
     tracing::info!(node = name, "node registered");
     Ok(created)
@@ -180,7 +223,7 @@ const CONDITION_TAINTS: [&str; 2] = [
     "node.kubernetes.io/unreachable",
 ];
 
-async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Result<()> {
+async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> Result<(), NodeError> {
     let taints = node
         .spec
         .as_ref()
@@ -205,7 +248,10 @@ async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Resul
             &Patch::Merge(&patch),
         )
         .await
-        .with_context(|| format!("remove the not-ready taint of Node {}", node.name_any()))?;
+        .map_err(api_error(format!(
+            "remove the not-ready taint of Node {}",
+            node.name_any()
+        )))?;
     Ok(())
 }
 
@@ -216,7 +262,7 @@ async fn heartbeat(
     config: &NodeConfig,
     node: &Node,
     ready_since: Timestamp,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let name = node.name_any();
     let now = Timestamp::now();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -240,12 +286,12 @@ async fn heartbeat(
     leases
         .patch(&name, &params, &Patch::Apply(&lease))
         .await
-        .with_context(|| format!("renew Lease kube-node-lease/{name}"))?;
+        .map_err(api_error(format!("renew Lease kube-node-lease/{name}")))?;
     let status = json!({ "status": node_status(config, ready_since, now) });
     Api::<Node>::all(client.clone())
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .with_context(|| format!("heartbeat of Node {name}"))?;
+        .map_err(api_error(format!("heartbeat of Node {name}")))?;
     Ok(())
 }
 
@@ -261,20 +307,21 @@ pub async fn run(
     kube_config: kube::Config,
     config: NodeConfig,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     if config.node_names.is_empty() {
-        bail!("no node names given");
+        return Err(NodeError::NoNodeNames);
     }
     config.pod_cidr.check_confined()?;
     let service_env = service_env(&kube_config.cluster_url)?;
     let ca_pem = ca_pem(&kube_config);
-    let client = Client::try_from(kube_config).context("API client")?;
+    let client = Client::try_from(kube_config).map_err(NodeError::Client)?;
     std::fs::create_dir_all(config.state_dir.join("pods"))
-        .with_context(|| format!("create {}", config.state_dir.display()))?;
+        .at(&config.state_dir)
+        .map_err(NodeError::StateDir)?;
     let context = Arc::new(NodeContext {
         client: client.clone(),
         ips: IpAllocator::for_this_process(config.pod_cidr),
-        spawner: Spawner::start().context("spawner thread")?,
+        spawner: Spawner::start().map_err(NodeError::Spawner)?,
         service_env,
         ca_pem,
         cpu_millis: parse_quantity(&config.cpu).map_or(4000, |c| (c * 1000.0) as i64),
@@ -290,7 +337,7 @@ pub async fn run(
         );
         tokio::spawn(async move {
             if let Err(e) = crate::kubelet::serve(port, dir, token).await {
-                tracing::warn!(error = format!("{e:#}"), "kubelet endpoint unavailable");
+                tracing::warn!(error = %e, "kubelet endpoint unavailable");
             }
         })
     });
@@ -310,7 +357,7 @@ pub async fn run(
                 }
                 for node in &mut nodes {
                     if let Err(e) = heartbeat(&client, &context.config, node, started).await {
-                        tracing::warn!(error = format!("{e:#}"), "node heartbeat failed");
+                        tracing::warn!(error = %e, "node heartbeat failed");
                         // A Node deleted from under the node is registered again.
                         let name = node.name_any();
                         if let Ok(None) = Api::<Node>::all(client.clone()).get_opt(&name).await {
@@ -318,7 +365,7 @@ pub async fn run(
                             {
                                 Ok(n) => *node = n,
                                 Err(e) => tracing::warn!(
-                                    error = format!("{e:#}"),
+                                    error = %e,
                                     "re-registration failed"
                                 ),
                             }
@@ -459,7 +506,7 @@ fn on_apply(
 /// A node running in the background of the caller's runtime.
 pub struct NodeHandle {
     token: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
 }
 
 impl NodeHandle {
@@ -476,9 +523,9 @@ impl NodeHandle {
     }
 
     /// Stops the node, killing every container process, and returns how it ended.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), NodeError> {
         self.token.cancel();
-        self.task.await.context("node task panicked")?
+        self.task.await.map_err(NodeError::Panicked)?
     }
 }
 

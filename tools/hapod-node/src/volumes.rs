@@ -22,7 +22,7 @@ pub enum VolumeError {
         kind: &'static str,
         namespace: String,
         name: String,
-        error: kube::Error,
+        error: Box<kube::Error>,
     },
     #[error("{kind} \"{name}\" not found")]
     NotFound { kind: &'static str, name: String },
@@ -36,7 +36,7 @@ pub enum VolumeError {
     TokenRequest {
         namespace: String,
         service_account: String,
-        error: kube::Error,
+        error: Box<kube::Error>,
     },
     #[error(
         "TokenRequest for ServiceAccount {namespace}/{service_account}: no token in the answer"
@@ -99,7 +99,7 @@ async fn secret_bytes(
             kind: "Secret",
             namespace: namespace.to_string(),
             name: name.to_string(),
-            error,
+            error: Box::new(error),
         })?;
     Ok(secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
@@ -142,7 +142,7 @@ async fn config_map_bytes(
             kind: "ConfigMap",
             namespace: namespace.to_string(),
             name: name.to_string(),
-            error,
+            error: Box::new(error),
         })?;
     Ok(match config_map {
         Some(config_map) => {
@@ -231,7 +231,7 @@ async fn service_account_token(
         .map_err(|error| VolumeError::TokenRequest {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
-            error,
+            error: Box::new(error),
         })?;
     response
         .status
