@@ -6,7 +6,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+};
 use kube::Client;
 use kube::api::{Api, PostParams};
 
@@ -74,17 +76,35 @@ pub struct VolumeContext<'a> {
 
 type Files = Vec<(String, Vec<u8>, Option<i32>)>;
 
+/// Names a failed read of a Secret or ConfigMap.
+fn get_failed(
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> VolumeError {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    move |error| VolumeError::Get {
+        kind,
+        namespace,
+        name,
+        error: Box::new(error),
+    }
+}
+
+/// An object's data as strings (for env vars); bytes that are not UTF-8 are replaced.
+fn as_strings(data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    data.into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
 /// Reads a Secret's data as strings (for env vars).
 pub async fn secret_strings(
     client: &Client,
     namespace: &str,
     name: &str,
 ) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
-    Ok(secret_bytes(client, namespace, name).await?.map(|data| {
-        data.into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect()
-    }))
+    Ok(secret_bytes(client, namespace, name).await?.map(as_strings))
 }
 
 async fn secret_bytes(
@@ -95,12 +115,7 @@ async fn secret_bytes(
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|error| VolumeError::Get {
-            kind: "Secret",
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            error: Box::new(error),
-        })?;
+        .map_err(get_failed("Secret", namespace, name))?;
     Ok(secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
             .data
@@ -122,11 +137,7 @@ pub async fn config_map_strings(
 ) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
     Ok(config_map_bytes(client, namespace, name, None)
         .await?
-        .map(|data| {
-            data.into_iter()
-                .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-                .collect()
-        }))
+        .map(as_strings))
 }
 
 async fn config_map_bytes(
@@ -138,12 +149,7 @@ async fn config_map_bytes(
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|error| VolumeError::Get {
-            kind: "ConfigMap",
-            namespace: namespace.to_string(),
-            name: name.to_string(),
-            error: Box::new(error),
-        })?;
+        .map_err(get_failed("ConfigMap", namespace, name))?;
     Ok(match config_map {
         Some(config_map) => {
             let mut data: BTreeMap<String, Vec<u8>> = config_map
@@ -266,14 +272,7 @@ async fn volume_files(
         ));
     }
     if let Some(d) = &volume.downward_api {
-        let mut files = Vec::new();
-        for item in d.items.iter().flatten() {
-            files.push((
-                item.path.clone(),
-                downward_item(pod, context.env, item)?,
-                item.mode,
-            ));
-        }
+        let files = downward_files(pod, context.env, d.items.as_deref())?;
         return Ok((files, d.default_mode));
     }
     if let Some(p) = &volume.projected {
@@ -303,13 +302,7 @@ async fn volume_files(
                     s.optional,
                 )?);
             } else if let Some(d) = &source.downward_api {
-                for item in d.items.iter().flatten() {
-                    files.push((
-                        item.path.clone(),
-                        downward_item(pod, context.env, item)?,
-                        item.mode,
-                    ));
-                }
+                files.extend(downward_files(pod, context.env, d.items.as_deref())?);
             } else {
                 return Err(VolumeError::UnsupportedProjectedSource(volume.name.clone()));
             }
@@ -319,10 +312,23 @@ async fn volume_files(
     Err(VolumeError::UnsupportedType(volume.name.clone()))
 }
 
+/// The files of a downward API volume or projection.
+fn downward_files(
+    pod: &Pod,
+    env: &EnvContext,
+    items: Option<&[DownwardAPIVolumeFile]>,
+) -> Result<Files, VolumeError> {
+    items
+        .into_iter()
+        .flatten()
+        .map(|item| Ok((item.path.clone(), downward_item(pod, env, item)?, item.mode)))
+        .collect()
+}
+
 fn downward_item(
     pod: &Pod,
     env: &EnvContext,
-    item: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile,
+    item: &DownwardAPIVolumeFile,
 ) -> Result<Vec<u8>, VolumeError> {
     if let Some(f) = &item.field_ref {
         return Ok(field_value(pod, f, env)?.into_bytes());
