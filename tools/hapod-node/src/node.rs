@@ -320,7 +320,7 @@ pub async fn run(
         .map_err(NodeError::StateDir)?;
     let context = Arc::new(NodeContext {
         client: client.clone(),
-        ips: IpAllocator::for_this_process(config.pod_cidr),
+        pod_ips: IpAllocator::for_this_process(config.pod_cidr),
         spawner: Spawner::start().map_err(NodeError::Spawner)?,
         service_env,
         ca_pem,

@@ -48,7 +48,7 @@ const TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
 pub struct NodeContext {
     pub client: Client,
     pub config: NodeConfig,
-    pub ips: IpAllocator,
+    pub pod_ips: IpAllocator,
     pub spawner: Spawner,
     pub service_env: Vec<(String, String)>,
     pub ca_pem: Option<String>,
@@ -144,7 +144,7 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
-        let ip = node.ips.allocate(preferred)?;
+        let ip = node.pod_ips.allocate(preferred)?;
         let dir = node
             .config
             .state_dir
@@ -191,8 +191,8 @@ impl PodWorker {
                 pid: None,
                 env: Vec::new(),
                 program: None,
-                tmp: dir.join("tmp").join(&c.name),
-                log: dir.join("logs").join(format!("{}.log", c.name)),
+                tmp_dir: dir.join("tmp").join(&c.name),
+                log_file: dir.join("logs").join(format!("{}.log", c.name)),
                 backoff: node.config.backoff_initial,
                 attempts: 0,
                 probes: Vec::new(),
@@ -304,7 +304,7 @@ impl PodWorker {
                         // The pod lives on in the API: its folder (logs above all) stays for
                         // whoever looks into a failed run, and for the next node process.
                         self.kill_all();
-                        self.node.ips.release(self.ip);
+                        self.node.pod_ips.release(self.ip);
                         return;
                     }
                     other => self.handle(other).await,
@@ -322,9 +322,10 @@ impl PodWorker {
     fn prepare_dirs(&self) -> Result<(), PathError> {
         use std::os::unix::fs::PermissionsExt;
         for c in &self.containers {
-            std::fs::create_dir_all(&c.tmp).at(&c.tmp)?;
+            std::fs::create_dir_all(&c.tmp_dir).at(&c.tmp_dir)?;
             // Like /tmp: world-writable with the sticky bit, for containers that drop root.
-            std::fs::set_permissions(&c.tmp, std::fs::Permissions::from_mode(0o1777)).at(&c.tmp)?;
+            std::fs::set_permissions(&c.tmp_dir, std::fs::Permissions::from_mode(0o1777))
+                .at(&c.tmp_dir)?;
         }
         let logs = self.dir.join("logs");
         std::fs::create_dir_all(&logs).at(&logs)
@@ -337,11 +338,11 @@ impl PodWorker {
         for c in &self.containers {
             annotations.insert(
                 format!("{TMP_ANNOTATION_PREFIX}{}", c.view.name),
-                Value::String(c.tmp.display().to_string()),
+                Value::String(c.tmp_dir.display().to_string()),
             );
             annotations.insert(
                 format!("{LOG_ANNOTATION_PREFIX}{}", c.view.name),
-                Value::String(c.log.display().to_string()),
+                Value::String(c.log_file.display().to_string()),
             );
         }
         let patch = json!({ "metadata": { "annotations": annotations } });

@@ -88,7 +88,7 @@ impl PodWorker {
         let c = &self.containers[index];
         // A restarted container gets a fresh /tmp, as a new container's writable layer would.
         if c.runs > 0 {
-            clear_dir(&c.tmp);
+            clear_dir(&c.tmp_dir);
         }
         let (program, args) = command_line(&c.spec, &binary, &env);
         let spec = ProcessSpec {
@@ -96,9 +96,9 @@ impl PodWorker {
             args,
             env: env.clone(),
             working_dir: c.spec.working_dir.as_ref().map(PathBuf::from),
-            tmp_dir: Some(c.tmp.clone()),
+            tmp_dir: Some(c.tmp_dir.clone()),
             mounts,
-            log_file: Some(c.log.clone()),
+            log_file: Some(c.log_file.clone()),
             join_mount_ns_of: None,
         };
         let spawned = match build_command(&spec) {
@@ -312,6 +312,8 @@ impl PodWorker {
     }
 }
 
+/// One container of the pod as the worker tracks it: its spec, the view its status is built
+/// from, and the process (if one runs).
 pub(super) struct PodContainer {
     pub(super) spec: Container,
     pub(super) view: ContainerView,
@@ -321,8 +323,10 @@ pub(super) struct PodContainer {
     pub(super) pid: Option<u32>,
     pub(super) env: Vec<(String, String)>,
     pub(super) program: Option<PathBuf>,
-    pub(super) tmp: PathBuf,
-    pub(super) log: PathBuf,
+    /// Host folder bind-mounted on the container's /tmp.
+    pub(super) tmp_dir: PathBuf,
+    /// Where the container's stdout and stderr go.
+    pub(super) log_file: PathBuf,
     pub(super) backoff: Duration,
     pub(super) attempts: u32,
     pub(super) runs: u32,

@@ -102,7 +102,7 @@ impl PodWorker {
     }
 
     pub(super) fn cleanup(&mut self) {
-        self.node.ips.release(self.ip);
+        self.node.pod_ips.release(self.ip);
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
