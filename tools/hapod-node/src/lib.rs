@@ -6,6 +6,12 @@
 //! Status (phase, conditions, container states, restarts) is written on every change.
 //!
 //! Use [`NodeHandle::spawn`] to run a node inside a test's runtime, or the `hapod-node` binary.
+//!
+//! Where things are: [`node`] registers the Nodes and runs one [`pod::PodWorker`] per pod;
+//! [`pod`] and its submodules run a pod's containers ([`process`] starts them, [`probe`] probes
+//! them, [`command`] builds their command lines, [`expand`] their environment, [`volumes`]
+//! their volumes) and report their status ([`status`]); [`kubelet`] serves `kubectl logs`;
+//! [`config`], [`cli`] and [`ip_allocator`] hold the settings and the pod IP range.
 
 pub mod cli;
 pub mod command;

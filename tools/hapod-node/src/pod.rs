@@ -3,9 +3,14 @@
 //! deletion after killing the processes.
 //!
 //! This file holds the pod's lifecycle (the worker, its message loop, sandbox and start order);
-//! the rest of the worker is split by concern: [`containers`] (starting and exits),
-//! [`probing`] (probe tasks and their verdicts), [`termination`] (grace periods, kills, the
-//! final delete) and [`status_writer`] (the status patch).
+//! the rest of the worker is split by concern: `containers` (starting and exits), `probing`
+//! (probe tasks and their verdicts), `termination` (grace periods, kills, the final delete)
+//! and `status_writer` (the status patch).
+
+mod containers;
+mod probing;
+mod status_writer;
+mod termination;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -28,20 +33,14 @@ use crate::probe::ProbeKind;
 use crate::process::Spawner;
 use crate::status::{ConditionClock, ContainerView, Kind, RunState};
 use crate::volumes::{self, VolumeContext};
+use containers::PodContainer;
+pub(crate) use termination::delete_finished_pod;
 
 /// Annotation prefix under which each container's private /tmp host folder is published.
 pub const TMP_ANNOTATION_PREFIX: &str = "node.hapod.io/tmp-";
 /// Annotation prefix under which each container's log file (stdout and stderr) is published.
 pub const LOG_ANNOTATION_PREFIX: &str = "node.hapod.io/log-";
 const HOST_IP: &str = "127.0.0.1";
-mod containers;
-mod probing;
-mod status_writer;
-mod termination;
-
-use containers::PodContainer;
-pub(crate) use termination::delete_finished_pod;
-
 const TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
 
 /// Shared by every pod of the node process.
