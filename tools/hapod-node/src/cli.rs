@@ -8,7 +8,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ImageMap, NodeConfig};
-use crate::ipalloc::PodCidr;
+use crate::ip_allocator::PodCidr;
 
 /// Kubelet stand-in: registers Nodes and runs the pods bound to them as local processes.
 #[derive(Debug, Parser)]
@@ -68,10 +68,15 @@ pub struct Args {
     pub log_format: String,
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+/// A `--node-label` that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}: expected KEY=VALUE")]
+pub struct MalformedLabel(String);
+
+fn parse_label(s: &str) -> Result<(String, String), MalformedLabel> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s}: expected KEY=VALUE"))
+        .ok_or_else(|| MalformedLabel(s.to_string()))
 }
 
 impl Args {
@@ -81,28 +86,29 @@ impl Args {
         if names.is_empty() {
             names.push(self.node_prefix.clone());
         }
-        let mut cfg = NodeConfig::new(names, &self.state_dir);
+        let mut node_config = NodeConfig::new(names, &self.state_dir);
         for (image, path) in &self.images {
-            cfg.images.insert(image.clone(), path.clone());
+            node_config.images.insert(image.clone(), path.clone());
         }
         for dir in &self.bin_dirs {
-            cfg.images.add_dir(dir.clone());
+            node_config.images.add_dir(dir.clone());
         }
-        cfg.pod_cidr = self.pod_cidr;
-        cfg.backoff_initial = Duration::from_millis(self.backoff_initial_ms);
-        cfg.backoff_max = Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms));
+        node_config.pod_cidr = self.pod_cidr;
+        node_config.backoff_initial = Duration::from_millis(self.backoff_initial_ms);
+        node_config.backoff_max =
+            Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms));
         anyhow::ensure!(
             self.probe_period_scale >= 0.0,
             "--probe-period-scale must not be negative"
         );
-        cfg.probe_period_scale = self.probe_period_scale;
-        cfg.heartbeat = Duration::from_millis(self.heartbeat_ms.max(100));
-        cfg.cpu = self.cpu.clone();
-        cfg.memory = self.memory.clone();
-        cfg.max_pods = self.max_pods;
-        cfg.node_labels = self.node_labels.clone();
-        cfg.kubelet_port = self.kubelet_port;
-        Ok(cfg)
+        node_config.probe_period_scale = self.probe_period_scale;
+        node_config.heartbeat = Duration::from_millis(self.heartbeat_ms.max(100));
+        node_config.cpu = self.cpu.clone();
+        node_config.memory = self.memory.clone();
+        node_config.max_pods = self.max_pods;
+        node_config.node_labels = self.node_labels.clone();
+        node_config.kubelet_port = self.kubelet_port;
+        Ok(node_config)
     }
 }
 
@@ -134,7 +140,7 @@ fn init_logging(format: &str) {
 /// Runs the node until SIGTERM or SIGINT, then kills every container process.
 pub async fn main(args: Args) -> anyhow::Result<()> {
     init_logging(&args.log_format);
-    let cfg = args.node_config()?;
+    let node_config = args.node_config()?;
     let config = kube_config(args.kubeconfig.as_ref()).await?;
     let token = CancellationToken::new();
     let stop = token.clone();
@@ -154,7 +160,7 @@ pub async fn main(args: Args) -> anyhow::Result<()> {
         tracing::info!("signal received: stopping");
         stop.cancel();
     });
-    crate::node::run(config, cfg, token).await
+    Ok(crate::node::run(config, node_config, token).await?)
 }
 
 #[cfg(test)]
@@ -177,15 +183,22 @@ mod tests {
             "zone=a",
         ])
         .unwrap();
-        let cfg = args.node_config().unwrap();
-        assert_eq!(cfg.node_names, ["extra", "hapod-node-0", "hapod-node-1"]);
+        let node_config = args.node_config().unwrap();
         assert_eq!(
-            cfg.images
+            node_config.node_names,
+            ["extra", "hapod-node-0", "hapod-node-1"]
+        );
+        assert_eq!(
+            node_config
+                .images
                 .resolve("ghcr.io/hapod/hapod-demo:0.1.0")
                 .unwrap(),
             PathBuf::from("/bin/true")
         );
-        assert_eq!(cfg.node_labels, [("zone".to_string(), "a".to_string())]);
+        assert_eq!(
+            node_config.node_labels,
+            [("zone".to_string(), "a".to_string())]
+        );
         // Any range parses; a non-loopback one is only accepted at start inside a private
         // network namespace (PodCidr::check_confined).
         assert!(Args::try_parse_from(["hapod-node", "--pod-cidr", "10.0.0.0/24"]).is_ok());

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::ipalloc::PodCidr;
+use crate::ip_allocator::PodCidr;
 
 /// Maps container images to local binaries. An entry's key is an image reference (a tag or
 /// digest on either side is ignored) or just the image's last path segment (`hapod-demo`
@@ -13,6 +13,24 @@ use crate::ipalloc::PodCidr;
 pub struct ImageMap {
     entries: Vec<(String, PathBuf)>,
     dirs: Vec<PathBuf>,
+}
+
+/// Why an image has no binary, or an `--image` entry does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageMapError {
+    #[error("{0}: expected IMAGE=PATH")]
+    MalformedEntry(String),
+    #[error("image {image} is mapped to {}, which is not an existing file", path.display())]
+    NotAFile { image: String, path: PathBuf },
+    #[error(
+        "no binary mapped for image {image}: start hapod-node with --image {bare}=/path/to/binary \
+         (or --image {segment}=..., or --bin-dir DIR containing {segment})"
+    )]
+    NotMapped {
+        image: String,
+        bare: String,
+        segment: String,
+    },
 }
 
 /// `registry/path/name:tag@digest` without tag and digest. A `:` before the last `/` belongs to
@@ -41,19 +59,18 @@ impl ImageMap {
     }
 
     /// Parses `IMAGE=PATH` (the `--image` flag).
-    pub fn parse_entry(s: &str) -> Result<(String, PathBuf), String> {
-        let (image, path) = s
-            .split_once('=')
-            .ok_or_else(|| format!("{s}: expected IMAGE=PATH"))?;
+    pub fn parse_entry(s: &str) -> Result<(String, PathBuf), ImageMapError> {
+        let malformed = || ImageMapError::MalformedEntry(s.to_string());
+        let (image, path) = s.split_once('=').ok_or_else(malformed)?;
         if image.is_empty() || path.is_empty() {
-            return Err(format!("{s}: expected IMAGE=PATH"));
+            return Err(malformed());
         }
         Ok((image.to_string(), PathBuf::from(path)))
     }
 
     /// The binary for an image: exact reference first, then without tag, then by last path
     /// segment, then the binary directories.
-    pub fn resolve(&self, image: &str) -> Result<PathBuf, String> {
+    pub fn resolve(&self, image: &str) -> Result<PathBuf, ImageMapError> {
         let bare = strip_tag(image);
         let segment = last_segment(image);
         let found = self
@@ -75,14 +92,15 @@ impl ImageMap {
             });
         match found {
             Some(p) if p.is_file() => Ok(p),
-            Some(p) => Err(format!(
-                "image {image} is mapped to {}, which is not an existing file",
-                p.display()
-            )),
-            None => Err(format!(
-                "no binary mapped for image {image}: start hapod-node with --image {bare}=/path/to/binary \
-                 (or --image {segment}=..., or --bin-dir DIR containing {segment})"
-            )),
+            Some(path) => Err(ImageMapError::NotAFile {
+                image: image.to_string(),
+                path,
+            }),
+            None => Err(ImageMapError::NotMapped {
+                image: image.to_string(),
+                bare: bare.to_string(),
+                segment: segment.to_string(),
+            }),
         }
     }
 }
@@ -166,7 +184,8 @@ mod tests {
         assert_eq!(map.resolve("example.org/x/agent:2").unwrap(), other);
         let err = map
             .resolve("ghcr.io/hapod/hapod-controller:0.1.0")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("no binary mapped for image ghcr.io/hapod/hapod-controller:0.1.0"),
             "{err}"
@@ -183,6 +202,7 @@ mod tests {
         assert!(
             map.resolve("missing:1")
                 .unwrap_err()
+                .to_string()
                 .contains("not an existing file")
         );
         assert!(ImageMap::parse_entry("a=b").is_ok());

@@ -62,6 +62,31 @@ pub fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
     out
 }
 
+/// Why a container's environment (or a downward API value) cannot be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("{kind} \"{name}\" not found")]
+    ObjectNotFound { kind: &'static str, name: String },
+    #[error("couldn't find key {key} in {kind} {name}")]
+    MissingKey {
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("env {0}: unsupported valueFrom source")]
+    UnsupportedValueFrom(String),
+    #[error("unsupported fieldRef path {0}")]
+    UnsupportedFieldPath(String),
+    #[error("unsupported resourceFieldRef {0}")]
+    UnsupportedResource(String),
+    #[error("bad quantity {0}")]
+    BadQuantity(String),
+    #[error("bad divisor {0}")]
+    BadDivisor(String),
+    #[error("divisor must be positive")]
+    NonPositiveDivisor,
+}
+
 /// What the environment of a container depends on besides the pod itself.
 #[derive(Debug, Clone, Default)]
 pub struct EnvContext {
@@ -78,7 +103,7 @@ pub struct EnvContext {
 /// Secrets and ConfigMaps of the pod's namespace, fetched before the environment is built;
 /// `None` means the object does not exist.
 #[derive(Debug, Clone, Default)]
-pub struct RefData {
+pub struct ReferencedData {
     pub secrets: HashMap<String, Option<BTreeMap<String, String>>>,
     pub config_maps: HashMap<String, Option<BTreeMap<String, String>>>,
 }
@@ -119,9 +144,9 @@ pub fn referenced_objects(container: &Container) -> (Vec<String>, Vec<String>) {
 pub fn build_env(
     pod: &Pod,
     container: &Container,
-    ctx: &EnvContext,
-    refs: &RefData,
-) -> Result<Vec<(String, String)>, String> {
+    context: &EnvContext,
+    references: &ReferencedData,
+) -> Result<Vec<(String, String)>, EnvError> {
     let mut env: Vec<(String, String)> = Vec::new();
     let set = |env: &mut Vec<(String, String)>, key: String, value: String| {
         if let Some(slot) = env.iter_mut().find(|(k, _)| *k == key) {
@@ -133,13 +158,18 @@ pub fn build_env(
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         let (kind, name, optional, data) = if let Some(s) = &from.secret_ref {
-            ("Secret", &s.name, s.optional, refs.secrets.get(&s.name))
+            (
+                "Secret",
+                &s.name,
+                s.optional,
+                references.secrets.get(&s.name),
+            )
         } else if let Some(c) = &from.config_map_ref {
             (
                 "ConfigMap",
                 &c.name,
                 c.optional,
-                refs.config_maps.get(&c.name),
+                references.config_maps.get(&c.name),
             )
         } else {
             continue;
@@ -151,15 +181,20 @@ pub fn build_env(
                 }
             }
             None if optional == Some(true) => {}
-            None => return Err(format!("{kind} \"{name}\" not found")),
+            None => {
+                return Err(EnvError::ObjectNotFound {
+                    kind,
+                    name: name.clone(),
+                });
+            }
         }
     }
     for var in container.env.iter().flatten() {
-        if let Some(value) = env_value(pod, container, var, ctx, refs, &env)? {
+        if let Some(value) = env_value(pod, container, var, context, references, &env)? {
             set(&mut env, var.name.clone(), value);
         }
     }
-    for (k, v) in &ctx.service_env {
+    for (k, v) in &context.service_env {
         if !env.iter().any(|(key, _)| key == k) {
             env.push((k.clone(), v.clone()));
         }
@@ -171,49 +206,55 @@ fn env_value(
     pod: &Pod,
     container: &Container,
     var: &EnvVar,
-    ctx: &EnvContext,
-    refs: &RefData,
+    context: &EnvContext,
+    references: &ReferencedData,
     so_far: &[(String, String)],
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let Some(source) = &var.value_from else {
         let raw = var.value.clone().unwrap_or_default();
         let lookup = |name: &str| {
             so_far
                 .iter()
-                .chain(ctx.service_env.iter())
+                .chain(context.service_env.iter())
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.clone())
         };
         return Ok(Some(expand(&raw, lookup)));
     };
     if let Some(field) = &source.field_ref {
-        return field_value(pod, field, ctx).map(Some);
+        return field_value(pod, field, context).map(Some);
     }
-    if let Some(res) = &source.resource_field_ref {
-        return resource_value(container, res, ctx).map(Some);
+    if let Some(resource) = &source.resource_field_ref {
+        return resource_value(container, resource, context).map(Some);
     }
-    if let Some(sel) = &source.secret_key_ref {
-        return key_value("Secret", &refs.secrets, &sel.name, &sel.key, sel.optional);
-    }
-    if let Some(sel) = &source.config_map_key_ref {
+    if let Some(selector) = &source.secret_key_ref {
         return key_value(
-            "ConfigMap",
-            &refs.config_maps,
-            &sel.name,
-            &sel.key,
-            sel.optional,
+            "Secret",
+            &references.secrets,
+            &selector.name,
+            &selector.key,
+            selector.optional,
         );
     }
-    Err(format!("env {}: unsupported valueFrom source", var.name))
+    if let Some(selector) = &source.config_map_key_ref {
+        return key_value(
+            "ConfigMap",
+            &references.config_maps,
+            &selector.name,
+            &selector.key,
+            selector.optional,
+        );
+    }
+    Err(EnvError::UnsupportedValueFrom(var.name.clone()))
 }
 
 fn key_value(
-    kind: &str,
+    kind: &'static str,
     objects: &HashMap<String, Option<BTreeMap<String, String>>>,
     name: &str,
     key: &str,
     optional: Option<bool>,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let found = objects
         .get(name)
         .and_then(Option::as_ref)
@@ -221,7 +262,11 @@ fn key_value(
     match found {
         Some(v) => Ok(Some(v.clone())),
         None if optional == Some(true) => Ok(None),
-        None => Err(format!("couldn't find key {key} in {kind} {name}")),
+        None => Err(EnvError::MissingKey {
+            kind,
+            name: name.to_string(),
+            key: key.to_string(),
+        }),
     }
 }
 
@@ -229,8 +274,8 @@ fn key_value(
 pub fn field_value(
     pod: &Pod,
     field: &ObjectFieldSelector,
-    ctx: &EnvContext,
-) -> Result<String, String> {
+    context: &EnvContext,
+) -> Result<String, EnvError> {
     let meta = &pod.metadata;
     let path = field.field_path.as_str();
     let from_map = |map: &Option<BTreeMap<String, String>>, prefix: &str| -> Option<String> {
@@ -246,19 +291,19 @@ pub fn field_value(
         "metadata.name" => meta.name.clone().unwrap_or_default(),
         "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
         "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "spec.nodeName" => ctx.node_name.clone(),
+        "spec.nodeName" => context.node_name.clone(),
         "spec.serviceAccountName" => pod
             .spec
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        "status.podIP" | "status.podIPs" => ctx.pod_ip.clone(),
-        "status.hostIP" | "status.hostIPs" => ctx.host_ip.clone(),
+        "status.podIP" | "status.podIPs" => context.pod_ip.clone(),
+        "status.hostIP" | "status.hostIPs" => context.host_ip.clone(),
         "metadata.labels" => format_map(meta.labels.as_ref()),
         "metadata.annotations" => format_map(meta.annotations.as_ref()),
         _ => from_map(&meta.labels, "metadata.labels['")
             .or_else(|| from_map(&meta.annotations, "metadata.annotations['"))
-            .ok_or_else(|| format!("unsupported fieldRef path {path}"))?,
+            .ok_or_else(|| EnvError::UnsupportedFieldPath(path.to_string()))?,
     };
     Ok(value)
 }
@@ -276,31 +321,35 @@ fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
 /// rounded up.
 pub fn resource_value(
     container: &Container,
-    sel: &ResourceFieldSelector,
-    ctx: &EnvContext,
-) -> Result<String, String> {
+    selector: &ResourceFieldSelector,
+    context: &EnvContext,
+) -> Result<String, EnvError> {
     let resources = container.resources.as_ref();
-    let (map, name) = match sel.resource.split_once('.') {
+    let (map, name) = match selector.resource.split_once('.') {
         Some(("limits", name)) => (resources.and_then(|r| r.limits.as_ref()), name),
         Some(("requests", name)) => (resources.and_then(|r| r.requests.as_ref()), name),
-        _ => return Err(format!("unsupported resourceFieldRef {}", sel.resource)),
+        _ => {
+            return Err(EnvError::UnsupportedResource(selector.resource.clone()));
+        }
     };
     let fallback = match name {
-        "cpu" => ctx.node_cpu_millis as f64 / 1000.0,
-        "memory" | "ephemeral-storage" => ctx.node_memory_bytes as f64,
-        _ => return Err(format!("unsupported resourceFieldRef {}", sel.resource)),
+        "cpu" => context.node_cpu_millis as f64 / 1000.0,
+        "memory" | "ephemeral-storage" => context.node_memory_bytes as f64,
+        _ => {
+            return Err(EnvError::UnsupportedResource(selector.resource.clone()));
+        }
     };
     let value = match map.and_then(|m| m.get(name)) {
-        Some(q) => parse_quantity(&q.0).ok_or_else(|| format!("bad quantity {}", q.0))?,
-        None if sel.resource.starts_with("requests.") && name == "cpu" => 0.0,
+        Some(q) => parse_quantity(&q.0).ok_or_else(|| EnvError::BadQuantity(q.0.clone()))?,
+        None if selector.resource.starts_with("requests.") && name == "cpu" => 0.0,
         None => fallback,
     };
-    let divisor = match &sel.divisor {
-        Some(d) => parse_quantity(&d.0).ok_or_else(|| format!("bad divisor {}", d.0))?,
+    let divisor = match &selector.divisor {
+        Some(d) => parse_quantity(&d.0).ok_or_else(|| EnvError::BadDivisor(d.0.clone()))?,
         None => 1.0,
     };
     if divisor <= 0.0 {
-        return Err("divisor must be positive".into());
+        return Err(EnvError::NonPositiveDivisor);
     }
     // The kubelet reports at least 1 for a CPU limit so that a sub-core limit is never 0.
     let result = (value / divisor)
@@ -413,7 +462,7 @@ mod tests {
         }
     }
 
-    fn ctx() -> EnvContext {
+    fn context() -> EnvContext {
         EnvContext {
             pod_ip: "127.10.0.7".into(),
             host_ip: "127.0.0.1".into(),
@@ -449,7 +498,13 @@ mod tests {
             ]),
             ..Default::default()
         };
-        let env = build_env(&test_pod(), &container, &ctx(), &RefData::default()).unwrap();
+        let env = build_env(
+            &test_pod(),
+            &container,
+            &context(),
+            &ReferencedData::default(),
+        )
+        .unwrap();
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
         assert_eq!(get("POD_NAME"), Some("demo-1"));
         assert_eq!(get("POD_NAMESPACE"), Some("apps"));
@@ -467,12 +522,12 @@ mod tests {
 
     #[test]
     fn secret_and_config_map_references() {
-        let mut refs = RefData::default();
-        refs.secrets.insert(
+        let mut references = ReferencedData::default();
+        references.secrets.insert(
             "notify".into(),
             Some([("key".to_string(), "s3cret".to_string())].into()),
         );
-        refs.config_maps.insert("missing".into(), None);
+        references.config_maps.insert("missing".into(), None);
         let container = Container {
             name: "app".into(),
             env_from: Some(vec![EnvFromSource {
@@ -497,7 +552,7 @@ mod tests {
             }]),
             ..Default::default()
         };
-        let env = build_env(&test_pod(), &container, &ctx(), &refs).unwrap();
+        let env = build_env(&test_pod(), &container, &context(), &references).unwrap();
         assert!(env.contains(&("N_key".into(), "s3cret".into())));
         assert!(!env.iter().any(|(k, _)| k == "OPT"));
         assert_eq!(
@@ -508,11 +563,13 @@ mod tests {
         let mut required = container.clone();
         if let Some(env) = required.env.as_mut()
             && let Some(src) = env[0].value_from.as_mut()
-            && let Some(sel) = src.config_map_key_ref.as_mut()
+            && let Some(selector) = src.config_map_key_ref.as_mut()
         {
-            sel.optional = None;
+            selector.optional = None;
         }
-        let err = build_env(&test_pod(), &required, &ctx(), &refs).unwrap_err();
+        let err = build_env(&test_pod(), &required, &context(), &references)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("couldn't find key k in ConfigMap missing"),
             "{err}"
@@ -530,29 +587,29 @@ mod tests {
             }),
             ..Default::default()
         };
-        let sel = |r: &str, d: Option<&str>| ResourceFieldSelector {
+        let selector = |r: &str, d: Option<&str>| ResourceFieldSelector {
             resource: r.into(),
             divisor: d.map(|d| Quantity(d.into())),
             container_name: None,
         };
-        let c = ctx();
+        let c = context();
         assert_eq!(
-            resource_value(&container, &sel("limits.memory", Some("1Mi")), &c).unwrap(),
+            resource_value(&container, &selector("limits.memory", Some("1Mi")), &c).unwrap(),
             "64"
         );
         assert_eq!(
-            resource_value(&container, &sel("requests.cpu", Some("1m")), &c).unwrap(),
+            resource_value(&container, &selector("requests.cpu", Some("1m")), &c).unwrap(),
             "250"
         );
         assert_eq!(
-            resource_value(&container, &sel("requests.cpu", None), &c).unwrap(),
+            resource_value(&container, &selector("requests.cpu", None), &c).unwrap(),
             "1"
         );
         assert_eq!(
-            resource_value(&container, &sel("limits.cpu", None), &c).unwrap(),
+            resource_value(&container, &selector("limits.cpu", None), &c).unwrap(),
             "4"
         );
-        assert!(resource_value(&container, &sel("limits.gpu", None), &c).is_err());
+        assert!(resource_value(&container, &selector("limits.gpu", None), &c).is_err());
         assert_eq!(
             parse_quantity("1.5Gi"),
             Some(1.5 * 1024.0 * 1024.0 * 1024.0)

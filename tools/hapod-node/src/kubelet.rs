@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -16,22 +15,39 @@ const UNSUPPORTED: &str = "hapod-node runs pods as local processes and does not 
 attach, port-forward or run. To put a file into a container's /tmp, write it into the host \
 folder named by the pod's annotation node.hapod.io/tmp-<container>.\n";
 
+/// Why the kubelet endpoint cannot serve.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    #[error("kubelet endpoint certificate: {0}")]
+    Certificate(rcgen::Error),
+    #[error("kubelet endpoint TLS setup: {0}")]
+    Tls(rustls::Error),
+    #[error("bind 127.0.0.1:{port} for the kubelet endpoint: {error}")]
+    Bind { port: u16, error: std::io::Error },
+    #[error("kubelet endpoint accept: {0}")]
+    Accept(std::io::Error),
+}
+
 /// What a request to the kubelet endpoint gets: status code and body.
 pub fn respond(state_dir: &Path, target: &str) -> (u16, String) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => (200, "ok".into()),
-        ["containerLogs", ns, pod, container] => match log_file(state_dir, ns, pod, container) {
-            Some(file) => match std::fs::read(&file) {
-                Ok(bytes) => (200, tail(&String::from_utf8_lossy(&bytes), query)),
-                Err(e) => (500, format!("{}: {e}\n", file.display())),
-            },
-            None => (
-                404,
-                format!("no logs of container {container} of pod {ns}/{pod} on this node\n"),
-            ),
-        },
+        ["containerLogs", namespace, pod, container] => {
+            match log_file(state_dir, namespace, pod, container) {
+                Some(file) => match std::fs::read(&file) {
+                    Ok(bytes) => (200, tail(&String::from_utf8_lossy(&bytes), query)),
+                    Err(e) => (500, format!("{}: {e}\n", file.display())),
+                },
+                None => (
+                    404,
+                    format!(
+                        "no logs of container {container} of pod {namespace}/{pod} on this node\n"
+                    ),
+                ),
+            }
+        }
         ["exec" | "attach" | "portForward" | "run", ..] => (501, UNSUPPORTED.into()),
         _ => (404, format!("{path}: not served by hapod-node\n")),
     }
@@ -56,9 +72,9 @@ fn tail(text: &str, query: &str) -> String {
     }
 }
 
-/// Pod folders are `<ns>_<name>_<uid>`; namespaces and names never contain `_`.
-fn log_file(state_dir: &Path, ns: &str, pod: &str, container: &str) -> Option<PathBuf> {
-    let prefix = format!("{ns}_{pod}_");
+/// Pod folders are `<namespace>_<name>_<uid>`; namespaces and names never contain `_`.
+fn log_file(state_dir: &Path, namespace: &str, pod: &str, container: &str) -> Option<PathBuf> {
+    let prefix = format!("{namespace}_{pod}_");
     std::fs::read_dir(state_dir.join("pods"))
         .ok()?
         .flatten()
@@ -78,20 +94,26 @@ fn reason(code: u16) -> &'static str {
 
 /// Serves on 127.0.0.1:`port` with a self-signed certificate (the API server does not verify
 /// kubelet certificates unless told to) until `stop` fires.
-pub async fn serve(port: u16, state_dir: PathBuf, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    port: u16,
+    state_dir: PathBuf,
+    stop: CancellationToken,
+) -> Result<(), KubeletError> {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
-        .context("kubelet endpoint certificate")?;
+        .map_err(KubeletError::Certificate)?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .map_err(KubeletError::Tls)?
     .with_no_client_auth()
-    .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)?;
+    .with_single_cert(vec![CertificateDer::from(cert.cert.der().to_vec())], key)
+    .map_err(KubeletError::Tls)?;
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind(("127.0.0.1", port))
         .await
-        .with_context(|| format!("bind 127.0.0.1:{port} for the kubelet endpoint"))?;
+        .map_err(|error| KubeletError::Bind { port, error })?;
     tracing::info!(
         port,
         "kubelet endpoint (logs; exec reported as unsupported) listening"
@@ -100,7 +122,7 @@ pub async fn serve(port: u16, state_dir: PathBuf, stop: CancellationToken) -> an
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => accepted.map_err(KubeletError::Accept)?,
         };
         let acceptor = acceptor.clone();
         let state_dir = state_dir.clone();

@@ -6,13 +6,21 @@
 //! Status (phase, conditions, container states, restarts) is written on every change.
 //!
 //! Use [`NodeHandle::spawn`] to run a node inside a test's runtime, or the `hapod-node` binary.
+//!
+//! Where things are: [`node`] registers the Nodes and runs one [`pod::PodWorker`] per pod;
+//! [`pod`] and its submodules run a pod's containers ([`process`] starts them, [`probe`] probes
+//! them, [`command`] builds their command lines, [`expand`] their environment, [`volumes`]
+//! their volumes) and report their status ([`status`]); [`kubelet`] serves `kubectl logs`;
+//! [`config`], [`cli`] and [`ip_allocator`] hold the settings and the pod IP range.
 
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod expand;
-pub mod ipalloc;
+pub mod ip_allocator;
 pub mod kubelet;
 pub mod node;
+pub mod path_error;
 pub mod pod;
 pub mod probe;
 pub mod process;
@@ -20,6 +28,6 @@ pub mod status;
 pub mod volumes;
 
 pub use config::{ImageMap, NodeConfig};
-pub use ipalloc::PodCidr;
+pub use ip_allocator::PodCidr;
 pub use node::{NodeHandle, run};
 pub use pod::{LOG_ANNOTATION_PREFIX, TMP_ANNOTATION_PREFIX};

@@ -5,14 +5,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use base64::Engine;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -22,23 +21,63 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::NodeConfig;
 use crate::expand::parse_quantity;
-use crate::ipalloc::IpAllocator;
-use crate::pod::{Msg, NodeCtx, PodWorker};
+use crate::ip_allocator::ConfinementError;
+use crate::ip_allocator::IpAllocator;
+use crate::path_error::{AtPath, PathError};
+use crate::pod::{Message, NodeContext, PodWorker, delete_finished_pod};
 use crate::process::Spawner;
+
+/// Why the node cannot start, register or keep its Nodes alive.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("no node names given")]
+    NoNodeNames,
+    #[error("API server URL has no host")]
+    NoApiHost,
+    #[error("API server host {host} is not an IP address: {error}")]
+    ApiHostNotAnIp {
+        host: String,
+        error: std::net::AddrParseError,
+    },
+    #[error("API server {0} is not a loopback address; hapod-node only talks to loopback")]
+    ApiNotLoopback(IpAddr),
+    #[error(transparent)]
+    Confinement(#[from] ConfinementError),
+    #[error("API client: {0}")]
+    Client(kube::Error),
+    #[error("create {0}")]
+    StateDir(PathError),
+    #[error("spawner thread: {0}")]
+    Spawner(std::io::Error),
+    #[error("Node object: {0}")]
+    NodeObject(serde_json::Error),
+    /// An API call; `action` says which (`create Node x`, `renew Lease kube-node-lease/x`).
+    #[error("{action}: {error}")]
+    Api { action: String, error: kube::Error },
+    #[error("node task panicked: {0}")]
+    Panicked(tokio::task::JoinError),
+}
+
+/// Names a failed API call: `.map_err(api_error(format!("create Node {name}")))`.
+fn api_error(action: String) -> impl FnOnce(kube::Error) -> NodeError {
+    move |error| NodeError::Api { action, error }
+}
 
 /// The in-cluster service variables, pointing at the API server the node itself talks to: its
 /// loopback address and port (never a Service ClusterIP: nothing routes those here).
-pub fn service_env(cluster_url: &http::Uri) -> anyhow::Result<Vec<(String, String)>> {
-    let host = cluster_url.host().context("API server URL has no host")?;
+pub fn service_env(cluster_url: &http::Uri) -> Result<Vec<(String, String)>, NodeError> {
+    let host = cluster_url.host().ok_or(NodeError::NoApiHost)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ip: IpAddr = if host == "localhost" {
         IpAddr::from([127, 0, 0, 1])
     } else {
-        host.parse()
-            .with_context(|| format!("API server host {host} is not an IP address"))?
+        host.parse().map_err(|error| NodeError::ApiHostNotAnIp {
+            host: host.to_string(),
+            error,
+        })?
     };
     if !ip.is_loopback() {
-        bail!("API server {ip} is not a loopback address; hapod-node only talks to loopback");
+        return Err(NodeError::ApiNotLoopback(ip));
     }
     let port = cluster_url.port_u16().unwrap_or(443);
     let (h, p) = (ip.to_string(), port.to_string());
@@ -75,11 +114,11 @@ pub fn ca_pem(kube_config: &kube::Config) -> Option<String> {
     Some(pem)
 }
 
-fn node_status(cfg: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serde_json::Value {
+fn node_status(config: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serde_json::Value {
     let resources = json!({
-        "cpu": cfg.cpu,
-        "memory": cfg.memory,
-        "pods": cfg.max_pods.to_string(),
+        "cpu": config.cpu,
+        "memory": config.memory,
+        "pods": config.max_pods.to_string(),
         "ephemeral-storage": "100Gi",
     });
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
@@ -101,7 +140,7 @@ fn node_status(cfg: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serd
             condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
             condition("Ready", "True", "KubeletReady", "hapod-node is posting ready status"),
         ],
-        "daemonEndpoints": { "kubeletEndpoint": { "Port": cfg.kubelet_port } },
+        "daemonEndpoints": { "kubeletEndpoint": { "Port": config.kubelet_port } },
         "nodeInfo": {
             "architecture": std::env::consts::ARCH,
             "bootID": "",
@@ -117,7 +156,7 @@ fn node_status(cfg: &NodeConfig, ready_since: Timestamp, now: Timestamp) -> serd
     })
 }
 
-fn node_object(cfg: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Result<Node> {
+fn node_object(config: &NodeConfig, name: &str, now: Timestamp) -> Result<Node, NodeError> {
     let mut labels: serde_json::Map<String, serde_json::Value> = [
         ("kubernetes.io/hostname", name),
         ("kubernetes.io/os", "linux"),
@@ -127,45 +166,49 @@ fn node_object(cfg: &NodeConfig, name: &str, now: Timestamp) -> anyhow::Result<N
     .into_iter()
     .map(|(k, v)| (k.to_string(), json!(v)))
     .collect();
-    for (k, v) in &cfg.node_labels {
+    for (k, v) in &config.node_labels {
         labels.insert(k.clone(), json!(v));
     }
-    let mut status = node_status(cfg, now, now);
+    let mut status = node_status(config, now, now);
     // The API server reaches a kubelet by the Hostname address first: `localhost` keeps that
     // on loopback without any DNS lookup of the node name.
     status["addresses"] = json!([
         { "type": "InternalIP", "address": "127.0.0.1" },
         { "type": "Hostname", "address": "localhost" },
     ]);
-    Ok(serde_json::from_value(json!({
+    serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": name, "labels": labels },
         "spec": {},
         "status": status,
-    }))?)
+    }))
+    .map_err(NodeError::NodeObject)
 }
 
 /// Creates the Node (or takes over an existing one) and writes its status.
 async fn register(
     client: &Client,
-    cfg: &NodeConfig,
+    config: &NodeConfig,
     name: &str,
     now: Timestamp,
-) -> anyhow::Result<Node> {
+) -> Result<Node, NodeError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = node_object(cfg, name, now)?;
+    let node = node_object(config, name, now)?;
     let created = match nodes.create(&PostParams::default(), &node).await {
         Ok(n) => n,
-        Err(kube::Error::Api(e)) if e.code == 409 => nodes.get(name).await?,
-        Err(e) => return Err(e).with_context(|| format!("create Node {name}")),
+        Err(kube::Error::Api(e)) if e.code == 409 => nodes
+            .get(name)
+            .await
+            .map_err(api_error(format!("get Node {name}")))?,
+        Err(e) => return Err(api_error(format!("create Node {name}"))(e)),
     };
     // Create may drop the status, and an existing Node keeps its old one: write it.
     let status = json!({ "status": node.status });
     nodes
         .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .with_context(|| format!("write status of Node {name}"))?;
+        .map_err(api_error(format!("write status of Node {name}")))?;
     clear_condition_taints(&nodes, &created).await?;
     tracing::info!(node = name, "node registered");
     Ok(created)
@@ -180,7 +223,7 @@ const CONDITION_TAINTS: [&str; 2] = [
     "node.kubernetes.io/unreachable",
 ];
 
-async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Result<()> {
+async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> Result<(), NodeError> {
     let taints = node
         .spec
         .as_ref()
@@ -205,7 +248,10 @@ async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Resul
             &Patch::Merge(&patch),
         )
         .await
-        .with_context(|| format!("remove the not-ready taint of Node {}", node.name_any()))?;
+        .map_err(api_error(format!(
+            "remove the not-ready taint of Node {}",
+            node.name_any()
+        )))?;
     Ok(())
 }
 
@@ -213,10 +259,10 @@ async fn clear_condition_taints(nodes: &Api<Node>, node: &Node) -> anyhow::Resul
 /// status heartbeat.
 async fn heartbeat(
     client: &Client,
-    cfg: &NodeConfig,
+    config: &NodeConfig,
     node: &Node,
     ready_since: Timestamp,
-) -> anyhow::Result<()> {
+) -> Result<(), NodeError> {
     let name = node.name_any();
     let now = Timestamp::now();
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
@@ -232,7 +278,7 @@ async fn heartbeat(
         },
         "spec": {
             "holderIdentity": name,
-            "leaseDurationSeconds": cfg.lease_duration_seconds,
+            "leaseDurationSeconds": config.lease_duration_seconds,
             "renewTime": MicroTime(now),
         },
     });
@@ -240,17 +286,17 @@ async fn heartbeat(
     leases
         .patch(&name, &params, &Patch::Apply(&lease))
         .await
-        .with_context(|| format!("renew Lease kube-node-lease/{name}"))?;
-    let status = json!({ "status": node_status(cfg, ready_since, now) });
+        .map_err(api_error(format!("renew Lease kube-node-lease/{name}")))?;
+    let status = json!({ "status": node_status(config, ready_since, now) });
     Api::<Node>::all(client.clone())
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
-        .with_context(|| format!("heartbeat of Node {name}"))?;
+        .map_err(api_error(format!("heartbeat of Node {name}")))?;
     Ok(())
 }
 
 struct Worker {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::UnboundedSender<Message>,
     task: JoinHandle<()>,
     /// Index of the node (and of its pod watch) the pod is bound to.
     node: usize,
@@ -259,65 +305,67 @@ struct Worker {
 /// Runs the node until `shutdown` fires, then kills every container process.
 pub async fn run(
     kube_config: kube::Config,
-    cfg: NodeConfig,
+    config: NodeConfig,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    if cfg.node_names.is_empty() {
-        bail!("no node names given");
+) -> Result<(), NodeError> {
+    if config.node_names.is_empty() {
+        return Err(NodeError::NoNodeNames);
     }
-    cfg.pod_cidr.check_confined().map_err(anyhow::Error::msg)?;
+    config.pod_cidr.check_confined()?;
     let service_env = service_env(&kube_config.cluster_url)?;
     let ca_pem = ca_pem(&kube_config);
-    let client = Client::try_from(kube_config).context("API client")?;
-    std::fs::create_dir_all(cfg.state_dir.join("pods"))
-        .with_context(|| format!("create {}", cfg.state_dir.display()))?;
-    let ctx = Arc::new(NodeCtx {
+    let client = Client::try_from(kube_config).map_err(NodeError::Client)?;
+    std::fs::create_dir_all(config.state_dir.join("pods"))
+        .at(&config.state_dir)
+        .map_err(NodeError::StateDir)?;
+    let context = Arc::new(NodeContext {
         client: client.clone(),
-        ips: IpAllocator::for_this_process(cfg.pod_cidr),
-        spawner: Spawner::start().context("spawner thread")?,
+        pod_ips: IpAllocator::for_this_process(config.pod_cidr),
+        spawner: Spawner::start().map_err(NodeError::Spawner)?,
         service_env,
         ca_pem,
-        cpu_millis: parse_quantity(&cfg.cpu).map_or(4000, |c| (c * 1000.0) as i64),
-        memory_bytes: parse_quantity(&cfg.memory).map_or(8 << 30, |m| m as i64),
-        cfg,
+        cpu_millis: parse_quantity(&config.cpu).map_or(4000, |c| (c * 1000.0) as i64),
+        memory_bytes: parse_quantity(&config.memory).map_or(8 << 30, |m| m as i64),
+        config,
     });
 
-    let kubelet = (ctx.cfg.kubelet_port != 0).then(|| {
+    let kubelet = (context.config.kubelet_port != 0).then(|| {
         let (port, dir, token) = (
-            ctx.cfg.kubelet_port,
-            ctx.cfg.state_dir.clone(),
+            context.config.kubelet_port,
+            context.config.state_dir.clone(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
             if let Err(e) = crate::kubelet::serve(port, dir, token).await {
-                tracing::warn!(error = format!("{e:#}"), "kubelet endpoint unavailable");
+                tracing::warn!(error = %e, "kubelet endpoint unavailable");
             }
         })
     });
     let started = Timestamp::now();
     let mut nodes: Vec<Node> = Vec::new();
-    for name in &ctx.cfg.node_names {
-        nodes.push(register(&client, &ctx.cfg, name, started).await?);
+    for name in &context.config.node_names {
+        nodes.push(register(&client, &context.config, name, started).await?);
     }
     let beat = {
-        let (client, ctx, token) = (client.clone(), ctx.clone(), shutdown.clone());
+        let (client, context, token) = (client.clone(), context.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(ctx.cfg.heartbeat);
+            let mut ticker = tokio::time::interval(context.config.heartbeat);
             loop {
                 tokio::select! {
                     _ = token.cancelled() => return,
                     _ = ticker.tick() => {}
                 }
                 for node in &mut nodes {
-                    if let Err(e) = heartbeat(&client, &ctx.cfg, node, started).await {
-                        tracing::warn!(error = format!("{e:#}"), "node heartbeat failed");
+                    if let Err(e) = heartbeat(&client, &context.config, node, started).await {
+                        tracing::warn!(error = %e, "node heartbeat failed");
                         // A Node deleted from under the node is registered again.
                         let name = node.name_any();
                         if let Ok(None) = Api::<Node>::all(client.clone()).get_opt(&name).await {
-                            match register(&client, &ctx.cfg, &name, Timestamp::now()).await {
+                            match register(&client, &context.config, &name, Timestamp::now()).await
+                            {
                                 Ok(n) => *node = n,
                                 Err(e) => tracing::warn!(
-                                    error = format!("{e:#}"),
+                                    error = %e,
                                     "re-registration failed"
                                 ),
                             }
@@ -328,19 +376,24 @@ pub async fn run(
         })
     };
 
-    let streams = ctx.cfg.node_names.iter().enumerate().map(|(idx, name)| {
-        let config = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
-        watcher(Api::<Pod>::all(client.clone()), config)
-            .default_backoff()
-            .map(move |e| (idx, e))
-            .boxed()
-    });
+    let streams = context
+        .config
+        .node_names
+        .iter()
+        .enumerate()
+        .map(|(index, name)| {
+            let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={name}"));
+            watcher(Api::<Pod>::all(client.clone()), watch_config)
+                .default_backoff()
+                .map(move |e| (index, e))
+                .boxed()
+        });
     let mut events = futures::stream::select_all(streams);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     // Pods whose worker finished (deleted by the node): their last updates must not start them
     // again while the object lingers (finalizers).
     let mut finished: HashSet<String> = HashSet::new();
-    let mut listed: Vec<HashSet<String>> = vec![HashSet::new(); ctx.cfg.node_names.len()];
+    let mut listed: Vec<HashSet<String>> = vec![HashSet::new(); context.config.node_names.len()];
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -351,10 +404,10 @@ pub async fn run(
             Ok(watcher::Event::Init) => listed[node].clear(),
             Ok(watcher::Event::InitApply(pod)) => {
                 listed[node].insert(pod.uid().unwrap_or_default());
-                on_apply(&ctx, &mut workers, &mut finished, node, pod);
+                on_apply(&context, &mut workers, &mut finished, node, pod);
             }
             Ok(watcher::Event::Apply(pod)) => {
-                on_apply(&ctx, &mut workers, &mut finished, node, pod)
+                on_apply(&context, &mut workers, &mut finished, node, pod)
             }
             Ok(watcher::Event::InitDone) => {
                 // Pods deleted while the watch was down: a relist covers only its own node.
@@ -365,7 +418,7 @@ pub async fn run(
                     .collect();
                 for uid in gone {
                     if let Some(w) = workers.remove(&uid) {
-                        let _ = w.tx.send(Msg::Gone);
+                        let _ = w.tx.send(Message::Gone);
                     }
                 }
             }
@@ -373,7 +426,7 @@ pub async fn run(
                 let uid = pod.uid().unwrap_or_default();
                 finished.remove(&uid);
                 if let Some(w) = workers.remove(&uid) {
-                    let _ = w.tx.send(Msg::Gone);
+                    let _ = w.tx.send(Message::Gone);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "pod watch error; retrying"),
@@ -395,7 +448,7 @@ pub async fn run(
         k.abort();
     }
     for w in workers.values() {
-        let _ = w.tx.send(Msg::Shutdown);
+        let _ = w.tx.send(Message::Shutdown);
     }
     for (_, w) in workers {
         let _ = w.task.await;
@@ -404,7 +457,7 @@ pub async fn run(
 }
 
 fn on_apply(
-    ctx: &Arc<NodeCtx>,
+    context: &Arc<NodeContext>,
     workers: &mut HashMap<String, Worker>,
     finished: &mut HashSet<String>,
     node: usize,
@@ -416,7 +469,7 @@ fn on_apply(
     if let Some(w) = workers.get(&uid)
         && !w.task.is_finished()
     {
-        let _ = w.tx.send(Msg::Updated(Box::new(pod)));
+        let _ = w.tx.send(Message::Updated(Box::new(pod)));
         return;
     }
     if workers.remove(&uid).is_some() || finished.contains(&uid) {
@@ -433,25 +486,17 @@ fn on_apply(
         if pod.metadata.deletion_timestamp.is_some() {
             finished.insert(uid.clone());
             let api: Api<Pod> =
-                Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+                Api::namespaced(context.client.clone(), &pod.namespace().unwrap_or_default());
             let name = pod.name_any();
             tokio::spawn(async move {
-                let params = DeleteParams {
-                    grace_period_seconds: Some(0),
-                    preconditions: Some(Preconditions {
-                        uid: Some(uid),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                let _ = api.delete(&name, &params).await;
+                let _ = delete_finished_pod(&api, &name, &uid).await;
             });
         }
         return;
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    let Some(worker) = PodWorker::new(ctx.clone(), pod.clone(), tx.clone()) else {
-        tracing::error!(pod = %pod.name_any(), "no free pod IP left in {:?}", ctx.cfg.pod_cidr);
+    let Some(worker) = PodWorker::new(context.clone(), pod.clone(), tx.clone()) else {
+        tracing::error!(pod = %pod.name_any(), "no free pod IP left in {:?}", context.config.pod_cidr);
         return;
     };
     let task = tokio::spawn(worker.run(rx));
@@ -461,14 +506,14 @@ fn on_apply(
 /// A node running in the background of the caller's runtime.
 pub struct NodeHandle {
     token: CancellationToken,
-    task: JoinHandle<anyhow::Result<()>>,
+    task: JoinHandle<Result<(), NodeError>>,
 }
 
 impl NodeHandle {
     /// Starts a node in the current tokio runtime.
-    pub fn spawn(kube_config: kube::Config, cfg: NodeConfig) -> Self {
+    pub fn spawn(kube_config: kube::Config, config: NodeConfig) -> Self {
         let token = CancellationToken::new();
-        let task = tokio::spawn(run(kube_config, cfg, token.clone()));
+        let task = tokio::spawn(run(kube_config, config, token.clone()));
         Self { token, task }
     }
 
@@ -478,9 +523,9 @@ impl NodeHandle {
     }
 
     /// Stops the node, killing every container process, and returns how it ended.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), NodeError> {
         self.token.cancel();
-        self.task.await.context("node task panicked")?
+        self.task.await.map_err(NodeError::Panicked)?
     }
 }
 
@@ -500,8 +545,8 @@ mod tests {
 
     #[test]
     fn node_object_is_ready_with_capacity() {
-        let cfg = NodeConfig::new(vec!["n1".into()], "/tmp/x");
-        let node = node_object(&cfg, "n1", Timestamp::now()).unwrap();
+        let config = NodeConfig::new(vec!["n1".into()], "/tmp/x");
+        let node = node_object(&config, "n1", Timestamp::now()).unwrap();
         let status = node.status.unwrap();
         let ready = status
             .conditions

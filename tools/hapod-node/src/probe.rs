@@ -1,8 +1,10 @@
 //! Container probes (exec, tcpSocket, httpGet) with the kubelet's thresholds; only ever against
 //! loopback addresses.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
@@ -11,7 +13,58 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::command::resolve_program;
 use crate::process::{ProcessSpec, Spawner, build_command, signal_group};
+
+/// Why one probe attempt failed (logged at debug level; the verdict counts failures).
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("dial tcp {address}: {error}")]
+    Dial {
+        address: SocketAddr,
+        error: io::Error,
+    },
+    #[error("dial tcp {0}: timeout")]
+    DialTimeout(SocketAddr),
+    #[error("http probe: timeout")]
+    HttpTimeout,
+    #[error("write to {address}: {error}")]
+    Write {
+        address: SocketAddr,
+        error: io::Error,
+    },
+    #[error("read from {address}: {error}")]
+    Read {
+        address: SocketAddr,
+        error: io::Error,
+    },
+    #[error("bad HTTP answer from {0}")]
+    BadHttpAnswer(SocketAddr),
+    #[error("HTTP probe failed with statuscode: {0}")]
+    HttpStatus(u16),
+    #[error("grpc probes are not supported by hapod-node")]
+    GrpcUnsupported,
+    #[error("probe has no handler")]
+    NoHandler,
+    #[error("probe host {0} is not an IP address")]
+    HostNotAnIp(String),
+    #[error("probe host {0} is neither loopback nor the pod's IP; refused")]
+    HostRefused(IpAddr),
+    #[error("bad port {0}")]
+    BadPort(i32),
+    #[error("no container port named {0}")]
+    NoNamedPort(String),
+    #[error("exec probe without a command")]
+    ExecWithoutCommand,
+    #[error("exec probe: {0}")]
+    ExecSetup(io::Error),
+    #[error("exec probe {command}: {error}")]
+    ExecIo { command: String, error: io::Error },
+    #[error("exec probe {command}: {status}")]
+    ExecFailed { command: String, status: ExitStatus },
+    #[error("exec probe {command}: timed out after {timeout:?}")]
+    ExecTimeout { command: String, timeout: Duration },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -138,51 +191,53 @@ pub async fn run(
     }
 }
 
-async fn probe_once(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> Result<(), String> {
+async fn probe_once(
+    probe: &Probe,
+    target: &ProbeTarget,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     if let Some(exec) = &probe.exec {
         return exec_probe(exec.command.as_deref().unwrap_or_default(), target, timeout).await;
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let addr = address(tcp.host.as_deref(), &tcp.port, target)?;
-        return match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let address = resolve_address(tcp.host.as_deref(), &tcp.port, target)?;
+        return match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("dial tcp {addr}: {e}")),
-            Err(_) => Err(format!("dial tcp {addr}: timeout")),
+            Ok(Err(error)) => Err(ProbeError::Dial { address, error }),
+            Err(_) => Err(ProbeError::DialTimeout(address)),
         };
     }
     if let Some(http) = &probe.http_get {
         return match tokio::time::timeout(timeout, http_probe(http, target)).await {
             Ok(r) => r,
-            Err(_) => Err("http probe: timeout".into()),
+            Err(_) => Err(ProbeError::HttpTimeout),
         };
     }
     if probe.grpc.is_some() {
-        return Err("grpc probes are not supported by hapod-node".into());
+        return Err(ProbeError::GrpcUnsupported);
     }
-    Err("probe has no handler".into())
+    Err(ProbeError::NoHandler)
 }
 
 /// Resolves a probe's address; anything but loopback is refused (network rule).
-fn address(
+fn resolve_address(
     host: Option<&str>,
     port: &IntOrString,
     target: &ProbeTarget,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, ProbeError> {
     let ip: IpAddr = match host.filter(|h| !h.is_empty()) {
         None => IpAddr::V4(target.pod_ip),
         Some("localhost") => IpAddr::V4(Ipv4Addr::LOCALHOST),
         Some(h) => h
             .parse()
-            .map_err(|_| format!("probe host {h} is not an IP address"))?,
+            .map_err(|_| ProbeError::HostNotAnIp(h.to_string()))?,
     };
     // The pod's own IP comes from the node's pod range, checked to be confined at start.
     if !ip.is_loopback() && ip != IpAddr::V4(target.pod_ip) {
-        return Err(format!(
-            "probe host {ip} is neither loopback nor the pod's IP; refused"
-        ));
+        return Err(ProbeError::HostRefused(ip));
     }
     let port = match port {
-        IntOrString::Int(p) => u16::try_from(*p).map_err(|_| format!("bad port {p}"))?,
+        IntOrString::Int(p) => u16::try_from(*p).map_err(|_| ProbeError::BadPort(*p))?,
         IntOrString::String(name) => target
             .container
             .ports
@@ -190,18 +245,18 @@ fn address(
             .flatten()
             .find(|p| p.name.as_deref() == Some(name))
             .and_then(|p| u16::try_from(p.container_port).ok())
-            .ok_or_else(|| format!("no container port named {name}"))?,
+            .ok_or_else(|| ProbeError::NoNamedPort(name.clone()))?,
     };
     Ok(SocketAddr::new(ip, port))
 }
 
 /// HTTP/1.1 GET; 200–399 is success, as for the kubelet. HTTPS is approximated by a TCP
 /// connect (no TLS client here).
-async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), String> {
-    let addr = address(http.host.as_deref(), &http.port, target)?;
-    let mut stream = TcpStream::connect(addr)
+async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), ProbeError> {
+    let address = resolve_address(http.host.as_deref(), &http.port, target)?;
+    let mut stream = TcpStream::connect(address)
         .await
-        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        .map_err(|error| ProbeError::Dial { address, error })?;
     if http.scheme.as_deref() == Some("HTTPS") {
         return Ok(());
     }
@@ -211,7 +266,7 @@ async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), St
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
     let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
     );
     for h in http.http_headers.iter().flatten() {
         request.push_str(&format!("{}: {}\r\n", h.name, h.value));
@@ -220,14 +275,14 @@ async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), St
     stream
         .write_all(request.as_bytes())
         .await
-        .map_err(|e| format!("write to {addr}: {e}"))?;
+        .map_err(|error| ProbeError::Write { address, error })?;
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 256];
     while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("read from {addr}: {e}"))?;
+            .map_err(|error| ProbeError::Read { address, error })?;
         if n == 0 {
             break;
         }
@@ -238,11 +293,11 @@ async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), St
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad HTTP answer from {addr}"))?;
+        .ok_or(ProbeError::BadHttpAnswer(address))?;
     if (200..400).contains(&code) {
         Ok(())
     } else {
-        Err(format!("HTTP probe failed with statuscode: {code}"))
+        Err(ProbeError::HttpStatus(code))
     }
 }
 
@@ -252,33 +307,39 @@ async fn exec_probe(
     command: &[String],
     target: &ProbeTarget,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let Some((first, rest)) = command.split_first() else {
-        return Err("exec probe without a command".into());
+        return Err(ProbeError::ExecWithoutCommand);
     };
     let spec = ProcessSpec {
-        program: crate::pod::resolve_program(first, &target.program),
+        program: resolve_program(first, &target.program),
         args: rest.to_vec(),
         env: target.env.clone(),
         join_mount_ns_of: Some(target.pid),
         ..Default::default()
     };
-    let cmd = build_command(&spec).map_err(|e| format!("exec probe: {e}"))?;
-    let mut child = target
-        .spawner
-        .spawn(cmd)
-        .await
-        .map_err(|e| format!("exec probe {first}: {e}"))?;
+    let command = build_command(&spec).map_err(ProbeError::ExecSetup)?;
+    let io_error = |error| ProbeError::ExecIo {
+        command: first.clone(),
+        error,
+    };
+    let mut child = target.spawner.spawn(command).await.map_err(io_error)?;
     match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) if status.success() => Ok(()),
-        Ok(Ok(status)) => Err(format!("exec probe {first}: {status}")),
-        Ok(Err(e)) => Err(format!("exec probe {first}: {e}")),
+        Ok(Ok(status)) => Err(ProbeError::ExecFailed {
+            command: first.clone(),
+            status,
+        }),
+        Ok(Err(error)) => Err(io_error(error)),
         Err(_) => {
             if let Some(pid) = child.id() {
                 signal_group(pid, Signal::SIGKILL);
             }
             let _ = child.wait().await;
-            Err(format!("exec probe {first}: timed out after {timeout:?}"))
+            Err(ProbeError::ExecTimeout {
+                command: first.clone(),
+                timeout,
+            })
         }
     }
 }
@@ -364,8 +425,8 @@ mod tests {
             ..Default::default()
         };
         let t = Duration::from_secs(1);
-        assert_eq!(probe_once(&http, &target, t).await, Ok(()));
-        let err = probe_once(&http, &target, t).await.unwrap_err();
+        assert!(matches!(probe_once(&http, &target, t).await, Ok(())));
+        let err = probe_once(&http, &target, t).await.unwrap_err().to_string();
         assert!(err.contains("503"), "{err}");
         let tcp = Probe {
             tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
@@ -374,7 +435,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        assert_eq!(probe_once(&tcp, &target, t).await, Ok(()));
+        assert!(matches!(probe_once(&tcp, &target, t).await, Ok(())));
         let outside = Probe {
             tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
                 host: Some("10.0.0.1".into()),
@@ -386,6 +447,7 @@ mod tests {
             probe_once(&outside, &target, t)
                 .await
                 .unwrap_err()
+                .to_string()
                 .contains("refused")
         );
     }

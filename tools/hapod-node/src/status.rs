@@ -507,6 +507,18 @@ mod tests {
         );
     }
 
+    /// A running pod's facts at 127.10.0.3 with the given readiness gates.
+    fn facts(spec: &PodSpec, gate_status: Vec<(String, bool)>) -> PodFacts<'_> {
+        PodFacts {
+            spec,
+            pod_ip: Some("127.10.0.3".into()),
+            host_ip: "127.0.0.1".into(),
+            start_time: ts(0),
+            gate_status,
+            sandbox_error: None,
+        }
+    }
+
     fn spec(policy: &str) -> PodSpec {
         PodSpec {
             restart_policy: Some(policy.into()),
@@ -526,14 +538,7 @@ mod tests {
     #[test]
     fn conditions_and_transition_times() {
         let spec = spec("Always");
-        let facts = PodFacts {
-            spec: &spec,
-            pod_ip: Some("127.10.0.3".into()),
-            host_ip: "127.0.0.1".into(),
-            start_time: ts(0),
-            gate_status: vec![],
-            sandbox_error: None,
-        };
+        let facts = facts(&spec, vec![]);
         let mut clock = ConditionClock::default();
         let mut a = running("a");
         a.ready = false;
@@ -569,23 +574,16 @@ mod tests {
         let statuses = s.container_statuses.unwrap();
         assert_eq!(statuses.len(), 2);
         assert!(s.init_container_statuses.is_none());
-        let st = &statuses[0];
-        assert_eq!(st.container_id.as_deref(), Some("hapod://a"));
-        assert!(st.state.as_ref().unwrap().running.is_some());
-        assert_eq!(st.started, Some(true));
+        let container = &statuses[0];
+        assert_eq!(container.container_id.as_deref(), Some("hapod://a"));
+        assert!(container.state.as_ref().unwrap().running.is_some());
+        assert_eq!(container.started, Some(true));
     }
 
     #[test]
     fn readiness_gates_and_crash_statuses() {
         let spec = spec("Always");
-        let facts = PodFacts {
-            spec: &spec,
-            pod_ip: Some("127.10.0.3".into()),
-            host_ip: "127.0.0.1".into(),
-            start_time: ts(0),
-            gate_status: vec![("example.com/gate".into(), false)],
-            sandbox_error: None,
-        };
+        let facts = facts(&spec, vec![("example.com/gate".into(), false)]);
         let mut clock = ConditionClock::default();
         let s = build_status(&facts, &[running("a")], &mut clock, ts(1));
         assert_eq!(cond(&s, "ContainersReady").status, "True");
@@ -610,12 +608,18 @@ mod tests {
             message: Some("back-off 2s".into()),
         };
         let s = build_status(&facts, &[crashed], &mut clock, ts(2));
-        let st = &s.container_statuses.unwrap()[0];
-        assert_eq!(st.restart_count, 2);
-        assert_eq!(st.container_id.as_deref(), Some("old"));
-        let waiting = st.state.as_ref().unwrap().waiting.as_ref().unwrap();
+        let container = &s.container_statuses.unwrap()[0];
+        assert_eq!(container.restart_count, 2);
+        assert_eq!(container.container_id.as_deref(), Some("old"));
+        let waiting = container.state.as_ref().unwrap().waiting.as_ref().unwrap();
         assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
-        let last = st.last_state.as_ref().unwrap().terminated.as_ref().unwrap();
+        let last = container
+            .last_state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap();
         assert_eq!((last.exit_code, last.signal), (134, Some(6)));
     }
 }

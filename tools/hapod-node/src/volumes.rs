@@ -6,11 +6,64 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Pod, Secret, ServiceAccount, Volume};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, Volume,
+};
 use kube::Client;
 use kube::api::{Api, PostParams};
 
-use crate::expand::{EnvContext, field_value, resource_value};
+use crate::expand::{EnvContext, EnvError, field_value, resource_value};
+use crate::path_error::{AtPath, PathError};
+
+/// Why a pod's volumes (or the Secrets and ConfigMaps its environment refers to) cannot be
+/// materialized.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("get {kind} {namespace}/{name}: {error}")]
+    Get {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        error: Box<kube::Error>,
+    },
+    #[error("{kind} \"{name}\" not found")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} \"{name}\" has no key {key}")]
+    MissingKey {
+        kind: &'static str,
+        name: String,
+        key: String,
+    },
+    #[error("TokenRequest for ServiceAccount {namespace}/{service_account}: {error}")]
+    TokenRequest {
+        namespace: String,
+        service_account: String,
+        error: Box<kube::Error>,
+    },
+    #[error(
+        "TokenRequest for ServiceAccount {namespace}/{service_account}: no token in the answer"
+    )]
+    NoToken {
+        namespace: String,
+        service_account: String,
+    },
+    #[error("volume {0}: unsupported projected source")]
+    UnsupportedProjectedSource(String),
+    #[error("volume {0}: unsupported volume type")]
+    UnsupportedType(String),
+    #[error("downward API item {item}: no container {container}")]
+    NoSuchContainer { item: String, container: String },
+    #[error("downward API item {0}: no source")]
+    NoDownwardSource(String),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("unsafe path {0:?} in volume")]
+    UnsafePath(String),
+    #[error("hostPath {0}")]
+    HostPath(PathError),
+    #[error(transparent)]
+    Io(#[from] PathError),
+}
 
 /// What volumes need from the node besides the pod.
 pub struct VolumeContext<'a> {
@@ -23,28 +76,46 @@ pub struct VolumeContext<'a> {
 
 type Files = Vec<(String, Vec<u8>, Option<i32>)>;
 
+/// Names a failed read of a Secret or ConfigMap.
+fn get_failed(
+    kind: &'static str,
+    namespace: &str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> VolumeError {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
+    move |error| VolumeError::Get {
+        kind,
+        namespace,
+        name,
+        error: Box::new(error),
+    }
+}
+
+/// An object's data as strings (for env vars); bytes that are not UTF-8 are replaced.
+fn as_strings(data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, String> {
+    data.into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect()
+}
+
 /// Reads a Secret's data as strings (for env vars).
 pub async fn secret_strings(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
-    Ok(secret_bytes(client, ns, name).await?.map(|data| {
-        data.into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect()
-    }))
+) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
+    Ok(secret_bytes(client, namespace, name).await?.map(as_strings))
 }
 
 async fn secret_bytes(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get Secret {ns}/{name}: {e}"))?;
+        .map_err(get_failed("Secret", namespace, name))?;
     Ok(secret.map(|s| {
         let mut data: BTreeMap<String, Vec<u8>> = s
             .data
@@ -61,35 +132,33 @@ async fn secret_bytes(
 
 pub async fn config_map_strings(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
-) -> Result<Option<BTreeMap<String, String>>, String> {
-    Ok(config_map_bytes(client, ns, name, None).await?.map(|data| {
-        data.into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-            .collect()
-    }))
+) -> Result<Option<BTreeMap<String, String>>, VolumeError> {
+    Ok(config_map_bytes(client, namespace, name, None)
+        .await?
+        .map(as_strings))
 }
 
 async fn config_map_bytes(
     client: &Client,
-    ns: &str,
+    namespace: &str,
     name: &str,
     ca_pem: Option<&str>,
-) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
-    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+) -> Result<Option<BTreeMap<String, Vec<u8>>>, VolumeError> {
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(name)
         .await
-        .map_err(|e| format!("get ConfigMap {ns}/{name}: {e}"))?;
-    Ok(match cm {
-        Some(cm) => {
-            let mut data: BTreeMap<String, Vec<u8>> = cm
+        .map_err(get_failed("ConfigMap", namespace, name))?;
+    Ok(match config_map {
+        Some(config_map) => {
+            let mut data: BTreeMap<String, Vec<u8>> = config_map
                 .data
                 .unwrap_or_default()
                 .into_iter()
                 .map(|(k, v)| (k, v.into_bytes()))
                 .collect();
-            for (k, v) in cm.binary_data.unwrap_or_default() {
+            for (k, v) in config_map.binary_data.unwrap_or_default() {
                 data.insert(k, v.0);
             }
             Some(data)
@@ -104,17 +173,20 @@ async fn config_map_bytes(
 }
 
 fn select(
-    kind: &str,
+    kind: &'static str,
     name: &str,
     data: Option<BTreeMap<String, Vec<u8>>>,
     items: Option<&Vec<KeyToPath>>,
     optional: Option<bool>,
-) -> Result<Files, String> {
+) -> Result<Files, VolumeError> {
     let Some(data) = data else {
         return if optional == Some(true) {
             Ok(Vec::new())
         } else {
-            Err(format!("{kind} \"{name}\" not found"))
+            Err(VolumeError::NotFound {
+                kind,
+                name: name.to_string(),
+            })
         };
     };
     match items {
@@ -124,7 +196,11 @@ fn select(
             .filter_map(|item| match data.get(&item.key) {
                 Some(v) => Some(Ok((item.path.clone(), v.clone(), item.mode))),
                 None if optional == Some(true) => None,
-                None => Some(Err(format!("{kind} \"{name}\" has no key {}", item.key))),
+                None => Some(Err(VolumeError::MissingKey {
+                    kind,
+                    name: name.to_string(),
+                    key: item.key.clone(),
+                })),
             })
             .collect(),
     }
@@ -135,9 +211,9 @@ async fn service_account_token(
     pod: &Pod,
     audience: Option<&str>,
     expiration_seconds: Option<i64>,
-) -> Result<Vec<u8>, String> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let sa = pod
+) -> Result<Vec<u8>, VolumeError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let service_account = pod
         .spec
         .as_ref()
         .and_then(|s| s.service_account_name.as_deref())
@@ -155,47 +231,48 @@ async fn service_account_token(
         }),
         ..Default::default()
     };
-    let resp = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(sa, &PostParams::default(), &request)
+    let response = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(service_account, &PostParams::default(), &request)
         .await
-        .map_err(|e| format!("TokenRequest for ServiceAccount {ns}/{sa}: {e}"))?;
-    resp.status
+        .map_err(|error| VolumeError::TokenRequest {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            error: Box::new(error),
+        })?;
+    response
+        .status
         .and_then(|s| s.token)
         .map(String::into_bytes)
-        .ok_or_else(|| format!("TokenRequest for ServiceAccount {ns}/{sa}: no token in the answer"))
+        .ok_or_else(|| VolumeError::NoToken {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+        })
 }
 
 async fn volume_files(
-    ctx: &VolumeContext<'_>,
+    context: &VolumeContext<'_>,
     pod: &Pod,
     volume: &Volume,
-) -> Result<(Files, Option<i32>), String> {
-    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let client = ctx.client;
+) -> Result<(Files, Option<i32>), VolumeError> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let client = context.client;
     if let Some(s) = &volume.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let data = secret_bytes(client, ns, &name).await?;
+        let data = secret_bytes(client, namespace, &name).await?;
         return Ok((
             select("Secret", &name, data, s.items.as_ref(), s.optional)?,
             s.default_mode,
         ));
     }
     if let Some(c) = &volume.config_map {
-        let data = config_map_bytes(client, ns, &c.name, ctx.ca_pem).await?;
+        let data = config_map_bytes(client, namespace, &c.name, context.ca_pem).await?;
         return Ok((
             select("ConfigMap", &c.name, data, c.items.as_ref(), c.optional)?,
             c.default_mode,
         ));
     }
     if let Some(d) = &volume.downward_api {
-        let mut files = Vec::new();
-        for item in d.items.iter().flatten() {
-            files.push((
-                item.path.clone(),
-                downward_item(pod, ctx.env, item)?,
-                item.mode,
-            ));
-        }
+        let files = downward_files(pod, context.env, d.items.as_deref())?;
         return Ok((files, d.default_mode));
     }
     if let Some(p) = &volume.projected {
@@ -207,7 +284,7 @@ async fn volume_files(
                         .await?;
                 files.push((t.path.clone(), token, None));
             } else if let Some(c) = &source.config_map {
-                let data = config_map_bytes(client, ns, &c.name, ctx.ca_pem).await?;
+                let data = config_map_bytes(client, namespace, &c.name, context.ca_pem).await?;
                 files.extend(select(
                     "ConfigMap",
                     &c.name,
@@ -216,7 +293,7 @@ async fn volume_files(
                     c.optional,
                 )?);
             } else if let Some(s) = &source.secret {
-                let data = secret_bytes(client, ns, &s.name).await?;
+                let data = secret_bytes(client, namespace, &s.name).await?;
                 files.extend(select(
                     "Secret",
                     &s.name,
@@ -225,32 +302,36 @@ async fn volume_files(
                     s.optional,
                 )?);
             } else if let Some(d) = &source.downward_api {
-                for item in d.items.iter().flatten() {
-                    files.push((
-                        item.path.clone(),
-                        downward_item(pod, ctx.env, item)?,
-                        item.mode,
-                    ));
-                }
+                files.extend(downward_files(pod, context.env, d.items.as_deref())?);
             } else {
-                return Err(format!(
-                    "volume {}: unsupported projected source",
-                    volume.name
-                ));
+                return Err(VolumeError::UnsupportedProjectedSource(volume.name.clone()));
             }
         }
         return Ok((files, p.default_mode));
     }
-    Err(format!("volume {}: unsupported volume type", volume.name))
+    Err(VolumeError::UnsupportedType(volume.name.clone()))
+}
+
+/// The files of a downward API volume or projection.
+fn downward_files(
+    pod: &Pod,
+    env: &EnvContext,
+    items: Option<&[DownwardAPIVolumeFile]>,
+) -> Result<Files, VolumeError> {
+    items
+        .into_iter()
+        .flatten()
+        .map(|item| Ok((item.path.clone(), downward_item(pod, env, item)?, item.mode)))
+        .collect()
 }
 
 fn downward_item(
     pod: &Pod,
     env: &EnvContext,
-    item: &k8s_openapi::api::core::v1::DownwardAPIVolumeFile,
-) -> Result<Vec<u8>, String> {
+    item: &DownwardAPIVolumeFile,
+) -> Result<Vec<u8>, VolumeError> {
     if let Some(f) = &item.field_ref {
-        return field_value(pod, f, env).map(String::into_bytes);
+        return Ok(field_value(pod, f, env)?.into_bytes());
     }
     if let Some(r) = &item.resource_field_ref {
         let name = r.container_name.as_deref().unwrap_or_default();
@@ -259,48 +340,50 @@ fn downward_item(
             .iter()
             .flat_map(|s| s.containers.iter())
             .find(|c| c.name == name)
-            .ok_or_else(|| format!("downward API item {}: no container {name}", item.path))?;
-        return resource_value(container, r, env).map(String::into_bytes);
+            .ok_or_else(|| VolumeError::NoSuchContainer {
+                item: item.path.clone(),
+                container: name.to_string(),
+            })?;
+        return Ok(resource_value(container, r, env)?.into_bytes());
     }
-    Err(format!("downward API item {}: no source", item.path))
+    Err(VolumeError::NoDownwardSource(item.path.clone()))
 }
 
 /// A relative path that stays inside its folder (the API validates this too; the node does not
 /// trust it to).
-fn safe_relative(p: &str) -> Result<&Path, String> {
+fn safe_relative(p: &str) -> Result<&Path, VolumeError> {
     let path = Path::new(p);
     if path.components().all(|c| matches!(c, Component::Normal(_))) && !p.is_empty() {
         Ok(path)
     } else {
-        Err(format!("unsafe path {p:?} in volume"))
+        Err(VolumeError::UnsafePath(p.to_string()))
     }
 }
 
 /// Writes the files of a volume, each atomically (write then rename) so that a refresh never
 /// shows a half-written token.
-fn write_files(dir: &Path, files: &Files, default_mode: Option<i32>) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn write_files(dir: &Path, files: &Files, default_mode: Option<i32>) -> Result<(), VolumeError> {
+    std::fs::create_dir_all(dir).at(dir)?;
     for (rel, data, mode) in files {
         let path = dir.join(safe_relative(rel)?);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            std::fs::create_dir_all(parent).at(parent)?;
         }
         let tmp = path.with_extension("hapod-node-tmp");
-        std::fs::write(&tmp, data).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        std::fs::write(&tmp, data).at(&tmp)?;
         let mode = mode.or(default_mode).unwrap_or(0o644) as u32 & 0o7777;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
     }
     Ok(())
 }
 
 /// Materializes every volume of the pod below `dir`; returns the host path of each volume.
 pub async fn materialize(
-    ctx: &VolumeContext<'_>,
+    context: &VolumeContext<'_>,
     pod: &Pod,
     dir: &Path,
-) -> Result<HashMap<String, PathBuf>, String> {
+) -> Result<HashMap<String, PathBuf>, VolumeError> {
     let mut paths = HashMap::new();
     for volume in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
         let host = dir.join(safe_relative(&volume.name)?);
@@ -308,19 +391,19 @@ pub async fn materialize(
             let p = PathBuf::from(&h.path);
             if matches!(h.type_.as_deref(), Some("DirectoryOrCreate")) {
                 std::fs::create_dir_all(&p)
-                    .map_err(|e| format!("hostPath {}: {e}", p.display()))?;
+                    .at(&p)
+                    .map_err(VolumeError::HostPath)?;
             }
             paths.insert(volume.name.clone(), p);
             continue;
         }
         if volume.empty_dir.is_some() {
-            std::fs::create_dir_all(&host).map_err(|e| format!("{}: {e}", host.display()))?;
-            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777))
-                .map_err(|e| format!("{}: {e}", host.display()))?;
+            std::fs::create_dir_all(&host).at(&host)?;
+            std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o777)).at(&host)?;
             paths.insert(volume.name.clone(), host);
             continue;
         }
-        let (files, default_mode) = volume_files(ctx, pod, volume).await?;
+        let (files, default_mode) = volume_files(context, pod, volume).await?;
         write_files(&host, &files, default_mode)?;
         paths.insert(volume.name.clone(), host);
     }
@@ -372,6 +455,7 @@ mod tests {
         assert!(
             select("Secret", "s", None, None, None)
                 .unwrap_err()
+                .to_string()
                 .contains("not found")
         );
         assert!(

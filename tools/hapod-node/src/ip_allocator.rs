@@ -9,6 +9,44 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 use std::sync::Mutex;
 
+/// A pod range that does not parse (`--pod-cidr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodCidrError {
+    #[error("{0}: expected ADDRESS/PREFIX")]
+    Malformed(String),
+    #[error("{input}: {error}")]
+    BadAddress {
+        input: String,
+        error: std::net::AddrParseError,
+    },
+    #[error("{input}: {error}")]
+    BadPrefixNumber {
+        input: String,
+        error: std::num::ParseIntError,
+    },
+    #[error("prefix /{0} must be between /8 and /30")]
+    PrefixOutOfRange(u8),
+}
+
+/// A pod range whose addresses could reach a real network (see [`PodCidr::check_confined`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfinementError {
+    #[error("reading /proc/self/net/dev: {0}")]
+    ReadInterfaces(std::io::Error),
+    #[error(
+        "pod range {range} is not loopback and this network namespace has interfaces \
+         besides lo ({interfaces}): run the node in a private namespace (`unshare --net`) with \
+         the range on lo"
+    )]
+    OtherInterfaces { range: PodCidr, interfaces: String },
+    #[error("pod range {range} is not local here ({probe}: {error}): add it to lo first")]
+    NotLocal {
+        range: PodCidr,
+        probe: Ipv4Addr,
+        error: std::io::Error,
+    },
+}
+
 /// An IPv4 pod range: inside 127.0.0.0/8, or any range confined to a private network
 /// namespace (see [`PodCidr::check_confined`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +62,13 @@ impl PodCidr {
         prefix: 16,
     };
 
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Self, PodCidrError> {
         if !(8..=30).contains(&prefix) {
-            return Err(format!("prefix /{prefix} must be between /8 and /30"));
+            return Err(PodCidrError::PrefixOutOfRange(prefix));
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Self {
-            base: u32::from(addr) & mask,
+            base: u32::from(address) & mask,
             prefix,
         })
     }
@@ -46,13 +84,13 @@ impl PodCidr {
     /// The network rule: pod traffic stays on this machine's loopback. A loopback range always
     /// does; any other range only where this process's network namespace has no interface but
     /// `lo` (so no packet can leave it) and the range is local there (assigned to `lo`).
-    pub fn check_confined(&self) -> Result<(), String> {
+    pub fn check_confined(&self) -> Result<(), ConfinementError> {
         if self.is_loopback() {
             return Ok(());
         }
         // /proc/self/net/dev lists the interfaces of the caller's own network namespace.
         let dev = std::fs::read_to_string("/proc/self/net/dev")
-            .map_err(|e| format!("reading /proc/self/net/dev: {e}"))?;
+            .map_err(ConfinementError::ReadInterfaces)?;
         let others: Vec<&str> = dev
             .lines()
             .skip(2)
@@ -60,18 +98,18 @@ impl PodCidr {
             .filter(|name| *name != "lo")
             .collect();
         if !others.is_empty() {
-            return Err(format!(
-                "pod range {self} is not loopback and this network namespace has interfaces \
-                 besides lo ({}): run the node in a private namespace (`unshare --net`) with \
-                 the range on lo",
-                others.join(", ")
-            ));
+            return Err(ConfinementError::OtherInterfaces {
+                range: *self,
+                interfaces: others.join(", "),
+            });
         }
         let probe = Ipv4Addr::from(self.base + 1);
         std::net::UdpSocket::bind((probe, 0))
             .map(drop)
-            .map_err(|e| {
-                format!("pod range {self} is not local here ({probe}: {e}): add it to lo first")
+            .map_err(|error| ConfinementError::NotLocal {
+                range: *self,
+                probe,
+                error,
             })
     }
 
@@ -88,14 +126,22 @@ impl std::fmt::Display for PodCidr {
 }
 
 impl FromStr for PodCidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (addr, prefix) = s
+    type Err = PodCidrError;
+    fn from_str(s: &str) -> Result<Self, PodCidrError> {
+        let (address, prefix) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s}: expected ADDRESS/PREFIX"))?;
-        let addr: Ipv4Addr = addr.parse().map_err(|e| format!("{s}: {e}"))?;
-        let prefix: u8 = prefix.parse().map_err(|e| format!("{s}: {e}"))?;
-        Self::new(addr, prefix)
+            .ok_or_else(|| PodCidrError::Malformed(s.to_string()))?;
+        let address: Ipv4Addr = address.parse().map_err(|error| PodCidrError::BadAddress {
+            input: s.to_string(),
+            error,
+        })?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|error| PodCidrError::BadPrefixNumber {
+                input: s.to_string(),
+                error,
+            })?;
+        Self::new(address, prefix)
     }
 }
 
@@ -198,7 +244,7 @@ mod tests {
 
     #[test]
     fn only_loopback_ranges_are_confined_outside_a_private_namespace() {
-        assert_eq!(PodCidr::DEFAULT.check_confined(), Ok(()));
+        assert!(matches!(PodCidr::DEFAULT.check_confined(), Ok(())));
         let dev = std::fs::read_to_string("/proc/self/net/dev").unwrap();
         let only_lo = dev
             .lines()
@@ -210,48 +256,48 @@ mod tests {
             let local = std::net::UdpSocket::bind((Ipv4Addr::new(10, 244, 0, 1), 0)).is_ok();
             assert_eq!(private.check_confined().is_ok(), local);
         } else {
-            let err = private.check_confined().unwrap_err();
+            let err = private.check_confined().unwrap_err().to_string();
             assert!(err.contains("interfaces besides lo"), "{err}");
         }
     }
 
     #[test]
     fn unique_addresses_inside_the_range() {
-        let alloc = IpAllocator::new("127.10.0.0/16".parse().unwrap());
+        let allocator = IpAllocator::new("127.10.0.0/16".parse().unwrap());
         let mut seen = HashSet::new();
         for _ in 0..600 {
-            let ip = alloc.allocate(None).unwrap();
+            let ip = allocator.allocate(None).unwrap();
             assert_eq!(ip.octets()[..2], [127, 10]);
             assert!(!matches!(ip.octets()[3], 0 | 255), "{ip}");
             assert!(seen.insert(ip), "duplicate {ip}");
         }
-        assert_eq!(alloc.in_use(), 600);
+        assert_eq!(allocator.in_use(), 600);
     }
 
     #[test]
     fn starting_offset_wraps() {
-        let alloc = IpAllocator::starting_at("127.20.0.0/29".parse().unwrap(), 6 + 8 * 100);
-        let order: Vec<_> = std::iter::from_fn(|| alloc.allocate(None))
+        let allocator = IpAllocator::starting_at("127.20.0.0/29".parse().unwrap(), 6 + 8 * 100);
+        let order: Vec<_> = std::iter::from_fn(|| allocator.allocate(None))
             .map(|ip| ip.octets()[3])
             .collect();
         assert_eq!(order, [6, 7, 1, 2, 3, 4, 5]);
-        let alloc = IpAllocator::for_this_process(PodCidr::DEFAULT);
-        assert!(PodCidr::DEFAULT.contains(alloc.allocate(None).unwrap()));
+        let allocator = IpAllocator::for_this_process(PodCidr::DEFAULT);
+        assert!(PodCidr::DEFAULT.contains(allocator.allocate(None).unwrap()));
     }
 
     #[test]
     fn release_and_preferred() {
-        let alloc = IpAllocator::new("127.20.0.0/29".parse().unwrap());
-        let all: Vec<_> = std::iter::from_fn(|| alloc.allocate(None)).collect();
+        let allocator = IpAllocator::new("127.20.0.0/29".parse().unwrap());
+        let all: Vec<_> = std::iter::from_fn(|| allocator.allocate(None)).collect();
         // .0 is skipped; .1 to .7 are usable.
         assert_eq!(all.len(), 7);
-        assert_eq!(alloc.allocate(None), None);
-        alloc.release(all[2]);
-        assert_eq!(alloc.allocate(None), Some(all[2]));
-        alloc.release(all[4]);
-        assert_eq!(alloc.allocate(Some(all[4])), Some(all[4]));
+        assert_eq!(allocator.allocate(None), None);
+        allocator.release(all[2]);
+        assert_eq!(allocator.allocate(None), Some(all[2]));
+        allocator.release(all[4]);
+        assert_eq!(allocator.allocate(Some(all[4])), Some(all[4]));
         // Preferred but taken or outside the range: falls back to a free one (none here).
-        assert_eq!(alloc.allocate(Some(all[0])), None);
-        assert_eq!(alloc.allocate(Some(Ipv4Addr::new(127, 99, 0, 1))), None);
+        assert_eq!(allocator.allocate(Some(all[0])), None);
+        assert_eq!(allocator.allocate(Some(Ipv4Addr::new(127, 99, 0, 1))), None);
     }
 }

@@ -1,0 +1,89 @@
+//! Probe tasks of a pod's containers and what their verdicts do to the container (readiness,
+//! started, restart on a failed liveness or startup probe). The probes themselves are in
+//! [`crate::probe`].
+
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Container, Probe};
+
+use super::termination::StopCause;
+use super::{Message, PodWorker};
+use crate::probe::{self, ProbeKind, ProbeTarget};
+
+impl PodWorker {
+    pub(super) fn probe_of(c: &Container, kind: ProbeKind) -> Option<&Probe> {
+        match kind {
+            ProbeKind::Startup => c.startup_probe.as_ref(),
+            ProbeKind::Readiness => c.readiness_probe.as_ref(),
+            ProbeKind::Liveness => c.liveness_probe.as_ref(),
+        }
+    }
+
+    pub(super) fn spawn_probe(&mut self, index: usize, kind: ProbeKind) {
+        let c = &self.containers[index];
+        let (Some(probe), Some(pid), Some(program)) = (
+            Self::probe_of(&c.spec, kind).cloned(),
+            c.pid,
+            c.program.clone(),
+        ) else {
+            return;
+        };
+        let target = ProbeTarget {
+            pod_ip: self.ip,
+            container: c.spec.clone(),
+            pid,
+            program,
+            env: c.env.clone(),
+            spawner: self.node.spawner.clone(),
+        };
+        let tx = self.tx.clone();
+        let instance = c.instance;
+        let scale = self.node.config.probe_period_scale;
+        let task = tokio::spawn(probe::run(kind, probe, target, scale, move |ok| {
+            tx.send(Message::Probe {
+                index,
+                instance,
+                kind,
+                ok,
+            })
+            .is_ok()
+        }));
+        self.containers[index].probes.push(task.abort_handle());
+    }
+
+    pub(super) async fn on_probe(
+        &mut self,
+        index: usize,
+        instance: u64,
+        kind: ProbeKind,
+        ok: bool,
+    ) {
+        let Some(c) = self
+            .containers
+            .get_mut(index)
+            .filter(|c| c.instance == instance && c.pid.is_some())
+        else {
+            return;
+        };
+        self.dirty_since.get_or_insert_with(Instant::now);
+        match (kind, ok) {
+            (ProbeKind::Readiness, ready) => {
+                tracing::info!(pod = %format_args!("{}/{}", self.namespace, self.name), container = %c.view.name, ready, "readiness changed");
+                c.view.ready = ready;
+            }
+            (ProbeKind::Startup, true) => {
+                c.view.started = true;
+                c.view.ready = c.spec.readiness_probe.is_none();
+                self.spawn_probe(index, ProbeKind::Readiness);
+                self.spawn_probe(index, ProbeKind::Liveness);
+                self.reconcile().await;
+            }
+            (ProbeKind::Startup | ProbeKind::Liveness, false) => {
+                tracing::info!(pod = %format_args!("{}/{}", self.namespace, self.name), container = %c.view.name, ?kind, "probe failed: restarting the container");
+                let probe = Self::probe_of(&c.spec, kind).cloned().unwrap_or_default();
+                self.stop_container(index, StopCause::ProbeFailed(&probe));
+            }
+            (ProbeKind::Liveness, true) => {}
+        }
+    }
+}
