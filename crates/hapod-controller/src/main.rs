@@ -141,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
         selector: args.selector.clone(),
         namespaces: args.namespace_list(),
         resync: args.resync(),
+        controller_pod: Some((
+            args.election.pod_namespace.clone(),
+            args.election.pod_name.clone(),
+        )),
     };
     let dispatcher = Dispatcher::new(client, settings, shared, Arc::new(leader.clone()), ready);
     tracing::info!(selector = %args.selector, namespaces = ?args.namespace_list(), %http_addr, "hapod-controller starting");

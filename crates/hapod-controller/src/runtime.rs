@@ -32,6 +32,8 @@ pub struct Settings {
     /// Period of the re-planning of every group from its cached state; also how long a group
     /// stays without pods before its worker is stopped.
     pub resync: Duration,
+    /// This replica's own pod (namespace, name): where controller-level Events go.
+    pub controller_pod: Option<(String, String)>,
 }
 
 /// The merged pod watches, each event tagged with the scope of its stream.
@@ -53,6 +55,8 @@ pub struct Dispatcher {
     term: Option<u32>,
     /// Scopes listed since the watches last (re)started: the term acts in these only.
     synced: HashSet<Scope>,
+    /// Unsynced scopes whose list failure was already reported as an Event.
+    reported: HashSet<Scope>,
     ready: Arc<AtomicBool>,
 }
 
@@ -80,6 +84,7 @@ impl Dispatcher {
             empty_since: HashMap::new(),
             term: None,
             synced: HashSet::new(),
+            reported: HashSet::new(),
             ready,
         }
     }
@@ -148,6 +153,7 @@ impl Dispatcher {
                                 self.send(key, event, received);
                             }
                             if listed && self.synced.insert(scope.clone()) {
+                                self.reported.remove(&scope);
                                 self.sync_changed();
                                 if let Some(term) = self.term {
                                     self.act_in(&scope, term);
@@ -158,6 +164,9 @@ impl Dispatcher {
                             tracing::warn!(?scope, %error, "pod watch failed; retrying with backoff");
                             if let watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) = &error {
                                 self.shared.metrics.api_error(Verb::list, status_code(e));
+                            }
+                            if !self.synced.contains(&scope) {
+                                self.report_unlisted(&scope, &error);
                             }
                         }
                     }
@@ -228,6 +237,31 @@ impl Dispatcher {
                 ?unsynced,
                 "pod list not complete in these namespaces; acting in the others"
             );
+        }
+    }
+
+    /// One Warning Event on the controller's own pod per scope that cannot list its pods,
+    /// until it lists again.
+    fn report_unlisted(&mut self, scope: &Scope, error: &watcher::Error) {
+        let Some((namespace, pod)) = &self.settings.controller_pod else {
+            return;
+        };
+        if !self.reported.insert(scope.clone()) {
+            return;
+        }
+        let which = scope
+            .as_deref()
+            .map_or("all namespaces".to_owned(), |ns| format!("namespace {ns}"));
+        let note = PodNote {
+            namespace: namespace.clone(),
+            pod: pod.clone(),
+            uid: String::new(),
+            reason: "NamespaceNotListed",
+            note: format!("cannot list pods in {which}; not acting there until it lists: {error}"),
+            warning: true,
+        };
+        if self.shared.notes.try_send(note).is_err() {
+            tracing::debug!(?scope, "event queue full; event dropped");
         }
     }
 
@@ -309,7 +343,8 @@ pub async fn publish_notes(client: Client, reporter: Reporter, mut notes: mpsc::
             kind: Some("Pod".into()),
             name: Some(note.pod.clone()),
             namespace: Some(note.namespace.clone()),
-            uid: Some(note.uid.clone()),
+            // Unknown for the controller's own pod.
+            uid: (!note.uid.is_empty()).then(|| note.uid.clone()),
             ..ObjectReference::default()
         };
         let event = kube::runtime::events::Event {

@@ -394,6 +394,7 @@ async fn dispatcher_acts_after_the_list_and_a_pod_missing_from_a_relist_is_delet
         selector: "app=hapod".into(),
         namespaces: vec![],
         resync: Duration::from_secs(3600),
+        controller_pod: Some(("hapod-system".into(), "icr-0".into())),
     };
     let fence = Arc::new(FixedTerm(Some(1)));
     let dispatcher = Dispatcher::new(client, settings, shared, fence, Arc::clone(&ready));
@@ -483,6 +484,7 @@ fn dispatcher(
         selector: "app=hapod".into(),
         namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
         resync: Duration::from_secs(3600),
+        controller_pod: Some(("hapod-system".into(), "icr-0".into())),
     };
     let fence = Arc::new(FixedTerm(Some(1)));
     let dispatcher = Dispatcher::new(client, settings, shared, fence, Arc::clone(&ready));
@@ -561,7 +563,7 @@ async fn duplicate_namespaces_are_watched_once() {
 async fn a_namespace_that_cannot_be_listed_does_not_stop_the_others() {
     let (client, mut handle) = mock();
     let metrics = metrics();
-    let (shared, _notes, _agent) = shared(metrics.clone()).await;
+    let (shared, mut notes, _agent) = shared(metrics.clone()).await;
     let (_leader, term) = watch::channel(Some(1));
     let ready = dispatcher(client, shared, &["ok", "denied"], term);
     let mut standby = pod_json("b", "6", "standby", "127.0.0.1");
@@ -593,6 +595,18 @@ async fn a_namespace_that_cannot_be_listed_does_not_stop_the_others() {
         }
     }
     assert_eq!(metrics.unsynced_scopes.get(), 1);
+    // Reported once on the controller's own pod, not once per retry.
+    let note = notes.try_recv().expect("an Event about the namespace");
+    assert_eq!(
+        (note.namespace.as_str(), note.pod.as_str(), note.reason),
+        ("hapod-system", "icr-0", "NamespaceNotListed")
+    );
+    assert!(
+        note.warning && note.note.contains("namespace denied"),
+        "{}",
+        note.note
+    );
+    assert!(notes.try_recv().is_err());
     assert!(
         !ready.load(Ordering::Acquire),
         "not ready while a namespace fails to list"
@@ -735,6 +749,7 @@ async fn a_group_without_pods_is_reaped_and_leaves_every_gauge() {
         selector: "app=hapod".into(),
         namespaces: vec![],
         resync: Duration::from_millis(100),
+        controller_pod: None,
     };
     let dispatcher = Dispatcher::new(
         client,
