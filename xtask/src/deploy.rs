@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::helm;
+use hapod_testkit::helm;
 
 /// Render and validate `deploy/` (kustomize, Helm chart) against a real kube-apiserver.
 #[derive(Debug, clap::Args)]
@@ -237,13 +237,13 @@ fn run_capture_all(cmd: &mut Command) -> Result<(String, String)> {
 }
 
 fn kustomize(dir: &str) -> Result<Render> {
-    let path = crate::controlplane::workspace_root().join(dir);
+    let path = hapod_testkit::workspace_root().join(dir);
     let yaml = run_capture(Command::new("kubectl").arg("kustomize").arg(&path))?;
     Render::new(format!("kustomize {dir}"), yaml)
 }
 
 fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
-    let chart = crate::controlplane::workspace_root().join("deploy/helm/hapod");
+    let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
     let mut cmd = Command::new(helm);
     cmd.args(["template", RELEASE])
         .arg(&chart)
@@ -363,7 +363,7 @@ fn render_all() -> Result<Renders> {
     )?;
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])
-        .arg(crate::controlplane::workspace_root().join("deploy/helm/hapod"))
+        .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
         .output()?;
     ensure!(
         lint.status.success(),
@@ -387,7 +387,7 @@ fn check(kubeconfig: Option<PathBuf>, offline: bool, bin_dirs: Vec<PathBuf>) -> 
     let renders = render_all()?;
     offline_checks(&renders)?;
     let bin_dirs = if bin_dirs.is_empty() {
-        let target = crate::controlplane::target_dir();
+        let target = hapod_testkit::target_dir()?;
         vec![target.join("debug"), target.join("release")]
     } else {
         bin_dirs
@@ -399,7 +399,7 @@ fn check(kubeconfig: Option<PathBuf>, offline: bool, bin_dirs: Vec<PathBuf>) -> 
     match kubeconfig {
         Some(k) => server_checks(&renders, &Kubectl::new("kubectl", &k)),
         None => {
-            let cluster = crate::controlplane::ControlPlane::start(Default::default())
+            let cluster = hapod_testkit::controlplane::ControlPlane::start(Default::default())
                 .context("starting the control plane")?;
             // The control plane's own kubectl matches the apiserver's version.
             let kubectl = Kubectl::new(cluster.binaries().path("kubectl"), &cluster.kubeconfig());

@@ -19,16 +19,16 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use xtask::testbed::{
+use hapod_testkit::testbed::{
     self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
     APP_SERVICE, CONTROLLER_GROUP, CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
     CONTROLLER_SERVICE_ACCOUNT, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
     NONCRITICAL_CONTAINER, STANDBY, Testbed, Trigger, pod_epoch, pod_group, pod_ip, pod_role,
     restart_count,
 };
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 
 /// Bound of every wait in a scenario (failover, settle, ...).
 const WAIT: Duration = Duration::from_secs(60);

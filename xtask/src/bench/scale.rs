@@ -20,7 +20,7 @@ use kube::{Api, Client, ResourceExt};
 
 use super::stats::{Summary, summarize};
 use super::sysinfo::{ProcSample, find_pid, proc_sample};
-use crate::testbed::{PodRecord, Testbed, now_unix_nanos as now_ns};
+use hapod_testkit::testbed::{PodRecord, Testbed, now_unix_nanos as now_ns};
 
 pub const NAMESPACE: &str = "hapod-bench-scale";
 pub const SELECTOR_KEY: &str = "hapod.io/bench";

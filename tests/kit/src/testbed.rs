@@ -41,6 +41,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use crate::controlplane::ControlPlane;
+use crate::{cargo, target_dir, workspace_root};
 
 /// Namespace of the sample application in `deploy/base`.
 pub const APP_NAMESPACE: &str = "hapod-demo";
@@ -144,42 +145,6 @@ impl Default for Options {
             verbose: true,
         }
     }
-}
-
-/// The repository root (the parent of `xtask/`).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask has a parent folder")
-        .to_path_buf()
-}
-
-/// Cargo's target directory for this workspace (honours `CARGO_TARGET_DIR` and config).
-pub fn target_dir() -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let dir = PathBuf::from(dir);
-        return Ok(if dir.is_absolute() {
-            dir
-        } else {
-            workspace_root().join(dir)
-        });
-    }
-    let out = Command::new(cargo())
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .current_dir(workspace_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo metadata")?;
-    ensure!(out.status.success(), "cargo metadata failed");
-    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let dir = meta["target_directory"]
-        .as_str()
-        .ok_or_else(|| anyhow!("cargo metadata has no target_directory"))?;
-    Ok(PathBuf::from(dir))
-}
-
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
 /// Prepares, outside, everything that needs the package registries (the control plane and the

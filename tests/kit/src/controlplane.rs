@@ -4,7 +4,7 @@
 //!
 //! Library use (tests, other xtask modules):
 //! ```no_run
-//! let cp = xtask::controlplane::ControlPlane::start(Default::default())?;
+//! let cp = hapod_testkit::controlplane::ControlPlane::start(Default::default())?;
 //! let status = cp.kubectl().args(["get", "ns"]).status()?;
 //! let bob = cp.mint_kubeconfig("bob", &["dev"])?;
 //! cp.stop()?; // or drop it
@@ -26,6 +26,8 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::{target_dir, workspace_root};
 
 pub use build::{Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod};
 
@@ -50,25 +52,12 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 const STATE_FILE: &str = "state.json";
 
-/// The repository root (the workspace holding xtask).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Cargo's target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 /// Where `cargo xtask controlplane ...` keeps its control plane: `<target>/hapod-controlplane`.
 pub fn default_dir() -> PathBuf {
-    target_dir().join("hapod-controlplane")
+    // A clap default cannot fail: without cargo metadata, cargo's own default.
+    target_dir()
+        .unwrap_or_else(|_| workspace_root().join("target"))
+        .join("hapod-controlplane")
 }
 
 /// How to start a control plane.
@@ -162,7 +151,7 @@ impl ControlPlane {
                 (dir, None)
             }
             None => {
-                let parent = target_dir().join("hapod-controlplane-tmp");
+                let parent = target_dir()?.join("hapod-controlplane-tmp");
                 fs::create_dir_all(&parent)?;
                 stop_orphans_in(&parent)?;
                 let temp = tempfile::Builder::new().prefix("cp-").tempdir_in(&parent)?;
