@@ -19,6 +19,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
     self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
     APP_SERVICE, CONTROLLER_GROUP, CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
@@ -310,54 +311,47 @@ async fn failover_acked(tb: &Testbed, trigger: Trigger) -> Result<testbed::Failo
         .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
         .await?;
     let f = tb.failover(trigger, WAIT).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!(
+        "the acting controller {} to count an acknowledged become-active notification \
+         ({NOTIFICATIONS} acked/active above {before})",
+        ctrl.name_any()
+    );
+    await_condition(what, WAIT, Duration::from_millis(100), || async {
         let now = tb
             .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
             .await?;
-        if now > before {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the acting controller {} counted no acknowledged become-active notification \
-                 ({NOTIFICATIONS} acked/active stayed at {before})",
-                ctrl.name_any()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if now > before {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("still {now}"))
+        })
+    })
+    .await?;
     Ok(f)
 }
 
 /// Waits until a pod is gone (by name and UID).
 async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tb.pod(ns, &pod.name_any()).await? {
-            Some(p) if p.uid() == pod.uid() => {}
-            _ => return Ok(()),
-        }
-        if Instant::now() > deadline {
-            bail!("pod {ns}/{} still exists after {timeout:?}", pod.name_any());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("pod {ns}/{} to be gone", pod.name_any());
+    await_condition(what, timeout, Duration::from_millis(100), || async {
+        Ok(match tb.pod(ns, &pod.name_any()).await? {
+            Some(p) if p.uid() == pod.uid() => Check::NotYet("it still exists".into()),
+            _ => Check::Done(()),
+        })
+    })
+    .await
 }
 
 /// Waits until the Lease is held by another replica than `old`, and returns the holder.
 async fn wait_lease_moved(tb: &Testbed, old: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = tb.lease_holder().await?;
-        if let Some(h) = h.filter(|h| h != old) {
-            return Ok(h);
-        }
-        if Instant::now() > deadline {
-            bail!("the Lease is still held by {old} (or nobody) after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("the Lease to move away from {old}");
+    await_condition(what, timeout, Duration::from_millis(50), || async {
+        Ok(match tb.lease_holder().await? {
+            Some(h) if h != old => Check::Done(h),
+            h => Check::NotYet(format!("held by {h:?}")),
+        })
+    })
+    .await
 }
 
 fn api_error_code(e: &kube::Error) -> Option<u16> {
@@ -1134,20 +1128,20 @@ async fn far_future_epoch(tb: &Testbed) -> Result<()> {
     };
     check_failover(tb, &f).await?;
 
-    let deadline = Instant::now() + WAIT;
-    let events = loop {
-        let events = pod_events(tb, &f.old, "FutureEpoch").await?;
-        if !events.is_empty() || Instant::now() > deadline {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    ensure!(
-        !events.is_empty(),
-        "no Event with reason FutureEpoch about {} (uid {})",
+    let what = format!(
+        "an Event with reason FutureEpoch about {} (uid {})",
         f.old.name_any(),
         f.old.uid().unwrap_or_default()
     );
+    let events = await_condition(what, WAIT, Duration::from_millis(200), || async {
+        let events = pod_events(tb, &f.old, "FutureEpoch").await?;
+        Ok(if events.is_empty() {
+            Check::NotYet("none yet".into())
+        } else {
+            Check::Done(events)
+        })
+    })
+    .await?;
     println!(
         "  Event FutureEpoch: {:?}",
         events[0].message.as_deref().unwrap_or("")

@@ -9,7 +9,8 @@
 //! - [`testbed`]: control plane + process node (`tools/hapod-node`) + hapod deployed from
 //!   `deploy/base`, with the waits, pod accessors, failure triggers and the label-history
 //!   checker the scenarios use;
-//! - [`helm`]: the cached `helm` binary of the deploy checks.
+//! - [`helm`]: the cached `helm` binary of the deploy checks;
+//! - [`poll`]: the bounded poll ([`poll::await_condition`]) every wait uses.
 //!
 //! `xtask` is the command line over this library; the end-to-end tests use it directly.
 
@@ -21,6 +22,7 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 pub mod controlplane;
 pub mod helm;
 pub mod netns;
+pub mod poll;
 pub mod testbed;
 
 /// The repository root (this crate lives in `<root>/tests/kit`).

@@ -57,6 +57,7 @@ use kube::{Client, Config, ResourceExt};
 use tokio::task::JoinHandle;
 
 use crate::controlplane::ControlPlane;
+use crate::poll::{Check, await_condition};
 use crate::{target_dir, workspace_root};
 
 /// Cargo profile of the binaries under test.
@@ -284,34 +285,26 @@ impl Testbed {
 
     async fn wait_node_ready(&mut self, timeout: Duration) -> Result<()> {
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.node.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                bail!(
-                    "hapod-node exited early ({status}); log:\n{}",
-                    tail(&self.run_dir.join("node.log"), 40)
-                );
+        let log = self.run_dir.join("node.log");
+        let node = &mut self.node;
+        let waited = await_condition("a Ready node", timeout, Duration::from_millis(200), || {
+            // The node process is looked at here, the API in the future below.
+            let exited = node.as_mut().map(Child::try_wait).transpose();
+            let nodes = nodes.clone();
+            async move {
+                if let Some(status) = exited?.flatten() {
+                    bail!("hapod-node exited early ({status})");
+                }
+                let list = nodes.list(&ListParams::default()).await?;
+                Ok(if list.items.iter().any(node_ready) {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("{} nodes, none Ready", list.items.len()))
+                })
             }
-            let list = nodes.list(&ListParams::default()).await?;
-            let ready = list.items.iter().any(|n| {
-                n.status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-            });
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "no Ready node after {timeout:?}; node log:\n{}",
-                    tail(&self.run_dir.join("node.log"), 40)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await;
+        waited.with_context(|| format!("node log:\n{}", tail(&log, 40)))
     }
 
     /// Path of the admin kubeconfig.
@@ -460,6 +453,14 @@ fn stop_child(child: &mut Child, what: &str, grace: Duration) {
     let _ = killpg(pid, Signal::SIGKILL);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Ready condition True on a node.
+fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Last `n` lines of a file.

@@ -2,7 +2,7 @@
 //! endpoints, the demo app's applied role, a settled group, settled controller replicas, and
 //! a whole failover.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::Testbed;
 use super::history::Timeline;
@@ -12,6 +12,7 @@ use super::names::{
     CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
 };
 use super::pods::{Trigger, pod_epoch, pod_ip};
+use crate::poll::{Check, await_condition};
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -20,22 +21,19 @@ impl Testbed {
     /// Waits until exactly one pod of the group is labeled active (terminating pods
     /// included in the count) and returns it.
     pub async fn wait_one_active(&self, ns: &str, group: &str, timeout: Duration) -> Result<Pod> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("one active pod in group {ns}/{group}");
+        await_condition(what, timeout, Duration::from_millis(50), || async move {
             let view = self.group_view(ns, group).await?;
-            let active = view.active();
-            if active.len() == 1 {
-                return Ok(active[0].clone());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timeout after {timeout:?}: {} pods of group {ns}/{group} active; pods:\n{}",
+            Ok(match view.active()[..] {
+                [one] => Check::Done(one.clone()),
+                ref active => Check::NotYet(format!(
+                    "{} pods active; pods:\n{}",
                     active.len(),
                     view.table()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                )),
+            })
+        })
+        .await
     }
 
     /// Waits until a pod other than `old` (by UID) is the only active pod of the group.
@@ -46,21 +44,15 @@ impl Testbed {
         old_uid: &str,
         timeout: Duration,
     ) -> Result<Pod> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("a new single active pod in group {ns}/{group}");
+        await_condition(what, timeout, Duration::from_millis(20), || async move {
             let view = self.group_view(ns, group).await?;
-            let active = view.active();
-            if active.len() == 1 && active[0].uid().as_deref() != Some(old_uid) {
-                return Ok(active[0].clone());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timeout after {timeout:?}: no new single active pod in {ns}/{group}; pods:\n{}",
-                    view.table()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            Ok(match view.active()[..] {
+                [one] if one.uid().as_deref() != Some(old_uid) => Check::Done(one.clone()),
+                _ => Check::NotYet(format!("pods:\n{}", view.table())),
+            })
+        })
+        .await
     }
 
     /// Waits until the Service's ready endpoints are exactly `ips`.
@@ -71,24 +63,19 @@ impl Testbed {
         ips: &[&str],
         timeout: Duration,
     ) -> Result<()> {
-        let want: Vec<String> = {
-            let mut v: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
-            v.sort();
-            v
-        };
-        let deadline = Instant::now() + timeout;
-        loop {
+        let mut want: Vec<String> = ips.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let want = &want;
+        let what = format!("Service {ns}/{service} endpoints {want:?}");
+        await_condition(what, timeout, Duration::from_millis(50), || async move {
             let got = self.service_endpoints(ns, service).await?;
-            if got == want {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timeout after {timeout:?}: Service {ns}/{service} endpoints are {got:?}, want {want:?}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Ok(if got == *want {
+                Check::Done(())
+            } else {
+                Check::NotYet(format!("endpoints are {got:?}"))
+            })
+        })
+        .await
     }
 
     /// Waits until the pod's demo app reports it applied `role` (and, for active, the
@@ -100,31 +87,25 @@ impl Testbed {
         role: &str,
         timeout: Duration,
     ) -> Result<AppState> {
-        let deadline = Instant::now() + timeout;
-        let mut last;
-        loop {
-            match self.pod(ns, name).await? {
-                None => bail!("pod {ns}/{name} is gone while waiting for its app to be {role}"),
-                Some(pod) => {
-                    let epoch = pod_epoch(&pod);
-                    match self.app_state(&pod).await {
-                        Ok(state) => {
-                            let epoch_ok =
-                                role != ACTIVE || (epoch.is_some() && state.epoch == epoch);
-                            if state.role.as_deref() == Some(role) && epoch_ok {
-                                return Ok(state);
-                            }
-                            last = format!("state {state:?}, pod epoch annotation {epoch:?}");
-                        }
-                        Err(e) => last = format!("{e:#}"),
+        let what = format!("the app of {ns}/{name} to be {role}");
+        await_condition(what, timeout, Duration::from_millis(50), || async move {
+            let Some(pod) = self.pod(ns, name).await? else {
+                bail!("pod {ns}/{name} is gone while waiting for its app to be {role}");
+            };
+            let epoch = pod_epoch(&pod);
+            Ok(match self.app_state(&pod).await {
+                Ok(state) => {
+                    let epoch_ok = role != ACTIVE || (epoch.is_some() && state.epoch == epoch);
+                    if state.role.as_deref() == Some(role) && epoch_ok {
+                        Check::Done(state)
+                    } else {
+                        Check::NotYet(format!("state {state:?}, pod epoch annotation {epoch:?}"))
                     }
                 }
-            }
-            if Instant::now() > deadline {
-                bail!("timeout after {timeout:?}: app of {ns}/{name} is not {role}: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                Err(e) => Check::NotYet(format!("{e:#}")),
+            })
+        })
+        .await
     }
 
     /// Waits for the steady state of a group: `replicas` pods, none terminating, all Ready,
@@ -138,94 +119,82 @@ impl Testbed {
         replicas: usize,
         timeout: Duration,
     ) -> Result<Settled> {
-        let deadline = Instant::now() + timeout;
-        let mut why;
-        loop {
-            let view = self.group_view(ns, group).await?;
-            why = view.settled_problem(replicas);
-            if why.is_none() {
-                let active = view.active()[0].clone();
-                let standbys: Vec<Pod> = view
-                    .live()
-                    .into_iter()
-                    .filter(|p| p.uid() != active.uid())
-                    .cloned()
-                    .collect();
-                let ip = pod_ip(&active).unwrap_or_default();
-                let eps = if ns == APP_NAMESPACE && group == APP_GROUP {
-                    Some(self.service_endpoints(ns, APP_SERVICE).await?)
-                } else {
-                    None
-                };
-                match eps {
-                    Some(eps) if eps != vec![ip.clone()] => {
-                        why = Some(format!("service endpoints {eps:?}, active IP {ip}"))
-                    }
-                    _ => {
-                        if ns == APP_NAMESPACE {
-                            let epoch = pod_epoch(&active);
-                            match self.app_state(&active).await {
-                                Ok(s) if s.role.as_deref() == Some(ACTIVE) && s.epoch == epoch => {
-                                    return Ok(Settled {
-                                        active,
-                                        standbys,
-                                        app_state: Some(s),
-                                    });
-                                }
-                                Ok(s) => {
-                                    why = Some(format!(
-                                        "active app state {s:?}, epoch annotation {epoch:?}"
-                                    ))
-                                }
-                                Err(e) => why = Some(format!("active app /state: {e:#}")),
-                            }
-                        } else {
-                            return Ok(Settled {
-                                active,
-                                standbys,
-                                app_state: None,
-                            });
-                        }
-                    }
-                }
+        let what = format!("group {ns}/{group} to settle");
+        await_condition(what, timeout, Duration::from_millis(100), || {
+            self.settled_once(ns, group, replicas)
+        })
+        .await
+    }
+
+    /// One look for [`Testbed::wait_settled`].
+    async fn settled_once(&self, ns: &str, group: &str, replicas: usize) -> Result<Check<Settled>> {
+        let view = self.group_view(ns, group).await?;
+        let not_yet = |why: String| Ok(Check::NotYet(format!("{why}\n{}", view.table())));
+        if let Some(why) = view.settled_problem(replicas) {
+            return not_yet(why);
+        }
+        let active = view.active()[0].clone();
+        let standbys: Vec<Pod> = view
+            .live()
+            .into_iter()
+            .filter(|p| p.uid() != active.uid())
+            .cloned()
+            .collect();
+        if ns == APP_NAMESPACE && group == APP_GROUP {
+            let ip = pod_ip(&active).unwrap_or_default();
+            let eps = self.service_endpoints(ns, APP_SERVICE).await?;
+            if eps != [ip.clone()] {
+                return not_yet(format!("service endpoints {eps:?}, active IP {ip}"));
             }
-            if Instant::now() > deadline {
-                let view = self.group_view(ns, group).await?;
-                bail!(
-                    "timeout after {timeout:?}: group {ns}/{group} not settled: {}\n{}",
-                    why.unwrap_or_default(),
-                    view.table()
-                );
+        }
+        if ns != APP_NAMESPACE {
+            return Ok(Check::Done(Settled {
+                active,
+                standbys,
+                app_state: None,
+            }));
+        }
+        let epoch = pod_epoch(&active);
+        match self.app_state(&active).await {
+            Ok(s) if s.role.as_deref() == Some(ACTIVE) && s.epoch == epoch => {
+                Ok(Check::Done(Settled {
+                    active,
+                    standbys,
+                    app_state: Some(s),
+                }))
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(s) => not_yet(format!(
+                "active app state {s:?}, epoch annotation {epoch:?}"
+            )),
+            Err(e) => not_yet(format!("active app /state: {e:#}")),
         }
     }
 
     /// Steady state of the controller replicas: both Ready, exactly one labeled active, and
     /// it holds the Lease.
     pub async fn wait_controllers_settled(&self, timeout: Duration) -> Result<Settled> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let settled = self
-                .wait_settled(
-                    CONTROLLER_NAMESPACE,
-                    CONTROLLER_GROUP,
-                    CONTROLLER_REPLICAS,
-                    deadline.saturating_duration_since(Instant::now()),
-                )
-                .await?;
+        let what = "the controller replicas to settle with the active one holding the Lease";
+        await_condition(what, timeout, Duration::from_millis(100), || async move {
+            let settled = match self
+                .settled_once(CONTROLLER_NAMESPACE, CONTROLLER_GROUP, CONTROLLER_REPLICAS)
+                .await?
+            {
+                Check::Done(settled) => settled,
+                Check::NotYet(why) => return Ok(Check::NotYet(why)),
+            };
             let holder = self.lease_holder().await?;
-            if holder.as_deref() == Some(settled.active.name_any().as_str()) {
-                return Ok(settled);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "timeout after {timeout:?}: active controller pod {} but Lease holder {holder:?}",
-                    settled.active.name_any()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(
+                if holder.as_deref() == Some(settled.active.name_any().as_str()) {
+                    Check::Done(settled)
+                } else {
+                    Check::NotYet(format!(
+                        "active controller pod {} but Lease holder {holder:?}",
+                        settled.active.name_any()
+                    ))
+                },
+            )
+        })
+        .await
     }
 
     /// The acting controller replica: the pod labeled active.
