@@ -10,7 +10,8 @@
 //!   `deploy/base`, with the waits, pod accessors, failure triggers and the label-history
 //!   checker the scenarios use;
 //! - [`helm`]: the cached `helm` binary of the deploy checks;
-//! - [`poll`]: the bounded poll ([`poll::await_condition`]) every wait uses.
+//! - [`poll`]: the bounded poll ([`poll::await_condition`]) every wait uses;
+//! - [`prom`]: the Prometheus text parser (controller `/metrics`, benchmark histograms).
 //!
 //! `xtask` is the command line over this library; the end-to-end tests use it directly.
 
@@ -23,6 +24,7 @@ pub mod controlplane;
 pub mod helm;
 pub mod netns;
 pub mod poll;
+pub mod prom;
 pub mod testbed;
 
 /// The repository root (this crate lives in `<root>/tests/kit`).

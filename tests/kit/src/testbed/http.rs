@@ -46,7 +46,7 @@ impl Testbed {
         .await
         .with_context(|| format!("GET http://{ip}:{CONTROLLER_HTTP_PORT}/metrics"))?;
         ensure!(status == 200, "GET /metrics answered {status}");
-        Ok(sum_metric(&body, metric, labels))
+        Ok(crate::prom::sum(&body, metric, labels))
     }
 }
 
@@ -121,42 +121,6 @@ pub async fn http_get(ip: &str, port: u16, path: &str, timeout: Duration) -> Res
     Ok((status, body))
 }
 
-/// Sum of the samples of `metric` (Prometheus/OpenMetrics text) whose labels include every
-/// `labels` pair.
-pub fn sum_metric(text: &str, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some(rest) = line.strip_prefix(metric) else {
-            continue;
-        };
-        let (label_text, value) = match rest.strip_prefix('{') {
-            Some(r) => match r.split_once('}') {
-                Some((l, v)) => (l, v),
-                None => continue,
-            },
-            None if rest.starts_with(' ') => ("", rest),
-            None => continue,
-        };
-        let ok = labels.iter().all(|(k, v)| {
-            label_text
-                .split(',')
-                .any(|kv| kv.trim() == format!("{k}=\"{v}\""))
-        });
-        if ok
-            && let Some(v) = value
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse::<f64>().ok())
-        {
-            sum += v;
-        }
-    }
-    sum
-}
-
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
@@ -175,19 +139,6 @@ fn dechunk(mut s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sum_metric_filters_labels() {
-        let text = "# TYPE hapod_notifications counter\n\
-            hapod_notifications_total{role=\"active\",outcome=\"acked\"} 3\n\
-            hapod_notifications_total{role=\"standby\",outcome=\"acked\"} 5\n\
-            hapod_notifications_total{role=\"active\",outcome=\"timed_out\"} 1\n\
-            hapod_groups 2\n";
-        let acked = [("role", "active"), ("outcome", "acked")];
-        assert_eq!(sum_metric(text, "hapod_notifications_total", &acked), 3.0);
-        assert_eq!(sum_metric(text, "hapod_notifications_total", &[]), 9.0);
-        assert_eq!(sum_metric(text, "hapod_groups", &[]), 2.0);
-    }
 
     #[test]
     fn dechunk_decodes() {
