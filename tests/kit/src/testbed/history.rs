@@ -2,7 +2,7 @@
 //! run as our watches received them, replayed in resourceVersion order to find two active
 //! pods of one group, and failover timelines built from it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -110,6 +110,9 @@ struct HistoryInner {
     injected_actives: Vec<(String, u64)>,
     pod_inits: usize,
     slice_inits: usize,
+    /// The pod (re-)list in progress: the highest resourceVersion recorded before it, and
+    /// the UIDs it listed so far.
+    pod_list: Option<(u64, HashSet<String>)>,
 }
 
 /// Recorder of every pod change (resourceVersion, pod, group, role, readiness, deletion)
@@ -188,9 +191,17 @@ impl History {
                     g.watch_restarts
                         .push("pod watch re-listed (changes in the gap may be missed)".into());
                 }
+                let gap_start = g.pods.iter().map(|r| r.rv).max().unwrap_or(0);
+                g.pod_list = Some((gap_start, HashSet::new()));
             }
-            watcher::Event::InitDone => {}
-            watcher::Event::Apply(p) | watcher::Event::InitApply(p) => g.push_pod(&p, false, seen),
+            watcher::Event::InitApply(p) => {
+                if let Some((_, listed)) = g.pod_list.as_mut() {
+                    listed.extend(p.uid());
+                }
+                g.push_pod(&p, false, seen);
+            }
+            watcher::Event::InitDone => g.end_pod_list(seen),
+            watcher::Event::Apply(p) => g.push_pod(&p, false, seen),
             watcher::Event::Delete(p) => g.push_pod(&p, true, seen),
         }
     }
@@ -359,6 +370,32 @@ impl History {
 }
 
 impl HistoryInner {
+    /// After a (re-)list: a pod recorded as present that the list did not show was deleted
+    /// while the watch was not running, and the watcher sends no Delete for it. Records that
+    /// deletion at the first resourceVersion after the last one seen before the gap: the
+    /// earliest it can have happened. (Where in the gap it really happened is unknown; placing
+    /// it later would report a double active with a pod promoted in the gap that may never
+    /// have existed. The re-list itself is reported by [`History::watch_restarts`].)
+    fn end_pod_list(&mut self, seen: u64) {
+        let Some((gap_start, listed)) = self.pod_list.take() else {
+            return;
+        };
+        let mut gone: Vec<PodRecord> = self
+            .last
+            .values()
+            .filter(|r| !r.deleted && !listed.contains(&r.uid))
+            .cloned()
+            .collect();
+        gone.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        for mut r in gone {
+            r.rv = gap_start + 1;
+            r.seen_unix_nanos = seen;
+            r.deleted = true;
+            self.last.insert(r.uid.clone(), r.clone());
+            self.pods.push(r);
+        }
+    }
+
     fn push_pod(&mut self, p: &Pod, deleted: bool, seen: u64) {
         let Some(r) = PodRecord::from_pod(p, deleted, seen) else {
             return;
@@ -539,6 +576,41 @@ impl Timeline {
 mod tests {
     use super::*;
     use crate::testbed::STANDBY;
+
+    fn pod(name: &str, role: &str, rv: u64) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                "resourceVersion": rv.to_string(),
+                "labels": {"app": "g", "role": role},
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn pod_missing_from_a_relist_is_deleted() {
+        let h = History::default();
+        for ev in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("a", ACTIVE, 10)),
+            watcher::Event::InitApply(pod("b", STANDBY, 11)),
+            watcher::Event::InitDone,
+            // The watch broke; meanwhile `a` was deleted and `b` promoted. The re-list only
+            // shows `b`, active.
+            watcher::Event::Init,
+            watcher::Event::InitApply(pod("b", ACTIVE, 15)),
+            watcher::Event::InitDone,
+        ] {
+            h.on_pod_event(ev);
+        }
+        assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
+        let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
+        assert!(a.deleted, "{a:?}");
+        assert!(a.rv > 11 && a.rv <= 15, "{a:?}");
+        // A pod that is still listed stays.
+        assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
+    }
 
     fn rec(rv: u64, pod: &str, role: Option<&str>, deleted: bool, terminating: bool) -> PodRecord {
         PodRecord {
