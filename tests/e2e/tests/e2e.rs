@@ -1,7 +1,10 @@
 //! End-to-end tests: hapod against a real kube-apiserver, kube-controller-manager (ReplicaSet,
 //! EndpointSlice, garbage collector) and kube-scheduler, with the process node running the
 //! controller (2 replicas, in-cluster, under the ServiceAccount and RBAC of `deploy/`) and the
-//! sample app of `deploy/` as local processes on 127.x pod IPs.
+//! sample app of `deploy/` as local processes. It all runs inside a private network namespace
+//! whose only interface is `lo`: the API server on 127.0.0.1, pod IPs from 10.244.0.0/16 on
+//! that `lo` (kube-apiserver refuses loopback pod IPs as EndpointSlice endpoints), no route
+//! out. The testbed is `hapod_testkit::testbed` (`tests/kit`).
 //!
 //! One testbed is shared by every scenario (starting a control plane takes seconds, building
 //! it the first time takes many minutes), so the scenarios run in order in one process with
@@ -9,9 +12,10 @@
 //! scenario asserts that no two pods of a group were ever active at the same
 //! resourceVersion.
 //!
-//! Run with `cargo xtask test` (builds the control plane first). Running
-//! `cargo test -p hapod-e2e` directly works once the control plane is built; when it is not,
-//! every scenario FAILS with the reason (it never skips).
+//! Run with `cargo xtask test`: it builds the control plane and the binaries (outside, where
+//! the package registries are reachable), then runs these tests inside the private network
+//! namespace. `cargo test -p hapod-e2e` run directly, outside that namespace, makes every
+//! scenario FAIL with the reason (it never skips).
 //!
 //! Arguments: substrings select scenarios by name (like libtest's filter); `--list` lists.
 

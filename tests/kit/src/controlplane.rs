@@ -2,7 +2,7 @@
 //! (RBAC, service-account issuer, client CA), kube-controller-manager and kube-scheduler,
 //! built from `controlplane/` (see [`build`]) and run as local processes.
 //!
-//! Library use (tests, other xtask modules):
+//! Library use (tests, the testbed, xtask):
 //! ```no_run
 //! let cp = hapod_testkit::controlplane::ControlPlane::start(Default::default())?;
 //! let status = cp.kubectl().args(["get", "ns"]).status()?;

@@ -481,7 +481,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
     Ok(Client::try_from(cfg)?)
 }
 
-// --- adapters to the control plane library (xtask/src/controlplane.rs) -----------------------
+// --- adapters to the control plane runner (crate::controlplane) ------------------------------
 
 fn start_control_plane(dir: &Path) -> Result<ControlPlane> {
     ControlPlane::start(crate::controlplane::Options {
