@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use kube::ResourceExt;
 
-use crate::testbed::{
+use hapod_testkit::testbed::{
     self, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Options, Profile, Testbed, Trigger,
 };
 
@@ -64,7 +64,7 @@ pub fn run(args: Cli) -> Result<()> {
         "control plane: built from controlplane/ and cached; the first build takes 10-25 minutes \
          (Go's progress follows), later runs reuse it."
     );
-    crate::testbed::enter_private_network(profile(&args))?;
+    hapod_testkit::testbed::enter_private_network(profile(&args))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

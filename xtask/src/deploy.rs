@@ -20,7 +20,11 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 
-use crate::helm;
+use hapod_testkit::helm;
+use hapod_testkit::testbed::{
+    ACTIVE, APP_GROUP, APP_NAME, APP_NAMESPACE, CONTROLLER_GROUP, CONTROLLER_NAME,
+    CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, GROUP_LABEL, NOTIFY_SECRET, ROLE_LABEL, STANDBY,
+};
 
 /// Render and validate `deploy/` (kustomize, Helm chart) against a real kube-apiserver.
 #[derive(Debug, clap::Args)]
@@ -53,23 +57,18 @@ enum DeployCmd {
         #[arg(long, default_value = "kubectl")]
         kubectl: PathBuf,
         /// Namespace of the controller (and of its ServiceAccount, Role and Lease).
-        #[arg(long, default_value = CONTROLLER_NS)]
+        #[arg(long, default_value = CONTROLLER_NAMESPACE)]
         namespace: String,
-        #[arg(long, default_value = CONTROLLER)]
+        #[arg(long, default_value = CONTROLLER_NAME)]
         service_account: String,
         /// A namespace holding application pods.
-        #[arg(long, default_value = APP_NS)]
+        #[arg(long, default_value = APP_NAMESPACE)]
         app_namespace: String,
     },
     /// Print the path of the cached helm binary, building it first if needed.
     Helm,
 }
 
-const CONTROLLER: &str = "hapod-controller";
-const CONTROLLER_NS: &str = "hapod-system";
-const APP: &str = "hapod-demo";
-const APP_NS: &str = "hapod-demo";
-const NOTIFY_SECRET: &str = "hapod-notify-key";
 const RELEASE: &str = "hapod";
 
 impl Cli {
@@ -237,17 +236,17 @@ fn run_capture_all(cmd: &mut Command) -> Result<(String, String)> {
 }
 
 fn kustomize(dir: &str) -> Result<Render> {
-    let path = crate::controlplane::workspace_root().join(dir);
+    let path = hapod_testkit::workspace_root().join(dir);
     let yaml = run_capture(Command::new("kubectl").arg("kustomize").arg(&path))?;
     Render::new(format!("kustomize {dir}"), yaml)
 }
 
 fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
-    let chart = crate::controlplane::workspace_root().join("deploy/helm/hapod");
+    let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
     let mut cmd = Command::new(helm);
     cmd.args(["template", RELEASE])
         .arg(&chart)
-        .args(["--namespace", CONTROLLER_NS]);
+        .args(["--namespace", CONTROLLER_NAMESPACE]);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -363,7 +362,7 @@ fn render_all() -> Result<Renders> {
     )?;
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])
-        .arg(crate::controlplane::workspace_root().join("deploy/helm/hapod"))
+        .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
         .output()?;
     ensure!(
         lint.status.success(),
@@ -387,7 +386,7 @@ fn check(kubeconfig: Option<PathBuf>, offline: bool, bin_dirs: Vec<PathBuf>) -> 
     let renders = render_all()?;
     offline_checks(&renders)?;
     let bin_dirs = if bin_dirs.is_empty() {
-        let target = crate::controlplane::target_dir();
+        let target = hapod_testkit::target_dir()?;
         vec![target.join("debug"), target.join("release")]
     } else {
         bin_dirs
@@ -399,7 +398,7 @@ fn check(kubeconfig: Option<PathBuf>, offline: bool, bin_dirs: Vec<PathBuf>) -> 
     match kubeconfig {
         Some(k) => server_checks(&renders, &Kubectl::new("kubectl", &k)),
         None => {
-            let cluster = crate::controlplane::ControlPlane::start(Default::default())
+            let cluster = hapod_testkit::controlplane::ControlPlane::start(Default::default())
                 .context("starting the control plane")?;
             // The control plane's own kubectl matches the apiserver's version.
             let kubectl = Kubectl::new(cluster.binaries().path("kubectl"), &cluster.kubeconfig());
@@ -452,7 +451,7 @@ fn offline_checks(r: &Renders) -> Result<()> {
 /// What the shipped defaults promise (docs/contracts.md, docs/deploy.md).
 fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     // Controller.
-    let dep = r.find("Deployment", CONTROLLER_NS, CONTROLLER)?;
+    let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     p.expect_eq(
         "controller replicas",
         dep.pointer("/spec/replicas"),
@@ -461,7 +460,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect_eq(
         "controller selector",
         dep.pointer("/spec/selector/matchLabels"),
-        Some(&json!({"app": "icr"})),
+        Some(&json!({GROUP_LABEL: CONTROLLER_GROUP})),
     );
     let pod = dep.pointer("/spec/template").context("no pod template")?;
     p.expect_eq(
@@ -472,12 +471,12 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect_eq(
         "controller pod label role",
         str_at(pod, "/metadata/labels/role"),
-        "standby",
+        STANDBY,
     );
     p.expect_eq(
         "controller serviceAccountName",
         str_at(pod, "/spec/serviceAccountName"),
-        CONTROLLER,
+        CONTROLLER_NAME,
     );
     let grace = pod
         .pointer("/spec/terminationGracePeriodSeconds")
@@ -520,7 +519,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         p.expect_eq(&format!("controller {probe} port"), port, Some(8080));
     }
     expect_secret_mount(p, "controller", pod, c);
-    let pdb = r.find("PodDisruptionBudget", CONTROLLER_NS, CONTROLLER)?;
+    let pdb = r.find("PodDisruptionBudget", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     p.expect_eq(
         "pdb minAvailable",
         pdb.pointer("/spec/minAvailable"),
@@ -529,7 +528,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect_eq(
         "pdb selector",
         pdb.pointer("/spec/selector/matchLabels"),
-        Some(&json!({"app": "icr"})),
+        Some(&json!({GROUP_LABEL: CONTROLLER_GROUP})),
     );
 
     // Sample application.
@@ -538,8 +537,8 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         .iter()
         .find(|o| {
             matches!(str_at(o, "/kind"), "ReplicaSet" | "Deployment")
-                && str_at(o, "/metadata/namespace") == APP_NS
-                && str_at(o, "/metadata/name") == APP
+                && str_at(o, "/metadata/namespace") == APP_NAMESPACE
+                && str_at(o, "/metadata/name") == APP_NAME
         })
         .context("no sample app workload")?;
     p.expect_eq(
@@ -550,7 +549,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect_eq(
         "app selector",
         app.pointer("/spec/selector/matchLabels"),
-        Some(&json!({"app": "hapod"})),
+        Some(&json!({GROUP_LABEL: APP_GROUP})),
     );
     let pod = app.pointer("/spec/template").context("no pod template")?;
     p.expect_eq(
@@ -561,11 +560,11 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect_eq(
         "app pod label role",
         str_at(pod, "/metadata/labels/role"),
-        "standby",
+        STANDBY,
     );
     p.expect(
         pod.pointer("/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm/labelSelector/matchLabels")
-            == Some(&json!({"app": "hapod"})),
+            == Some(&json!({GROUP_LABEL: APP_GROUP})),
         || "app has no preferred anti-affinity between its replicas".into(),
     );
     let main = container(pod, "app")?;
@@ -595,7 +594,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         || "app does not declare 8080/TCP and 10001/UDP".into(),
     );
     expect_secret_mount(p, "app", pod, main);
-    let crit = container(pod, "critcontainer")?;
+    let crit = container(pod, CRITICAL_CONTAINER)?;
     p.expect_eq(
         "critcontainer args",
         args(crit),
@@ -637,11 +636,11 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
             });
         }
     }
-    let svc = r.find("Service", APP_NS, APP)?;
+    let svc = r.find("Service", APP_NAMESPACE, APP_NAME)?;
     p.expect_eq(
         "service selector",
         svc.pointer("/spec/selector"),
-        Some(&json!({"app": "hapod", "role": "active"})),
+        Some(&json!({GROUP_LABEL: APP_GROUP, ROLE_LABEL: ACTIVE})),
     );
     p.expect_eq(
         "service port",
@@ -656,7 +655,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     );
 
     // The notification key in both namespaces.
-    for ns in [CONTROLLER_NS, APP_NS] {
+    for ns in [CONTROLLER_NAMESPACE, APP_NAMESPACE] {
         let secret = r.find("Secret", ns, NOTIFY_SECRET)?;
         let has_key =
             secret.pointer("/data/key").is_some() || secret.pointer("/stringData/key").is_some();
@@ -905,7 +904,8 @@ fn writable_tmp(r: &Render, want: bool) -> Result<()> {
         .objects
         .iter()
         .find(|o| {
-            str_at(o, "/metadata/namespace") == APP_NS && o.pointer("/spec/template").is_some()
+            str_at(o, "/metadata/namespace") == APP_NAMESPACE
+                && o.pointer("/spec/template").is_some()
         })
         .context("no sample app workload")?;
     let pod = app.pointer("/spec/template").context("no pod template")?;
@@ -940,7 +940,7 @@ fn writable_tmp(r: &Render, want: bool) -> Result<()> {
 }
 
 fn overlay_is_rolling(r: &Render) -> Result<()> {
-    let dep = r.find("Deployment", APP_NS, APP)?;
+    let dep = r.find("Deployment", APP_NAMESPACE, APP_NAME)?;
     ensure!(
         dep.pointer("/spec/strategy/rollingUpdate")
             == Some(&json!({"maxSurge": 1, "maxUnavailable": 0})),
@@ -954,7 +954,7 @@ fn overlay_is_rolling(r: &Render) -> Result<()> {
 }
 
 fn all_flags_rendered(r: &Render) -> Result<()> {
-    let dep = r.find("Deployment", CONTROLLER_NS, CONTROLLER)?;
+    let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     let pod = dep.pointer("/spec/template").context("no pod template")?;
     let got = args(container(pod, "controller")?);
     let mut p = Problems::default();
@@ -981,19 +981,19 @@ fn all_flags_rendered(r: &Render) -> Result<()> {
         "9090",
     );
     // The chart's labels and values reach the app's pods and Service too.
-    let app = r.find("ReplicaSet", APP_NS, APP)?;
+    let app = r.find("ReplicaSet", APP_NAMESPACE, APP_NAME)?;
     p.expect_eq(
         "app role label follows controller.roleLabel/standbyValue",
         str_at(app, "/spec/template/metadata/labels/hapod-role"),
         "secondary",
     );
-    let svc = r.find("Service", APP_NS, APP)?;
+    let svc = r.find("Service", APP_NAMESPACE, APP_NAME)?;
     p.expect_eq(
         "service selects controller.activeValue",
         str_at(svc, "/spec/selector/hapod-role"),
         "primary",
     );
-    let secret = r.find("Secret", APP_NS, NOTIFY_SECRET)?;
+    let secret = r.find("Secret", APP_NAMESPACE, NOTIFY_SECRET)?;
     p.expect_eq("explicit key", str_at(secret, "/data/key"), "czNjcmV0");
     p.finish("helm every-flag render")
 }
@@ -1004,7 +1004,7 @@ fn minimal_render(r: &Render) -> Result<()> {
         !kinds.contains("Secret") && !kinds.contains("ReplicaSet") && !kinds.contains("Service"),
         "sampleApp.enabled=false / notifyKey.enabled=false still renders {kinds:?}"
     );
-    let dep = r.find("Deployment", CONTROLLER_NS, CONTROLLER)?;
+    let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     let pod = dep.pointer("/spec/template").context("no pod template")?;
     let a = args(container(pod, "controller")?);
     ensure!(
@@ -1197,7 +1197,12 @@ fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
             .apply(&to_yaml_stream(&rbac)?, &[])
             .with_context(|| format!("applying the RBAC of {}", render.label))?;
         eprintln!("xtask deploy: RBAC of {}:", render.label);
-        prove_rbac(kubectl, CONTROLLER_NS, CONTROLLER, APP_NS)?;
+        prove_rbac(
+            kubectl,
+            CONTROLLER_NAMESPACE,
+            CONTROLLER_NAME,
+            APP_NAMESPACE,
+        )?;
     }
     Ok(())
 }

@@ -1,11 +1,12 @@
-//! The project's task runner (`cargo xtask ...`) as a library, so that tests and other tools
-//! can start the same control plane the commands do.
+//! The project's task runner (`cargo xtask ...`): a thin command line over the test kit
+//! (`tests/kit`, crate `hapod_testkit`), which holds the control plane runner, the private
+//! network namespace and the testbed.
 
 pub mod bench;
-pub mod controlplane;
 pub mod demo;
 pub mod deploy;
-pub mod helm;
-pub mod netns;
 pub mod test;
-pub mod testbed;
+
+// `cargo xtask controlplane` is the kit's own `Cli` (it reads the control plane's state
+// files); `test` reaches the kit as `crate::{netns, controlplane, helm, testbed}`.
+pub use hapod_testkit::{controlplane, helm, netns, testbed};

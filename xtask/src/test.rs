@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
-use crate::testbed::{target_dir, workspace_root};
+use hapod_testkit::{target_dir, workspace_root};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Cli {

@@ -1,2 +1,3 @@
 //! End-to-end tests of hapod against a real control plane live in `tests/e2e.rs`; the
-//! testbed they use is `xtask::testbed` (shared with `cargo xtask demo` and `cargo xtask bench`).
+//! testbed they use is `hapod_testkit::testbed` (`tests/kit`, shared with `cargo xtask demo`
+//! and `cargo xtask bench`).

@@ -1,7 +1,10 @@
 //! End-to-end tests: hapod against a real kube-apiserver, kube-controller-manager (ReplicaSet,
 //! EndpointSlice, garbage collector) and kube-scheduler, with the process node running the
 //! controller (2 replicas, in-cluster, under the ServiceAccount and RBAC of `deploy/`) and the
-//! sample app of `deploy/` as local processes on 127.x pod IPs.
+//! sample app of `deploy/` as local processes. It all runs inside a private network namespace
+//! whose only interface is `lo`: the API server on 127.0.0.1, pod IPs from 10.244.0.0/16 on
+//! that `lo` (kube-apiserver refuses loopback pod IPs as EndpointSlice endpoints), no route
+//! out. The testbed is `hapod_testkit::testbed` (`tests/kit`).
 //!
 //! One testbed is shared by every scenario (starting a control plane takes seconds, building
 //! it the first time takes many minutes), so the scenarios run in order in one process with
@@ -9,9 +12,10 @@
 //! scenario asserts that no two pods of a group were ever active at the same
 //! resourceVersion.
 //!
-//! Run with `cargo xtask test` (builds the control plane first). Running
-//! `cargo test -p hapod-e2e` directly works once the control plane is built; when it is not,
-//! every scenario FAILS with the reason (it never skips).
+//! Run with `cargo xtask test`: it builds the control plane and the binaries (outside, where
+//! the package registries are reachable), then runs these tests inside the private network
+//! namespace. `cargo test -p hapod-e2e` run directly, outside that namespace, makes every
+//! scenario FAIL with the reason (it never skips).
 //!
 //! Arguments: substrings select scenarios by name (like libtest's filter); `--list` lists.
 
@@ -19,16 +23,17 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
-use xtask::testbed::{
+use hapod_testkit::poll::{Check, await_condition};
+use hapod_testkit::testbed::{
     self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
     APP_SERVICE, CONTROLLER_GROUP, CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
     CONTROLLER_SERVICE_ACCOUNT, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
     NONCRITICAL_CONTAINER, STANDBY, Testbed, Trigger, pod_epoch, pod_group, pod_ip, pod_role,
     restart_count,
 };
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
 
 /// Bound of every wait in a scenario (failover, settle, ...).
 const WAIT: Duration = Duration::from_secs(60);
@@ -310,54 +315,47 @@ async fn failover_acked(tb: &Testbed, trigger: Trigger) -> Result<testbed::Failo
         .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
         .await?;
     let f = tb.failover(trigger, WAIT).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
+    let what = format!(
+        "the acting controller {} to count an acknowledged become-active notification \
+         ({NOTIFICATIONS} acked/active above {before})",
+        ctrl.name_any()
+    );
+    await_condition(what, WAIT, Duration::from_millis(100), || async {
         let now = tb
             .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
             .await?;
-        if now > before {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the acting controller {} counted no acknowledged become-active notification \
-                 ({NOTIFICATIONS} acked/active stayed at {before})",
-                ctrl.name_any()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(if now > before {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("still {now}"))
+        })
+    })
+    .await?;
     Ok(f)
 }
 
 /// Waits until a pod is gone (by name and UID).
 async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match tb.pod(ns, &pod.name_any()).await? {
-            Some(p) if p.uid() == pod.uid() => {}
-            _ => return Ok(()),
-        }
-        if Instant::now() > deadline {
-            bail!("pod {ns}/{} still exists after {timeout:?}", pod.name_any());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let what = format!("pod {ns}/{} to be gone", pod.name_any());
+    await_condition(what, timeout, Duration::from_millis(100), || async {
+        Ok(match tb.pod(ns, &pod.name_any()).await? {
+            Some(p) if p.uid() == pod.uid() => Check::NotYet("it still exists".into()),
+            _ => Check::Done(()),
+        })
+    })
+    .await
 }
 
 /// Waits until the Lease is held by another replica than `old`, and returns the holder.
 async fn wait_lease_moved(tb: &Testbed, old: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let h = tb.lease_holder().await?;
-        if let Some(h) = h.filter(|h| h != old) {
-            return Ok(h);
-        }
-        if Instant::now() > deadline {
-            bail!("the Lease is still held by {old} (or nobody) after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("the Lease to move away from {old}");
+    await_condition(what, timeout, Duration::from_millis(50), || async {
+        Ok(match tb.lease_holder().await? {
+            Some(h) if h != old => Check::Done(h),
+            h => Check::NotYet(format!("held by {h:?}")),
+        })
+    })
+    .await
 }
 
 fn api_error_code(e: &kube::Error) -> Option<u16> {
@@ -1134,20 +1132,20 @@ async fn far_future_epoch(tb: &Testbed) -> Result<()> {
     };
     check_failover(tb, &f).await?;
 
-    let deadline = Instant::now() + WAIT;
-    let events = loop {
-        let events = pod_events(tb, &f.old, "FutureEpoch").await?;
-        if !events.is_empty() || Instant::now() > deadline {
-            break events;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    ensure!(
-        !events.is_empty(),
-        "no Event with reason FutureEpoch about {} (uid {})",
+    let what = format!(
+        "an Event with reason FutureEpoch about {} (uid {})",
         f.old.name_any(),
         f.old.uid().unwrap_or_default()
     );
+    let events = await_condition(what, WAIT, Duration::from_millis(200), || async {
+        let events = pod_events(tb, &f.old, "FutureEpoch").await?;
+        Ok(if events.is_empty() {
+            Check::NotYet("none yet".into())
+        } else {
+            Check::Done(events)
+        })
+    })
+    .await?;
     println!(
         "  Event FutureEpoch: {:?}",
         events[0].message.as_deref().unwrap_or("")

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 
-use crate::testbed::{
+use hapod_testkit::testbed::{
     self, APP_CONTAINER, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, CONTROLLER_NAMESPACE,
     CRITICAL_CONTAINER, Testbed, Timeline, Trigger,
 };

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::testbed::{self, Options, Profile, Testbed};
 use failover::Kind;
+use hapod_testkit::testbed::{self, Options, Profile, Testbed};
 use report::Results;
 use stats::{fmt_ms, summarize};
 
@@ -69,7 +69,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        crate::testbed::enter_private_network(crate::testbed::Profile::Release)?;
+        hapod_testkit::testbed::enter_private_network(hapod_testkit::testbed::Profile::Release)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -116,8 +116,8 @@ impl Cli {
     pub fn out_dir(&self) -> Result<PathBuf> {
         Ok(match &self.out {
             Some(d) => d.clone(),
-            None if self.quick => testbed::target_dir()?.join("bench-quick"),
-            None => testbed::workspace_root().join("results/bench"),
+            None if self.quick => hapod_testkit::target_dir()?.join("bench-quick"),
+            None => hapod_testkit::workspace_root().join("results/bench"),
         })
     }
 
@@ -143,7 +143,7 @@ impl Cli {
                 return Err(e);
             }
         };
-        let m = sysinfo::Machine::detect(&testbed::workspace_root());
+        let m = sysinfo::Machine::detect(&hapod_testkit::workspace_root());
         report::write_all(&out, &m, &r)?;
         print_summary(&r);
         println!("results written to {}", out.display());

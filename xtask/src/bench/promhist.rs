@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use hapod_testkit::prom::{self, Sample};
+
 /// One histogram series: cumulative bucket counts by upper bound, plus sum and count.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Hist {
@@ -14,39 +16,6 @@ pub struct Hist {
 
 /// Series key: metric name + its labels except `le`, e.g. `hapod_stage_seconds{stage="decide"}`.
 pub type Scrape = BTreeMap<String, Hist>;
-
-fn parse_labels(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(eq) = rest.find('=') {
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_string();
-        let after = &rest[eq + 1..];
-        let Some(start) = after.find('"') else { break };
-        let mut val = String::new();
-        let mut chars = after[start + 1..].char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        val.push(n);
-                    }
-                }
-                '"' => {
-                    end = Some(start + 1 + i);
-                    break;
-                }
-                c => val.push(c),
-            }
-        }
-        out.push((key, val));
-        match end {
-            Some(e) => rest = &after[e + 1..],
-            None => break,
-        }
-    }
-    out
-}
 
 fn key_of(name: &str, labels: &[(String, String)]) -> String {
     let l: Vec<String> = labels
@@ -61,33 +30,16 @@ fn key_of(name: &str, labels: &[(String, String)]) -> String {
     }
 }
 
-/// Parses every `*_bucket`, `*_sum`, `*_count` series of the exposition.
+/// Parses every `*_bucket`, `*_sum`, `*_count` series of the exposition (through the kit's
+/// one Prometheus text parser, [`hapod_testkit::prom`]).
 pub fn parse(text: &str) -> Scrape {
     let mut out: Scrape = BTreeMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = match line.rfind('}') {
-            Some(i) => (&line[..=i], line[i + 1..].trim()),
-            None => match line.split_once(' ') {
-                Some((a, b)) => (a, b.trim()),
-                None => continue,
-            },
-        };
-        // value may be followed by a timestamp or an exemplar
-        let Some(v) = value
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-        else {
-            continue;
-        };
-        let (name, labels) = match series.find('{') {
-            Some(i) => (&series[..i], parse_labels(&series[i + 1..series.len() - 1])),
-            None => (series, Vec::new()),
-        };
+    for Sample {
+        name,
+        labels,
+        value: v,
+    } in prom::samples(text)
+    {
         if let Some(base) = name.strip_suffix("_bucket") {
             let Some(le) = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| {
                 if v == "+Inf" {
@@ -103,11 +55,7 @@ pub fn parse(text: &str) -> Scrape {
                 .buckets
                 .push((le, v));
         } else if let Some(base) = name.strip_suffix("_sum") {
-            if let Some(h) = out.get_mut(&key_of(base, &labels)) {
-                h.sum = v;
-            } else {
-                out.entry(key_of(base, &labels)).or_default().sum = v;
-            }
+            out.entry(key_of(base, &labels)).or_default().sum = v;
         } else if let Some(base) = name.strip_suffix("_count") {
             out.entry(key_of(base, &labels)).or_default().count = v;
         }

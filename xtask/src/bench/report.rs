@@ -592,7 +592,7 @@ pub fn targets(r: &Results) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testbed::Timeline;
+    use hapod_testkit::testbed::Timeline;
 
     fn synthetic() -> Results {
         let mut r = Results {

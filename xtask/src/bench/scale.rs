@@ -20,7 +20,9 @@ use kube::{Api, Client, ResourceExt};
 
 use super::stats::{Summary, summarize};
 use super::sysinfo::{ProcSample, find_pid, proc_sample};
-use crate::testbed::{PodRecord, Testbed, now_unix_nanos as now_ns};
+use hapod_testkit::testbed::{
+    GROUP_LABEL, PodRecord, ROLE_LABEL, STANDBY, Testbed, now_unix_nanos as now_ns,
+};
 
 pub const NAMESPACE: &str = "hapod-bench-scale";
 pub const SELECTOR_KEY: &str = "hapod.io/bench";
@@ -82,7 +84,7 @@ fn pod_manifest(i: usize, member: usize, spec: &PodSpec) -> Result<Pod> {
         "metadata": {
             "name": format!("{group}-{member}"),
             "namespace": NAMESPACE,
-            "labels": { SELECTOR_KEY: "scale", "app": group, "role": "standby" }
+            "labels": { SELECTOR_KEY: "scale", GROUP_LABEL: group, ROLE_LABEL: STANDBY }
         },
         "spec": {
             "terminationGracePeriodSeconds": 0,
@@ -120,7 +122,7 @@ async fn controller_deployment(client: &Client, base_ns: &str) -> Result<Deploym
     v["spec"]["replicas"] = 1.into();
     v["spec"]["selector"] = serde_json::json!({ "matchLabels": { "app": "icr-bench" } });
     v["spec"]["template"]["metadata"]["labels"] =
-        serde_json::json!({ "app": "icr-bench", "role": "standby" });
+        serde_json::json!({ GROUP_LABEL: "icr-bench", ROLE_LABEL: STANDBY });
     let c = &mut v["spec"]["template"]["spec"]["containers"][0];
     let mut args: Vec<String> = c["args"]
         .as_array()

@@ -2,9 +2,9 @@
 //! (RBAC, service-account issuer, client CA), kube-controller-manager and kube-scheduler,
 //! built from `controlplane/` (by the private `build` module) and run as local processes.
 //!
-//! Library use (tests, other xtask modules):
+//! Library use (tests, the testbed, xtask):
 //! ```no_run
-//! let cp = xtask::controlplane::ControlPlane::start(Default::default())?;
+//! let cp = hapod_testkit::controlplane::ControlPlane::start(Default::default())?;
 //! let status = cp.kubectl().args(["get", "ns"]).status()?;
 //! let bob = cp.mint_kubeconfig("bob", &["dev"])?;
 //! cp.stop()?; // or drop it
@@ -12,6 +12,7 @@
 //! ```
 
 mod build;
+mod cli;
 mod pki;
 mod probe;
 
@@ -27,7 +28,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::{target_dir, workspace_root};
+
 pub use build::{Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod};
+pub use cli::Cli;
 
 /// Controllers kube-controller-manager runs. What a Deployment, ReplicaSet, Service and
 /// ServiceAccount need to behave as on a real cluster, plus PodDisruptionBudgets, pod garbage
@@ -50,25 +54,12 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
 
 const STATE_FILE: &str = "state.json";
 
-/// The repository root (the workspace holding xtask).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_path_buf()
-}
-
-/// Cargo's target directory: `$CARGO_TARGET_DIR` or `<workspace>/target`.
-pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target"))
-}
-
 /// Where `cargo xtask controlplane ...` keeps its control plane: `<target>/hapod-controlplane`.
 pub fn default_dir() -> PathBuf {
-    target_dir().join("hapod-controlplane")
+    // A clap default cannot fail: without cargo metadata, cargo's own default.
+    target_dir()
+        .unwrap_or_else(|_| workspace_root().join("target"))
+        .join("hapod-controlplane")
 }
 
 /// How to start a control plane.
@@ -162,7 +153,7 @@ impl ControlPlane {
                 (dir, None)
             }
             None => {
-                let parent = target_dir().join("hapod-controlplane-tmp");
+                let parent = target_dir()?.join("hapod-controlplane-tmp");
                 fs::create_dir_all(&parent)?;
                 stop_orphans_in(&parent)?;
                 let temp = tempfile::Builder::new().prefix("cp-").tempdir_in(&parent)?;
@@ -710,119 +701,4 @@ fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// `cargo xtask controlplane ...`
-#[derive(clap::Args)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: CliCommand,
-}
-
-#[derive(clap::Args)]
-struct DirArg {
-    /// State directory of the control plane.
-    #[arg(long, default_value_os_t = default_dir())]
-    dir: PathBuf,
-}
-
-#[derive(clap::Subcommand)]
-enum CliCommand {
-    /// Build the control plane binary (or find it in the cache) and print its directory.
-    Build,
-    /// Regenerate controlplane/go.mod and go.sum for a Kubernetes version.
-    GenGomod {
-        #[arg(long, default_value = DEFAULT_KUBERNETES_VERSION)]
-        version: String,
-    },
-    /// Start etcd, kube-apiserver, kube-controller-manager and kube-scheduler, wait until
-    /// they are ready and leave them running.
-    Start(DirArg),
-    /// Stop every process of the control plane.
-    Stop(DirArg),
-    /// Show the processes and the apiserver's readiness.
-    Status(DirArg),
-    /// Mint a kubeconfig with a client certificate for a user and print its path.
-    Kubeconfig {
-        #[command(flatten)]
-        dir: DirArg,
-        /// User name (the certificate's CN).
-        #[arg(long)]
-        user: String,
-        /// Group (the certificate's O); repeat for a second group.
-        #[arg(long = "group")]
-        groups: Vec<String>,
-    },
-    /// Print shell exports for the control plane: `eval "$(cargo xtask controlplane env)"`.
-    Env(DirArg),
-}
-
-impl Cli {
-    pub fn run(self) -> Result<()> {
-        match self.command {
-            CliCommand::Build => {
-                println!("{}", ensure_built()?.dir().display());
-            }
-            CliCommand::GenGomod { version } => gen_gomod(&version)?,
-            CliCommand::Start(DirArg { dir }) => {
-                let options = Options {
-                    dir: Some(dir),
-                    ..Options::default()
-                };
-                let cp = ControlPlane::start_with(options, true)?;
-                print_env(&cp);
-                cp.detach();
-            }
-            CliCommand::Stop(DirArg { dir }) => {
-                if read_state(&dir)?.is_none() {
-                    eprintln!("no control plane in {}", dir.display());
-                    return Ok(());
-                }
-                ControlPlane::attach(&dir)?.stop()?;
-                eprintln!("stopped the control plane in {}", dir.display());
-            }
-            CliCommand::Status(DirArg { dir }) => {
-                let cp = ControlPlane::attach(&dir)?;
-                println!(
-                    "{} at {} ({})",
-                    cp.state.version,
-                    cp.server(),
-                    cp.dir().display()
-                );
-                for p in &cp.state.processes {
-                    let alive = process_belongs_to(p.pid, cp.dir());
-                    let state = if alive { "running" } else { "not running" };
-                    println!("  {:<24} pid {:<8} {state}", p.name, p.pid);
-                }
-                let running = cp.is_running();
-                if running {
-                    println!("  kube-apiserver /readyz: {}", cp.readyz());
-                }
-                // Status only looks; the handle must not stop what it found.
-                cp.detach();
-                if !running {
-                    bail!("the control plane in {} is not running", dir.display());
-                }
-            }
-            CliCommand::Kubeconfig { dir, user, groups } => {
-                let cp = ControlPlane::attach(&dir.dir)?;
-                let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-                let path = cp.mint_kubeconfig(&user, &groups);
-                cp.detach();
-                println!("{}", path?.display());
-            }
-            CliCommand::Env(DirArg { dir }) => {
-                let cp = ControlPlane::attach(&dir)?;
-                print_env(&cp);
-                cp.detach();
-            }
-        }
-        Ok(())
-    }
-}
-
-fn print_env(cp: &ControlPlane) {
-    let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    println!("export KUBECONFIG={}", quote(&cp.kubeconfig()));
-    println!("export PATH={}:\"$PATH\"", quote(cp.binaries().dir()));
 }

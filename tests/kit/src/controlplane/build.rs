@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
-use super::workspace_root;
+use crate::workspace_root;
 
 /// The components the multi-call binary holds; the cache has a symlink named after each.
 pub const COMPONENTS: [&str; 5] = [

@@ -54,7 +54,7 @@ fn build(dir: &Path, bin: &Path) -> Result<()> {
     let partial = dir.join(".partial");
     let _ = fs::remove_dir_all(&partial);
     eprintln!(
-        "xtask: building helm {HELM_VERSION} from the Go module proxy into {} \
+        "testkit: building helm {HELM_VERSION} from the Go module proxy into {} \
          (first time only; several minutes on 2 cores)",
         dir.display()
     );
@@ -76,7 +76,7 @@ fn build(dir: &Path, bin: &Path) -> Result<()> {
     fs::rename(partial.join("helm"), bin).context("moving the built helm into the cache")?;
     let _ = fs::remove_dir_all(&partial);
     eprintln!(
-        "xtask: helm {HELM_VERSION} built in {:.0} s",
+        "testkit: helm {HELM_VERSION} built in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())

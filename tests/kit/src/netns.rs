@@ -32,8 +32,9 @@ pub fn reexec_inside() -> Result<Infallible> {
     if inside() {
         bail!("already inside the private network namespace");
     }
-    let exe = std::env::current_exe().context("locating the running xtask binary")?;
-    // `cargo build --workspace` may have rebuilt xtask itself meanwhile: run the new binary.
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    // The running binary (`cargo xtask`) may have been rebuilt by `cargo build --workspace`
+    // meanwhile: run the new one.
     let exe = exe
         .to_str()
         .and_then(|path| path.strip_suffix(" (deleted)"))

@@ -1,0 +1,500 @@
+//! The testbed: a real control plane, the process node and hapod deployed from `deploy/`.
+//! This file is its lifecycle ([`Testbed::start`], [`Testbed::stop`]); the rest is split by
+//! concern:
+//!
+//! - [`names`]: the namespaces, groups, labels, annotations, Services and containers of
+//!   `deploy/base` (shared with the deploy checks and the benchmark);
+//! - `build`: the workspace binaries the process node runs;
+//! - `pods`: pod accessors (role, epoch, IP, readiness), a group's view, failure triggers;
+//! - `wait`: the bounded waits for a state (one active, settled, endpoints, a failover);
+//! - `http`: the bounded HTTP client for pods (`/state`, `/metrics`);
+//! - `history`: the label-history recorder, the double-active check and failover timelines.
+//!
+//! One implementation shared by the end-to-end tests (`tests/e2e`), `cargo xtask demo` and
+//! `cargo xtask bench`. [`Testbed::start`]:
+//!
+//! 1. builds the workspace binaries (`hapod-controller`, `hapod-demo`, `hapod-agent`,
+//!    `hapod-node`; debug or release),
+//! 2. starts the control plane ([`ControlPlane`]),
+//! 3. starts the process node with the image map of `docs/contracts.md`,
+//! 4. starts the [`History`] recorder (every pod change and every EndpointSlice change of the
+//!    run, with the time our watch received it),
+//! 5. applies `deploy/base` with the control plane's own kubectl (the controller runs as a pod
+//!    on the process node, 2 replicas, under its ServiceAccount and RBAC; the sample app too).
+//!
+//! Everything it started is stopped when the [`Testbed`] is dropped, also on failure.
+//!
+//! Network rule: the testbed runs inside its own network namespace ([`crate::netns`]), whose
+//! only interface is `lo`. The API server listens on 127.0.0.1; the process node gives pods
+//! IPs from [`crate::netns::POD_CIDR`] (10.244.0.0/16) on that `lo`, so nothing reaches
+//! them from outside and no packet leaves the namespace. No ClusterIP is ever contacted: "the
+//! Service" is reached through its EndpointSlice.
+
+mod build;
+mod history;
+mod http;
+pub mod names;
+mod pods;
+mod wait;
+
+pub use build::*;
+pub use history::*;
+pub use http::*;
+pub use names::*;
+pub use pods::*;
+pub use wait::*;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::ServiceAccount;
+use kube::api::{Api, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, ResourceExt};
+use tokio::task::JoinHandle;
+
+use crate::controlplane::ControlPlane;
+use crate::poll::{Check, await_condition};
+use crate::{target_dir, workspace_root};
+
+/// Cargo profile of the binaries under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// How to start a testbed.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Profile of the workspace binaries (debug for tests, release for the benchmark).
+    pub profile: Profile,
+    /// Build the binaries first (`cargo build`); off when the caller just built them.
+    pub build: bool,
+    /// Where logs (node, pods, control plane) of this run go; default
+    /// `<target>/testbed/<name>-<unix time>`.
+    pub run_dir: Option<PathBuf>,
+    /// A name for the run (log folder).
+    pub name: String,
+    /// Kustomize directory to apply (default `deploy/base`).
+    pub kustomize_dir: PathBuf,
+    /// Wait for the sample app and the controller to settle after applying.
+    pub wait_settled: bool,
+    /// Extra arguments of the process node (e.g. `--max-pods=2200` for the scale benchmark).
+    pub node_args: Vec<String>,
+    /// Print progress lines.
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            profile: Profile::Debug,
+            build: true,
+            run_dir: None,
+            name: "testbed".into(),
+            kustomize_dir: workspace_root().join("deploy/base"),
+            wait_settled: true,
+            node_args: Vec::new(),
+            verbose: true,
+        }
+    }
+}
+
+/// Prepares, outside, everything that needs the package registries (the control plane and the
+/// binaries of `profile`), then runs this same command again inside the private network
+/// namespace the testbed needs ([`crate::netns`]). Inside it, returns at once.
+pub fn enter_private_network(profile: Profile) -> Result<()> {
+    if crate::netns::inside() {
+        return Ok(());
+    }
+    crate::controlplane::ensure_built().context("building the control plane")?;
+    build_binaries(profile, true)?;
+    crate::netns::reexec_inside().map(|never| match never {})
+}
+
+fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Wall-clock time as UNIX nanoseconds (the clock the demo app's `/state` uses).
+pub fn now_unix_nanos() -> u64 {
+    unix_nanos(SystemTime::now())
+}
+
+/// A running control plane + process node + hapod deployment.
+pub struct Testbed {
+    /// Admin client (system:masters).
+    pub client: Client,
+    /// Folder of this run's logs.
+    pub run_dir: PathBuf,
+    /// Folder of the binaries under test.
+    pub bin_dir: PathBuf,
+    /// Every pod and EndpointSlice change of the run.
+    pub history: History,
+    admin_kubeconfig: PathBuf,
+    node: Option<Child>,
+    tasks: Vec<JoinHandle<()>>,
+    control_plane: Option<ControlPlane>,
+    verbose: bool,
+}
+
+impl Testbed {
+    /// Builds, starts and deploys everything; stops what it started if any step fails.
+    pub async fn start(opts: Options) -> Result<Testbed> {
+        ensure!(
+            crate::netns::inside(),
+            "the testbed runs inside its own network namespace (Services need non-loopback pod \
+             IPs, which must never leave the machine): run it through `cargo xtask test`, \
+             `cargo xtask demo` or `cargo xtask bench`"
+        );
+        let started = Instant::now();
+        let bin_dir = if opts.build {
+            progress(opts.verbose, "building the workspace binaries");
+            let profile = opts.profile;
+            let verbose = opts.verbose;
+            tokio::task::spawn_blocking(move || build_binaries(profile, verbose)).await??
+        } else {
+            target_dir()?.join(opts.profile.dir())
+        };
+        for b in BINARIES {
+            ensure!(
+                bin_dir.join(b).is_file(),
+                "testbed: binary {} is missing; build the workspace first (cargo build)",
+                bin_dir.join(b).display()
+            );
+        }
+        let run_dir = match &opts.run_dir {
+            Some(d) => d.clone(),
+            None => target_dir()?.join("testbed").join(format!(
+                "{}-{}",
+                opts.name,
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs()
+            )),
+        };
+        std::fs::create_dir_all(&run_dir)
+            .with_context(|| format!("creating {}", run_dir.display()))?;
+
+        progress(opts.verbose, "starting the control plane");
+        let cp_dir = run_dir.join("controlplane");
+        let control_plane = tokio::task::spawn_blocking(move || start_control_plane(&cp_dir))
+            .await?
+            .context(
+                "testbed: the control plane did not start (build it first with \
+                 `cargo xtask controlplane build`, or run `cargo xtask test`)",
+            )?;
+        let admin_kubeconfig = control_plane_kubeconfig(&control_plane);
+        let client = client_from_kubeconfig(&admin_kubeconfig).await?;
+
+        let mut tb = Testbed {
+            client,
+            run_dir,
+            bin_dir,
+            history: History::default(),
+            admin_kubeconfig,
+            node: None,
+            tasks: Vec::new(),
+            control_plane: Some(control_plane),
+            verbose: opts.verbose,
+        };
+        // From here on, Drop stops everything on failure.
+        tb.tasks = tb.history.start(tb.client.clone());
+        progress(opts.verbose, "starting the process node");
+        tb.start_node(&opts.node_args)?;
+        tb.wait_node_ready(Duration::from_secs(60)).await?;
+
+        progress(
+            opts.verbose,
+            &format!("applying {}", opts.kustomize_dir.display()),
+        );
+        tb.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-k",
+            &opts.kustomize_dir.to_string_lossy(),
+        ])?;
+        if opts.wait_settled {
+            progress(opts.verbose, "waiting for the controller replicas");
+            tb.wait_controllers_settled(Duration::from_secs(120))
+                .await
+                .context("controller replicas did not settle")?;
+            progress(opts.verbose, "waiting for the sample app group");
+            tb.wait_settled(
+                APP_NAMESPACE,
+                APP_GROUP,
+                APP_REPLICAS,
+                Duration::from_secs(120),
+            )
+            .await
+            .context("sample app group did not settle")?;
+        }
+        progress(
+            opts.verbose,
+            &format!("testbed ready in {:.1} s", started.elapsed().as_secs_f64()),
+        );
+        Ok(tb)
+    }
+
+    fn start_node(&mut self, extra_args: &[String]) -> Result<()> {
+        let node_bin = self.bin_dir.join("hapod-node");
+        let log = std::fs::File::create(self.run_dir.join("node.log"))?;
+        let mut cmd = Command::new(&node_bin);
+        cmd.arg("--kubeconfig").arg(&self.admin_kubeconfig);
+        for image in IMAGES {
+            cmd.arg("--image")
+                .arg(format!("{image}={}", self.bin_dir.join(image).display()));
+        }
+        cmd.arg("--state-dir").arg(self.run_dir.join("node"));
+        cmd.arg("--pod-cidr").arg(crate::netns::POD_CIDR);
+        cmd.args(extra_args);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        {
+            use std::os::unix::process::CommandExt;
+            cmd.process_group(0);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", node_bin.display()))?;
+        self.node = Some(child);
+        Ok(())
+    }
+
+    async fn wait_node_ready(&mut self, timeout: Duration) -> Result<()> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let log = self.run_dir.join("node.log");
+        let node = &mut self.node;
+        let waited = await_condition("a Ready node", timeout, Duration::from_millis(200), || {
+            // The node process is looked at here, the API in the future below.
+            let exited = node.as_mut().map(Child::try_wait).transpose();
+            let nodes = nodes.clone();
+            async move {
+                if let Some(status) = exited?.flatten() {
+                    bail!("hapod-node exited early ({status})");
+                }
+                let list = nodes.list(&ListParams::default()).await?;
+                Ok(if list.items.iter().any(node_ready) {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("{} nodes, none Ready", list.items.len()))
+                })
+            }
+        })
+        .await;
+        waited.with_context(|| format!("node log:\n{}", tail(&log, 40)))
+    }
+
+    /// Path of the admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.admin_kubeconfig
+    }
+
+    /// Runs the control plane's kubectl with the admin kubeconfig; returns its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let cp = self
+            .control_plane
+            .as_ref()
+            .ok_or_else(|| anyhow!("control plane stopped"))?;
+        let out = control_plane_kubectl(cp)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running kubectl")?;
+        ensure!(
+            out.status.success(),
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A client that authenticates as a ServiceAccount (token from the TokenRequest API).
+    pub async fn service_account_client(&self, ns: &str, sa: &str) -> Result<Client> {
+        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), ns);
+        let tr: k8s_openapi::api::authentication::v1::TokenRequest = serde_json::from_value(
+            serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                "spec": {"audiences": [], "expirationSeconds": 3600}}),
+        )?;
+        let tr = api
+            .create_token_request(sa, &PostParams::default(), &tr)
+            .await
+            .with_context(|| format!("TokenRequest for {ns}/{sa}"))?;
+        let token = tr
+            .status
+            .map(|s| s.token)
+            .ok_or_else(|| anyhow!("TokenRequest returned no token"))?;
+        let kc = Kubeconfig::read_from(&self.admin_kubeconfig)?;
+        let mut v = serde_json::to_value(&kc)?;
+        if let Some(users) = v.get_mut("users").and_then(|u| u.as_array_mut()) {
+            for u in users {
+                u["user"] = serde_json::json!({ "token": token });
+            }
+        }
+        let kc: Kubeconfig = serde_json::from_value(v)?;
+        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(cfg)?)
+    }
+
+    /// A text dump of every hapod pod (for failure messages and the demo).
+    pub async fn pods_table(&self) -> Result<String> {
+        let mut out = String::new();
+        for (ns, group) in [
+            (CONTROLLER_NAMESPACE, CONTROLLER_GROUP),
+            (APP_NAMESPACE, APP_GROUP),
+        ] {
+            let view = self.group_view(ns, group).await?;
+            out.push_str(&view.table());
+        }
+        Ok(out)
+    }
+
+    /// Tail of the node log and of the controller replicas' logs, for failure reports.
+    pub async fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        if let Ok(t) = self.pods_table().await {
+            let _ = writeln!(out, "pods:\n{t}");
+        }
+        let _ = writeln!(
+            out,
+            "node log ({}):\n{}",
+            self.run_dir.join("node.log").display(),
+            tail(&self.run_dir.join("node.log"), 30)
+        );
+        if let Ok(pods) = self
+            .group_pods(CONTROLLER_NAMESPACE, CONTROLLER_GROUP)
+            .await
+        {
+            for p in pods {
+                if let Ok(log) = self.kubectl(&[
+                    "logs",
+                    "-n",
+                    CONTROLLER_NAMESPACE,
+                    &p.name_any(),
+                    "--tail=30",
+                ]) {
+                    let _ = writeln!(out, "controller {} log:\n{log}", p.name_any());
+                }
+            }
+        }
+        out
+    }
+
+    /// Stops the node and the control plane (also done on drop).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        if let Some(mut child) = self.node.take() {
+            stop_child(&mut child, "hapod-node", Duration::from_secs(15));
+        }
+        if let Some(cp) = self.control_plane.take() {
+            progress(self.verbose, "stopping the control plane");
+            drop(cp);
+        }
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn progress(verbose: bool, msg: &str) {
+    if verbose {
+        eprintln!("[testbed] {msg}");
+    }
+}
+
+/// SIGTERM, bounded wait, then SIGKILL of the child's process group.
+fn stop_child(child: &mut Child, what: &str, grace: Duration) {
+    use nix::sys::signal::{Signal, kill, killpg};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(child.id() as i32);
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = kill(pid, Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            // Its process group may still hold stragglers.
+            let _ = killpg(pid, Signal::SIGKILL);
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("[testbed] {what} did not stop within {grace:?}; killing it");
+    let _ = killpg(pid, Signal::SIGKILL);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Ready condition True on a node.
+fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Last `n` lines of a file.
+pub fn tail(path: &Path, n: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let lines: Vec<&str> = s.lines().collect();
+            lines[lines.len().saturating_sub(n)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
+    }
+}
+
+/// Client for a kubeconfig file.
+pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(cfg)?)
+}
+
+// --- adapters to the control plane runner (crate::controlplane) ------------------------------
+
+fn start_control_plane(dir: &Path) -> Result<ControlPlane> {
+    ControlPlane::start(crate::controlplane::Options {
+        dir: Some(dir.to_path_buf()),
+        ready_timeout: None,
+    })
+}
+
+fn control_plane_kubeconfig(cp: &ControlPlane) -> PathBuf {
+    cp.kubeconfig()
+}
+
+/// The control plane's kubectl (already pointed at the admin kubeconfig).
+fn control_plane_kubectl(cp: &ControlPlane) -> Command {
+    cp.kubectl()
+}

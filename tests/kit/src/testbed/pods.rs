@@ -1,0 +1,320 @@
+//! Reading pods and groups (role, epoch, IP, readiness accessors, a group's view, the
+//! Lease holder, Service endpoints) and acting on them (the failure [`Trigger`]s, files in a
+//! container's `/tmp`).
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use super::Testbed;
+use super::names::{
+    ACTIVE, APP_CONTAINER, CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
+    LEASE_NAME, NONCRITICAL_CONTAINER, ROLE_LABEL, STANDBY, TMP_ANNOTATION_PREFIX,
+};
+use anyhow::{Context as _, Result, anyhow};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams};
+
+impl Testbed {
+    /// Pods of a group (label `app=<group>`) in a namespace, not yet deleted.
+    pub async fn group_pods(&self, ns: &str, group: &str) -> Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let list = api
+            .list(&ListParams::default().labels(&format!("{GROUP_LABEL}={group}")))
+            .await?;
+        Ok(list.items)
+    }
+
+    /// One pod by name (None when gone).
+    pub async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?)
+    }
+
+    /// Looks at a group once.
+    pub async fn group_view(&self, ns: &str, group: &str) -> Result<GroupView> {
+        let pods = self.group_pods(ns, group).await?;
+        Ok(GroupView::new(pods))
+    }
+
+    /// Ready endpoint addresses of a Service, merged over its EndpointSlices (sorted): what
+    /// the real EndpointSlice controller published.
+    pub async fn service_endpoints(&self, ns: &str, service: &str) -> Result<Vec<String>> {
+        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
+        let list = api
+            .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
+            .await?;
+        let mut ips = BTreeSet::new();
+        for slice in &list.items {
+            ips.extend(ready_slice_addresses(slice));
+        }
+        Ok(ips.into_iter().collect())
+    }
+
+    /// The pod name of the election Lease's holder (the holder identity is
+    /// `<pod name>_<instance>`; pod names never contain `_`).
+    pub async fn lease_holder(&self) -> Result<Option<String>> {
+        Ok(self
+            .lease_holder_identity()
+            .await?
+            .map(|h| h.split('_').next().unwrap_or_default().to_string()))
+    }
+
+    /// The election Lease's holder identity, as written by the controller.
+    pub async fn lease_holder_identity(&self) -> Result<Option<String>> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
+        Ok(api
+            .get_opt(LEASE_NAME)
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .filter(|h| !h.is_empty()))
+    }
+
+    /// Host path of a container's private /tmp (annotation published by the process node).
+    pub fn container_tmp(pod: &Pod, container: &str) -> Result<PathBuf> {
+        let key = format!("{TMP_ANNOTATION_PREFIX}{container}");
+        pod.annotations()
+            .get(&key)
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("pod {} has no annotation {key}", pod.name_any()))
+    }
+
+    /// Creates `/tmp/<file>` inside a container (through the node's host folder).
+    pub fn touch_in_container(pod: &Pod, container: &str, file: &str) -> Result<PathBuf> {
+        let path = Self::container_tmp(pod, container)?.join(file);
+        std::fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Removes `/tmp/<file>` inside a container (no error when absent).
+    pub fn remove_in_container(pod: &Pod, container: &str, file: &str) -> Result<()> {
+        let path = Self::container_tmp(pod, container)?.join(file);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+    }
+
+    /// Performs a failure on a pod (returns the wall-clock time right before the action).
+    pub async fn trigger(&self, pod: &Pod, trigger: Trigger) -> Result<SystemTime> {
+        let ns = pod.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let name = pod.name_any();
+        let t = SystemTime::now();
+        match trigger {
+            Trigger::ForceDelete => {
+                api.delete(&name, &DeleteParams::default().grace_period(0))
+                    .await?;
+            }
+            Trigger::GracefulDelete => {
+                api.delete(&name, &DeleteParams::default()).await?;
+            }
+            Trigger::KillCritical => {
+                Self::touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
+            }
+            Trigger::KillNonCritical => {
+                Self::touch_in_container(pod, NONCRITICAL_CONTAINER, "killme")?;
+            }
+            Trigger::Unready => {
+                Self::touch_in_container(pod, APP_CONTAINER, "unready")?;
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Failures the testbed can cause on a pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// `DELETE` with grace period 0.
+    ForceDelete,
+    /// `DELETE` with the pod's grace period.
+    GracefulDelete,
+    /// `/tmp/killme` in the critical container (it aborts).
+    KillCritical,
+    /// `/tmp/killme` in the non-critical container (it aborts and keeps aborting, restarted
+    /// in place by the node, until the file is removed).
+    KillNonCritical,
+    /// `/tmp/unready` in the app container (its readiness probe fails).
+    Unready,
+}
+
+impl Trigger {
+    pub const ALL: [Trigger; 5] = [
+        Trigger::ForceDelete,
+        Trigger::GracefulDelete,
+        Trigger::KillCritical,
+        Trigger::KillNonCritical,
+        Trigger::Unready,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Trigger::ForceDelete => "force-delete",
+            Trigger::GracefulDelete => "graceful-delete",
+            Trigger::KillCritical => "critical-crash",
+            Trigger::KillNonCritical => "noncritical-crash",
+            Trigger::Unready => "not-ready",
+        }
+    }
+}
+
+/// The pods of a group at one moment.
+#[derive(Clone, Debug)]
+pub struct GroupView {
+    pub pods: Vec<Pod>,
+}
+
+impl GroupView {
+    pub fn new(mut pods: Vec<Pod>) -> Self {
+        pods.sort_by_key(|p| p.name_any());
+        GroupView { pods }
+    }
+    /// Pods labeled active (terminating ones included).
+    pub fn active(&self) -> Vec<&Pod> {
+        self.pods
+            .iter()
+            .filter(|p| pod_role(p) == Some(ACTIVE))
+            .collect()
+    }
+    /// Pods not terminating.
+    pub fn live(&self) -> Vec<&Pod> {
+        self.pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+    /// Why the group is not in its steady state (None when it is).
+    pub fn settled_problem(&self, replicas: usize) -> Option<String> {
+        if self.pods.len() != replicas {
+            return Some(format!("{} pods, want {replicas}", self.pods.len()));
+        }
+        if self.live().len() != replicas {
+            return Some("a pod is terminating".into());
+        }
+        if let Some(p) = self.pods.iter().find(|p| !pod_ready(p)) {
+            return Some(format!("pod {} not Ready", p.name_any()));
+        }
+        let active = self.active();
+        if active.len() != 1 {
+            return Some(format!("{} active pods", active.len()));
+        }
+        if let Some(p) = self
+            .pods
+            .iter()
+            .find(|p| pod_role(p) != Some(ACTIVE) && pod_role(p) != Some(STANDBY))
+        {
+            return Some(format!("pod {} has role {:?}", p.name_any(), pod_role(p)));
+        }
+        None
+    }
+    /// `kubectl get pods -L role` plus IPs and epochs.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        for p in &self.pods {
+            let _ = writeln!(
+                out,
+                "  {:<14} {:<36} {:<8} {:<10} {:<16} ready={:<5} epoch={}{}",
+                p.namespace().unwrap_or_default(),
+                p.name_any(),
+                pod_role(p).unwrap_or("-"),
+                pod_phase(p),
+                pod_ip(p).unwrap_or_else(|| "-".into()),
+                pod_ready(p),
+                pod_epoch(p)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                if p.metadata.deletion_timestamp.is_some() {
+                    " (terminating)"
+                } else {
+                    ""
+                }
+            );
+        }
+        out
+    }
+}
+
+/// The role label of a pod.
+pub fn pod_role(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ROLE_LABEL))
+        .map(String::as_str)
+}
+
+/// The group label of a pod.
+pub fn pod_group(p: &Pod) -> Option<&str> {
+    p.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(GROUP_LABEL))
+        .map(String::as_str)
+}
+
+/// The epoch annotation of a pod.
+pub fn pod_epoch(p: &Pod) -> Option<u64> {
+    p.annotations().get(EPOCH_ANNOTATION)?.trim().parse().ok()
+}
+
+/// The pod IP.
+pub fn pod_ip(p: &Pod) -> Option<String> {
+    p.status.as_ref()?.pod_ip.clone().filter(|s| !s.is_empty())
+}
+
+/// The pod phase.
+pub fn pod_phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Ready condition True.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Names of containers that are not running.
+pub fn not_running_containers(p: &Pod) -> Vec<String> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none())
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Restart count of one container.
+pub fn restart_count(p: &Pod, container: &str) -> Option<i32> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == container)
+        .map(|c| c.restart_count)
+}
+
+pub(super) fn ready_slice_addresses(slice: &EndpointSlice) -> Vec<String> {
+    slice
+        .endpoints
+        .iter()
+        .flatten()
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+        .flat_map(|e| e.addresses.iter().cloned())
+        .collect()
+}
