@@ -1,4 +1,4 @@
-//! Leader election for the hapod controller (issue 4; design in docs/election.md).
+//! Leader election for the hapod controller (design in docs/election.md).
 //!
 //! - [`decide_leadership`]: the pure decision (lease view + observation + local monotonic now).
 //! - [`LeaderElector`] / [`LeaderHandle`]: the kube runtime around it. The controller calls
