@@ -651,18 +651,20 @@ fn with_dead_critical_container(mut pod: Value) -> Value {
     pod
 }
 
+/// The worker of group ns/hapod on its own task, fed through the returned channel.
+async fn running_worker() -> (
+    Handle,
+    mpsc::UnboundedSender<hapod_controller::worker::Input>,
+) {
+    let rig = rig().await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(rig.worker.run(rx));
+    (rig.handle, tx)
+}
+
 #[tokio::test]
 async fn a_lost_active_goes_before_the_rest_of_a_chain_of_writes() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let (shared, _notes, _agent) = shared(metrics.clone()).await;
-    let key = GroupKey {
-        namespace: "ns".into(),
-        group: "hapod".into(),
-    };
-    let worker = Worker::new(key, writer(client, Some(1), metrics), shared);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(worker.run(rx));
+    let (mut handle, tx) = running_worker().await;
     let mut active = pod_json("a", "5", "active", "127.0.0.1");
     active["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
     let mut unlabeled = pod_json("d", "8", "standby", "127.0.0.4");
@@ -709,16 +711,7 @@ async fn a_lost_active_goes_before_the_rest_of_a_chain_of_writes() {
 
 #[tokio::test(start_paused = true)]
 async fn failed_rereads_back_off_exponentially() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let (shared, _notes, _agent) = shared(metrics.clone()).await;
-    let key = GroupKey {
-        namespace: "ns".into(),
-        group: "hapod".into(),
-    };
-    let worker = Worker::new(key, writer(client, Some(1), metrics), shared);
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(worker.run(rx));
+    let (mut handle, tx) = running_worker().await;
     let pods = vec![view(pod_json("b", "6", "standby", "127.0.0.2"))];
     tx.send((Event::Resync { pods }, Instant::now())).unwrap();
     tx.send((Event::Leadership(Some(1)), Instant::now()))
