@@ -461,6 +461,9 @@ async fn dispatcher_acts_after_the_list_and_a_pod_missing_from_a_relist_is_delet
     panic!("promotion not recorded");
 }
 
+/// A resync period no test waits for.
+const HOUR: Duration = Duration::from_secs(3600);
+
 /// Polls `f` every 10 ms for up to 2 s.
 async fn eventually(what: &str, f: impl Fn() -> bool) {
     for _ in 0..200 {
@@ -477,13 +480,14 @@ fn dispatcher(
     client: kube::Client,
     shared: Arc<Shared>,
     namespaces: &[&str],
+    resync: Duration,
     term: watch::Receiver<Option<u32>>,
 ) -> Arc<AtomicBool> {
     let ready = Arc::new(AtomicBool::new(false));
     let settings = Settings {
         selector: "app=hapod".into(),
         namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
-        resync: Duration::from_secs(3600),
+        resync,
         controller_pod: Some(("hapod-system".into(), "icr-0".into())),
     };
     let fence = Arc::new(FixedTerm(Some(1)));
@@ -498,7 +502,7 @@ async fn losing_the_leadership_stops_acting_and_regaining_it_lists_again() {
     let metrics = metrics();
     let (shared, _notes, _agent) = shared(metrics.clone()).await;
     let (leader, term) = watch::channel(Some(1));
-    dispatcher(client, shared, &[], term);
+    dispatcher(client, shared, &[], HOUR, term);
     let mut active = pod_json("a", "5", "active", "127.0.0.1");
     active["metadata"]["annotations"] = json!({"hapod.io/epoch": "4294967297"});
     let standby = pod_json("b", "6", "standby", "127.0.0.1");
@@ -535,7 +539,7 @@ async fn duplicate_namespaces_are_watched_once() {
     let metrics = metrics();
     let (shared, _notes, _agent) = shared(metrics.clone()).await;
     let (_leader, term) = watch::channel(Some(1));
-    dispatcher(client, shared, &["ns", "ns", " ns "], term);
+    dispatcher(client, shared, &["ns", "ns", " ns "], HOUR, term);
     let mut lists = 0;
     let mut held = Vec::new();
     let mut active = pod_json("b", "6", "active", "127.0.0.1");
@@ -565,7 +569,7 @@ async fn a_namespace_that_cannot_be_listed_does_not_stop_the_others() {
     let metrics = metrics();
     let (shared, mut notes, _agent) = shared(metrics.clone()).await;
     let (_leader, term) = watch::channel(Some(1));
-    let ready = dispatcher(client, shared, &["ok", "denied"], term);
+    let ready = dispatcher(client, shared, &["ok", "denied"], HOUR, term);
     let mut standby = pod_json("b", "6", "standby", "127.0.0.1");
     standby["metadata"]["namespace"] = json!("ok");
     let mut held = Vec::new();
@@ -737,22 +741,8 @@ async fn a_group_without_pods_is_reaped_and_leaves_every_gauge() {
     let (client, mut handle) = mock();
     let metrics = metrics();
     let (shared, _notes, _agent) = shared(metrics.clone()).await;
-    let ready = Arc::new(AtomicBool::new(false));
-    let settings = Settings {
-        selector: "app=hapod".into(),
-        namespaces: vec![],
-        resync: Duration::from_millis(100),
-        controller_pod: None,
-    };
-    let dispatcher = Dispatcher::new(
-        client,
-        settings,
-        shared,
-        Arc::new(FixedTerm(Some(1))),
-        ready,
-    );
     let (_leader, term) = watch::channel(Some(1));
-    tokio::spawn(dispatcher.run(term));
+    dispatcher(client, shared, &[], Duration::from_millis(100), term);
     let mut active = pod_json("a", "5", "active", "127.0.0.9");
     active["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
     let mut lists = 0;
