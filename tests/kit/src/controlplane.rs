@@ -30,7 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{target_dir, workspace_root};
 
-pub use build::{Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod};
+pub use build::{
+    Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod, is_cached,
+};
 pub use cli::Cli;
 
 /// Controllers kube-controller-manager runs. What a Deployment, ReplicaSet, Service and

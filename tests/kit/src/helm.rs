@@ -33,7 +33,7 @@ pub fn ensure_helm() -> Result<PathBuf> {
         check_runs(&path)?;
         return Ok(path);
     }
-    let dir = cache_root()?.join("helm").join(HELM_VERSION);
+    let dir = version_dir()?;
     let bin = dir.join("helm");
     if bin.is_file() {
         return Ok(bin);
@@ -48,6 +48,16 @@ pub fn ensure_helm() -> Result<PathBuf> {
     }
     check_runs(&bin)?;
     Ok(bin)
+}
+
+/// Whether a Helm binary is given (`HAPOD_HELM`) or built already.
+pub fn is_cached() -> bool {
+    std::env::var_os("HAPOD_HELM").is_some_and(|p| !p.is_empty())
+        || version_dir().is_ok_and(|dir| dir.join("helm").is_file())
+}
+
+fn version_dir() -> Result<PathBuf> {
+    Ok(cache_root()?.join("helm").join(HELM_VERSION))
 }
 
 fn build(dir: &Path, bin: &Path) -> Result<()> {

@@ -49,9 +49,13 @@ pub struct Cli {
     /// Output folder (default results/bench; with --quick, bench-quick in cargo's target folder).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Do not build the release binaries first.
+    /// Do not build the binaries first.
     #[arg(long)]
     pub no_build: bool,
+    /// Build profile of the binaries measured (default release; with --quick, debug: the
+    /// quick run checks that the benchmark works and reuses the test build).
+    #[arg(long, value_enum)]
+    pub profile: Option<Profile>,
     /// Profile the scale controller with `perf` during the storms (default on in a full run
     /// when perf works).
     #[arg(long)]
@@ -69,7 +73,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        hapod_testkit::testbed::enter_private_network(hapod_testkit::testbed::Profile::Release)?;
+        hapod_testkit::testbed::enter_private_network(self.profile())?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -109,6 +113,14 @@ impl Cli {
             .collect()
     }
 
+    fn profile(&self) -> Profile {
+        self.profile.unwrap_or(if self.quick {
+            Profile::Debug
+        } else {
+            Profile::Release
+        })
+    }
+
     fn max_groups(&self) -> usize {
         self.scale_points().into_iter().max().unwrap_or(0)
     }
@@ -124,7 +136,7 @@ impl Cli {
     async fn run_async(self) -> Result<()> {
         let out = self.out_dir()?;
         let tb = Testbed::start(Options {
-            profile: Profile::Release,
+            profile: self.profile(),
             build: !self.no_build,
             name: if self.quick { "bench-quick" } else { "bench" }.into(),
             // the scale runs bring their own controller and pods
@@ -155,6 +167,7 @@ impl Cli {
         let started = Instant::now();
         let mut r = Results {
             mode: if self.quick { "quick" } else { "full" }.into(),
+            profile: self.profile().dir().into(),
             started_utc: utc_now(),
             ..Default::default()
         };

@@ -16,6 +16,8 @@ use super::sysinfo::Machine;
 #[derive(Default)]
 pub struct Results {
     pub mode: String,
+    /// Cargo profile of the binaries measured.
+    pub profile: String,
     pub started_utc: String,
     pub duration_s: f64,
     pub records: Vec<Record>,
@@ -245,8 +247,8 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
         render(
             &dir.join("failover.png"),
             &format!(
-                "hapod failover latency ({}, commit {short}, {} CPUs); black bar p50, red bar p99",
-                r.mode, m.nproc
+                "hapod failover latency ({} run, {} build, commit {short}, {} CPUs); black bar p50, red bar p99",
+                r.mode, r.profile, m.nproc
             ),
             &panels,
         )?;
@@ -272,12 +274,13 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
         md,
         "Real control plane (kube-apiserver, etcd, controller-manager, scheduler built from \
          source) with the process node (pods run as local processes, each with its own IP in \
-         the testbed's private network namespace), `deploy/base` installed (2 controller replicas, the 2-replica demo app), release \
+         the testbed's private network namespace), `deploy/base` installed (2 controller replicas, the 2-replica demo app), {} \
          binaries. Every time stamp is on one clock: the bench process's wall clock (watch \
          events stamped on receipt by the testbed's recorder in the bench process), except `applied`, the demo \
          app's own receive time from its `/state` (same host clock). Percentiles are \
          nearest-rank: with fewer than 100 samples p99 is the maximum. The machine was shared \
-         with other work while measuring; treat the tails as upper bounds.\n"
+         with other work while measuring; treat the tails as upper bounds.\n",
+        r.profile
     );
     let _ = writeln!(
         md,

@@ -81,6 +81,21 @@ fn cache_root() -> Result<PathBuf> {
 /// Returns the cached binaries for the current `controlplane/` sources, building them first
 /// if the cache has none (a stat when it has).
 pub fn ensure_built() -> Result<Binaries> {
+    let binaries = expected()?;
+    if is_complete(&binaries) {
+        return Ok(binaries);
+    }
+    build_into_cache(binaries)
+}
+
+/// Whether the binaries of the current `controlplane/` sources are in the cache already
+/// (`cargo xtask test` estimates its run time from it).
+pub fn is_cached() -> bool {
+    expected().is_ok_and(|binaries| is_complete(&binaries))
+}
+
+/// Where the binaries of the current `controlplane/` sources are cached.
+fn expected() -> Result<Binaries> {
     let source = source_dir();
     let mut hasher = Sha256::new();
     // Build flags are part of what makes the binary; changing them must miss the cache.
@@ -101,15 +116,15 @@ pub fn ensure_built() -> Result<Binaries> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let root = cache_root()?;
-    let binaries = Binaries {
-        dir: root.join(format!("{version}-{hash}")),
+    Ok(Binaries {
+        dir: cache_root()?.join(format!("{version}-{hash}")),
         version,
-    };
-    if is_complete(&binaries) {
-        return Ok(binaries);
-    }
+    })
+}
 
+fn build_into_cache(binaries: Binaries) -> Result<Binaries> {
+    let root = cache_root()?;
+    let source = source_dir();
     fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     // One build at a time per cache: a second caller (another test binary, another
     // engineer's xtask) waits and then finds the binary built.

@@ -61,14 +61,15 @@ use crate::poll::{Check, await_condition};
 use crate::{target_dir, workspace_root};
 
 /// Cargo profile of the binaries under test.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
     Debug,
     Release,
 }
 
 impl Profile {
-    fn dir(self) -> &'static str {
+    /// Cargo's folder for the profile, also its name in reports.
+    pub fn dir(self) -> &'static str {
         match self {
             Profile::Debug => "debug",
             Profile::Release => "release",

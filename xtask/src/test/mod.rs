@@ -11,13 +11,20 @@
 //! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
 //! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
 //! 6. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
-//! 7. a short benchmark run (`cargo xtask bench --quick`), when the benchmark exists.
+//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3),
+//!    when the benchmark exists.
+//!
+//! Before the first step it prints an estimate of each step on this machine
+//! ([`estimate`]); each step starts with a progress line that repeats its estimate.
+
+mod estimate;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use estimate::{Machine, Timings, human};
 use hapod_testkit::{target_dir, workspace_root};
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -108,9 +115,32 @@ pub fn run(args: Cli) -> Result<()> {
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut failed = false;
     let inside = crate::netns::inside();
+    let timings = Timings::load();
+    let machine = Machine {
+        cargo_deny_installed: cargo_deny_installed(),
+        control_plane_cached: crate::controlplane::is_cached(),
+        helm_cached: crate::helm::is_cached(),
+    };
+    let selected: Vec<&str> = STEPS
+        .into_iter()
+        .filter(|step| !args.skip.iter().any(|s| s == step))
+        .collect();
+    if !inside {
+        print_estimate(&selected, &timings, &machine);
+    }
     for step in STEPS {
         if OUTSIDE.contains(&step) == inside {
             continue;
+        }
+        if let Some(index) = selected.iter().position(|s| *s == step) {
+            let (seconds, why) = timings.estimate(step, &machine);
+            println!(
+                "\n==> [{}/{}] {step}: estimated {} ({why}); {} elapsed so far",
+                index + 1,
+                selected.len(),
+                human(seconds),
+                human(started.elapsed().as_secs())
+            );
         }
         if args.skip.iter().any(|s| s == step) {
             outcomes.push(Outcome {
@@ -144,43 +174,18 @@ pub fn run(args: Cli) -> Result<()> {
             }
             "build" => {
                 banner("cargo build --workspace");
+                // One debug build serves the tests, the e2e testbed and the quick benchmark.
                 let mut c = cargo();
                 c.args(["build", "--workspace", "--bins", "--tests"]);
-                let mut heavy = cargo();
-                heavy.args(["build", "--release", "-p", "hapod-election", "--tests"]);
-                let tests = run_command(c).and_then(|()| run_command(heavy));
-                // The quick benchmark runs release binaries.
-                let bench = || {
-                    if args.skip.iter().any(|s| s == "bench") {
-                        return Ok(());
-                    }
-                    crate::testbed::build_binaries(crate::testbed::Profile::Release, true)
-                        .map(drop)
-                        .map_err(|e| format!("{e:#}"))
-                };
-                (
-                    "every binary and test, debug; benchmark binaries, release".into(),
-                    tests.and_then(|()| bench()),
-                )
+                ("every binary and test, debug".into(), run_command(c))
             }
             "unit" => {
                 banner("cargo test --workspace --exclude hapod-e2e");
                 let mut c = cargo();
                 c.args(["test", "--workspace", "--exclude", "hapod-e2e"]);
-                // The heaviest election model checks take about a minute in a debug build.
-                let mut heavy = cargo();
-                heavy.args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "hapod-election",
-                    "--test",
-                    "model",
-                ]);
-                heavy.args(["--", "--ignored"]);
                 (
-                    "unit + integration tests; election model checks, release".into(),
-                    run_command(c).and_then(|()| run_command(heavy)),
+                    "unit + integration tests, model checks included".into(),
+                    run_command(c),
                 )
             }
             "deploy" => {
@@ -220,6 +225,9 @@ pub fn run(args: Cli) -> Result<()> {
         };
         let took = t.elapsed();
         failed = result.is_err();
+        if !failed {
+            Timings::record(step, took);
+        }
         outcomes.push(Outcome {
             step,
             what,
@@ -277,15 +285,18 @@ fn static_checks() -> Result<(), String> {
         .and_then(|()| check("cargo deny", deny))
 }
 
-/// Installs cargo-deny into cargo's bin folder unless `cargo deny` already runs.
-fn ensure_cargo_deny() -> Result<(), String> {
-    let installed = cargo()
+fn cargo_deny_installed() -> bool {
+    cargo()
         .args(["deny", "--version"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    if installed {
+        .is_ok_and(|s| s.success())
+}
+
+/// Installs cargo-deny into cargo's bin folder unless `cargo deny` already runs.
+fn ensure_cargo_deny() -> Result<(), String> {
+    if cargo_deny_installed() {
         return Ok(());
     }
     println!(
@@ -301,6 +312,25 @@ fn ensure_cargo_deny() -> Result<(), String> {
         CARGO_DENY_VERSION,
     ]);
     run_command(install).map_err(|e| format!("installing cargo-deny: {e}"))
+}
+
+fn print_estimate(selected: &[&str], timings: &Timings, machine: &Machine) {
+    let rows: Vec<(&str, u64, &str)> = selected
+        .iter()
+        .map(|step| {
+            let (seconds, why) = timings.estimate(step, machine);
+            (*step, seconds, why)
+        })
+        .collect();
+    let total: u64 = rows.iter().map(|(_, seconds, _)| seconds).sum();
+    println!(
+        "== cargo xtask test: {} step(s), estimated {} on this machine ==",
+        rows.len(),
+        human(total)
+    );
+    for (step, seconds, why) in rows {
+        println!("  {step:<13} ~{:<12} {why}", human(seconds));
+    }
 }
 
 fn summary(outcomes: &[Outcome], started: Instant) {
