@@ -11,8 +11,7 @@
 //! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
 //! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
 //! 6. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
-//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3),
-//!    when the benchmark exists.
+//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3).
 //!
 //! Before the first step it prints an estimate of each step on this machine
 //! ([`estimate`]); each step starts with a progress line that repeats its estimate.
@@ -74,21 +73,6 @@ fn run_command(mut cmd: Command) -> Result<(), String> {
         Ok(s) => Err(format!("exited with {s}")),
         Err(e) => Err(format!("could not start: {e}")),
     }
-}
-
-/// Whether this xtask binary knows a subcommand (`<exe> <name> --help` succeeds).
-fn has_subcommand(name: &str) -> bool {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            Command::new(exe)
-                .args([name, "--help"])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .ok()
-        })
-        .is_some_and(|s| s.success())
 }
 
 fn xtask(args: &[&str]) -> Command {
@@ -189,15 +173,11 @@ pub fn run(args: Cli) -> Result<()> {
                 )
             }
             "deploy" => {
-                if has_subcommand("deploy") {
-                    banner("cargo xtask deploy check");
-                    (
-                        "deploy check".into(),
-                        run_command(xtask(&["deploy", "check"])),
-                    )
-                } else {
-                    ("no `deploy` subcommand: skipped".into(), Ok(()))
-                }
+                banner("cargo xtask deploy check");
+                (
+                    "deploy check".into(),
+                    run_command(xtask(&["deploy", "check"])),
+                )
             }
             "e2e" => {
                 banner("end-to-end tests (cargo test -p hapod-e2e)");
@@ -211,15 +191,11 @@ pub fn run(args: Cli) -> Result<()> {
                 ("end-to-end scenarios".into(), run_command(c))
             }
             "bench" => {
-                if has_subcommand("bench") {
-                    banner("short benchmark run (cargo xtask bench --quick)");
-                    (
-                        "benchmark, quick".into(),
-                        run_command(xtask(&["bench", "--quick"])),
-                    )
-                } else {
-                    ("no `bench` subcommand: skipped".into(), Ok(()))
-                }
+                banner("short benchmark run (cargo xtask bench --quick)");
+                (
+                    "benchmark, quick".into(),
+                    run_command(xtask(&["bench", "--quick"])),
+                )
             }
             _ => unreachable!(),
         };
