@@ -1,0 +1,119 @@
+//! What a group remembers about each of its pods, and about pods that left it.
+
+use std::time::Instant;
+
+use super::PodRef;
+use super::PromotionReason;
+use crate::pod::{Config, Phase, PodView, Role};
+
+/// What the group remembers about one pod.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct PodEntry {
+    pub(super) view: PodView,
+    /// A critical container that died; sticky until the pod is gone.
+    pub(super) dead_container: Option<String>,
+    /// Our delete was acknowledged; the pod is on its way out.
+    pub(super) kill_sent: bool,
+    /// A write on this version met a 409: no writes until a newer version is seen.
+    pub(super) stale: bool,
+    /// The API refused a write on this pod for good (403, 422): no writes on it until then,
+    /// while the rest of the group goes on.
+    pub(super) refused_until: Option<Instant>,
+}
+
+impl PodEntry {
+    pub(super) fn new(view: PodView) -> Self {
+        let dead_container = view.dead_container().map(str::to_owned);
+        Self {
+            view,
+            dead_container,
+            kill_sent: false,
+            stale: false,
+            refused_until: None,
+        }
+    }
+
+    /// Takes a newer version of the same pod; a death seen once stays.
+    pub(super) fn observe(&mut self, view: PodView) {
+        if self.dead_container.is_none() {
+            self.dead_container = view.dead_container().map(str::to_owned);
+        }
+        self.view = view;
+    }
+
+    pub(super) fn role(&self, config: &Config) -> Role {
+        self.view.role(config)
+    }
+
+    pub(super) fn refused(&self, now: Instant) -> bool {
+        self.refused_until.is_some_and(|t| now < t)
+    }
+
+    pub(super) fn writable(&self, now: Instant) -> bool {
+        !self.stale && !self.refused(now)
+    }
+
+    /// Already on its way out: being deleted, or every container has stopped for good. A kill
+    /// would only cut its grace period short.
+    pub(super) fn leaving(&self) -> bool {
+        self.view.deleting || matches!(self.view.phase, Phase::Failed | Phase::Succeeded)
+    }
+
+    pub(super) fn eligible(&self) -> bool {
+        self.view.serving() && self.dead_container.is_none() && !self.kill_sent
+    }
+
+    /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or
+    /// Unknown): such an active still serves better than none, so it keeps the role until a
+    /// successor can take over. The hard reasons (leaving, a dead critical container, a kill
+    /// sent) lose the role at once.
+    pub(super) fn softly_ineligible(&self) -> bool {
+        !self.eligible() && !self.leaving() && self.dead_container.is_none() && !self.kill_sent
+    }
+
+    /// Why an active pod that is not eligible has to give up the role.
+    pub(super) fn loss_reason(&self) -> PromotionReason {
+        if self.view.deleting {
+            PromotionReason::Terminating
+        } else if self.dead_container.is_some() || self.kill_sent {
+            PromotionReason::CriticalDeath
+        } else if matches!(self.view.phase, Phase::Failed | Phase::Succeeded) {
+            PromotionReason::Finished
+        } else if !self.view.ready {
+            PromotionReason::NotReady
+        } else {
+            PromotionReason::NotServing
+        }
+    }
+
+    pub(super) fn pod_ref(&self) -> PodRef {
+        PodRef {
+            name: self.view.name.clone(),
+            uid: self.view.uid.clone(),
+        }
+    }
+}
+
+/// A pod that left the group: events about it up to `floor` (the resourceVersion at which it
+/// left) are late duplicates; a later one means it came back (relabeled into the group again).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Tombstone {
+    pub(super) uid: String,
+    pub(super) floor: String,
+}
+
+/// Whether `new` is strictly after `floor`, both read as integers; one that does not parse
+/// is not, so an odd apiserver cannot bring a deleted pod back.
+pub(super) fn after_floor(new: &str, floor: &str) -> bool {
+    matches!((new.parse::<u64>(), floor.parse::<u64>()), (Ok(n), Ok(f)) if n > f)
+}
+
+/// Whether `new` is at least as recent as `old`. Resource versions are compared as integers
+/// (the apiserver's resource versions are comparable etcd revisions); one that does not parse
+/// is taken as newer, so an odd apiserver degrades to "last event wins".
+pub(super) fn at_least_as_recent(new: &str, old: &str) -> bool {
+    match (new.parse::<u64>(), old.parse::<u64>()) {
+        (Ok(n), Ok(o)) => n >= o,
+        _ => true,
+    }
+}

@@ -1,0 +1,465 @@
+//! Per-group state machine: events in (watch changes, re-lists, write outcomes, leadership),
+//! actions out (fenced writes, notifications, records, health). One write per group is in
+//! flight at a time; the next step is planned only when its outcome is fed back, which is
+//! what makes "demote, then promote" hold: the promote is issued after the demote is acked.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::epoch;
+use crate::pod::{Config, PodView, Role};
+
+/// Identifies one write issued by a group; outcomes carrying another id are stale.
+pub type OpId = u64;
+
+/// First retry delay after a transient write error; doubles per failure.
+const RETRY_BASE: Duration = Duration::from_millis(50);
+/// Cap of the transient retry delay.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// After the API refused a write on a pod for good (403, 422), no write on that pod for this
+/// long.
+const REJECTED_PAUSE: Duration = Duration::from_secs(30);
+/// How long a force-deleted (vanishing) active is waited for before it is demoted like any
+/// terminating one: the API server removes it within the same request.
+const VANISH_WAIT: Duration = Duration::from_millis(250);
+/// Pods that left the group, remembered so a late duplicate watch event cannot bring them back.
+const TOMBSTONES: usize = 64;
+
+mod entry;
+mod plan;
+mod types;
+
+use entry::{PodEntry, Tombstone, after_floor, at_least_as_recent};
+pub use types::{
+    Action, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind, Write,
+    WriteKind, WriteOutcome,
+};
+/// When a failover started and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Trigger {
+    at: Instant,
+    reason: PromotionReason,
+}
+
+/// A write issued and not yet answered.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct InFlight {
+    op: OpId,
+    pod: String,
+    uid: String,
+    kind: WriteKind,
+}
+
+/// Everything one replica knows about one group (namespace + group label value).
+/// Hashable so model checkers can tell visited states apart.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GroupState {
+    config: Arc<Config>,
+    pods: BTreeMap<String, PodEntry>,
+    tombstones: VecDeque<Tombstone>,
+    /// Controller term while this replica acts.
+    term: Option<u32>,
+    /// Last sequence used in `term`.
+    seq: u32,
+    /// Highest epoch issued by this process, or carried by an active pod that left while this
+    /// replica acted (in its term or before): the allocation floor once the pod is gone.
+    highest_epoch: u64,
+    /// Epochs of a term above the acting one already reported, by pod UID, in this term.
+    future_reported: BTreeSet<(String, u64)>,
+    next_op: OpId,
+    in_flight: Option<InFlight>,
+    paused_until: Option<Instant>,
+    failures: u32,
+    trigger: Option<Trigger>,
+    /// Active pods (UID, epoch) this replica told they are active, in this term.
+    announced: BTreeSet<(String, u64)>,
+    health: Option<Health>,
+}
+
+impl GroupState {
+    pub fn new(config: Arc<Config>) -> Self {
+        Self {
+            config,
+            pods: BTreeMap::new(),
+            tombstones: VecDeque::new(),
+            term: None,
+            seq: 0,
+            highest_epoch: 0,
+            future_reported: BTreeSet::new(),
+            next_op: 1,
+            in_flight: None,
+            paused_until: None,
+            failures: 0,
+            trigger: None,
+            announced: BTreeSet::new(),
+            health: None,
+        }
+    }
+
+    /// Continues above `floor`, the highest epoch this process issued for the group before
+    /// (a new worker of a group that was reaped earlier).
+    pub fn with_epoch_floor(mut self, floor: u64) -> Self {
+        self.highest_epoch = self.highest_epoch.max(floor);
+        self
+    }
+
+    /// Whether the group has no pods (a worker may be reaped).
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty()
+    }
+
+    /// Highest epoch issued or taken into account for the group, to hand to
+    /// [`GroupState::with_epoch_floor`] when the group is recreated.
+    pub fn highest_epoch(&self) -> u64 {
+        self.highest_epoch
+    }
+
+    /// Cached views of the group's pods, by name.
+    pub fn pods(&self) -> impl Iterator<Item = &PodView> {
+        self.pods.values().map(|e| &e.view)
+    }
+
+    /// Names of the pods labeled active in this replica's view.
+    pub fn actives(&self) -> Vec<&str> {
+        self.pods
+            .values()
+            .filter(|e| e.role(&self.config) == Role::Active)
+            .map(|e| e.view.name.as_str())
+            .collect()
+    }
+
+    /// The eligible active with the highest epoch, then the oldest.
+    fn eligible_active(&self) -> Option<&PodEntry> {
+        self.best_active(PodEntry::eligible)
+    }
+
+    /// Of the active pods passing `filter`, the one with the highest epoch, then the oldest:
+    /// the rule for keeping one of two actives.
+    fn best_active(&self, filter: impl Fn(&PodEntry) -> bool) -> Option<&PodEntry> {
+        self.pods
+            .values()
+            .filter(|e| e.role(&self.config) == Role::Active && filter(e))
+            .max_by(|a, b| {
+                a.view
+                    .epoch
+                    .cmp(&b.view.epoch)
+                    .then_with(|| b.view.age_key().cmp(&a.view.age_key()))
+            })
+    }
+
+    /// The active pod that keeps the role: the eligible one; failing that, a softly
+    /// ineligible one while no successor can be promoted at once (demoting it would leave the
+    /// group without any active).
+    fn kept_active(&self, now: Instant) -> Option<&PodEntry> {
+        self.eligible_active().or_else(|| {
+            if self.successor(now).is_some_and(|e| e.writable(now)) {
+                None
+            } else {
+                self.best_active(PodEntry::softly_ineligible)
+            }
+        })
+    }
+
+    fn upsert(&mut self, view: PodView, now: Instant) {
+        if let Some(i) = self.tombstones.iter().position(|t| t.uid == view.uid) {
+            if !after_floor(&view.resource_version, &self.tombstones[i].floor) {
+                return;
+            }
+            // It rejoined the group: a new member from here on.
+            self.tombstones.remove(i);
+        }
+        match self.pods.get_mut(&view.name) {
+            Some(entry) if entry.view.uid == view.uid => {
+                if at_least_as_recent(&view.resource_version, &entry.view.resource_version) {
+                    entry.stale = false;
+                    entry.observe(view);
+                }
+            }
+            Some(_) => {
+                // The name was reused by a new pod: the old one is gone.
+                let name = view.name.clone();
+                self.forget(&name, None, now);
+                self.pods.insert(name, PodEntry::new(view));
+            }
+            None => {
+                self.pods.insert(view.name.clone(), PodEntry::new(view));
+            }
+        }
+    }
+
+    /// Drops a pod that left the group at `resource_version` (`None`: unknown, the last one
+    /// seen counts); losing the active starts a failover.
+    fn forget(&mut self, name: &str, resource_version: Option<String>, now: Instant) {
+        let Some(entry) = self.pods.remove(name) else {
+            return;
+        };
+        if entry.role(&self.config) == Role::Active {
+            if let (Some(term), Some(epoch)) = (self.term, entry.view.epoch)
+                && epoch::term_of(epoch) <= term
+            {
+                self.highest_epoch = self.highest_epoch.max(epoch);
+            }
+            if self.trigger.is_none() {
+                self.trigger = Some(Trigger {
+                    at: now,
+                    reason: PromotionReason::Deleted,
+                });
+            }
+        }
+        self.future_reported
+            .retain(|(uid, _)| *uid != entry.view.uid);
+        self.announced.retain(|(uid, _)| *uid != entry.view.uid);
+        if self.tombstones.len() == TOMBSTONES {
+            self.tombstones.pop_front();
+        }
+        self.tombstones.push_back(Tombstone {
+            floor: resource_version.unwrap_or(entry.view.resource_version),
+            uid: entry.view.uid,
+        });
+    }
+
+    fn resync(&mut self, snapshot: Vec<PodView>, now: Instant) {
+        // The list is authoritative: UIDs deleted before it cannot come back through it.
+        self.tombstones.clear();
+        let missing: Vec<String> = self
+            .pods
+            .values()
+            .filter(|e| {
+                !snapshot
+                    .iter()
+                    .any(|v| v.name == e.view.name && v.uid == e.view.uid)
+            })
+            .map(|e| e.view.name.clone())
+            .collect();
+        for name in missing {
+            self.forget(&name, None, now);
+        }
+        for view in snapshot {
+            self.upsert(view, now);
+        }
+    }
+
+    fn set_leadership(&mut self, term: Option<u32>) {
+        if self.term == term {
+            return;
+        }
+        self.term = term;
+        self.seq = 0;
+        // Outcomes of writes issued in another term no longer drive this group.
+        self.in_flight = None;
+        self.paused_until = None;
+        self.failures = 0;
+        self.announced.clear();
+        self.future_reported.clear();
+        self.health = None;
+    }
+
+    /// After an event: note the start of a failover, or its end when an eligible active is back.
+    fn observe_trigger(&mut self, now: Instant) {
+        if self.eligible_active().is_some() {
+            self.trigger = None;
+            return;
+        }
+        if self.trigger.is_some() {
+            return;
+        }
+        let lost = self
+            .pods
+            .values()
+            .find(|e| e.role(&self.config) == Role::Active);
+        if let Some(entry) = lost {
+            self.trigger = Some(Trigger {
+                at: now,
+                reason: entry.loss_reason(),
+            });
+        }
+    }
+
+    fn outcome(&mut self, op: OpId, outcome: WriteOutcome, now: Instant, out: &mut Vec<Action>) {
+        let Some(write) = self.in_flight.take_if(|w| w.op == op) else {
+            return;
+        };
+        match outcome {
+            WriteOutcome::Done { resource_version } => {
+                self.failures = 0;
+                self.acknowledged(write, resource_version, now, out);
+            }
+            WriteOutcome::Conflict => {
+                if let Some(entry) = self.pods.get_mut(&write.pod) {
+                    entry.stale = true;
+                }
+                out.push(Action::Refresh {
+                    pod: write.pod,
+                    uid: write.uid,
+                });
+            }
+            WriteOutcome::NotFound => {
+                if self
+                    .pods
+                    .get(&write.pod)
+                    .is_some_and(|e| e.view.uid == write.uid)
+                {
+                    self.forget(&write.pod, None, now);
+                }
+            }
+            WriteOutcome::Rejected { code } => {
+                let entry = self.pods.get_mut(&write.pod);
+                let pod = entry.map(|e| {
+                    e.refused_until = Some(now + REJECTED_PAUSE);
+                    e.pod_ref()
+                });
+                out.push(Action::Record(Record {
+                    pod,
+                    kind: RecordKind::Rejected {
+                        delete: matches!(write.kind, WriteKind::Delete { .. }),
+                        code,
+                    },
+                }));
+                out.push(Action::WakeAfter(REJECTED_PAUSE));
+            }
+            WriteOutcome::Failed => {
+                self.failures = self.failures.saturating_add(1);
+                let delay = RETRY_BASE
+                    .saturating_mul(1u32 << self.failures.min(16))
+                    .min(RETRY_MAX);
+                self.pause(delay, now, out);
+            }
+        }
+    }
+
+    fn pause(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
+        self.paused_until = Some(now + delay);
+        out.push(Action::WakeAfter(delay));
+    }
+
+    fn acknowledged(
+        &mut self,
+        write: InFlight,
+        resource_version: Option<String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self
+            .pods
+            .get_mut(&write.pod)
+            .filter(|e| e.view.uid == write.uid)
+        else {
+            return;
+        };
+        match write.kind {
+            WriteKind::SetRole {
+                role,
+                epoch,
+                purpose,
+                ..
+            } => {
+                if let Some(rv) = resource_version {
+                    entry.view.resource_version = rv;
+                }
+                entry.view.role_label = Some(match role {
+                    Role::Active => self.config.active_value.clone(),
+                    _ => self.config.standby_value.clone(),
+                });
+                if epoch.is_some() {
+                    entry.view.epoch = epoch;
+                }
+                let pod = entry.pod_ref();
+                let ip = entry.view.primary_ip();
+                match purpose {
+                    Purpose::Promote(reason) => {
+                        let epoch = epoch.unwrap_or_default();
+                        let latency = self.trigger.take().map(|t| now.duration_since(t.at));
+                        self.announce(&pod, ip, epoch, out);
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Promoted {
+                                epoch,
+                                reason,
+                                latency,
+                            },
+                        }));
+                    }
+                    Purpose::Demote => {
+                        // Told standby: a later active role must be announced again.
+                        self.announced.retain(|(uid, _)| *uid != pod.uid);
+                        // A fresh epoch, above the one it was promoted with, so the pod's
+                        // agent takes the standby order as newer than its last active order.
+                        let epoch = self.term.and_then(|t| self.allocate_epoch(t));
+                        if let (Some(ip), Some(epoch)) = (ip, epoch) {
+                            out.push(Action::Notify(Notify {
+                                pod: pod.name.clone(),
+                                ip,
+                                role: Role::Standby,
+                                epoch,
+                            }));
+                        }
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Demoted,
+                        }));
+                    }
+                    Purpose::Adopt => {
+                        let epoch = epoch.unwrap_or_default();
+                        self.announce(&pod, ip, epoch, out);
+                        out.push(Action::Record(Record {
+                            pod: Some(pod),
+                            kind: RecordKind::Adopted { epoch },
+                        }));
+                    }
+                    Purpose::Repair => {}
+                }
+            }
+            WriteKind::Delete { container } => {
+                entry.kill_sent = true;
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::Killed { container },
+                }));
+            }
+        }
+    }
+}
+
+/// Feeds one event into a group and returns what to do, in order. `now` is when the event
+/// was observed (for a watch event: when it was received), used for latencies and backoff.
+pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action> {
+    let mut out = Vec::new();
+    match event {
+        Event::Applied(view) => state.upsert(view, now),
+        Event::Deleted {
+            name,
+            uid,
+            resource_version,
+        } => {
+            // A deletion older than the view held is stale: a re-read of the pod back in the
+            // group overtook the watch event of it leaving.
+            let current = state.pods.get(&name).is_some_and(|e| {
+                e.view.uid == uid
+                    && resource_version
+                        .as_deref()
+                        .is_none_or(|rv| at_least_as_recent(rv, &e.view.resource_version))
+            });
+            if current {
+                state.forget(&name, resource_version, now);
+            }
+        }
+        Event::Resync { pods } => state.resync(pods, now),
+        Event::Tick => {
+            // A re-read that failed or got lost is asked for again on every tick.
+            for entry in state.pods.values().filter(|e| e.stale) {
+                out.push(Action::Refresh {
+                    pod: entry.view.name.clone(),
+                    uid: entry.view.uid.clone(),
+                });
+            }
+        }
+        Event::Leadership(term) => state.set_leadership(term),
+        Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
+    }
+    state.observe_trigger(now);
+    state.report_future_epochs(&mut out);
+    state.plan(now, &mut out);
+    state.report_health(&mut out);
+    out
+}

@@ -1,0 +1,316 @@
+//! Planning: given what the group knows, the next write or notification. Phases in order:
+//! demote extra actives, promote, announce a kept active, kill dead critical pods, repair
+//! labels; one write at a time (see the parent module).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{
+    Action, GroupState, Health, InFlight, Notify, PodEntry, PodRef, PromotionReason, Purpose,
+    Record, RecordKind, VANISH_WAIT, Write, WriteKind,
+};
+use crate::epoch;
+use crate::pod::Role;
+
+impl GroupState {
+    /// Next epoch for the group in `term`: above every epoch of `term` issued by this process
+    /// or carried by an active pod. Older terms' epochs are below it by construction. One of a
+    /// newer term cannot be legitimate while this replica holds the Lease: it is reported
+    /// (see `report_future_epochs`) and ignored, so failover goes on. Epochs on pods not
+    /// labeled active never count: they are left over from earlier promotions. `None` only
+    /// when the sequence of `term` is exhausted.
+    pub(super) fn allocate_epoch(&mut self, term: u32) -> Option<u64> {
+        let config = Arc::clone(&self.config);
+        let used = self
+            .pods
+            .values()
+            .filter(|e| e.role(&config) == Role::Active)
+            .filter_map(|e| e.view.epoch)
+            .chain([self.highest_epoch])
+            .filter(|&e| epoch::term_of(e) == term)
+            .map(epoch::seq_of)
+            .max()
+            .unwrap_or(0);
+        self.seq = self.seq.max(used).checked_add(1)?;
+        let fresh = epoch::compose(term, self.seq);
+        self.highest_epoch = self.highest_epoch.max(fresh);
+        Some(fresh)
+    }
+
+    /// Reports, once per pod and epoch while acting, an active pod whose epoch belongs to a
+    /// term above the acting one.
+    pub(super) fn report_future_epochs(&mut self, out: &mut Vec<Action>) {
+        let Some(term) = self.term else {
+            return;
+        };
+        for entry in self.pods.values() {
+            let Some(epoch) = entry.view.epoch else {
+                continue;
+            };
+            if entry.role(&self.config) == Role::Active
+                && epoch::term_of(epoch) > term
+                && self.future_reported.insert((entry.view.uid.clone(), epoch))
+            {
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::FutureEpoch { epoch },
+                }));
+            }
+        }
+    }
+
+    fn issue(&mut self, entry_name: &str, kind: WriteKind, out: &mut Vec<Action>) {
+        let Some(entry) = self.pods.get(entry_name) else {
+            return;
+        };
+        let op = self.next_op;
+        self.next_op += 1;
+        let write = Write {
+            op,
+            pod: entry.view.name.clone(),
+            uid: entry.view.uid.clone(),
+            kind,
+        };
+        self.in_flight = Some(InFlight {
+            op,
+            pod: write.pod.clone(),
+            uid: write.uid.clone(),
+            kind: write.kind.clone(),
+        });
+        out.push(Action::Write(write));
+    }
+
+    fn set_role(
+        &mut self,
+        name: &str,
+        role: Role,
+        epoch: Option<u64>,
+        purpose: Purpose,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(entry) = self.pods.get(name) else {
+            return;
+        };
+        let kind = WriteKind::SetRole {
+            resource_version: entry.view.resource_version.clone(),
+            role,
+            epoch,
+            purpose,
+        };
+        self.issue(name, kind, out);
+    }
+
+    /// Issues the next write the group needs, most urgent first, so a lost active is always
+    /// handled before kills and label repairs. Each phase answers whether the group now waits
+    /// (a write issued, or one it must wait for). Nothing while another write is in flight,
+    /// while paused, or while standby.
+    pub(super) fn plan(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let Some(term) = self.term else {
+            return;
+        };
+        if self.in_flight.is_some() || self.paused_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.paused_until = None;
+        let keep = self.kept_active(now).map(|e| e.view.name.clone());
+        let keep = keep.as_deref();
+        if self.demote_extra_active(keep, now, out)
+            || self.promote(keep, term, now, out)
+            || self.announce_kept_active(keep, term, now, out)
+            || self.kill_dead_critical(now, out)
+        {
+            return;
+        }
+        self.repair_labels(now, out);
+    }
+
+    /// Demotes an active pod other than `keep` (a second active, or one that must give up).
+    fn demote_extra_active(
+        &mut self,
+        keep: Option<&str>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(victim) = self
+            .pods
+            .values()
+            .find(|e| e.role(&self.config) == Role::Active && Some(e.view.name.as_str()) != keep)
+        else {
+            return false;
+        };
+        // A force-deleted victim is gone a moment later: waiting for that saves a demote the
+        // API would answer 404, without ever promoting beside it.
+        if victim.view.vanishing
+            && let Some(until) = self.trigger.map(|t| t.at + VANISH_WAIT)
+            && now < until
+        {
+            out.push(Action::WakeAfter(until - now));
+            return true;
+        }
+        // A victim that cannot be written now is waited for: promoting meanwhile could make
+        // two actives.
+        if victim.writable(now) {
+            let name = victim.view.name.clone();
+            self.set_role(&name, Role::Standby, None, Purpose::Demote, out);
+        }
+        true
+    }
+
+    /// Promotes the oldest eligible pod when no active is kept.
+    fn promote(
+        &mut self,
+        keep: Option<&str>,
+        term: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        if keep.is_some() {
+            return false;
+        }
+        let Some(candidate) = self.successor(now) else {
+            return false;
+        };
+        // A stale candidate waits for its refresh rather than handing the role to another
+        // pod: the choice stays "the oldest eligible".
+        if candidate.stale {
+            return true;
+        }
+        let name = candidate.view.name.clone();
+        let Some(epoch) = self.allocate_epoch(term) else {
+            return true;
+        };
+        let reason = self.trigger.map_or(PromotionReason::Initial, |t| t.reason);
+        self.set_role(
+            &name,
+            Role::Active,
+            Some(epoch),
+            Purpose::Promote(reason),
+            out,
+        );
+        true
+    }
+
+    /// Makes sure the kept active knows it is active, once per (pod, epoch) in this term: the
+    /// previous replica may have stopped between write and send, or the pod became the kept
+    /// active without this replica promoting it (a second active kept, a pod that rejoined).
+    /// One without an epoch first gets one written, so its agent can order its orders. Only
+    /// an eligible active is told.
+    fn announce_kept_active(
+        &mut self,
+        keep: Option<&str>,
+        term: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(entry) = keep.map(|name| &self.pods[name]).filter(|e| e.eligible()) else {
+            return false;
+        };
+        let Some(epoch) = entry.view.epoch else {
+            if !entry.writable(now) {
+                return false;
+            }
+            let name = entry.view.name.clone();
+            let Some(epoch) = self.allocate_epoch(term) else {
+                return false;
+            };
+            self.set_role(&name, Role::Active, Some(epoch), Purpose::Adopt, out);
+            return true;
+        };
+        if !self.announced.contains(&(entry.view.uid.clone(), epoch)) {
+            let (pod, ip) = (entry.pod_ref(), entry.view.primary_ip());
+            self.announce(&pod, ip, epoch, out);
+        }
+        false
+    }
+
+    /// Tells `pod` it is active with `epoch` (when it has an address to be told at).
+    pub(super) fn announce(
+        &mut self,
+        pod: &PodRef,
+        ip: Option<IpAddr>,
+        epoch: u64,
+        out: &mut Vec<Action>,
+    ) {
+        self.announced.insert((pod.uid.clone(), epoch));
+        if let Some(ip) = ip {
+            out.push(Action::Notify(Notify {
+                pod: pod.name.clone(),
+                ip,
+                role: Role::Active,
+                epoch,
+            }));
+        }
+    }
+
+    /// Deletes a pod with a dead critical container, unless it is already on its way out.
+    fn kill_dead_critical(&mut self, now: Instant, out: &mut Vec<Action>) -> bool {
+        let doomed = self.pods.values().find_map(|e| match &e.dead_container {
+            Some(c) if !e.kill_sent && !e.leaving() && !e.refused(now) => {
+                Some((e.view.name.clone(), c.clone()))
+            }
+            _ => None,
+        });
+        let Some((name, container)) = doomed else {
+            return false;
+        };
+        self.issue(&name, WriteKind::Delete { container }, out);
+        true
+    }
+
+    /// Labels standby a live pod whose role label is missing or wrong.
+    fn repair_labels(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let mislabeled = self
+            .pods
+            .values()
+            .find(|e| {
+                e.role(&self.config) == Role::Other
+                    && !e.view.deleting
+                    && e.dead_container.is_none()
+                    && e.writable(now)
+            })
+            .map(|e| e.view.name.clone());
+        if let Some(name) = mislabeled {
+            self.set_role(&name, Role::Standby, None, Purpose::Repair, out);
+        }
+    }
+
+    /// The pod to promote when no active is kept: the oldest eligible one that the API has
+    /// not refused.
+    pub(super) fn successor(&self, now: Instant) -> Option<&PodEntry> {
+        self.pods
+            .values()
+            .filter(|e| e.eligible() && !e.refused(now))
+            .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+    }
+
+    /// Reports a change of health; the no-eligible record only from the acting replica, and
+    /// never for an empty group (nothing there to be eligible).
+    pub(super) fn report_health(&mut self, out: &mut Vec<Action>) {
+        let health = if self.pods.is_empty() {
+            Health::Empty
+        } else if self.eligible_active().is_some() {
+            Health::Active
+        } else {
+            Health::NoActive {
+                eligible: self.pods.values().any(PodEntry::eligible),
+            }
+        };
+        if self.health == Some(health) {
+            return;
+        }
+        self.health = Some(health);
+        out.push(Action::Health(health));
+        if health == (Health::NoActive { eligible: false }) && self.term.is_some() {
+            let pod = self
+                .pods
+                .values()
+                .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+                .map(PodEntry::pod_ref);
+            out.push(Action::Record(Record {
+                pod,
+                kind: RecordKind::NoEligible,
+            }));
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! What goes in and out of a group: events, actions and the records that explain them.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::OpId;
+use crate::pod::{PodView, Role};
+
+/// Why a pod was promoted (metric label `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PromotionReason {
+    /// The group had no active pod (start-up, new group, or no eligible pod until now).
+    Initial,
+    /// The active pod was deleted.
+    Deleted,
+    /// The active pod got a `deletionTimestamp`.
+    Terminating,
+    /// The active pod's Ready condition went false.
+    NotReady,
+    /// The active pod's phase became Failed or Succeeded.
+    Finished,
+    /// A critical container of the active pod died.
+    CriticalDeath,
+    /// The active pod lost its IP or left phase Running for Pending/Unknown.
+    NotServing,
+}
+
+impl PromotionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Initial => "initial",
+            Self::Deleted => "deleted",
+            Self::Terminating => "terminating",
+            Self::NotReady => "not_ready",
+            Self::Finished => "finished",
+            Self::CriticalDeath => "critical_death",
+            Self::NotServing => "not_serving",
+        }
+    }
+}
+
+/// Why a role write is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    Promote(PromotionReason),
+    /// An active pod that must not stay active (ineligible, or a second active).
+    Demote,
+    /// A non-active pod whose role label is missing or wrong.
+    Repair,
+    /// A kept active pod without an epoch annotation gets one, so its agent can order the
+    /// orders it receives.
+    Adopt,
+}
+
+/// What a write does.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WriteKind {
+    /// Merge patch of the role label (and the epoch annotation when `epoch` is set),
+    /// with `metadata.resourceVersion` as precondition.
+    SetRole {
+        resource_version: String,
+        role: Role,
+        epoch: Option<u64>,
+        purpose: Purpose,
+    },
+    /// Delete with `gracePeriodSeconds=0` and a UID precondition.
+    Delete { container: String },
+}
+
+/// One write to carry out; feed its outcome back as [`Event::Outcome`] with `op`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Write {
+    pub op: OpId,
+    pub pod: String,
+    pub uid: String,
+    pub kind: WriteKind,
+}
+
+/// A role notification to send (after its label write was acknowledged).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notify {
+    pub pod: String,
+    pub ip: IpAddr,
+    pub role: Role,
+    pub epoch: u64,
+}
+
+/// Something to report as a Kubernetes Event, log line and metric.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    Promoted {
+        epoch: u64,
+        reason: PromotionReason,
+        /// From the trigger being observed to the label write being acknowledged.
+        latency: Option<Duration>,
+    },
+    Demoted,
+    Killed {
+        container: String,
+    },
+    /// The group has no active pod and no eligible one.
+    NoEligible,
+    /// An active pod carries an epoch of a term above the acting one: no replica can have
+    /// issued it while this one holds the Lease. Ignored for epoch allocation.
+    FutureEpoch {
+        epoch: u64,
+    },
+    /// A kept active pod without an epoch got one written.
+    Adopted {
+        epoch: u64,
+    },
+    /// The API refused a write for good (403, 422).
+    Rejected {
+        delete: bool,
+        code: u16,
+    },
+}
+
+/// A record about one pod (`pod` is `None` when the pod is no longer known).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub pod: Option<PodRef>,
+    pub kind: RecordKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// Whether the group has an eligible pod labeled active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Health {
+    Active,
+    NoActive {
+        eligible: bool,
+    },
+    /// The group has no pods: nothing to serve, so not "without active".
+    Empty,
+}
+
+/// Output of [`decide`], carried out by the runtime in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Write(Write),
+    /// A write met a 409: read the pod again and feed it back as `Applied` (or `Deleted`).
+    Refresh {
+        pod: String,
+        uid: String,
+    },
+    Notify(Notify),
+    Record(Record),
+    /// Feed [`Event::Tick`] after this delay (plus jitter): a retry is due.
+    WakeAfter(Duration),
+    /// The group's health changed.
+    Health(Health),
+}
+
+/// How a write ended.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WriteOutcome {
+    /// Acknowledged; the new resourceVersion when the API returned one.
+    Done { resource_version: Option<String> },
+    /// 409: the precondition failed, the view is stale.
+    Conflict,
+    /// 404: the pod is gone.
+    NotFound,
+    /// Refused for good (403, 422): reported, retried only after a long pause.
+    Rejected { code: u16 },
+    /// Transient (network, 5xx, 429, lease not held at the fence): retried with backoff.
+    Failed,
+}
+
+/// Input of [`decide`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// Watch add/modify (or the result of a refresh).
+    Applied(PodView),
+    /// The pod left the group: watch delete (the final object's resourceVersion), relabeled
+    /// out of the group (the resourceVersion of that update), or found gone (`None`).
+    Deleted {
+        name: String,
+        uid: String,
+        resource_version: Option<String>,
+    },
+    /// Full list of the group's pods, delivered in watch order (start, watch re-list,
+    /// taking over): a pod missing from it is deleted.
+    Resync { pods: Vec<PodView> },
+    /// Re-plan from the cached state (periodic resync, retry timer).
+    Tick,
+    /// This replica acts with the given controller term, or stopped acting (`None`).
+    Leadership(Option<u32>),
+    /// Outcome of the write `op`.
+    Outcome { op: OpId, outcome: WriteOutcome },
+}
