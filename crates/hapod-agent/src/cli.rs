@@ -27,6 +27,17 @@ pub struct AgentArgs {
     /// "become active": anyone who can reach the port can then make this pod active.
     #[arg(long, env = "HAPOD_ACCEPT_LEGACY")]
     pub accept_legacy: bool,
+    /// This pod's UID (downward API `metadata.uid`); orders naming another UID are dropped.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// File keeping the last applied epoch across restarts (put it in an emptyDir volume).
+    #[arg(long, env = "HAPOD_EPOCH_FILE")]
+    pub epoch_file: Option<PathBuf>,
+    /// Clock rate error allowed against the controller's clock, in parts per million: grants
+    /// are shortened by this share.
+    #[arg(long, env = "HAPOD_DRIFT_PPM", default_value_t = crate::lease::DEFAULT_DRIFT_PPM,
+          value_parser = clap::value_parser!(u32).range(0..100_000))]
+    pub drift_ppm: u32,
 }
 
 impl AgentArgs {
@@ -42,6 +53,9 @@ impl AgentArgs {
             pod_name: self.pod_name.clone(),
             key,
             accept_legacy: self.accept_legacy,
+            pod_uid: self.pod_uid.clone(),
+            epoch_file: self.epoch_file.clone(),
+            drift_ppm: self.drift_ppm,
         })
     }
 }

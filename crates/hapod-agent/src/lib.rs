@@ -30,20 +30,27 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+mod epoch_file;
+pub mod lease;
 pub mod sidecar;
 mod validate;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hapod_protocol::{Key, MAX_DATAGRAM_LEN, Role, encode_ack, unix_nanos_now};
+use hapod_protocol::{
+    Key, MAX_DATAGRAM_LEN, Order, Role, encode_ack, encode_report, unix_nanos_now,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+pub use epoch_file::EpochFile;
+use lease::{LeaseHolder, OrderVerdict};
 use validate::{DropReason, Validator, Verdict};
 
 /// The notification port of the original system, kept as the default.
@@ -68,6 +75,15 @@ pub struct AgentConfig {
     /// Accept the original system's unauthenticated 22-byte datagram as "become active".
     /// Anyone who can reach the port can then make this pod active: off by default.
     pub accept_legacy: bool,
+    /// This pod's UID (downward API `metadata.uid`): version 2 orders naming another UID are
+    /// dropped. Without it the UID is not checked.
+    pub pod_uid: Option<String>,
+    /// Where the last applied version 2 epoch is kept across restarts (a file in an
+    /// `emptyDir`). Without it a restarted agent accepts any epoch once.
+    pub epoch_file: Option<PathBuf>,
+    /// Clock rate error allowed against the controller's clock (parts per million); grants
+    /// are shortened by this share ([`lease::DEFAULT_DRIFT_PPM`]).
+    pub drift_ppm: u32,
 }
 
 impl AgentConfig {
@@ -78,6 +94,9 @@ impl AgentConfig {
             pod_name: pod_name.into(),
             key: None,
             accept_legacy: false,
+            pod_uid: None,
+            epoch_file: None,
+            drift_ppm: lease::DEFAULT_DRIFT_PPM,
         }
     }
 }
@@ -91,6 +110,10 @@ pub enum Source {
     Notification,
     /// The original system's datagram (no epoch, group, id or send time).
     Legacy,
+    /// A version 2 order (with a grant when active).
+    Order,
+    /// The grant of a version 2 active order ran out without renewal: standby.
+    Lapsed,
 }
 
 /// The role this pod was last told, with the notification that told it.
@@ -175,10 +198,16 @@ pub struct Counters {
     pub duplicates: u64,
     pub acks_sent: u64,
     pub ack_send_errors: u64,
+    /// Version 2 orders of the applied epoch (heartbeats and renewals).
+    pub renewals: u64,
+    /// Grants that ran out without renewal.
+    pub lapses: u64,
     pub dropped_oversized: u64,
     pub dropped_malformed: u64,
     pub dropped_unauthenticated: u64,
     pub dropped_wrong_pod: u64,
+    pub dropped_wrong_uid: u64,
+    pub dropped_not_recorded: u64,
     pub dropped_stale: u64,
     pub dropped_legacy_disabled: u64,
     pub dropped_unexpected_ack: u64,
@@ -192,10 +221,14 @@ struct AtomicCounters {
     duplicates: AtomicU64,
     acks_sent: AtomicU64,
     ack_send_errors: AtomicU64,
+    renewals: AtomicU64,
+    lapses: AtomicU64,
     dropped_oversized: AtomicU64,
     dropped_malformed: AtomicU64,
     dropped_unauthenticated: AtomicU64,
     dropped_wrong_pod: AtomicU64,
+    dropped_wrong_uid: AtomicU64,
+    dropped_not_recorded: AtomicU64,
     dropped_stale: AtomicU64,
     dropped_legacy_disabled: AtomicU64,
     dropped_unexpected_ack: AtomicU64,
@@ -212,6 +245,8 @@ impl AtomicCounters {
             DropReason::Malformed => &self.dropped_malformed,
             DropReason::Unauthenticated => &self.dropped_unauthenticated,
             DropReason::WrongPod => &self.dropped_wrong_pod,
+            DropReason::WrongUid => &self.dropped_wrong_uid,
+            DropReason::NotRecorded => &self.dropped_not_recorded,
             DropReason::Stale => &self.dropped_stale,
             DropReason::LegacyDisabled => &self.dropped_legacy_disabled,
             DropReason::UnexpectedAck => &self.dropped_unexpected_ack,
@@ -227,10 +262,14 @@ impl AtomicCounters {
             duplicates: get(&self.duplicates),
             acks_sent: get(&self.acks_sent),
             ack_send_errors: get(&self.ack_send_errors),
+            renewals: get(&self.renewals),
+            lapses: get(&self.lapses),
             dropped_oversized: get(&self.dropped_oversized),
             dropped_malformed: get(&self.dropped_malformed),
             dropped_unauthenticated: get(&self.dropped_unauthenticated),
             dropped_wrong_pod: get(&self.dropped_wrong_pod),
+            dropped_wrong_uid: get(&self.dropped_wrong_uid),
+            dropped_not_recorded: get(&self.dropped_not_recorded),
             dropped_stale: get(&self.dropped_stale),
             dropped_legacy_disabled: get(&self.dropped_legacy_disabled),
             dropped_unexpected_ack: get(&self.dropped_unexpected_ack),
@@ -255,8 +294,11 @@ impl Drop for Agent {
 }
 
 impl Agent {
-    /// Binds `config.bind` and starts receiving; must run inside a tokio runtime.
+    /// Binds `config.bind` and starts receiving; must run inside a tokio runtime. Fails on an
+    /// epoch file that cannot be read.
     pub async fn bind(config: AgentConfig) -> io::Result<Agent> {
+        let epoch_file = config.epoch_file.map(EpochFile::new);
+        let epoch_floor = epoch_file.as_ref().map_or(Ok(0), EpochFile::load)?;
         let socket = UdpSocket::bind(config.bind).await?;
         let local_addr = socket.local_addr()?;
         let (state_tx, state) = watch::channel(RoleState::unknown());
@@ -265,13 +307,20 @@ impl Agent {
         let receiver = Receiver {
             socket,
             validator: Validator::new(config.pod_name, config.key, config.accept_legacy),
+            lease: LeaseHolder::new(
+                config.pod_uid,
+                epoch_floor,
+                config.drift_ppm,
+                Instant::now(),
+            ),
+            epoch_file,
             state: state_tx,
             changes: changes.clone(),
             counters: counters.clone(),
             drop_log: DropLog::default(),
         };
         let task = tokio::spawn(receiver.run());
-        tracing::info!(%local_addr, "hapod agent listening");
+        tracing::info!(%local_addr, epoch_floor, "hapod agent listening");
         Ok(Agent {
             local_addr,
             state,
@@ -306,6 +355,8 @@ impl Agent {
 struct Receiver {
     socket: UdpSocket,
     validator: Validator,
+    lease: LeaseHolder,
+    epoch_file: Option<EpochFile>,
     state: watch::Sender<RoleState>,
     changes: broadcast::Sender<RoleChange>,
     counters: Arc<AtomicCounters>,
@@ -317,7 +368,17 @@ impl Receiver {
         // One byte more than the longest valid datagram, so oversized ones are detected.
         let mut buf = [0u8; MAX_DATAGRAM_LEN + 1];
         loop {
-            let (len, from) = match self.socket.recv_from(&mut buf).await {
+            let grant_end = self.lease.expires_at(Instant::now());
+            let received = tokio::select! {
+                received = self.socket.recv_from(&mut buf) => received,
+                // The grant runs out on this clock alone, without any message.
+                () = sleep_until_or_never(grant_end) => {
+                    AtomicCounters::bump(&self.counters.lapses);
+                    self.publish_lease(None, Source::Lapsed);
+                    continue;
+                }
+            };
+            let (len, from) = match received {
                 Ok(received) => received,
                 Err(error) => {
                     tracing::warn!(%error, "notification receive failed");
@@ -360,12 +421,72 @@ impl Receiver {
                         });
                     }
                 }
+                Verdict::Order(order) => {
+                    if let Err(reason) = self.take_order(&order) {
+                        AtomicCounters::bump(self.counters.dropped(reason));
+                        self.drop_log.record(reason, from, len);
+                        continue;
+                    }
+                    self.send_report(order.message_id, from).await;
+                }
                 Verdict::Drop(reason) => {
                     AtomicCounters::bump(self.counters.dropped(reason));
                     self.drop_log.record(reason, from, len);
                 }
             }
         }
+    }
+
+    /// Applies a version 2 order: a new epoch is recorded in the epoch file first, so that
+    /// no restart can take it (or an older one) again.
+    fn take_order(&mut self, order: &Order) -> Result<(), DropReason> {
+        match self.lease.judge(order) {
+            OrderVerdict::WrongUid => return Err(DropReason::WrongUid),
+            OrderVerdict::Stale => return Err(DropReason::Stale),
+            OrderVerdict::NewEpoch => {
+                if let Some(file) = &self.epoch_file
+                    && let Err(error) = file.store(order.epoch)
+                {
+                    tracing::error!(path = %file.path().display(), %error,
+                        "cannot record the epoch: order dropped");
+                    return Err(DropReason::NotRecorded);
+                }
+                AtomicCounters::bump(&self.counters.applied);
+            }
+            OrderVerdict::SameEpoch => AtomicCounters::bump(&self.counters.renewals),
+        }
+        self.lease.apply(order);
+        self.publish_lease(Some(order), Source::Order);
+        Ok(())
+    }
+
+    /// Publishes the lease's role if it or the epoch changed (a renewal changes nothing).
+    fn publish_lease(&self, order: Option<&Order>, source: Source) {
+        let now = Instant::now();
+        let current = self.state.borrow().clone();
+        let role = self.lease.role(now);
+        let epoch = self.lease.epoch();
+        if current.role == role && current.epoch == epoch {
+            return;
+        }
+        self.publish(RoleState {
+            role,
+            epoch,
+            group: order.map_or(current.group, |o| o.group.clone()),
+            message_id: order.map_or(0, |o| o.message_id),
+            sent_at_unix_nanos: order.map_or(0, |o| o.sent_at_unix_nanos),
+            applied_at_unix_nanos: unix_nanos_now(),
+            source,
+        });
+    }
+
+    async fn send_report(&self, message_id: u64, to: SocketAddr) {
+        let report = self.lease.report(message_id, Instant::now());
+        let Ok(datagram) = encode_report(&report, self.validator.key()) else {
+            // Only an over-long pod UID, which the UID check already refused.
+            return;
+        };
+        self.send(&datagram, to).await;
     }
 
     fn publish(&self, current: RoleState) {
@@ -376,13 +497,25 @@ impl Receiver {
 
     async fn send_ack(&self, ack: hapod_protocol::Ack, to: SocketAddr) {
         let datagram = encode_ack(&ack, self.validator.key());
-        match self.socket.send_to(&datagram, to).await {
+        self.send(&datagram, to).await;
+    }
+
+    async fn send(&self, datagram: &[u8], to: SocketAddr) {
+        match self.socket.send_to(datagram, to).await {
             Ok(_) => AtomicCounters::bump(&self.counters.acks_sent),
             Err(error) => {
                 AtomicCounters::bump(&self.counters.ack_send_errors);
                 tracing::debug!(%to, %error, "ack send failed");
             }
         }
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,6 +1,6 @@
 //! The receiver's decision for one datagram, without I/O (see `docs/protocol.md`, "Validation").
 
-use hapod_protocol::{Ack, DecodeError, Key, LEGACY_PAYLOAD, Message, Notification, decode};
+use hapod_protocol::{Ack, DecodeError, Key, LEGACY_PAYLOAD, Message, Notification, Order, decode};
 
 /// What to do with one datagram.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +11,9 @@ pub(crate) enum Verdict {
     Reack(Ack),
     /// The original system's datagram, accepted by configuration: become active.
     Legacy,
+    /// A version 2 order for this pod: its UID and epoch are judged by the lease
+    /// ([`crate::lease::LeaseHolder`]).
+    Order(Order),
     Drop(DropReason),
 }
 
@@ -25,6 +28,10 @@ pub(crate) enum DropReason {
     Unauthenticated,
     /// Addressed to another pod.
     WrongPod,
+    /// A version 2 order naming another pod UID (a recreated pod of the same name, a replay).
+    WrongUid,
+    /// A version 2 order the agent could not record its epoch for (the epoch file).
+    NotRecorded,
     /// An epoch older than the last applied one.
     Stale,
     /// The legacy datagram while legacy mode is off.
@@ -40,6 +47,8 @@ impl DropReason {
             DropReason::Malformed => "malformed",
             DropReason::Unauthenticated => "unauthenticated",
             DropReason::WrongPod => "wrong pod",
+            DropReason::WrongUid => "wrong pod UID",
+            DropReason::NotRecorded => "epoch could not be recorded",
             DropReason::Stale => "stale epoch",
             DropReason::LegacyDisabled => "legacy datagram while legacy mode is off",
             DropReason::UnexpectedAck => "unexpected ack",
@@ -82,7 +91,13 @@ impl Validator {
         }
         let msg = match decode(datagram, self.key.as_ref()) {
             Ok(Message::Notify(msg)) => msg,
-            Ok(Message::Ack(_)) => return Verdict::Drop(DropReason::UnexpectedAck),
+            Ok(Message::Order(order)) if order.pod != self.pod_name => {
+                return Verdict::Drop(DropReason::WrongPod);
+            }
+            Ok(Message::Order(order)) => return Verdict::Order(order),
+            Ok(Message::Ack(_) | Message::Report(_)) => {
+                return Verdict::Drop(DropReason::UnexpectedAck);
+            }
             Err(DecodeError::Oversized(_)) => return Verdict::Drop(DropReason::Oversized),
             Err(DecodeError::MissingMac | DecodeError::BadMac) => {
                 return Verdict::Drop(DropReason::Unauthenticated);

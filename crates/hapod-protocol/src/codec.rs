@@ -21,12 +21,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use crate::lease::{self, ORDER_FIXED_LEN, Order, REPORT_FIXED_LEN, Report};
+
 type HmacSha256 = Hmac<Sha256>;
 
 /// The original system's become-active datagram (22 ASCII bytes, no newline, no ACK).
 pub const LEGACY_PAYLOAD: &[u8] = b"GoActiveDuringFailover";
 
-/// The only protocol version this crate speaks.
+/// The version of notifications and ACKs; version 2 (orders with grants, and reports) is in
+/// [`crate::lease`].
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Length of the HMAC-SHA256 trailer.
@@ -35,14 +38,16 @@ pub const MAC_LEN: usize = 32;
 /// Longest group or pod name (bytes): a Kubernetes object name is at most 253 characters.
 pub const MAX_NAME_LEN: usize = 253;
 
-/// Longest valid datagram: a notify with two maximal names and a MAC (573 bytes, well under
-/// the 1232-byte payload that IPv6 delivers without fragmentation).
-pub const MAX_DATAGRAM_LEN: usize = NOTIFY_FIXED_LEN + 2 * MAX_NAME_LEN + MAC_LEN;
+/// Longest valid datagram: a version 2 order with three maximal names and a MAC (847 bytes,
+/// under the 1232-byte payload that IPv6 delivers without fragmentation).
+pub const MAX_DATAGRAM_LEN: usize = ORDER_FIXED_LEN + 3 * MAX_NAME_LEN + MAC_LEN;
 
 const MAGIC: [u8; 4] = *b"HAPD";
-const HEADER_LEN: usize = 8;
-const TYPE_NOTIFY: u8 = 1;
-const TYPE_ACK: u8 = 2;
+pub(crate) const HEADER_LEN: usize = 8;
+/// Type of a notification (version 1) or an order (version 2).
+pub(crate) const TYPE_NOTIFY: u8 = 1;
+/// Type of an ACK (version 1) or a report (version 2).
+pub(crate) const TYPE_ACK: u8 = 2;
 const FLAG_MAC: u8 = 0b0000_0001;
 /// Header + epoch + message id + sent-at + role + two name lengths.
 const NOTIFY_FIXED_LEN: usize = HEADER_LEN + 8 + 8 + 8 + 1 + 1 + 1;
@@ -139,6 +144,10 @@ pub struct Ack {
 pub enum Message {
     Notify(Notification),
     Ack(Ack),
+    /// Version 2: a role with the pod's UID, and a grant to act when active.
+    Order(Order),
+    /// Version 2: the agent's answer to an order, with what it believes now.
+    Report(Report),
 }
 
 /// The shared HMAC-SHA256 key (from a mounted Secret). `Debug` never shows the bytes.
@@ -242,6 +251,10 @@ pub enum DecodeError {
     MissingMac,
     #[error("MAC does not verify")]
     BadMac,
+    #[error(
+        "grant fields are inconsistent (half a grant, a grant on a standby order, or no incarnation)"
+    )]
+    BadGrant,
 }
 
 /// Wall-clock time as unix nanoseconds (0 before 1970, saturating in 2554).
@@ -259,7 +272,7 @@ pub fn encode(msg: &Notification, key: Option<&Key>) -> Result<Vec<u8>, EncodeEr
     let group_len = name_len("group", &msg.group)?;
     let pod_len = name_len("pod", &msg.pod)?;
     let mut out = Vec::with_capacity(NOTIFY_FIXED_LEN + msg.group.len() + msg.pod.len() + MAC_LEN);
-    push_header(&mut out, TYPE_NOTIFY, key);
+    push_header(&mut out, PROTOCOL_VERSION, TYPE_NOTIFY, key);
     out.extend_from_slice(&msg.epoch.to_be_bytes());
     out.extend_from_slice(&msg.message_id.to_be_bytes());
     out.extend_from_slice(&msg.sent_at_unix_nanos.to_be_bytes());
@@ -273,7 +286,7 @@ pub fn encode(msg: &Notification, key: Option<&Key>) -> Result<Vec<u8>, EncodeEr
 /// Encodes an ACK; with a key, the HMAC-SHA256 trailer is appended.
 pub fn encode_ack(ack: &Ack, key: Option<&Key>) -> Vec<u8> {
     let mut out = Vec::with_capacity(ACK_LEN + MAC_LEN);
-    push_header(&mut out, TYPE_ACK, key);
+    push_header(&mut out, PROTOCOL_VERSION, TYPE_ACK, key);
     out.extend_from_slice(&ack.epoch.to_be_bytes());
     out.extend_from_slice(&ack.message_id.to_be_bytes());
     push_mac(&mut out, key);
@@ -294,18 +307,21 @@ pub fn decode(datagram: &[u8], key: Option<&Key>) -> Result<Message, DecodeError
     if datagram[0..4] != MAGIC {
         return Err(DecodeError::BadMagic);
     }
-    if datagram[4] != PROTOCOL_VERSION {
-        return Err(DecodeError::UnsupportedVersion(datagram[4]));
-    }
+    let version = datagram[4];
     let kind = datagram[5];
     let flags = datagram[6];
+    if version != PROTOCOL_VERSION && version != lease::LEASE_PROTOCOL_VERSION {
+        return Err(DecodeError::UnsupportedVersion(version));
+    }
     if flags & !FLAG_MAC != 0 || datagram[7] != 0 {
         return Err(DecodeError::ReservedBits);
     }
-    let fixed_len = match kind {
-        TYPE_NOTIFY => NOTIFY_FIXED_LEN,
-        TYPE_ACK => ACK_LEN,
-        other => return Err(DecodeError::UnknownType(other)),
+    let fixed_len = match (version, kind) {
+        (PROTOCOL_VERSION, TYPE_NOTIFY) => NOTIFY_FIXED_LEN,
+        (PROTOCOL_VERSION, TYPE_ACK) => ACK_LEN,
+        (_, TYPE_NOTIFY) => ORDER_FIXED_LEN,
+        (_, TYPE_ACK) => REPORT_FIXED_LEN,
+        (_, other) => return Err(DecodeError::UnknownType(other)),
     };
     let has_mac = flags & FLAG_MAC != 0;
     let mac_len = if has_mac { MAC_LEN } else { 0 };
@@ -320,6 +336,11 @@ pub fn decode(datagram: &[u8], key: Option<&Key>) -> Result<Message, DecodeError
         if !key.verify(body, tag) {
             return Err(DecodeError::BadMac);
         }
+    }
+    match (version, kind) {
+        (PROTOCOL_VERSION, _) => {}
+        (_, TYPE_NOTIFY) => return lease::decode_order(body).map(Message::Order),
+        _ => return lease::decode_report(body).map(Message::Report),
     }
     let epoch = be_u64(&body[8..16]);
     let message_id = be_u64(&body[16..24]);
@@ -354,20 +375,20 @@ pub fn decode(datagram: &[u8], key: Option<&Key>) -> Result<Message, DecodeError
     }))
 }
 
-fn push_header(out: &mut Vec<u8>, kind: u8, key: Option<&Key>) {
+pub(crate) fn push_header(out: &mut Vec<u8>, version: u8, kind: u8, key: Option<&Key>) {
     let flags = if key.is_some() { FLAG_MAC } else { 0 };
     out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&[PROTOCOL_VERSION, kind, flags, 0]);
+    out.extend_from_slice(&[version, kind, flags, 0]);
 }
 
-fn push_mac(out: &mut Vec<u8>, key: Option<&Key>) {
+pub(crate) fn push_mac(out: &mut Vec<u8>, key: Option<&Key>) {
     if let Some(key) = key {
         let tag = key.mac(out);
         out.extend_from_slice(&tag);
     }
 }
 
-fn name_len(field: &'static str, name: &str) -> Result<u8, EncodeError> {
+pub(crate) fn name_len(field: &'static str, name: &str) -> Result<u8, EncodeError> {
     match u8::try_from(name.len()) {
         Ok(len) if usize::from(len) <= MAX_NAME_LEN => Ok(len),
         _ => Err(EncodeError::NameTooLong {
@@ -377,13 +398,19 @@ fn name_len(field: &'static str, name: &str) -> Result<u8, EncodeError> {
     }
 }
 
-fn be_u64(bytes: &[u8]) -> u64 {
+pub(crate) fn be_u64(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     buf.copy_from_slice(bytes);
     u64::from_be_bytes(buf)
 }
 
-fn utf8(bytes: &[u8]) -> Result<String, DecodeError> {
+pub(crate) fn be_u32(bytes: &[u8]) -> u32 {
+    let mut buf = [0u8; 4];
+    buf.copy_from_slice(bytes);
+    u32::from_be_bytes(buf)
+}
+
+pub(crate) fn utf8(bytes: &[u8]) -> Result<String, DecodeError> {
     std::str::from_utf8(bytes)
         .map(str::to_owned)
         .map_err(|_| DecodeError::InvalidName)
@@ -459,7 +486,8 @@ mod tests {
         msg.pod = "p".repeat(MAX_NAME_LEN);
         msg.group = "g".repeat(MAX_NAME_LEN);
         let longest = encode(&msg, Some(&key())).unwrap();
-        assert_eq!(longest.len(), MAX_DATAGRAM_LEN);
+        // the longest version 1 datagram; version 2 orders may be longer (their UID)
+        assert_eq!(longest.len(), 573);
         assert!(decode(&longest, Some(&key())).is_ok());
         assert_eq!(
             decode(&[0u8; MAX_DATAGRAM_LEN + 1], None),

@@ -16,6 +16,7 @@
 //! ```
 
 mod codec;
+mod lease;
 pub mod sender;
 
 pub use codec::{
@@ -23,3 +24,4 @@ pub use codec::{
     MAX_NAME_LEN, Message, Notification, PROTOCOL_VERSION, Role, decode, encode, encode_ack,
     unix_nanos_now,
 };
+pub use lease::{Grant, LEASE_PROTOCOL_VERSION, Order, Report, encode_order, encode_report};

@@ -387,7 +387,9 @@ async fn receive_acks(shared: Arc<Shared>, socket: Arc<UdpSocket>) {
         let arrived = Instant::now();
         let ack = match decode(&buf[..len], shared.config.key.as_ref()) {
             Ok(Message::Ack(ack)) => ack,
-            Ok(Message::Notify(_)) => continue,
+            // Orders are sent, never received; reports answer orders, which this sender
+            // (version 1) does not send.
+            Ok(Message::Notify(_) | Message::Order(_) | Message::Report(_)) => continue,
             Err(error) => {
                 tracing::debug!(%from, %error, "invalid datagram on notification socket");
                 continue;

@@ -1,0 +1,161 @@
+//! Version 2 orders against the real agent on loopback: grants, their lapse on the agent's own
+//! clock, reports, and the epoch file that outlives a restart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use hapod_agent::{Agent, AgentConfig, Source};
+use hapod_protocol::{Grant, Key, Message, Order, Report, Role, decode, encode_order};
+use tokio::net::UdpSocket;
+
+const POD: &str = "hapod-abc";
+const UID: &str = "5b1c-uid";
+
+fn key() -> Key {
+    Key::new(b"test key, 32 bytes long .......").unwrap()
+}
+
+async fn agent(epoch_file: &Path) -> Agent {
+    let mut config = AgentConfig::new("127.0.0.1:0".parse().unwrap(), POD);
+    config.key = Some(key());
+    config.pod_uid = Some(UID.into());
+    config.epoch_file = Some(epoch_file.to_path_buf());
+    Agent::bind(config).await.unwrap()
+}
+
+/// Sends `order` and returns the agent's report, or `None` if none came within 500 ms.
+async fn send(socket: &UdpSocket, to: SocketAddr, order: &Order) -> Option<Report> {
+    socket
+        .send_to(&encode_order(order, Some(&key())).unwrap(), to)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let (len, _) = tokio::time::timeout(Duration::from_millis(500), socket.recv_from(&mut buf))
+        .await
+        .ok()?
+        .unwrap();
+    match decode(&buf[..len], Some(&key())).unwrap() {
+        Message::Report(report) => Some(report),
+        other => panic!("expected a report, got {other:?}"),
+    }
+}
+
+fn order(role: Role, epoch: u64, grant: Option<Grant>) -> Order {
+    Order::new("ns/hapod", POD, UID, role, epoch, grant)
+}
+
+fn grant_for(report: &Report, lease_millis: u32) -> Grant {
+    Grant {
+        incarnation: report.incarnation,
+        stamp_nanos: report.stamp_nanos,
+        lease_millis,
+    }
+}
+
+#[tokio::test]
+async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(&dir.path().join("epoch")).await;
+    let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let epoch = (3 << 32) | 1;
+
+    // An active order without a grant: the agent reports, but does not act.
+    let first = send(
+        &controller,
+        agent.local_addr(),
+        &order(Role::Active, epoch, None),
+    )
+    .await
+    .expect("a report");
+    assert_eq!((first.epoch, first.role), (epoch, Some(Role::Standby)));
+    assert_eq!(first.pod_uid, UID);
+
+    // The grant echoes that report: active for 300 ms from its stamp.
+    let mut state = agent.state();
+    let granted = Instant::now();
+    let renewal = order(Role::Active, epoch, Some(grant_for(&first, 300)));
+    let report = send(&controller, agent.local_addr(), &renewal)
+        .await
+        .expect("a report");
+    assert_eq!(report.role, Some(Role::Active));
+    assert!(report.grant_remaining_millis > 0 && report.grant_remaining_millis < 300);
+    assert_eq!(state.borrow_and_update().role, Some(Role::Active));
+
+    // Nothing more is sent: the agent steps down by itself.
+    tokio::time::timeout(Duration::from_secs(5), state.changed())
+        .await
+        .expect("the grant lapses")
+        .unwrap();
+    let lapsed = state.borrow_and_update().clone();
+    assert_eq!(
+        (lapsed.role, lapsed.source),
+        (Some(Role::Standby), Source::Lapsed)
+    );
+    assert!(granted.elapsed() < Duration::from_millis(300) + Duration::from_secs(1));
+    assert_eq!(agent.counters().lapses, 1);
+}
+
+#[tokio::test]
+async fn a_restarted_agent_refuses_replays_and_grants_of_its_predecessor() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch");
+    let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let epoch = (4 << 32) | 2;
+    let (captured, first) = {
+        let before = agent(&file).await;
+        let first = send(
+            &controller,
+            before.local_addr(),
+            &order(Role::Active, epoch, None),
+        )
+        .await
+        .expect("a report");
+        let captured = order(Role::Active, epoch, Some(grant_for(&first, 60_000)));
+        let report = send(&controller, before.local_addr(), &captured).await;
+        assert_eq!(report.expect("a report").role, Some(Role::Active));
+        (captured, first)
+    };
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        epoch.to_string()
+    );
+
+    let restarted = agent(&file).await;
+    // The captured order, replayed: its epoch was applied before the restart.
+    assert_eq!(
+        send(&controller, restarted.local_addr(), &captured).await,
+        None
+    );
+    assert_eq!(restarted.counters().dropped_stale, 1);
+    // A newer epoch applies, but a grant echoing the predecessor's report is worthless.
+    let newer = order(Role::Active, epoch + 1, Some(grant_for(&first, 60_000)));
+    let report = send(&controller, restarted.local_addr(), &newer)
+        .await
+        .expect("a report");
+    assert_ne!(report.incarnation, first.incarnation);
+    assert_eq!(report.role, Some(Role::Standby));
+    assert_eq!(restarted.state().borrow().role, Some(Role::Standby));
+}
+
+#[tokio::test]
+async fn orders_for_another_uid_are_dropped_without_a_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(&dir.path().join("epoch")).await;
+    let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let other = Order::new("ns/hapod", POD, "uid-of-the-old-pod", Role::Active, 9, None);
+    assert_eq!(send(&controller, agent.local_addr(), &other).await, None);
+    assert_eq!(agent.counters().dropped_wrong_uid, 1);
+    assert_eq!(agent.state().borrow().role, None);
+}
+
+#[tokio::test]
+async fn an_unreadable_epoch_file_stops_the_agent_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("epoch");
+    std::fs::write(&file, "not a number").unwrap();
+    let mut config = AgentConfig::new("127.0.0.1:0".parse().unwrap(), POD);
+    config.epoch_file = Some(file);
+    let error = Agent::bind(config).await.unwrap_err();
+    assert!(error.to_string().contains("not a decimal epoch"), "{error}");
+}
