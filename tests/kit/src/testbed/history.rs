@@ -3,7 +3,7 @@
 //! pods of one group, and failover timelines built from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::fmt::{Debug, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 /// One observed pod state (recorded when anything listed here changed).
@@ -108,8 +109,6 @@ struct HistoryInner {
     watch_restarts: Vec<String>,
     /// Pods a scenario itself brought into a group while labeled active: (UID, rv).
     injected_actives: Vec<(String, u64)>,
-    pod_inits: usize,
-    slice_inits: usize,
     /// The pod (re-)list in progress: the highest resourceVersion recorded before it, and
     /// the UIDs it listed so far.
     pod_list: Option<(u64, HashSet<String>)>,
@@ -136,49 +135,51 @@ pub struct DoubleActive {
 impl History {
     /// Starts the pod and EndpointSlice watches (all namespaces).
     pub fn start(&self, client: Client) -> Vec<JoinHandle<()>> {
-        let pods = {
-            let me = self.clone();
-            let api: Api<Pod> = Api::all(client.clone());
-            tokio::spawn(async move {
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(ev)) => me.on_pod_event(ev),
-                        Ok(None) => break,
-                        Err(e) => {
-                            me.inner
-                                .lock()
-                                .unwrap()
-                                .watch_restarts
-                                .push(format!("pod watch error: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+        vec![
+            self.spawn_watch(Api::all(client.clone()), "pod", Self::on_pod_event),
+            self.spawn_watch(Api::all(client), "endpointslice", Self::on_slice_event),
+        ]
+    }
+
+    /// Feeds `api`'s watch events to `on_event` until the stream ends. An error is recorded as
+    /// a restart of the `what` watch, which goes on after 100 ms; so is every list after the
+    /// first (a re-list after the watch lost its place).
+    fn spawn_watch<K>(
+        &self,
+        api: Api<K>,
+        what: &'static str,
+        on_event: fn(&Self, watcher::Event<K>),
+    ) -> JoinHandle<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let restart = |why: String| {
+                let mut inner = me.inner.lock().unwrap();
+                inner.watch_restarts.push(format!("{what} watch {why}"));
+            };
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut lists = 0;
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(ev)) => {
+                        if matches!(ev, watcher::Event::Init) {
+                            lists += 1;
+                            if lists > 1 {
+                                restart("re-listed (changes in the gap may be missed)".into());
+                            }
                         }
+                        on_event(&me, ev)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        restart(format!("error: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-            })
-        };
-        let slices = {
-            let me = self.clone();
-            let api: Api<EndpointSlice> = Api::all(client);
-            tokio::spawn(async move {
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(ev)) => me.on_slice_event(ev),
-                        Ok(None) => break,
-                        Err(e) => {
-                            me.inner
-                                .lock()
-                                .unwrap()
-                                .watch_restarts
-                                .push(format!("endpointslice watch error: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            })
-        };
-        vec![pods, slices]
+            }
+        })
     }
 
     fn on_pod_event(&self, ev: watcher::Event<Pod>) {
@@ -186,11 +187,6 @@ impl History {
         let mut g = self.inner.lock().unwrap();
         match ev {
             watcher::Event::Init => {
-                g.pod_inits += 1;
-                if g.pod_inits > 1 {
-                    g.watch_restarts
-                        .push("pod watch re-listed (changes in the gap may be missed)".into());
-                }
                 let gap_start = g.pods.iter().map(|r| r.rv).max().unwrap_or(0);
                 g.pod_list = Some((gap_start, HashSet::new()));
             }
@@ -210,14 +206,7 @@ impl History {
         let seen = now_unix_nanos();
         let mut g = self.inner.lock().unwrap();
         match ev {
-            watcher::Event::Init => {
-                g.slice_inits += 1;
-                if g.slice_inits > 1 {
-                    g.watch_restarts
-                        .push("endpointslice watch re-listed".into());
-                }
-            }
-            watcher::Event::InitDone => {}
+            watcher::Event::Init | watcher::Event::InitDone => {}
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
                 g.push_slice(&s, false, seen)
             }
