@@ -601,46 +601,64 @@ mod tests {
         assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
     }
 
-    fn rec(rv: u64, pod: &str, role: Option<&str>, deleted: bool, terminating: bool) -> PodRecord {
-        PodRecord {
-            rv,
-            seen_unix_nanos: rv,
-            namespace: "ns".into(),
-            pod: pod.into(),
-            uid: format!("uid-{pod}"),
-            group: Some("g".into()),
-            role: role.map(String::from),
-            epoch: None,
-            ip: None,
-            ready: true,
-            terminating,
-            deleted,
-            not_running: vec![],
+    /// Pod records from a timeline: comma-separated `RV POD ROLE [FLAG...]` entries of group
+    /// `g` in namespace `ns`, FLAG being `terminating`, `deleted` or `group=NAME`.
+    fn records(timeline: &str) -> Vec<PodRecord> {
+        timeline
+            .split(',')
+            .map(|entry| {
+                let mut words = entry.split_whitespace();
+                let mut next = || words.next().expect("RV POD ROLE");
+                let (rv, pod, role) = (next().parse().unwrap(), next(), next());
+                let mut record = PodRecord {
+                    rv,
+                    seen_unix_nanos: rv,
+                    namespace: "ns".into(),
+                    pod: pod.into(),
+                    uid: format!("uid-{pod}"),
+                    group: Some("g".into()),
+                    role: Some(role.into()),
+                    epoch: None,
+                    ip: None,
+                    ready: true,
+                    terminating: false,
+                    deleted: false,
+                    not_running: vec![],
+                };
+                for flag in words {
+                    match (flag, flag.strip_prefix("group=")) {
+                        ("terminating", _) => record.terminating = true,
+                        ("deleted", _) => record.deleted = true,
+                        (_, Some(group)) => record.group = Some(group.into()),
+                        _ => panic!("unknown flag {flag} in {entry:?}"),
+                    }
+                }
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timelines_without_double_active() {
+        for timeline in [
+            // A clean failover: `a` is demoted (terminating) before `b` is promoted.
+            "10 a active, 11 b standby, 12 a active terminating, 13 a standby terminating, \
+             14 b active, 15 a standby terminating deleted",
+            // A deleted pod stops counting.
+            "10 a active, 11 a active deleted, 12 b active",
+            // Other groups do not interfere.
+            "10 a active, 11 b active group=other",
+        ] {
+            let d = double_actives(&records(timeline));
+            assert!(d.is_empty(), "{timeline}: {d:?}");
         }
     }
 
     #[test]
-    fn clean_failover_has_no_double_active() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(STANDBY), false, false),
-            rec(12, "a", Some(ACTIVE), false, true),
-            rec(13, "a", Some(STANDBY), false, true),
-            rec(14, "b", Some(ACTIVE), false, false),
-            rec(15, "a", Some(STANDBY), true, true),
-        ];
-        assert!(double_actives(&r).is_empty());
-    }
-
-    #[test]
     fn promotion_before_demotion_is_double_active() {
-        let r = vec![
-            rec(14, "b", Some(ACTIVE), false, false),
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(STANDBY), false, false),
-            rec(15, "a", Some(STANDBY), false, false),
-        ];
-        let d = double_actives(&r);
+        let d = double_actives(&records(
+            "14 b active, 10 a active, 11 b standby, 15 a standby",
+        ));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].rv, 14);
         assert_eq!(d[0].pods, vec!["a".to_string(), "b".to_string()]);
@@ -648,35 +666,12 @@ mod tests {
     }
 
     #[test]
-    fn deleted_pod_stops_counting() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "a", Some(ACTIVE), true, false),
-            rec(12, "b", Some(ACTIVE), false, false),
-        ];
-        assert!(double_actives(&r).is_empty());
-    }
-
-    #[test]
     fn injected_active_is_left_out_until_demoted() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(ACTIVE), false, false),
-            rec(12, "b", Some(STANDBY), false, false),
-            rec(13, "b", Some(ACTIVE), false, false),
-        ];
+        let r = records("10 a active, 11 b active, 12 b standby, 13 b active");
         let injected = [("uid-b".to_string(), 11)];
         let d = double_actives(&without_injected_actives(r.clone(), &injected));
         // Injected at 11, demoted at 12; active again at 13 is the controller's doing.
         assert_eq!(d.iter().map(|d| d.rv).collect::<Vec<_>>(), vec![13]);
         assert_eq!(double_actives(&r).len(), 2);
-    }
-
-    #[test]
-    fn other_groups_do_not_interfere() {
-        let mut b = rec(11, "b", Some(ACTIVE), false, false);
-        b.group = Some("other".into());
-        let r = vec![rec(10, "a", Some(ACTIVE), false, false), b];
-        assert!(double_actives(&r).is_empty());
     }
 }
