@@ -10,6 +10,7 @@
 //!   `deploy/base`, with the waits, pod accessors, failure triggers and the label-history
 //!   checker the scenarios use;
 //! - [`helm`]: the cached `helm` binary of the deploy checks;
+//! - [`http`]: the one HTTP client (hyper, rustls), bounded and held to the network rule;
 //! - [`poll`]: the bounded poll ([`poll::await_condition`]) every wait uses;
 //! - [`prom`]: the Prometheus text parser (controller `/metrics`, benchmark histograms).
 //!
@@ -22,6 +23,7 @@ use anyhow::{Context as _, Result, anyhow, ensure};
 
 pub mod controlplane;
 pub mod helm;
+pub mod http;
 pub mod netns;
 pub mod poll;
 pub mod prom;

@@ -1,7 +1,6 @@
 //! The real `hapod-demo` binary: crash mode and the HTTP endpoint.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,6 +8,10 @@ use std::time::Duration;
 
 use hapod_protocol::sender::{Delivery, Notifier, NotifierConfig};
 use hapod_protocol::{Notification, Role};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 const DEMO: &str = env!("CARGO_BIN_EXE_hapod-demo");
 
@@ -73,33 +76,25 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// `GET path` over HTTP/1.1; returns the status code and the body.
-fn get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .get(9..12)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+/// `GET path` on 127.0.0.1 with an ordinary HTTP client (hyper's); returns the status code
+/// and the body.
+async fn get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri = format!("http://127.0.0.1:{port}{path}").parse()?;
+    let exchange = async {
+        let (head, body) = client.get(uri).await?.into_parts();
+        let body = body.collect().await?.to_bytes();
+        anyhow::Ok((head.status.as_u16(), String::from_utf8(body.to_vec())?))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await?
 }
 
-fn wait_for_http(port: u16) {
+async fn wait_for_http(port: u16) {
     for _ in 0..500 {
-        if get(port, "/readyz").is_ok() {
+        if get(port, "/readyz").await.is_ok() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("demo did not serve HTTP within 5 s");
 }
@@ -121,44 +116,41 @@ fn serve(http_port: u16, notify_port: u16, unready: &Path) -> ChildGuard {
     ChildGuard(child)
 }
 
-#[test]
-fn readyz_follows_the_unready_file_and_root_shows_the_role() {
+#[tokio::test]
+async fn readyz_follows_the_unready_file_and_root_shows_the_role() {
     let dir = tempfile::tempdir().unwrap();
     let unready = dir.path().join("unready");
     let (http_port, notify_port) = (free_tcp_port(), free_udp_port());
     let _demo = serve(http_port, notify_port, &unready);
-    wait_for_http(http_port);
+    wait_for_http(http_port).await;
 
-    assert_eq!(get(http_port, "/readyz").unwrap().0, 200);
+    assert_eq!(get(http_port, "/readyz").await.unwrap().0, 200);
     std::fs::write(&unready, b"").unwrap();
-    assert_eq!(get(http_port, "/readyz").unwrap().0, 503);
+    assert_eq!(get(http_port, "/readyz").await.unwrap().0, 503);
     std::fs::remove_file(&unready).unwrap();
-    assert_eq!(get(http_port, "/readyz").unwrap().0, 200);
+    assert_eq!(get(http_port, "/readyz").await.unwrap().0, 200);
 
-    let before = get(http_port, "/").unwrap();
+    let before = get(http_port, "/").await.unwrap();
     assert_eq!(
         before,
         (200, "pod=demo-0 namespace=ns role=unknown epoch=0\n".into())
     );
 
     let msg = Notification::new("ns/hapod", "demo-0", Role::Active, 77);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let outcome = runtime.block_on(async {
-        let (notifier, mut outcomes) = Notifier::bind(NotifierConfig::default()).await.unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], notify_port));
-        notifier.notify(addr, msg.clone()).unwrap();
-        outcomes.recv().await.unwrap()
-    });
+    let (notifier, mut outcomes) = Notifier::bind(NotifierConfig::default()).await.unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], notify_port));
+    notifier.notify(addr, msg.clone()).unwrap();
+    let outcome = outcomes.recv().await.unwrap();
     assert!(
         matches!(outcome.delivery, Delivery::Acked { .. }),
         "{outcome:?}"
     );
-    let after = get(http_port, "/").unwrap();
+    let after = get(http_port, "/").await.unwrap();
     assert_eq!(
         after,
         (200, "pod=demo-0 namespace=ns role=active epoch=77\n".into())
     );
-    let (status, state) = get(http_port, "/state").unwrap();
+    let (status, state) = get(http_port, "/state").await.unwrap();
     assert_eq!(status, 200);
     for field in [
         r#""pod":"demo-0""#,

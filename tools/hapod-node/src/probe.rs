@@ -7,10 +7,15 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use http::header::{ACCEPT, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::command::resolve_program;
@@ -28,18 +33,15 @@ pub enum ProbeError {
     DialTimeout(SocketAddr),
     #[error("http probe: timeout")]
     HttpTimeout,
-    #[error("write to {address}: {error}")]
-    Write {
+    #[error("HTTP GET to {address}: {error}")]
+    Http {
         address: SocketAddr,
-        error: io::Error,
+        error: hyper::Error,
     },
-    #[error("read from {address}: {error}")]
-    Read {
-        address: SocketAddr,
-        error: io::Error,
-    },
-    #[error("bad HTTP answer from {0}")]
-    BadHttpAnswer(SocketAddr),
+    #[error("probe path {path:?}: {error}")]
+    BadPath { path: String, error: http::Error },
+    #[error("probe header {name:?}: {error}")]
+    BadHeader { name: String, error: http::Error },
     #[error("HTTP probe failed with statuscode: {0}")]
     HttpStatus(u16),
     #[error("grpc probes are not supported by hapod-node")]
@@ -250,11 +252,12 @@ fn resolve_address(
     Ok(SocketAddr::new(ip, port))
 }
 
-/// HTTP/1.1 GET; 200–399 is success, as for the kubelet. HTTPS is approximated by a TCP
-/// connect (no TLS client here).
+/// HTTP/1.1 GET (hyper's client connection) with the kubelet's headers, which the probe's
+/// `httpHeaders` add to or replace; 200–399 is success, as for the kubelet. HTTPS is
+/// approximated by a TCP connect (no TLS client here).
 async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), ProbeError> {
     let address = resolve_address(http.host.as_deref(), &http.port, target)?;
-    let mut stream = TcpStream::connect(address)
+    let stream = TcpStream::connect(address)
         .await
         .map_err(|error| ProbeError::Dial { address, error })?;
     if http.scheme.as_deref() == Some("HTTPS") {
@@ -265,40 +268,60 @@ async fn http_probe(http: &HTTPGetAction, target: &ProbeTarget) -> Result<(), Pr
         .as_deref()
         .filter(|p| !p.is_empty())
         .unwrap_or("/");
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: kube-probe/1.36\r\nAccept: */*\r\nConnection: close\r\n"
-    );
-    for h in http.http_headers.iter().flatten() {
-        request.push_str(&format!("{}: {}\r\n", h.name, h.value));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
+    let mut request = Request::get(path)
+        .body(Empty::<Bytes>::new())
+        .map_err(|error| ProbeError::BadPath {
+            path: path.to_owned(),
+            error,
+        })?;
+    *request.headers_mut() = probe_headers(http, address)?;
+    let http_error = |error| ProbeError::Http { address, error };
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|error| ProbeError::Write { address, error })?;
-    let mut buf = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
-    while !buf.windows(2).any(|w| w == b"\r\n") && buf.len() < 4096 {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|error| ProbeError::Read { address, error })?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+        .map_err(http_error)?;
+    let response = sender.send_request(request);
+    tokio::pin!(response);
+    // The connection future moves the bytes and ends when the server closes; by then it has
+    // handed over the answer's head, if one came.
+    let response = tokio::select! {
+        response = &mut response => response,
+        ended = connection => match ended {
+            Ok(()) => response.await,
+            Err(error) => Err(error),
+        },
     }
-    let line = String::from_utf8_lossy(&buf);
-    let code: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or(ProbeError::BadHttpAnswer(address))?;
+    .map_err(http_error)?;
+    let code = response.status().as_u16();
     if (200..400).contains(&code) {
         Ok(())
     } else {
         Err(ProbeError::HttpStatus(code))
     }
+}
+
+/// The probe's `httpHeaders` (repeated names kept), then the kubelet's `Host`, `User-Agent`
+/// and `Accept` where the probe sets none, and `Connection: close`.
+fn probe_headers(http: &HTTPGetAction, address: SocketAddr) -> Result<HeaderMap, ProbeError> {
+    let mut headers = HeaderMap::new();
+    for h in http.http_headers.iter().flatten() {
+        let bad = |error: http::Error| ProbeError::BadHeader {
+            name: h.name.clone(),
+            error,
+        };
+        let name = HeaderName::try_from(h.name.as_str()).map_err(|e| bad(e.into()))?;
+        let value = HeaderValue::try_from(h.value.as_str()).map_err(|e| bad(e.into()))?;
+        headers.append(name, value);
+    }
+    headers.entry(HOST).or_insert_with(|| {
+        HeaderValue::try_from(address.to_string()).expect("a socket address is a header value")
+    });
+    for (name, value) in [(USER_AGENT, "kube-probe/1.36"), (ACCEPT, "*/*")] {
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
+    }
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    Ok(headers)
 }
 
 /// Runs the command inside the container's mount namespace with its environment; exit 0 is
@@ -389,23 +412,29 @@ mod tests {
 
     #[tokio::test]
     async fn http_and_tcp_probes_against_loopback() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let (heads, mut received) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut n = 0;
-            loop {
+            // One answer per connection, in turn; the last one for any further connection.
+            // Connections stay open: an answer's end is its length, or never.
+            let answers: [&[u8]; 4] = [
+                b"HTTP/1.1 200 OK\r\n\r\n",
+                b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"HTTP/1.1 503 NO\r\n\r\n",
+            ];
+            let mut open = Vec::new();
+            for n in 0.. {
                 let Ok((mut s, _)) = listener.accept().await else {
                     return;
                 };
                 let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf).await;
-                n += 1;
-                let answer: &[u8] = if n == 1 {
-                    b"HTTP/1.1 200 OK\r\n\r\n"
-                } else {
-                    b"HTTP/1.1 503 NO\r\n\r\n"
-                };
-                let _ = s.write_all(answer).await;
+                let read = s.read(&mut buf).await.unwrap_or(0);
+                let _ = heads.send(String::from_utf8_lossy(&buf[..read]).into_owned());
+                let _ = s.write_all(answers[n.min(answers.len() - 1)]).await;
+                open.push(s);
             }
         });
         let target = ProbeTarget {
@@ -425,6 +454,47 @@ mod tests {
             ..Default::default()
         };
         let t = Duration::from_secs(1);
+        assert!(matches!(probe_once(&http, &target, t).await, Ok(())));
+        let head = received.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("get /readyz http/1.1\r\n"), "{head}");
+        for header in [
+            format!("host: 127.0.0.1:{port}"),
+            "user-agent: kube-probe/1.36".into(),
+            "accept: */*".into(),
+            "connection: close".into(),
+        ] {
+            assert!(
+                head.contains(&format!("{header}\r\n")),
+                "{header} in {head}"
+            );
+        }
+        // A redirect counts as success, and the probe's own headers go along (replacing the
+        // kubelet's User-Agent).
+        let with_headers = Probe {
+            http_get: Some(HTTPGetAction {
+                http_headers: Some(vec![
+                    k8s_openapi::api::core::v1::HTTPHeader {
+                        name: "X-Probe".into(),
+                        value: "yes".into(),
+                    },
+                    k8s_openapi::api::core::v1::HTTPHeader {
+                        name: "User-Agent".into(),
+                        value: "mine".into(),
+                    },
+                ]),
+                ..http.http_get.clone().unwrap()
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(
+            probe_once(&with_headers, &target, t).await,
+            Ok(())
+        ));
+        let head = received.recv().await.unwrap().to_ascii_lowercase();
+        assert!(head.contains("x-probe: yes\r\n"), "{head}");
+        assert!(head.contains("user-agent: mine\r\n"), "{head}");
+        assert!(!head.contains("kube-probe"), "{head}");
+        // Only the head matters: a body that never ends does not hold the probe up.
         assert!(matches!(probe_once(&http, &target, t).await, Ok(())));
         let err = probe_once(&http, &target, t).await.unwrap_err().to_string();
         assert!(err.contains("503"), "{err}");

@@ -3,7 +3,7 @@
 //! pods of one group, and failover timelines built from it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt::Write as _;
+use std::fmt::{Debug, Write as _};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +21,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 /// One observed pod state (recorded when anything listed here changed).
@@ -108,8 +109,6 @@ struct HistoryInner {
     watch_restarts: Vec<String>,
     /// Pods a scenario itself brought into a group while labeled active: (UID, rv).
     injected_actives: Vec<(String, u64)>,
-    pod_inits: usize,
-    slice_inits: usize,
     /// The pod (re-)list in progress: the highest resourceVersion recorded before it, and
     /// the UIDs it listed so far.
     pod_list: Option<(u64, HashSet<String>)>,
@@ -136,49 +135,51 @@ pub struct DoubleActive {
 impl History {
     /// Starts the pod and EndpointSlice watches (all namespaces).
     pub fn start(&self, client: Client) -> Vec<JoinHandle<()>> {
-        let pods = {
-            let me = self.clone();
-            let api: Api<Pod> = Api::all(client.clone());
-            tokio::spawn(async move {
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(ev)) => me.on_pod_event(ev),
-                        Ok(None) => break,
-                        Err(e) => {
-                            me.inner
-                                .lock()
-                                .unwrap()
-                                .watch_restarts
-                                .push(format!("pod watch error: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+        vec![
+            self.spawn_watch(Api::all(client.clone()), "pod", Self::on_pod_event),
+            self.spawn_watch(Api::all(client), "endpointslice", Self::on_slice_event),
+        ]
+    }
+
+    /// Feeds `api`'s watch events to `on_event` until the stream ends. An error is recorded as
+    /// a restart of the `what` watch, which goes on after 100 ms; so is every list after the
+    /// first (a re-list after the watch lost its place).
+    fn spawn_watch<K>(
+        &self,
+        api: Api<K>,
+        what: &'static str,
+        on_event: fn(&Self, watcher::Event<K>),
+    ) -> JoinHandle<()>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let restart = |why: String| {
+                let mut inner = me.inner.lock().unwrap();
+                inner.watch_restarts.push(format!("{what} watch {why}"));
+            };
+            let mut stream = watcher(api, watcher::Config::default()).boxed();
+            let mut lists = 0;
+            loop {
+                match stream.try_next().await {
+                    Ok(Some(ev)) => {
+                        if matches!(ev, watcher::Event::Init) {
+                            lists += 1;
+                            if lists > 1 {
+                                restart("re-listed (changes in the gap may be missed)".into());
+                            }
                         }
+                        on_event(&me, ev)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        restart(format!("error: {e}"));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-            })
-        };
-        let slices = {
-            let me = self.clone();
-            let api: Api<EndpointSlice> = Api::all(client);
-            tokio::spawn(async move {
-                let mut stream = watcher(api, watcher::Config::default()).boxed();
-                loop {
-                    match stream.try_next().await {
-                        Ok(Some(ev)) => me.on_slice_event(ev),
-                        Ok(None) => break,
-                        Err(e) => {
-                            me.inner
-                                .lock()
-                                .unwrap()
-                                .watch_restarts
-                                .push(format!("endpointslice watch error: {e}"));
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                    }
-                }
-            })
-        };
-        vec![pods, slices]
+            }
+        })
     }
 
     fn on_pod_event(&self, ev: watcher::Event<Pod>) {
@@ -186,11 +187,6 @@ impl History {
         let mut g = self.inner.lock().unwrap();
         match ev {
             watcher::Event::Init => {
-                g.pod_inits += 1;
-                if g.pod_inits > 1 {
-                    g.watch_restarts
-                        .push("pod watch re-listed (changes in the gap may be missed)".into());
-                }
                 let gap_start = g.pods.iter().map(|r| r.rv).max().unwrap_or(0);
                 g.pod_list = Some((gap_start, HashSet::new()));
             }
@@ -210,14 +206,7 @@ impl History {
         let seen = now_unix_nanos();
         let mut g = self.inner.lock().unwrap();
         match ev {
-            watcher::Event::Init => {
-                g.slice_inits += 1;
-                if g.slice_inits > 1 {
-                    g.watch_restarts
-                        .push("endpointslice watch re-listed".into());
-                }
-            }
-            watcher::Event::InitDone => {}
+            watcher::Event::Init | watcher::Event::InitDone => {}
             watcher::Event::Apply(s) | watcher::Event::InitApply(s) => {
                 g.push_slice(&s, false, seen)
             }
@@ -612,46 +601,64 @@ mod tests {
         assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
     }
 
-    fn rec(rv: u64, pod: &str, role: Option<&str>, deleted: bool, terminating: bool) -> PodRecord {
-        PodRecord {
-            rv,
-            seen_unix_nanos: rv,
-            namespace: "ns".into(),
-            pod: pod.into(),
-            uid: format!("uid-{pod}"),
-            group: Some("g".into()),
-            role: role.map(String::from),
-            epoch: None,
-            ip: None,
-            ready: true,
-            terminating,
-            deleted,
-            not_running: vec![],
+    /// Pod records from a timeline: comma-separated `RV POD ROLE [FLAG...]` entries of group
+    /// `g` in namespace `ns`, FLAG being `terminating`, `deleted` or `group=NAME`.
+    fn records(timeline: &str) -> Vec<PodRecord> {
+        timeline
+            .split(',')
+            .map(|entry| {
+                let mut words = entry.split_whitespace();
+                let mut next = || words.next().expect("RV POD ROLE");
+                let (rv, pod, role) = (next().parse().unwrap(), next(), next());
+                let mut record = PodRecord {
+                    rv,
+                    seen_unix_nanos: rv,
+                    namespace: "ns".into(),
+                    pod: pod.into(),
+                    uid: format!("uid-{pod}"),
+                    group: Some("g".into()),
+                    role: Some(role.into()),
+                    epoch: None,
+                    ip: None,
+                    ready: true,
+                    terminating: false,
+                    deleted: false,
+                    not_running: vec![],
+                };
+                for flag in words {
+                    match (flag, flag.strip_prefix("group=")) {
+                        ("terminating", _) => record.terminating = true,
+                        ("deleted", _) => record.deleted = true,
+                        (_, Some(group)) => record.group = Some(group.into()),
+                        _ => panic!("unknown flag {flag} in {entry:?}"),
+                    }
+                }
+                record
+            })
+            .collect()
+    }
+
+    #[test]
+    fn timelines_without_double_active() {
+        for timeline in [
+            // A clean failover: `a` is demoted (terminating) before `b` is promoted.
+            "10 a active, 11 b standby, 12 a active terminating, 13 a standby terminating, \
+             14 b active, 15 a standby terminating deleted",
+            // A deleted pod stops counting.
+            "10 a active, 11 a active deleted, 12 b active",
+            // Other groups do not interfere.
+            "10 a active, 11 b active group=other",
+        ] {
+            let d = double_actives(&records(timeline));
+            assert!(d.is_empty(), "{timeline}: {d:?}");
         }
     }
 
     #[test]
-    fn clean_failover_has_no_double_active() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(STANDBY), false, false),
-            rec(12, "a", Some(ACTIVE), false, true),
-            rec(13, "a", Some(STANDBY), false, true),
-            rec(14, "b", Some(ACTIVE), false, false),
-            rec(15, "a", Some(STANDBY), true, true),
-        ];
-        assert!(double_actives(&r).is_empty());
-    }
-
-    #[test]
     fn promotion_before_demotion_is_double_active() {
-        let r = vec![
-            rec(14, "b", Some(ACTIVE), false, false),
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(STANDBY), false, false),
-            rec(15, "a", Some(STANDBY), false, false),
-        ];
-        let d = double_actives(&r);
+        let d = double_actives(&records(
+            "14 b active, 10 a active, 11 b standby, 15 a standby",
+        ));
         assert_eq!(d.len(), 1);
         assert_eq!(d[0].rv, 14);
         assert_eq!(d[0].pods, vec!["a".to_string(), "b".to_string()]);
@@ -659,35 +666,12 @@ mod tests {
     }
 
     #[test]
-    fn deleted_pod_stops_counting() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "a", Some(ACTIVE), true, false),
-            rec(12, "b", Some(ACTIVE), false, false),
-        ];
-        assert!(double_actives(&r).is_empty());
-    }
-
-    #[test]
     fn injected_active_is_left_out_until_demoted() {
-        let r = vec![
-            rec(10, "a", Some(ACTIVE), false, false),
-            rec(11, "b", Some(ACTIVE), false, false),
-            rec(12, "b", Some(STANDBY), false, false),
-            rec(13, "b", Some(ACTIVE), false, false),
-        ];
+        let r = records("10 a active, 11 b active, 12 b standby, 13 b active");
         let injected = [("uid-b".to_string(), 11)];
         let d = double_actives(&without_injected_actives(r.clone(), &injected));
         // Injected at 11, demoted at 12; active again at 13 is the controller's doing.
         assert_eq!(d.iter().map(|d| d.rv).collect::<Vec<_>>(), vec![13]);
         assert_eq!(double_actives(&r).len(), 2);
-    }
-
-    #[test]
-    fn other_groups_do_not_interfere() {
-        let mut b = rec(11, "b", Some(ACTIVE), false, false);
-        b.group = Some("other".into());
-        let r = vec![rec(10, "a", Some(ACTIVE), false, false), b];
-        assert!(double_actives(&r).is_empty());
     }
 }

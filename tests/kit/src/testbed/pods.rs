@@ -242,20 +242,16 @@ impl GroupView {
 
 /// The role label of a pod.
 pub fn pod_role(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(ROLE_LABEL))
-        .map(String::as_str)
+    pod_label(p, ROLE_LABEL)
 }
 
 /// The group label of a pod.
 pub fn pod_group(p: &Pod) -> Option<&str> {
-    p.metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(GROUP_LABEL))
-        .map(String::as_str)
+    pod_label(p, GROUP_LABEL)
+}
+
+fn pod_label<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.labels().get(key).map(String::as_str)
 }
 
 /// The epoch annotation of a pod.

@@ -21,19 +21,9 @@ impl Testbed {
     /// Waits until exactly one pod of the group is labeled active (terminating pods
     /// included in the count) and returns it.
     pub async fn wait_one_active(&self, ns: &str, group: &str, timeout: Duration) -> Result<Pod> {
-        let what = format!("one active pod in group {ns}/{group}");
-        await_condition(what, timeout, Duration::from_millis(50), || async move {
-            let view = self.group_view(ns, group).await?;
-            Ok(match view.active()[..] {
-                [one] => Check::Done(one.clone()),
-                ref active => Check::NotYet(format!(
-                    "{} pods active; pods:\n{}",
-                    active.len(),
-                    view.table()
-                )),
-            })
-        })
-        .await
+        let poll = Duration::from_millis(50);
+        self.wait_single_active("one active pod", ns, group, timeout, poll, |_| true)
+            .await
     }
 
     /// Waits until a pod other than `old` (by UID) is the only active pod of the group.
@@ -44,12 +34,37 @@ impl Testbed {
         old_uid: &str,
         timeout: Duration,
     ) -> Result<Pod> {
-        let what = format!("a new single active pod in group {ns}/{group}");
-        await_condition(what, timeout, Duration::from_millis(20), || async move {
+        // Polled faster: failover measurements use this wait.
+        let poll = Duration::from_millis(20);
+        let what = "a new single active pod";
+        self.wait_single_active(what, ns, group, timeout, poll, |pod| {
+            pod.uid().as_deref() != Some(old_uid)
+        })
+        .await
+    }
+
+    /// Waits (`timeout`, polling every `poll`) until the group has exactly one pod labeled
+    /// active and `wanted` accepts it; `what` names that pod in the timeout's error.
+    async fn wait_single_active(
+        &self,
+        what: &str,
+        ns: &str,
+        group: &str,
+        timeout: Duration,
+        poll: Duration,
+        wanted: impl Fn(&Pod) -> bool,
+    ) -> Result<Pod> {
+        let wanted = &wanted;
+        let what = format!("{what} in group {ns}/{group}");
+        await_condition(what, timeout, poll, || async move {
             let view = self.group_view(ns, group).await?;
             Ok(match view.active()[..] {
-                [one] if one.uid().as_deref() != Some(old_uid) => Check::Done(one.clone()),
-                _ => Check::NotYet(format!("pods:\n{}", view.table())),
+                [one] if wanted(one) => Check::Done(one.clone()),
+                ref active => Check::NotYet(format!(
+                    "{} pods active; pods:\n{}",
+                    active.len(),
+                    view.table()
+                )),
             })
         })
         .await
