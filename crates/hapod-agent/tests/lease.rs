@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hapod_agent::{Agent, AgentConfig, Source};
-use hapod_protocol::{Grant, Key, Message, Order, Report, Role, decode, encode_order};
+use hapod_protocol::{
+    Grant, GrantLedger, Key, LeaseTerms, Message, Order, Report, Role, decode, encode_order,
+};
 use tokio::net::UdpSocket;
 
 const POD: &str = "hapod-abc";
@@ -58,28 +60,39 @@ async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
     let dir = tempfile::tempdir().unwrap();
     let agent = agent(&dir.path().join("epoch")).await;
     let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let terms = LeaseTerms {
+        lease: Duration::from_millis(300),
+        drift_ppm: 1_000,
+    };
+    let start = Instant::now();
+    let mut ledger = GrantLedger::new(terms, start - terms.live_span(), start);
     let epoch = (3 << 32) | 1;
+    let order_now = |ledger: &mut GrantLedger| {
+        ledger.order("ns/hapod", POD, UID, Role::Active, epoch, Instant::now())
+    };
 
-    // An active order without a grant: the agent reports, but does not act.
-    let first = send(
-        &controller,
-        agent.local_addr(),
-        &order(Role::Active, epoch, None),
-    )
-    .await
-    .expect("a report");
-    assert_eq!((first.epoch, first.role), (epoch, Some(Role::Standby)));
-    assert_eq!(first.pod_uid, UID);
-
-    // The grant echoes that report: active for 300 ms from its stamp.
-    let mut state = agent.state();
-    let granted = Instant::now();
-    let renewal = order(Role::Active, epoch, Some(grant_for(&first, 300)));
-    let report = send(&controller, agent.local_addr(), &renewal)
+    // No report yet, so no grant: the agent reports, but does not act.
+    let first = send(&controller, agent.local_addr(), &order_now(&mut ledger))
         .await
         .expect("a report");
+    assert_eq!((first.epoch, first.role), (epoch, Some(Role::Standby)));
+    assert_eq!(first.pod_uid, UID);
+    ledger.on_report(first, Instant::now());
+
+    // The next order's grant echoes that report.
+    let mut state = agent.state();
+    let granted = order_now(&mut ledger);
+    let live_until = ledger
+        .live_until(UID, Instant::now())
+        .expect("a live grant");
+    let report = send(&controller, agent.local_addr(), &granted)
+        .await
+        .expect("a report");
+    let reported_at = Instant::now();
     assert_eq!(report.role, Some(Role::Active));
-    assert!(report.grant_remaining_millis > 0 && report.grant_remaining_millis < 300);
+    // What the agent has left ends before the ledger's count does.
+    let remaining = Duration::from_millis(u64::from(report.grant_remaining_millis));
+    assert!(remaining > Duration::ZERO && reported_at + remaining <= live_until);
     assert_eq!(state.borrow_and_update().role, Some(Role::Active));
 
     // Nothing more is sent: the agent steps down by itself.
@@ -92,7 +105,6 @@ async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
         (lapsed.role, lapsed.source),
         (Some(Role::Standby), Source::Lapsed)
     );
-    assert!(granted.elapsed() < Duration::from_millis(300) + Duration::from_secs(1));
     assert_eq!(agent.counters().lapses, 1);
 }
 

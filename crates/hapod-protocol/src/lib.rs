@@ -16,6 +16,7 @@
 //! ```
 
 mod codec;
+mod grants;
 mod lease;
 pub mod sender;
 
@@ -24,4 +25,5 @@ pub use codec::{
     MAX_NAME_LEN, Message, Notification, PROTOCOL_VERSION, Role, decode, encode, encode_ack,
     unix_nanos_now,
 };
+pub use grants::{GrantLedger, LeaseTerms};
 pub use lease::{Grant, LEASE_PROTOCOL_VERSION, Order, Report, encode_order, encode_report};
