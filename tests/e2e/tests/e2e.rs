@@ -7,19 +7,21 @@
 //! out. The testbed is `hapod_testkit::testbed` (`tests/kit`).
 //!
 //! One testbed is shared by every scenario (starting a control plane takes seconds, building
-//! it the first time takes many minutes), so the scenarios run in order in one process with
-//! a small harness of our own; the label-history watcher records the whole run and the last
-//! scenario asserts that no two pods of a group were ever active at the same
+//! it the first time takes many minutes), so the scenarios run one after another in one
+//! process, in the order of [`SCENARIOS`]. The harness is `libtest-mimic`: libtest's command
+//! line (filters, `--exact`, `--skip`, `--list`) and output, always on one thread. The testbed
+//! starts before the first scenario that runs (not for `--list`, nor when the filters select
+//! none) and stops after the last. The label-history watcher records the whole run and the
+//! last scenario asserts that no two pods of a group were ever active at the same
 //! resourceVersion.
 //!
 //! Run with `cargo xtask test`: it builds the control plane and the binaries (outside, where
 //! the package registries are reachable), then runs these tests inside the private network
 //! namespace. `cargo test -p hapod-e2e` run directly, outside that namespace, makes every
 //! scenario FAIL with the reason (it never skips).
-//!
-//! Arguments: substrings select scenarios by name (like libtest's filter); `--list` lists.
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -34,6 +36,7 @@ use hapod_testkit::testbed::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
+use libtest_mimic::{Arguments, Failed, Trial};
 
 /// Bound of every wait in a scenario (failover, settle, ...).
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,150 +53,135 @@ type ScenarioFn =
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>>;
 
 macro_rules! scenario {
-    ($name:literal, $f:ident) => {
+    ($name:literal, $f:path) => {
         ($name, |tb| Box::pin($f(tb)) as _)
     };
 }
 
+/// Every scenario, in the order they run (libtest-mimic keeps it on one thread): they share
+/// one testbed, and each starts from the group and controller replicas the one before left.
+/// `label_history_no_double_active` checks the history of all the scenarios before it, so it
+/// stays last; it is selected by the filters like any other.
 const SCENARIOS: &[(&str, ScenarioFn)] = &[
-    scenario!("a_steady_state_one_active", steady_state),
-    scenario!("h_rbac_controller_identity", rbac),
-    scenario!("b_force_delete_active", force_delete),
-    scenario!("c_graceful_delete_active", graceful_delete),
-    scenario!("d_critical_container_crash", critical_crash),
-    scenario!("e_active_not_ready", not_ready),
+    scenario!("steady_state_one_active", steady_state),
+    scenario!("rbac_controller_identity", rbac),
+    scenario!("force_delete_active", force_delete),
+    scenario!("graceful_delete_active", graceful_delete),
+    scenario!("critical_container_crash", critical_crash),
+    scenario!("active_not_ready", not_ready),
     scenario!(
-        "f1_acting_controller_deleted_steady",
+        "acting_controller_deleted_steady",
         controller_deleted_steady
     ),
     scenario!(
-        "f2_acting_controller_deleted_during_failover",
+        "acting_controller_deleted_during_failover",
         controller_deleted_during_failover
     ),
-    scenario!("g_controller_sigterm_handover", controller_sigterm_handover),
-    scenario!("j_active_relabeled_out_and_back", relabeled_out_and_back),
-    scenario!("k_far_future_epoch_on_active", far_future_epoch),
-    scenario!("l_duplicate_namespaces", duplicate_namespaces),
-    scenario!("m_noncritical_sidecar_crash", noncritical_crash),
-    scenario!("i_label_history_no_double_active", no_double_active),
+    scenario!("controller_sigterm_handover", controller_sigterm_handover),
+    scenario!("active_relabeled_out_and_back", relabeled_out_and_back),
+    scenario!("far_future_epoch_on_active", far_future_epoch),
+    scenario!("duplicate_namespaces", duplicate_namespaces),
+    scenario!("noncritical_sidecar_crash", noncritical_crash),
+    scenario!("label_history_no_double_active", no_double_active),
 ];
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let filters: Vec<&str> = args
+    let mut args = Arguments::from_args();
+    // One testbed for all: the scenarios run one after another, in the order listed.
+    args.test_threads = Some(1);
+    let suite = Arc::new(Suite::default());
+    let trials = SCENARIOS
         .iter()
-        .map(String::as_str)
-        .filter(|a| !a.starts_with('-'))
+        .map(|&(name, f)| {
+            let suite = Arc::clone(&suite);
+            Trial::test(name, move || suite.run(name, f))
+        })
         .collect();
-    let selected: Vec<&(&str, ScenarioFn)> = SCENARIOS
-        .iter()
-        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
-        .collect();
-    if args.iter().any(|a| a == "--list") {
-        for (name, _) in &selected {
-            println!("{name}: test");
-        }
-        return ExitCode::SUCCESS;
-    }
-    let filtered_out = SCENARIOS.len() - selected.len();
-    println!("\nrunning {} tests", selected.len());
-    if selected.is_empty() {
-        println!(
-            "\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; {filtered_out} filtered out; finished in 0.00s\n"
-        );
-        return ExitCode::SUCCESS;
-    }
-    let started = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let (passed, failed) = rt.block_on(run(&selected));
-    // Stop the testbed's tasks before the runtime goes.
-    drop(rt);
-    let ok = failed.is_empty();
-    if !ok {
-        println!("\nfailures:");
-        for (name, err) in &failed {
-            println!("\n---- {name} ----\n{err}");
-        }
-        println!("\nfailures:");
-        for (name, _) in &failed {
-            println!("    {name}");
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
-        if ok { "ok" } else { "FAILED" },
-        passed,
-        failed.len(),
-        filtered_out,
-        started.elapsed().as_secs_f64()
-    );
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
+    let conclusion = libtest_mimic::run(&args, trials);
+    suite.stop();
+    conclusion.exit_code()
+}
+
+/// The testbed and the runtime of its tasks, started by the first scenario that runs.
+#[derive(Default)]
+struct Suite(Mutex<Option<Started>>);
+
+struct Started {
+    rt: tokio::runtime::Runtime,
+    /// The testbed, or why it could not start (then every scenario fails with that).
+    testbed: Result<Testbed, String>,
+}
+
+impl Started {
+    fn new() -> Started {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let opts = testbed::Options {
+            name: "e2e".into(),
+            // `cargo xtask test` builds the workspace just before; building again is a no-op.
+            build: std::env::var_os("HAPOD_E2E_NO_BUILD").is_none(),
+            ..Default::default()
+        };
+        let testbed = rt.block_on(Testbed::start(opts)).map_err(|e| {
+            format!(
+                "the e2e testbed could not start (control plane + process node + deploy/): {e:#}\n\
+                 Run the end-to-end tests with `cargo xtask test`, which builds the control plane first."
+            )
+        });
+        Started { rt, testbed }
     }
 }
 
-async fn run(selected: &[&(&str, ScenarioFn)]) -> (usize, Vec<(String, String)>) {
-    let opts = testbed::Options {
-        name: "e2e".into(),
-        // `cargo xtask test` builds the workspace just before; building again is a no-op.
-        build: std::env::var_os("HAPOD_E2E_NO_BUILD").is_none(),
-        ..Default::default()
-    };
-    let tb = match Testbed::start(opts).await {
-        Ok(tb) => tb,
-        Err(e) => {
-            let msg = format!(
-                "the e2e testbed could not start (control plane + process node + deploy/): {e:#}\n\
-                 Run the end-to-end tests with `cargo xtask test`, which builds the control plane first."
-            );
-            for (name, _) in selected {
-                println!("test {name} ... FAILED");
-            }
-            return (
-                0,
-                selected
-                    .iter()
-                    .map(|(n, _)| (n.to_string(), msg.clone()))
-                    .collect(),
-            );
-        }
-    };
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    for (name, f) in selected {
+impl Suite {
+    /// Runs one scenario on the shared testbed, starting it first if no scenario did.
+    fn run(&self, name: &str, f: ScenarioFn) -> Result<(), Failed> {
+        // libtest-mimic printed `test NAME ... `: the scenario's own lines follow.
+        println!();
         let t = Instant::now();
-        println!("test {name} ...");
-        let res = match tokio::time::timeout(SCENARIO_TIMEOUT, f(&tb)).await {
-            Ok(r) => r,
-            Err(_) => Err(anyhow!("scenario timed out after {SCENARIO_TIMEOUT:?}")),
+        let result = {
+            let mut started = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let Started { rt, testbed } = started.get_or_insert_with(Started::new);
+            match testbed {
+                Ok(tb) => rt.block_on(run_scenario(tb, f)),
+                Err(e) => Err(e.clone()),
+            }
         };
-        match res {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64());
+        // libtest-mimic ends the line with the outcome.
+        print!("  {name}: {:.1} s ... ", t.elapsed().as_secs_f64());
+        result.map_err(Failed::from)
+    }
+
+    /// Stops the testbed, if a scenario started it.
+    fn stop(&self) {
+        let started = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(Started { rt, testbed }) = started {
+            if let Ok(tb) = &testbed {
+                println!("testbed logs: {}", tb.run_dir.display());
             }
-            Err(e) => {
-                println!(
-                    "test {name} ... FAILED ({:.1} s)",
-                    t.elapsed().as_secs_f64()
-                );
-                let diag = tb.diagnostics().await;
-                failed.push((name.to_string(), format!("{e:#}\n\n{diag}")));
-                // Give the next scenario a settled group if at all possible.
-                let _ = tb
-                    .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
-                    .await;
-            }
+            // Stop the testbed's tasks before the runtime goes.
+            rt.block_on(async move { drop(testbed) });
         }
     }
-    println!("testbed logs: {}", tb.run_dir.display());
-    (passed, failed)
+}
+
+/// One scenario, bounded by [`SCENARIO_TIMEOUT`]; a failure carries the testbed's diagnostics.
+async fn run_scenario(tb: &Testbed, f: ScenarioFn) -> Result<(), String> {
+    let result = match tokio::time::timeout(SCENARIO_TIMEOUT, f(tb)).await {
+        Ok(r) => r,
+        Err(_) => Err(anyhow!("scenario timed out after {SCENARIO_TIMEOUT:?}")),
+    };
+    if let Err(e) = result {
+        let diag = tb.diagnostics().await;
+        // Give the next scenario a settled group if at all possible.
+        let _ = tb
+            .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+            .await;
+        return Err(format!("{e:#}\n\n{diag}"));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -369,7 +357,7 @@ fn api_error_code(e: &kube::Error) -> Option<u16> {
 // Scenarios
 // ------------------------------------------------------------------------------------------
 
-/// (a) Both pods of the ReplicaSet come up, exactly one is active, the Service's
+/// Both pods of the ReplicaSet come up, exactly one is active, the Service's
 /// EndpointSlice lists only it, and the demo app applied its notification.
 async fn steady_state(tb: &Testbed) -> Result<()> {
     let s = tb
@@ -428,7 +416,7 @@ async fn steady_state(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (h) The controller's ServiceAccount can do what it needs, and forbidden verbs are
+/// The controller's ServiceAccount can do what it needs, and forbidden verbs are
 /// really forbidden (real requests with its own token, not just a review).
 async fn rbac(tb: &Testbed) -> Result<()> {
     let sa: Client = tb
@@ -602,7 +590,7 @@ async fn rbac(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (b) Force delete (grace 0) of the active pod.
+/// Force delete (grace 0) of the active pod.
 async fn force_delete(tb: &Testbed) -> Result<()> {
     let f = failover_acked(tb, Trigger::ForceDelete).await?;
     let settled = check_failover(tb, &f).await?;
@@ -613,7 +601,7 @@ async fn force_delete(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (c) Graceful delete of the active pod: the failover happens at the deletionTimestamp,
+/// Graceful delete of the active pod: the failover happens at the deletionTimestamp,
 /// while the old pod still runs out its grace period, not when it is finally gone.
 async fn graceful_delete(tb: &Testbed) -> Result<()> {
     const PROMOTED_AT_TERMINATING: [(&str, &str); 1] = [("reason", "terminating")];
@@ -672,7 +660,7 @@ async fn graceful_delete(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (d) `/tmp/killme` in the critical container: it really aborts, its pod is deleted, the
+/// `/tmp/killme` in the critical container: it really aborts, its pod is deleted, the
 /// standby takes over.
 async fn critical_crash(tb: &Testbed) -> Result<()> {
     let f = failover_acked(tb, Trigger::KillCritical).await?;
@@ -699,7 +687,7 @@ async fn critical_crash(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (e) The active pod becomes not-Ready (its readiness probe fails for real).
+/// The active pod becomes not-Ready (its readiness probe fails for real).
 async fn not_ready(tb: &Testbed) -> Result<()> {
     let f = failover_acked(tb, Trigger::Unready).await?;
     let old = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?;
@@ -724,7 +712,7 @@ async fn not_ready(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (f1) The acting controller replica's pod is deleted (grace 0) in steady state: the
+/// The acting controller replica's pod is deleted (grace 0) in steady state: the
 /// standby replica takes over, the groups stay correct, and it handles the next failover.
 async fn controller_deleted_steady(tb: &Testbed) -> Result<()> {
     let before = tb.wait_controllers_settled(WAIT).await?;
@@ -760,7 +748,7 @@ async fn controller_deleted_steady(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (f2) The acting controller replica's pod is deleted right after the active app pod was:
+/// The acting controller replica's pod is deleted right after the active app pod was:
 /// the standby replica takes over and finishes the failover.
 async fn controller_deleted_during_failover(tb: &Testbed) -> Result<()> {
     let ctrl = tb.wait_controllers_settled(WAIT).await?;
@@ -809,7 +797,7 @@ async fn controller_deleted_during_failover(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (g) Graceful handover: the acting replica's pod is deleted gracefully (the node sends
+/// Graceful handover: the acting replica's pod is deleted gracefully (the node sends
 /// SIGTERM), it releases the Lease and the standby replica takes over.
 async fn controller_sigterm_handover(tb: &Testbed) -> Result<()> {
     let before = tb.wait_controllers_settled(WAIT).await?;
@@ -934,7 +922,7 @@ async fn assert_active_stays(tb: &Testbed, active: &Pod, window: Duration) -> Re
     Ok(())
 }
 
-/// (j) The active pod P is relabeled out of the group (it leaves the selector; the
+/// The active pod P is relabeled out of the group (it leaves the selector; the
 /// controller promotes the standby Q; the ReplicaSet adds a pod), then back into it, still
 /// labeled active. Within one reconcile exactly one pod of the group is active: Q, the highest
 /// epoch, and P (unless the ReplicaSet removed it as the surplus pod) is demoted and its app
@@ -1072,7 +1060,7 @@ async fn relabel_out_and_back(tb: &Testbed, before: &testbed::Settled) -> Result
     Ok(())
 }
 
-/// (k) The active pod carries an epoch whose term is far above the acting one, then is
+/// The active pod carries an epoch whose term is far above the acting one, then is
 /// force-deleted: the failover still happens, with an epoch of the acting term, and the
 /// anomaly is reported (Event `FutureEpoch` on that pod, `hapod_epoch_anomalies_total`).
 async fn far_future_epoch(tb: &Testbed) -> Result<()> {
@@ -1160,7 +1148,7 @@ async fn far_future_epoch(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (l) The controller runs with the app namespace listed twice (`HAPOD_NAMESPACES=a,a`, two
+/// The controller runs with the app namespace listed twice (`HAPOD_NAMESPACES=a,a`, two
 /// watches of one namespace). A few rounds of: a force-delete failover promotes the standby
 /// (the acting replica knew it) and leaves exactly one active; a takeover by the other replica
 /// (which re-lists both watches) neither loses the active pod nor promotes another. The
@@ -1233,7 +1221,7 @@ async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (m) `/tmp/killme` in the non-critical `sidecar` container of the active pod: the pod is
+/// `/tmp/killme` in the non-critical `sidecar` container of the active pod: the pod is
 /// not deleted (the node restarts the sidecar in place), but it is not Ready meanwhile, so the
 /// role moves to the ready standby (reason `not_ready`); the pod rejoins as standby.
 async fn noncritical_crash(tb: &Testbed) -> Result<()> {
@@ -1288,7 +1276,7 @@ async fn noncritical_crash(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// (i) Over the whole run: never two pods of one group labeled active at the same
+/// Over the whole run: never two pods of one group labeled active at the same
 /// resourceVersion (replayed in resourceVersion order per group).
 async fn no_double_active(tb: &Testbed) -> Result<()> {
     // Let the watch catch up.
