@@ -54,27 +54,7 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
 fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     // Controller.
     let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
-    p.expect_eq(
-        "controller replicas",
-        dep.pointer("/spec/replicas"),
-        Some(&json!(2)),
-    );
-    p.expect_eq(
-        "controller selector",
-        dep.pointer("/spec/selector/matchLabels"),
-        Some(&json!({GROUP_LABEL: CONTROLLER_GROUP})),
-    );
-    let pod = dep.pointer("/spec/template").context("no pod template")?;
-    p.expect_eq(
-        "controller pod label app",
-        str_at(pod, "/metadata/labels/app"),
-        "icr",
-    );
-    p.expect_eq(
-        "controller pod label role",
-        str_at(pod, "/metadata/labels/role"),
-        STANDBY,
-    );
+    let pod = expect_group_workload(p, "controller", dep, CONTROLLER_GROUP, "icr")?;
     p.expect_eq(
         "controller serviceAccountName",
         str_at(pod, "/spec/serviceAccountName"),
@@ -143,27 +123,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
                 && str_at(o, "/metadata/name") == APP_NAME
         })
         .context("no sample app workload")?;
-    p.expect_eq(
-        "app replicas",
-        app.pointer("/spec/replicas"),
-        Some(&json!(2)),
-    );
-    p.expect_eq(
-        "app selector",
-        app.pointer("/spec/selector/matchLabels"),
-        Some(&json!({GROUP_LABEL: APP_GROUP})),
-    );
-    let pod = app.pointer("/spec/template").context("no pod template")?;
-    p.expect_eq(
-        "app pod label app",
-        str_at(pod, "/metadata/labels/app"),
-        "hapod",
-    );
-    p.expect_eq(
-        "app pod label role",
-        str_at(pod, "/metadata/labels/role"),
-        STANDBY,
-    );
+    let pod = expect_group_workload(p, "app", app, APP_GROUP, "hapod")?;
     p.expect(
         pod.pointer("/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm/labelSelector/matchLabels")
             == Some(&json!({GROUP_LABEL: APP_GROUP})),
@@ -266,6 +226,41 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A workload of the shipped defaults: 2 replicas selected by `group`, a pod template
+/// labeled `app=<app_label>` and `role=standby`. Returns the pod template.
+fn expect_group_workload<'a>(
+    p: &mut Problems,
+    who: &str,
+    workload: &'a Value,
+    group: &str,
+    app_label: &str,
+) -> Result<&'a Value> {
+    p.expect_eq(
+        &format!("{who} replicas"),
+        workload.pointer("/spec/replicas"),
+        Some(&json!(2)),
+    );
+    p.expect_eq(
+        &format!("{who} selector"),
+        workload.pointer("/spec/selector/matchLabels"),
+        Some(&json!({GROUP_LABEL: group})),
+    );
+    let pod = workload
+        .pointer("/spec/template")
+        .context("no pod template")?;
+    p.expect_eq(
+        &format!("{who} pod label app"),
+        str_at(pod, "/metadata/labels/app"),
+        app_label,
+    );
+    p.expect_eq(
+        &format!("{who} pod label role"),
+        str_at(pod, "/metadata/labels/role"),
+        STANDBY,
+    );
+    Ok(pod)
 }
 
 /// The restricted profile on every pod template of every render.

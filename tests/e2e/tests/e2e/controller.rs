@@ -21,21 +21,7 @@ pub(crate) async fn controller_deleted_steady(tb: &Testbed) -> Result<()> {
     let app_before = tb
         .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
         .await?;
-    let acting = before.active.clone();
-    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
-    api.delete(&acting.name_any(), &DeleteParams::default().grace_period(0))
-        .await?;
-    let holder = wait_lease_moved(tb, &acting.name_any(), WAIT).await?;
-    ensure!(
-        before.standbys.iter().any(|p| p.name_any() == holder),
-        "the Lease went to {holder}, not to the standby replica"
-    );
-    let after = tb.wait_controllers_settled(WAIT).await?;
-    ensure!(
-        after.active.name_any() == holder,
-        "acting replica {} but Lease holder {holder}",
-        after.active.name_any()
-    );
+    delete_acting_controller(tb, &before, &DeleteParams::default().grace_period(0)).await?;
     // The app group was not disturbed.
     let app_after = tb
         .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
@@ -103,24 +89,11 @@ pub(crate) async fn controller_deleted_during_failover(tb: &Testbed) -> Result<(
 /// SIGTERM), it releases the Lease and the standby replica takes over.
 pub(crate) async fn controller_sigterm_handover(tb: &Testbed) -> Result<()> {
     let before = tb.wait_controllers_settled(WAIT).await?;
-    let acting = before.active.clone();
-    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
-    api.delete(&acting.name_any(), &DeleteParams::default())
-        .await?;
-    let holder = wait_lease_moved(tb, &acting.name_any(), WAIT).await?;
-    ensure!(
-        before.standbys.iter().any(|p| p.name_any() == holder),
-        "the Lease went to {holder}, not to the standby replica"
-    );
     // The handover did not wait for the old pod's grace period to run out: the old pod
     // object was still there (terminating) or exited cleanly on SIGTERM.
-    let after = tb.wait_controllers_settled(WAIT).await?;
+    let after = delete_acting_controller(tb, &before, &DeleteParams::default()).await?;
     ensure!(
-        after.active.name_any() == holder,
-        "acting replica is not the Lease holder"
-    );
-    ensure!(
-        after.active.uid() != acting.uid(),
+        after.active.uid() != before.active.uid(),
         "the old replica is still acting"
     );
     // The new acting replica does its job.
@@ -178,18 +151,10 @@ async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
     let app = tb
         .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
         .await?;
-    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
-    api.delete(
-        &ctrl.active.name_any(),
-        &DeleteParams::default().grace_period(0),
-    )
-    .await?;
-    let holder = wait_lease_moved(tb, &ctrl.active.name_any(), WAIT).await?;
-    ensure!(
-        holder == standby.name_any(),
-        "the Lease went to {holder}, not to the standby replica"
-    );
-    tb.wait_controllers_settled(WAIT).await?;
+    let holder = delete_acting_controller(tb, &ctrl, &DeleteParams::default().grace_period(0))
+        .await?
+        .active
+        .name_any();
     assert_active_stays(tb, &app.active, Duration::from_secs(3))
         .await
         .context("the takeover moved the app's active pod")?;
@@ -200,6 +165,31 @@ async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
          ({PROMOTIONS} {promotions_before} -> {promotions})"
     );
     Ok(())
+}
+
+/// Deletes the acting controller replica's pod (`params`: grace 0, or graceful) and waits
+/// until one of the standby replicas of `before` holds the Lease and acts; returns the
+/// replicas settled after that takeover.
+async fn delete_acting_controller(
+    tb: &Testbed,
+    before: &testbed::Settled,
+    params: &DeleteParams,
+) -> Result<testbed::Settled> {
+    let acting = before.active.name_any();
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
+    api.delete(&acting, params).await?;
+    let holder = wait_lease_moved(tb, &acting, WAIT).await?;
+    ensure!(
+        before.standbys.iter().any(|p| p.name_any() == holder),
+        "the Lease went to {holder}, not to the standby replica"
+    );
+    let after = tb.wait_controllers_settled(WAIT).await?;
+    ensure!(
+        after.active.name_any() == holder,
+        "acting replica {} but Lease holder {holder}",
+        after.active.name_any()
+    );
+    Ok(after)
 }
 
 /// The controller's Deployment in `deploy/base`.

@@ -77,12 +77,7 @@ pub(crate) async fn steady_state(tb: &Testbed) -> Result<()> {
 /// Force delete (grace 0) of the active pod.
 pub(crate) async fn force_delete(tb: &Testbed) -> Result<()> {
     let f = failover_acked(tb, Trigger::ForceDelete).await?;
-    let settled = check_failover(tb, &f).await?;
-    ensure!(
-        settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
-        "the force-deleted pod is still part of the group"
-    );
-    Ok(())
+    check_failover_old_gone(tb, &f, "force-deleted").await
 }
 
 /// Graceful delete of the active pod: the failover happens at the deletionTimestamp,
@@ -163,12 +158,7 @@ pub(crate) async fn critical_crash(tb: &Testbed) -> Result<()> {
     );
     // The old pod is deleted by the controller.
     wait_gone(tb, APP_NAMESPACE, &f.old, WAIT).await?;
-    let settled = check_failover(tb, &f).await?;
-    ensure!(
-        settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
-        "the crashed pod is still part of the group"
-    );
-    Ok(())
+    check_failover_old_gone(tb, &f, "crashed").await
 }
 
 /// The active pod becomes not-Ready (its readiness probe fails for real).
@@ -359,6 +349,17 @@ async fn all_service_addresses(tb: &Testbed) -> Result<Vec<String>> {
     v.sort();
     v.dedup();
     Ok(v)
+}
+
+/// [`check_failover`], and the old active pod (`what`: how it went) did not rejoin the
+/// group.
+async fn check_failover_old_gone(tb: &Testbed, f: &testbed::Failover, what: &str) -> Result<()> {
+    let settled = check_failover(tb, f).await?;
+    ensure!(
+        settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
+        "the {what} pod is still part of the group"
+    );
+    Ok(())
 }
 
 /// Waits until a pod is gone (by name and UID).
