@@ -31,9 +31,14 @@ pub struct Cli {
     /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, bench.
     #[arg(long = "skip", value_name = "STEP")]
     pub skip: Vec<String>,
-    /// Only run the end-to-end scenarios whose name contains this (repeatable).
-    #[arg(long = "e2e-filter", value_name = "SUBSTRING")]
-    pub e2e_filter: Vec<String>,
+    /// Only run the end-to-end scenarios whose name contains this: libtest's filter, passed to
+    /// the e2e test binary (`cargo test -p hapod-e2e -- --list` lists the names).
+    #[arg(long = "e2e-filter", value_name = "FILTER")]
+    pub e2e_filter: Option<String>,
+    /// More arguments for the e2e test binary, after `--`: libtest's, such as `--exact`,
+    /// `--skip FILTER` or `--list`.
+    #[arg(last = true, value_name = "E2E_ARGS")]
+    pub e2e_args: Vec<String>,
 }
 
 const STEPS: [&str; 7] = [
@@ -183,7 +188,7 @@ pub fn run(args: Cli) -> Result<()> {
                 banner("end-to-end tests (cargo test -p hapod-e2e)");
                 let mut c = cargo();
                 c.args(["test", "-p", "hapod-e2e", "--test", "e2e", "--"]);
-                c.args(&args.e2e_filter);
+                c.args(&args.e2e_filter).args(&args.e2e_args);
                 // The `build` step built the binaries the testbed runs.
                 if !args.skip.iter().any(|s| s == "build") {
                     c.env("HAPOD_E2E_NO_BUILD", "1");
@@ -345,5 +350,29 @@ mod tests {
     #[test]
     fn static_checks_run_first() {
         assert_eq!(STEPS[0], "static");
+    }
+
+    #[test]
+    fn e2e_filter_and_arguments_after_the_separator_are_for_the_e2e_binary() {
+        #[derive(clap::Parser)]
+        struct Top {
+            #[command(flatten)]
+            cli: Cli,
+        }
+        let top = <Top as clap::Parser>::try_parse_from([
+            "test",
+            "--skip",
+            "bench",
+            "--e2e-filter",
+            "duplicate_namespaces",
+            "--",
+            "--exact",
+            "--skip",
+            "x",
+        ])
+        .expect("parses");
+        assert_eq!(top.cli.skip, ["bench"]);
+        assert_eq!(top.cli.e2e_filter.as_deref(), Some("duplicate_namespaces"));
+        assert_eq!(top.cli.e2e_args, ["--exact", "--skip", "x"]);
     }
 }

@@ -1,0 +1,271 @@
+//! Rendering `deploy/`: kustomize builds, Helm templates, and the YAML streams between them and kubectl.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+use hapod_testkit::helm;
+use hapod_testkit::testbed::CONTROLLER_NAMESPACE;
+
+const RELEASE: &str = "hapod";
+
+/// One rendered set of manifests.
+pub(crate) struct Render {
+    pub(crate) label: String,
+    pub(crate) yaml: String,
+    pub(crate) objects: Vec<Value>,
+}
+
+impl Render {
+    pub(crate) fn new(label: impl Into<String>, yaml: String) -> Result<Self> {
+        let label = label.into();
+        let objects = parse_documents(&yaml).with_context(|| format!("parsing {label}"))?;
+        ensure!(!objects.is_empty(), "{label} rendered no objects");
+        Ok(Self {
+            label,
+            yaml,
+            objects,
+        })
+    }
+
+    pub(crate) fn ids(&self) -> BTreeSet<String> {
+        self.objects.iter().map(object_id).collect()
+    }
+
+    pub(crate) fn find(&self, kind: &str, namespace: &str, name: &str) -> Result<&Value> {
+        self.objects
+            .iter()
+            .find(|o| {
+                str_at(o, "/kind") == kind
+                    && str_at(o, "/metadata/namespace") == namespace
+                    && str_at(o, "/metadata/name") == name
+            })
+            .with_context(|| format!("{}: no {kind} {namespace}/{name}", self.label))
+    }
+}
+
+pub(crate) fn parse_documents(yaml: &str) -> Result<Vec<Value>> {
+    use serde::Deserialize as _;
+    let mut out = Vec::new();
+    for doc in serde_norway::Deserializer::from_str(yaml) {
+        let value = Value::deserialize(doc)?;
+        if !value.is_null() {
+            out.push(value);
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer).and_then(Value::as_str).unwrap_or("")
+}
+
+pub(crate) fn object_id(o: &Value) -> String {
+    format!(
+        "{}/{}/{}",
+        str_at(o, "/kind"),
+        str_at(o, "/metadata/namespace"),
+        str_at(o, "/metadata/name")
+    )
+}
+
+pub(crate) fn run_capture(cmd: &mut Command) -> Result<String> {
+    run_capture_all(cmd).map(|(stdout, _)| stdout)
+}
+
+/// Runs a command that must succeed; returns its stdout and stderr.
+pub(crate) fn run_capture_all(cmd: &mut Command) -> Result<(String, String)> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        String::from_utf8(out.stdout).context("non-UTF-8 output")?,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+fn kustomize(dir: &str) -> Result<Render> {
+    let path = hapod_testkit::workspace_root().join(dir);
+    let yaml = run_capture(Command::new("kubectl").arg("kustomize").arg(&path))?;
+    Render::new(format!("kustomize {dir}"), yaml)
+}
+
+fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
+    let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", RELEASE])
+        .arg(&chart)
+        .args(["--namespace", CONTROLLER_NAMESPACE]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let yaml = run_capture(&mut cmd)?;
+    Render::new(format!("helm template ({label})"), yaml)
+}
+
+/// Every render the check validates: (kustomize base, overlay, helm renders).
+pub(crate) struct Renders {
+    pub(crate) base: Render,
+    pub(crate) overlay: Render,
+    pub(crate) real_cluster: Render,
+    pub(crate) helm_default: Render,
+    pub(crate) helm_deployment: Render,
+    pub(crate) helm_all_flags: Render,
+    pub(crate) helm_minimal: Render,
+    pub(crate) helm_real_cluster: Render,
+}
+
+impl Renders {
+    pub(crate) fn all(&self) -> [&Render; 8] {
+        [
+            &self.base,
+            &self.overlay,
+            &self.real_cluster,
+            &self.helm_real_cluster,
+            &self.helm_default,
+            &self.helm_deployment,
+            &self.helm_all_flags,
+            &self.helm_minimal,
+        ]
+    }
+}
+
+/// Flags the all-flags render sets, and what must then appear in the controller's args.
+pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
+    (
+        "controller.selector=app=hapod\\,tier=demo",
+        "--selector=app=hapod,tier=demo",
+    ),
+    (
+        "controller.namespaces={hapod-demo,other}",
+        "--namespaces=hapod-demo,other",
+    ),
+    ("controller.groupLabel=group", "--group-label=group"),
+    ("controller.roleLabel=hapod-role", "--role-label=hapod-role"),
+    ("controller.activeValue=primary", "--active-value=primary"),
+    (
+        "controller.standbyValue=secondary",
+        "--standby-value=secondary",
+    ),
+    ("controller.criticalEnv=CRIT", "--critical-env=CRIT"),
+    ("controller.criticalValue=yes", "--critical-value=yes"),
+    ("controller.notifyPort=10011", "--notify-port=10011"),
+    ("controller.notifyLegacy=true", "--notify-legacy"),
+    (
+        "controller.notifyDeadlineMs=1500",
+        "--notify-deadline-ms=1500",
+    ),
+    ("controller.resyncSeconds=60", "--resync-seconds=60"),
+    ("controller.httpPort=9090", "--http-port=9090"),
+    ("controller.logFormat=text", "--log-format=text"),
+    (
+        "controller.leaseName=other-lease",
+        "--lease-name=other-lease",
+    ),
+    (
+        "controller.leaseDurationMs=4000000",
+        "--lease-duration-ms=4000000",
+    ),
+    (
+        "controller.renewDeadlineMs=3000",
+        "--renew-deadline-ms=3000",
+    ),
+    ("controller.retryPeriodMs=500", "--retry-period-ms=500"),
+    (
+        "notifyKey.value=s3cret",
+        "--notify-key-file=/etc/hapod/notify-key/key",
+    ),
+    (
+        "controller.metrics.podAnnotations=true",
+        "--listen-ip=$(POD_IP)",
+    ),
+];
+
+pub(crate) fn render_all() -> Result<Renders> {
+    let helm = helm::ensure_helm()?;
+    let base = kustomize("deploy/base")?;
+    let overlay = kustomize("deploy/overlays/deployment-app")?;
+    let real_cluster = kustomize("deploy/overlays/real-cluster")?;
+    let ns = "namespace.create=true";
+    let helm_default = helm_template(&helm, "defaults", &[ns])?;
+    let helm_deployment = helm_template(
+        &helm,
+        "sampleApp.kind=Deployment",
+        &[ns, "sampleApp.kind=Deployment"],
+    )?;
+    let all_sets: Vec<&str> = ALL_FLAGS_SETS.iter().map(|(s, _)| *s).collect();
+    let helm_all_flags = helm_template(&helm, "every flag set", &all_sets)?;
+    let helm_real_cluster = helm_template(
+        &helm,
+        "Deployment, writable /tmp",
+        &[
+            ns,
+            "sampleApp.kind=Deployment",
+            "sampleApp.writableTmp=true",
+        ],
+    )?;
+    let helm_minimal = helm_template(
+        &helm,
+        "no sample app, no key",
+        &["sampleApp.enabled=false", "notifyKey.enabled=false"],
+    )?;
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
+        .output()?;
+    ensure!(
+        lint.status.success(),
+        "helm lint --strict failed:\n{}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    Ok(Renders {
+        base,
+        overlay,
+        real_cluster,
+        helm_default,
+        helm_deployment,
+        helm_all_flags,
+        helm_minimal,
+        helm_real_cluster,
+    })
+}
+
+pub(crate) fn to_yaml_stream(objects: &[&Value]) -> Result<String> {
+    let mut out = String::new();
+    for o in objects {
+        out.push_str("---\n");
+        out.push_str(&serde_norway::to_string(o)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_streams_round_trip_and_skip_empty_documents() {
+        let yaml = "---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n  namespace: a\n\
+                    data:\n  key: \"0123\"\n";
+        let objects = parse_documents(yaml).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(str_at(&objects[1], "/data/key"), "0123");
+        let again =
+            parse_documents(&to_yaml_stream(&objects.iter().collect::<Vec<_>>()).unwrap()).unwrap();
+        assert_eq!(again, objects);
+    }
+}

@@ -1,0 +1,124 @@
+//! Server-side validation: every render applied with `kubectl apply --dry-run=server` to a
+//! real kube-apiserver, then the RBAC installed from each source and proven.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAME, CONTROLLER_NAMESPACE};
+
+use super::problems::Problems;
+use super::rbac::prove_rbac;
+use super::render::{Renders, run_capture, run_capture_all, str_at, to_yaml_stream};
+
+/// A kubectl binary bound to a kubeconfig.
+pub(crate) struct Kubectl {
+    bin: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Kubectl {
+    pub(crate) fn new(bin: impl Into<PathBuf>, kubeconfig: &Path) -> Self {
+        Self {
+            bin: bin.into(),
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
+    }
+
+    pub(crate) fn with_kubeconfig(&self, kubeconfig: &Path) -> Self {
+        Self::new(self.bin.clone(), kubeconfig)
+    }
+
+    pub(crate) fn cmd(&self) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--kubeconfig").arg(&self.kubeconfig);
+        cmd
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String> {
+        run_capture(self.cmd().args(args))
+    }
+
+    /// `kubectl apply -f` of `yaml`; any warning of the API server (deprecated API, Pod
+    /// Security `warn` violations of a pod template, ...) is an error.
+    pub(crate) fn apply(&self, yaml: &str, extra: &[&str]) -> Result<String> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("manifests.yaml");
+        std::fs::write(&file, yaml)?;
+        let (stdout, stderr) =
+            run_capture_all(self.cmd().args(["apply", "-f"]).arg(&file).args(extra))?;
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("warning"))
+            .collect();
+        ensure!(
+            warnings.is_empty(),
+            "the API server warned:\n{}",
+            warnings.join("\n")
+        );
+        Ok(stdout)
+    }
+}
+
+pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
+    // Namespaces for real: a server-side dry run of a namespaced object needs its namespace.
+    let namespaces: Vec<&Value> = r
+        .base
+        .objects
+        .iter()
+        .filter(|o| str_at(o, "/kind") == "Namespace")
+        .collect();
+    kubectl
+        .apply(&to_yaml_stream(&namespaces)?, &[])
+        .context("creating the namespaces")?;
+
+    let mut p = Problems::default();
+    for render in r.all() {
+        let result = kubectl
+            .apply(&render.yaml, &["--dry-run=server"])
+            .map(|out| {
+                eprintln!(
+                    "xtask deploy: {}: server dry run ok ({} objects)",
+                    render.label,
+                    out.lines().count()
+                );
+            });
+        p.wrap(
+            &format!("{} (kubectl apply --dry-run=server)", render.label),
+            result,
+        );
+    }
+    p.finish("server-side validation")?;
+
+    // RBAC for real, from each source in turn (same names: the second replaces the first),
+    // each time proven with the ServiceAccount's own token.
+    for render in [&r.base, &r.helm_default] {
+        let rbac: Vec<&Value> = render
+            .objects
+            .iter()
+            .filter(|o| {
+                matches!(
+                    str_at(o, "/kind"),
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            })
+            .collect();
+        kubectl
+            .apply(&to_yaml_stream(&rbac)?, &[])
+            .with_context(|| format!("applying the RBAC of {}", render.label))?;
+        eprintln!("xtask deploy: RBAC of {}:", render.label);
+        prove_rbac(
+            kubectl,
+            CONTROLLER_NAMESPACE,
+            CONTROLLER_NAME,
+            APP_NAMESPACE,
+        )?;
+    }
+    Ok(())
+}
