@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use hapod_protocol::{Order, Report, Role};
+use hapod_protocol::{AgentRole, Order, Report, Role};
 
 /// Rate error allowed between the agent's and the controller's monotonic clocks, in parts
 /// per million: a grant is shortened by this share on the agent's side. NTP slews a clock by
@@ -71,6 +71,15 @@ impl LeaseHolder {
             }
             Some(_) => Some(Role::Standby),
             None => None,
+        }
+    }
+
+    /// The role as reported to the controller: a lapsed grant is told apart from standby.
+    pub fn agent_role(&self, now: Instant) -> Option<AgentRole> {
+        match (self.ordered?, self.role(now)?) {
+            (Role::Active, Role::Active) => Some(AgentRole::Active),
+            (Role::Active, Role::Standby) => Some(AgentRole::Lapsed),
+            (Role::Standby, _) => Some(AgentRole::Standby),
         }
     }
 
@@ -141,7 +150,7 @@ impl LeaseHolder {
         Report {
             message_id,
             epoch: self.epoch,
-            role: self.role(now),
+            role: self.agent_role(now),
             incarnation: self.incarnation,
             stamp_nanos: u64::try_from(now.duration_since(self.started).as_nanos())
                 .unwrap_or(u64::MAX),
@@ -201,7 +210,7 @@ mod tests {
         assert_eq!(h.expires_at(at), Some(end));
         assert_eq!(h.role(end - Duration::from_nanos(1)), Some(Role::Active));
         assert_eq!(h.role(end), Some(Role::Standby));
-        assert_eq!(h.report(0, end).role, Some(Role::Standby));
+        assert_eq!(h.report(0, end).role, Some(AgentRole::Lapsed));
     }
 
     #[test]
@@ -282,7 +291,10 @@ mod tests {
         let g = grant(&h, t0, 300);
         take(&mut h, &order(Role::Active, 3, Some(g)));
         let r = h.report(9, t0 + Duration::from_millis(100));
-        assert_eq!((r.message_id, r.epoch, r.role), (9, 3, Some(Role::Active)));
+        assert_eq!(
+            (r.message_id, r.epoch, r.role),
+            (9, 3, Some(AgentRole::Active))
+        );
         assert_eq!(r.grant_remaining_millis, 199);
         assert_eq!(r.stamp_nanos, 100_000_000);
         assert_eq!(r.pod_uid, UID);

@@ -422,12 +422,16 @@ impl Receiver {
                     }
                 }
                 Verdict::Order(order) => {
-                    if let Err(reason) = self.take_order(&order) {
+                    let taken = self.take_order(&order);
+                    if let Err(reason) = taken {
                         AtomicCounters::bump(self.counters.dropped(reason));
                         self.drop_log.record(reason, from, len);
-                        continue;
                     }
-                    self.send_report(order.message_id, from).await;
+                    // A stale order is answered all the same: the report tells its sender
+                    // the epoch this agent is at, so the next order can be newer.
+                    if matches!(taken, Ok(()) | Err(DropReason::Stale)) {
+                        self.send_report(order.message_id, from).await;
+                    }
                 }
                 Verdict::Drop(reason) => {
                     AtomicCounters::bump(self.counters.dropped(reason));

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use hapod_agent::{Agent, AgentConfig, Source};
 use hapod_protocol::{
-    Grant, GrantLedger, Key, LeaseTerms, Message, Order, Report, Role, decode, encode_order,
+    AgentReports, AgentRole, Grant, Key, LeaseTerms, Message, Order, Report, Role, decode,
+    encode_order,
 };
 use tokio::net::UdpSocket;
 
@@ -64,33 +65,29 @@ async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
         lease: Duration::from_millis(300),
         drift_ppm: 1_000,
     };
-    let start = Instant::now();
-    let mut ledger = GrantLedger::new(terms, start - terms.live_span(), start);
+    let mut book = AgentReports::new(terms);
     let epoch = (3 << 32) | 1;
-    let order_now = |ledger: &mut GrantLedger| {
-        ledger.order("ns/hapod", POD, UID, Role::Active, epoch, Instant::now())
-    };
+    let order = |book: &AgentReports| book.order("ns/hapod", POD, UID, Role::Active, epoch, true);
 
     // No report yet, so no grant: the agent reports, but does not act.
-    let first = send(&controller, agent.local_addr(), &order_now(&mut ledger))
+    let first = send(&controller, agent.local_addr(), &order(&book))
         .await
         .expect("a report");
-    assert_eq!((first.epoch, first.role), (epoch, Some(Role::Standby)));
+    assert_eq!((first.epoch, first.role), (epoch, Some(AgentRole::Lapsed)));
     assert_eq!(first.pod_uid, UID);
-    ledger.on_report(first, Instant::now());
+    book.on_report(first, Instant::now());
 
     // The next order's grant echoes that report.
     let mut state = agent.state();
-    let granted = order_now(&mut ledger);
-    let live_until = ledger
-        .live_until(UID, Instant::now())
-        .expect("a live grant");
+    let granted = order(&book);
+    // The controller counts the grant as live for one live span from making the order.
+    let live_until = Instant::now() + terms.live_span();
     let report = send(&controller, agent.local_addr(), &granted)
         .await
         .expect("a report");
     let reported_at = Instant::now();
-    assert_eq!(report.role, Some(Role::Active));
-    // What the agent has left ends before the ledger's count does.
+    assert_eq!(report.role, Some(AgentRole::Active));
+    // What the agent has left ends before the controller's count does.
     let remaining = Duration::from_millis(u64::from(report.grant_remaining_millis));
     assert!(remaining > Duration::ZERO && reported_at + remaining <= live_until);
     assert_eq!(state.borrow_and_update().role, Some(Role::Active));
@@ -125,7 +122,7 @@ async fn a_restarted_agent_refuses_replays_and_grants_of_its_predecessor() {
         .expect("a report");
         let captured = order(Role::Active, epoch, Some(grant_for(&first, 60_000)));
         let report = send(&controller, before.local_addr(), &captured).await;
-        assert_eq!(report.expect("a report").role, Some(Role::Active));
+        assert_eq!(report.expect("a report").role, Some(AgentRole::Active));
         (captured, first)
     };
     assert_eq!(
@@ -134,11 +131,13 @@ async fn a_restarted_agent_refuses_replays_and_grants_of_its_predecessor() {
     );
 
     let restarted = agent(&file).await;
-    // The captured order, replayed: its epoch was applied before the restart.
-    assert_eq!(
-        send(&controller, restarted.local_addr(), &captured).await,
-        None
-    );
+    // The captured order, replayed: its epoch was applied before the restart, so it changes
+    // nothing; the report tells the sender which epoch the agent is at.
+    let answer = send(&controller, restarted.local_addr(), &captured)
+        .await
+        .expect("a report");
+    assert_eq!((answer.epoch, answer.role), (epoch, None));
+    assert_eq!(restarted.state().borrow().role, None);
     assert_eq!(restarted.counters().dropped_stale, 1);
     // A newer epoch applies, but a grant echoing the predecessor's report is worthless.
     let newer = order(Role::Active, epoch + 1, Some(grant_for(&first, 60_000)));
@@ -146,7 +145,7 @@ async fn a_restarted_agent_refuses_replays_and_grants_of_its_predecessor() {
         .await
         .expect("a report");
     assert_ne!(report.incarnation, first.incarnation);
-    assert_eq!(report.role, Some(Role::Standby));
+    assert_eq!(report.role, Some(AgentRole::Lapsed));
     assert_eq!(restarted.state().borrow().role, Some(Role::Standby));
 }
 

@@ -10,14 +10,14 @@
 //! counting the grant as live; no clock needs to be synchronized.
 //!
 //! A [`Report`] answers every order (it is the ACK) and states what the agent believes now:
-//! its effective role (a lapsed grant reads as standby), its applied epoch, and a fresh stamp
-//! for the controller to echo in its next grant.
+//! its role ([`AgentRole`]: a lapsed grant is not active), its applied epoch, and a fresh
+//! stamp for the controller to echo in its next grant.
 //!
 //! Layout after the common 8-byte header (version 2), integers big-endian:
 //! - order (type 1): epoch 8, message id 8, sent at 8, grant incarnation 8, grant stamp 8,
 //!   lease millis 4, role 1, group length 1, pod length 1, UID length 1, group, pod, UID;
 //! - report (type 2): epoch 8, message id 8, incarnation 8, stamp 8, grant remaining millis
-//!   4, role 1 (0 = unknown), UID length 1, UID.
+//!   4, role 1 (0 unknown, 1 active, 2 standby, 3 lapsed), UID length 1, UID.
 
 use std::time::Duration;
 
@@ -94,6 +94,34 @@ impl Order {
     }
 }
 
+/// The role an agent reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentRole {
+    /// Ordered active, under a live grant: the application acts active.
+    Active,
+    /// Ordered standby.
+    Standby,
+    /// Ordered active, but the grant ran out: the application does not act. A grant of the
+    /// same epoch makes it active again.
+    Lapsed,
+}
+
+impl AgentRole {
+    /// Whether the application may act active.
+    pub fn acting(self) -> bool {
+        self == AgentRole::Active
+    }
+
+    /// `active`, `standby` or `lapsed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentRole::Active => "active",
+            AgentRole::Standby => "standby",
+            AgentRole::Lapsed => "lapsed",
+        }
+    }
+}
+
 /// What an agent believes, sent in answer to every order.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Report {
@@ -101,8 +129,8 @@ pub struct Report {
     pub message_id: u64,
     /// The agent's applied epoch (0 before any).
     pub epoch: u64,
-    /// Effective role now: `None` before any order; standby once a grant lapsed.
-    pub role: Option<Role>,
+    /// Role now: `None` before any order this process applied.
+    pub role: Option<AgentRole>,
     /// Random per agent process, never 0: a restarted agent has a new one.
     pub incarnation: u64,
     /// The agent's monotonic clock at sending (nanoseconds since its start): the controller
@@ -134,7 +162,7 @@ pub fn encode_order(order: &Order, key: Option<&Key>) -> Result<Vec<u8>, EncodeE
         grant.incarnation,
         grant.stamp_nanos,
     ];
-    let small = [role_wire(Some(order.role)), group_len, pod_len, uid_len];
+    let small = [role_wire(order.role), group_len, pod_len, uid_len];
     let names = [&order.group, &order.pod, &order.pod_uid];
     Ok(assemble(
         TYPE_NOTIFY,
@@ -155,7 +183,7 @@ pub fn encode_report(report: &Report, key: Option<&Key>) -> Result<Vec<u8>, Enco
         report.incarnation,
         report.stamp_nanos,
     ];
-    let small = [role_wire(report.role), uid_len];
+    let small = [agent_role_wire(report.role), uid_len];
     Ok(assemble(
         TYPE_ACK,
         &fixed,
@@ -198,9 +226,10 @@ pub(crate) fn decode_order(body: &[u8]) -> Result<Order, DecodeError> {
     }
     let field = |index: usize| be_u64(&body[HEADER_LEN + 8 * index..HEADER_LEN + 8 * index + 8]);
     let lease_millis = be_u32(&body[HEADER_LEN + 40..HEADER_LEN + 44]);
-    let role = match role_from_wire(body[HEADER_LEN + 44])? {
-        Some(role) => role,
-        None => return Err(DecodeError::UnknownRole(0)),
+    let role = match body[HEADER_LEN + 44] {
+        1 => Role::Active,
+        2 => Role::Standby,
+        other => return Err(DecodeError::UnknownRole(other)),
     };
     let lengths = &body[HEADER_LEN + 45..ORDER_FIXED_LEN];
     let [group, pod, pod_uid] = names(&body[ORDER_FIXED_LEN..], lengths)?;
@@ -252,7 +281,7 @@ pub(crate) fn decode_report(body: &[u8]) -> Result<Report, DecodeError> {
         incarnation,
         stamp_nanos: field(3),
         grant_remaining_millis: be_u32(&body[HEADER_LEN + 32..HEADER_LEN + 36]),
-        role: role_from_wire(body[HEADER_LEN + 36])?,
+        role: agent_role_from_wire(body[HEADER_LEN + 36])?,
         pod_uid,
     })
 }
@@ -276,19 +305,28 @@ fn names<const N: usize>(rest: &[u8], lengths: &[u8]) -> Result<[String; N], Dec
     Ok(out)
 }
 
-fn role_wire(role: Option<Role>) -> u8 {
+fn role_wire(role: Role) -> u8 {
     match role {
-        None => 0,
-        Some(Role::Active) => 1,
-        Some(Role::Standby) => 2,
+        Role::Active => 1,
+        Role::Standby => 2,
     }
 }
 
-fn role_from_wire(byte: u8) -> Result<Option<Role>, DecodeError> {
+fn agent_role_wire(role: Option<AgentRole>) -> u8 {
+    match role {
+        None => 0,
+        Some(AgentRole::Active) => 1,
+        Some(AgentRole::Standby) => 2,
+        Some(AgentRole::Lapsed) => 3,
+    }
+}
+
+fn agent_role_from_wire(byte: u8) -> Result<Option<AgentRole>, DecodeError> {
     match byte {
         0 => Ok(None),
-        1 => Ok(Some(Role::Active)),
-        2 => Ok(Some(Role::Standby)),
+        1 => Ok(Some(AgentRole::Active)),
+        2 => Ok(Some(AgentRole::Standby)),
+        3 => Ok(Some(AgentRole::Lapsed)),
         other => Err(DecodeError::UnknownRole(other)),
     }
 }
@@ -324,7 +362,7 @@ mod tests {
         Report {
             message_id: 42,
             epoch: (7 << 32) | 3,
-            role: Some(Role::Active),
+            role: Some(AgentRole::Active),
             incarnation: 0xfeed,
             stamp_nanos: 987_654_321,
             grant_remaining_millis: 250,
@@ -375,7 +413,11 @@ mod tests {
                 role: None,
                 ..report()
             };
-            for report in [report(), unknown] {
+            let lapsed = Report {
+                role: Some(AgentRole::Lapsed),
+                ..report()
+            };
+            for report in [report(), unknown, lapsed] {
                 let bytes = encode_report(&report, key.as_ref()).unwrap();
                 assert_eq!(decode(&bytes, key.as_ref()), Ok(Message::Report(report)));
             }

@@ -15,15 +15,17 @@
 //! assert_eq!(decode(&datagram, Some(&key)).unwrap(), Message::Notify(msg));
 //! ```
 
+mod agents;
 mod codec;
-mod grants;
 mod lease;
 pub mod sender;
 
+pub use agents::{AgentReports, LeaseTerms};
 pub use codec::{
     Ack, DecodeError, EncodeError, Key, KeyError, LEGACY_PAYLOAD, MAC_LEN, MAX_DATAGRAM_LEN,
     MAX_NAME_LEN, Message, Notification, PROTOCOL_VERSION, Role, decode, encode, encode_ack,
     unix_nanos_now,
 };
-pub use grants::{GrantLedger, LeaseTerms};
-pub use lease::{Grant, LEASE_PROTOCOL_VERSION, Order, Report, encode_order, encode_report};
+pub use lease::{
+    AgentRole, Grant, LEASE_PROTOCOL_VERSION, Order, Report, encode_order, encode_report,
+};
