@@ -14,7 +14,7 @@
 //! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3).
 //!
 //! Before the first step it prints an estimate of each step on this machine
-//! ([`estimate`]); each step starts with a progress line that repeats its estimate.
+//! (the `estimate` module); each step starts with a progress line that repeats its estimate.
 
 mod estimate;
 
