@@ -29,7 +29,7 @@ type HmacSha256 = Hmac<Sha256>;
 pub const LEGACY_PAYLOAD: &[u8] = b"GoActiveDuringFailover";
 
 /// The version of notifications and ACKs; version 2 (orders with grants, and reports) is in
-/// [`crate::lease`].
+/// [`LEASE_PROTOCOL_VERSION`](crate::LEASE_PROTOCOL_VERSION).
 pub const PROTOCOL_VERSION: u8 = 1;
 
 /// Length of the HMAC-SHA256 trailer.
