@@ -140,7 +140,7 @@ pub enum Health {
     Empty,
 }
 
-/// Output of [`decide`], carried out by the runtime in order.
+/// Output of [`decide`](crate::decide), carried out by the runtime in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Write(Write),
@@ -172,7 +172,7 @@ pub enum WriteOutcome {
     Failed,
 }
 
-/// Input of [`decide`].
+/// Input of [`decide`](crate::decide).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Event {
     /// Watch add/modify (or the result of a refresh).
