@@ -4,8 +4,9 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hapod_core::Config;
+use hapod_core::{ApplicationLease, Config};
 use hapod_election::ElectionArgs;
+use hapod_protocol::LeaseTerms;
 
 const ABOUT: &str = "Keeps exactly one pod of each application group labeled active and fails over to a ready standby when it is lost.";
 
@@ -89,6 +90,18 @@ pub struct Args {
     /// Resend a notification until its ACK or this many ms.
     #[arg(long, env = "HAPOD_NOTIFY_DEADLINE_MS", default_value_t = 2000)]
     pub notify_deadline_ms: u64,
+    /// Application lease (protocol version 2, see docs/fencing.md): how long a grant lets the
+    /// active application act without renewal, in ms. Unset: version 1 notifications only.
+    #[arg(long, env = "HAPOD_APPLICATION_LEASE_MS")]
+    pub application_lease_ms: Option<u64>,
+    /// Application lease: interval of the orders that renew the active's grant and tell every
+    /// other pod to stand by, in ms.
+    #[arg(long, env = "HAPOD_HEARTBEAT_MS", default_value_t = 50)]
+    pub heartbeat_ms: u64,
+    /// Application lease: clock rate error allowed between hosts, in parts per million (the
+    /// agents' --drift-ppm must be the same).
+    #[arg(long, env = "HAPOD_DRIFT_PPM", default_value_t = 1000)]
+    pub drift_ppm: u32,
     /// Period of the re-planning of every group from its full cached state, in seconds.
     #[arg(long, env = "HAPOD_RESYNC_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
@@ -114,7 +127,19 @@ impl Args {
             standby_value: self.standby_value.clone(),
             critical_env: self.critical_env.clone(),
             critical_value: self.critical_value.clone(),
+            application_lease: self.lease_terms().map(|terms| ApplicationLease {
+                live_span: terms.live_span(),
+                predecessor_window: Duration::from_millis(self.election.renew_deadline_ms),
+            }),
         }
+    }
+
+    /// The application lease's terms, when it is on.
+    pub fn lease_terms(&self) -> Option<LeaseTerms> {
+        self.application_lease_ms.map(|ms| LeaseTerms {
+            lease: Duration::from_millis(ms),
+            drift_ppm: self.drift_ppm,
+        })
     }
 
     /// Namespaces to watch, blanks and duplicates dropped (empty: all).
@@ -173,6 +198,22 @@ impl Args {
                 "--namespaces: {ns:?} is not a namespace name (lower case letters, digits, '-', at most 63)"
             ));
         }
+        if let Some(lease_ms) = self.application_lease_ms {
+            if !(MIN_APPLICATION_LEASE_MS..=MAX_APPLICATION_LEASE_MS).contains(&lease_ms) {
+                return Err(format!(
+                    "--application-lease-ms must be within {MIN_APPLICATION_LEASE_MS}..={MAX_APPLICATION_LEASE_MS}"
+                ));
+            }
+            // At least three renewals per lease, so that two lost in a row do not end it.
+            if self.heartbeat_ms == 0 || self.heartbeat_ms.saturating_mul(3) > lease_ms {
+                return Err(format!(
+                    "--heartbeat-ms must be above 0 and at most a third of --application-lease-ms ({lease_ms})"
+                ));
+            }
+            if self.drift_ppm >= 100_000 {
+                return Err("--drift-ppm must be below 100000 (10 %)".into());
+            }
+        }
         if self.notify_deadline_ms == 0 || self.notify_deadline_ms > MAX_NOTIFY_DEADLINE_MS {
             return Err(format!(
                 "--notify-deadline-ms must be within 1..={MAX_NOTIFY_DEADLINE_MS}"
@@ -194,6 +235,10 @@ impl Args {
 }
 
 /// A notification resent for longer than this is useless: the failover is long over.
+/// Bounds of `--application-lease-ms`: below 30 ms a scheduling hiccup ends grants; above a
+/// minute a lost active blocks failover for too long.
+const MIN_APPLICATION_LEASE_MS: u64 = 30;
+const MAX_APPLICATION_LEASE_MS: u64 = 60_000;
 const MAX_NOTIFY_DEADLINE_MS: u64 = 60_000;
 
 /// A DNS-1123 label (namespace names).

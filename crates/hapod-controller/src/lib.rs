@@ -5,6 +5,7 @@
 pub mod args;
 pub mod client;
 pub mod metrics;
+pub mod orders;
 pub mod podview;
 pub mod router;
 pub mod runtime;

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{CommandFactory, Parser};
 use hapod_controller::args::{Args, LogFormat};
 use hapod_controller::metrics::Metrics;
+use hapod_controller::orders::OrderChannel;
 use hapod_controller::runtime::{
     Dispatcher, Settings, http_routes, publish_notes, track_notifications,
 };
@@ -105,7 +106,28 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let (notifier, outcomes) = Notifier::bind(notifier_config(&args)?)
+    let notifier_config = notifier_config(&args)?;
+    let orders = match args.lease_terms() {
+        Some(terms) => {
+            let binds = [notifier_config.bind_v4, notifier_config.bind_v6];
+            let channel = OrderChannel::bind(
+                terms,
+                notifier_config.key.clone(),
+                args.notify_port,
+                binds.into_iter().flatten(),
+            )
+            .await
+            .context("binding the order socket")?;
+            tracing::info!(
+                lease_ms = terms.lease.as_millis() as u64,
+                heartbeat_ms = args.heartbeat_ms,
+                "application lease on (protocol version 2)"
+            );
+            Some((channel, Duration::from_millis(args.heartbeat_ms)))
+        }
+        None => None,
+    };
+    let (notifier, outcomes) = Notifier::bind(notifier_config)
         .await
         .context("binding the notification socket")?;
     tokio::spawn(track_notifications(outcomes, metrics.clone()));
@@ -136,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
         notes: notes_tx,
         metrics,
         epoch_floor: AtomicU64::new(0),
+        orders,
     });
     let settings = Settings {
         selector: args.selector.clone(),

@@ -307,7 +307,8 @@ impl Dispatcher {
             Arc::clone(&self.fence),
             self.shared.metrics.clone(),
         );
-        let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared));
+        let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared))
+            .with_reports_to(tx.downgrade());
         tokio::spawn(worker.run(rx));
         // The first pod goes in before the leadership, so the new group is judged with it
         // (no spurious "no eligible pod" report for a group that is empty for an instant).

@@ -9,16 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
-    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, Write,
+    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Write,
     WriteOutcome, decide,
 };
 use hapod_protocol::Notification;
 use hapod_protocol::sender::Notifier;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::WeakUnboundedSender;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, sleep_until};
 
 use crate::metrics::{Metrics, ReasonLabels, Stage};
+use crate::orders::OrderChannel;
 use crate::podview::pod_view;
 use crate::router::GroupKey;
 use crate::writer::Writer;
@@ -48,6 +50,8 @@ pub struct Shared {
     /// Highest epoch issued by workers that have exited: a group whose worker was stopped
     /// and started again goes on above it (its pods' agents may remember those epochs).
     pub epoch_floor: AtomicU64,
+    /// The application lease's orders and their heartbeat interval; `None`: version 1.
+    pub orders: Option<(OrderChannel, Duration)>,
 }
 
 /// First retry delay after a failed re-read; doubles per failure up to `REREAD_MAX`.
@@ -64,6 +68,9 @@ pub struct Worker {
     wake_at: Option<Instant>,
     failed_rereads: u32,
     without_active: bool,
+    /// This worker's own input, for the agents' reports (application lease).
+    reports_to: Option<WeakUnboundedSender<Input>>,
+    next_heartbeat: Option<Instant>,
 }
 
 impl Worker {
@@ -78,7 +85,19 @@ impl Worker {
             wake_at: None,
             failed_rereads: 0,
             without_active: false,
+            reports_to: None,
+            next_heartbeat: None,
         }
+    }
+
+    /// Routes the agents' reports of this group's pods to `input` (the worker's own input)
+    /// and starts the heartbeat, when the application lease is on.
+    pub fn with_reports_to(mut self, input: WeakUnboundedSender<Input>) -> Self {
+        if self.shared.orders.is_some() {
+            self.reports_to = Some(input);
+            self.next_heartbeat = Some(Instant::now());
+        }
+        self
     }
 
     /// Runs until the input channel closes and everything sent has been handled.
@@ -89,6 +108,12 @@ impl Worker {
     pub async fn run(mut self, mut inputs: mpsc::UnboundedReceiver<Input>) {
         self.shared.metrics.groups.inc();
         loop {
+            // The heartbeat goes first: a busy group must not let its active's grant lapse.
+            if let Some(beat) = self.next_heartbeat.filter(|at| *at <= Instant::now()) {
+                self.next_heartbeat = self.shared.orders.as_ref().map(|(_, every)| beat + *every);
+                self.step((Event::Heartbeat, Instant::now())).await;
+                continue;
+            }
             let input = match inputs.try_recv() {
                 Ok(input) => input,
                 Err(closed) => match self.follow_ups.pop_front() {
@@ -103,6 +128,7 @@ impl Worker {
                             self.wake_at = None;
                             (Event::Tick, Instant::now())
                         }
+                        () = sleep_until(self.next_heartbeat.unwrap_or_else(Instant::now)), if self.next_heartbeat.is_some() => continue,
                     },
                 },
             };
@@ -179,6 +205,10 @@ impl Worker {
             },
             Action::Notify(notify) => {
                 self.notify(notify, received);
+                None
+            }
+            Action::Order(order) => {
+                self.order(order).await;
                 None
             }
             Action::Record(record) => {
@@ -263,6 +293,21 @@ impl Worker {
                 self.count_notification(role, "refused");
                 tracing::warn!(group = %self.key, pod = %notify.pod, %addr, %error, "notification refused");
             }
+        }
+    }
+
+    /// Sends an order of the application lease, only while leading: the grant it may carry
+    /// was counted by the core under this leadership.
+    async fn order(&self, order: RoleOrder) {
+        let (Some((orders, _)), Some(reports_to)) = (&self.shared.orders, &self.reports_to) else {
+            return;
+        };
+        if !self.writer.leading() {
+            tracing::debug!(group = %self.key, pod = %order.pod, "order not sent: not leading any more");
+            return;
+        }
+        if let Err(error) = orders.send(&self.key.to_string(), &order, reports_to).await {
+            tracing::warn!(group = %self.key, pod = %order.pod, %error, "order not sent");
         }
     }
 

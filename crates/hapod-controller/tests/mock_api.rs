@@ -2,108 +2,28 @@
 //! request bodies, preconditions, delete options, error handling, re-list handling, and the
 //! notification that follows a promotion (sent over loopback).
 
-use std::net::{Ipv4Addr, SocketAddr};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hapod_controller::metrics::Metrics;
-use hapod_controller::podview::pod_view;
 use hapod_controller::router::GroupKey;
 use hapod_controller::runtime::{Dispatcher, Settings};
 use hapod_controller::worker::{PodNote, Shared, Worker};
 use hapod_controller::writer::{Fence, Writer};
 use hapod_core::{Config, Event, Purpose, Role, Write, WriteKind, WriteOutcome, epoch};
-use hapod_protocol::sender::{Notifier, NotifierConfig};
 use hapod_protocol::{Message, decode};
-use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Pod;
+use http::{Method, Response, StatusCode};
 use kube::api::Api;
 use kube::client::Body;
-use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, timeout};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-struct FixedTerm(Option<u32>);
-
-impl Fence for FixedTerm {
-    fn lease(&self) -> Option<(u32, Instant)> {
-        self.0
-            .map(|t| (t, Instant::now() + Duration::from_secs(3600)))
-    }
-}
-
-fn mock() -> (kube::Client, Handle) {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    (kube::Client::new(service, "ns"), handle)
-}
-
-fn metrics() -> Metrics {
-    Metrics::register(&mut Registry::default())
-}
-
-fn writer(client: kube::Client, term: Option<u32>, metrics: Metrics) -> Writer {
-    Writer::new(
-        Api::namespaced(client, "ns"),
-        Arc::new(Config::default()),
-        Arc::new(FixedTerm(term)),
-        metrics,
-    )
-}
-
-fn pod_json(name: &str, rv: &str, role: &str, ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "ns", "uid": format!("{name}-uid"),
-                     "resourceVersion": rv, "labels": {"app": "hapod", "role": role},
-                     "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"containers": [{"name": "c"}]},
-        "status": {"phase": "Running", "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": "True"}]},
-    })
-}
-
-fn ok(body: &Value) -> Response<Body> {
-    Response::builder()
-        .status(StatusCode::OK)
-        .body(Body::from(serde_json::to_vec(body).unwrap()))
-        .unwrap()
-}
-
-fn status(code: u16, reason: &str) -> Response<Body> {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": reason, "reason": reason, "code": code});
-    Response::builder()
-        .status(code)
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap()
-}
-
-/// Next request, its JSON body, and the responder.
-async fn next(
-    handle: &mut Handle,
-) -> (
-    http::request::Parts,
-    Value,
-    tower_test::mock::SendResponse<Response<Body>>,
-) {
-    let (request, send) = timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("a request within 5 s")
-        .expect("service alive");
-    let (parts, body) = request.into_parts();
-    let bytes = body.collect_bytes().await.unwrap();
-    let json = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap()
-    };
-    (parts, json, send)
-}
+use common::*;
 
 fn promote_write(op: u64) -> Write {
     Write {
@@ -220,29 +140,6 @@ struct Rig {
     metrics: Metrics,
 }
 
-/// Shared worker context with a loopback notifier and a UDP socket playing the pods' agent.
-async fn shared(metrics: Metrics) -> (Arc<Shared>, mpsc::Receiver<PodNote>, UdpSocket) {
-    let agent = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let (notifier, _outcomes) = Notifier::bind(NotifierConfig {
-        bind_v4: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))),
-        bind_v6: None,
-        ..NotifierConfig::default()
-    })
-    .await
-    .unwrap();
-    let (notes_tx, notes) = mpsc::channel(16);
-    let shared = Arc::new(Shared {
-        config: Arc::new(Config::default()),
-        group_label: "app".into(),
-        notifier,
-        notify_port: agent.local_addr().unwrap().port(),
-        notes: notes_tx,
-        metrics,
-        epoch_floor: Default::default(),
-    });
-    (shared, notes, agent)
-}
-
 async fn rig() -> Rig {
     let (client, handle) = mock();
     let metrics = metrics();
@@ -259,11 +156,6 @@ async fn rig() -> Rig {
         agent,
         metrics,
     }
-}
-
-fn view(json: Value) -> hapod_core::PodView {
-    let pod: Pod = serde_json::from_value(json).unwrap();
-    pod_view(&pod, &Config::default(), "app").unwrap()
 }
 
 #[tokio::test]

@@ -11,6 +11,6 @@ mod pod;
 
 pub use group::{
     Action, Event, GroupState, Health, Notify, OpId, PodRef, PromotionReason, Purpose, Record,
-    RecordKind, Write, WriteKind, WriteOutcome, decide,
+    RecordKind, ReportedRole, RoleOrder, Write, WriteKind, WriteOutcome, decide,
 };
-pub use pod::{Config, CriticalContainer, Phase, PodView, Role};
+pub use pod::{ApplicationLease, Config, CriticalContainer, Phase, PodView, Role};

@@ -2,6 +2,7 @@
 //! and the rules that only need one pod: role, eligibility, critical-container marker.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// Names and values the controller matches and writes. Defaults keep the original system's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -16,6 +17,18 @@ pub struct Config {
     pub critical_env: String,
     /// Env var value marking a critical container (`critical`), see [`Config::is_critical_env`].
     pub critical_value: String,
+    /// The application lease (protocol version 2); `None`: version 1 notifications only.
+    pub application_lease: Option<ApplicationLease>,
+}
+
+/// Timing of the application lease on the controller's side (`docs/fencing.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ApplicationLease {
+    /// How long a grant sent now may be live: the lease stretched by the drift allowance.
+    pub live_span: Duration,
+    /// After taking over: how long the previous acting replica may still have sent grants
+    /// (its renew deadline).
+    pub predecessor_window: Duration,
 }
 
 impl Default for Config {
@@ -26,6 +39,7 @@ impl Default for Config {
             standby_value: "standby".into(),
             critical_env: "pwcriticality".into(),
             critical_value: "critical".into(),
+            application_lease: None,
         }
     }
 }

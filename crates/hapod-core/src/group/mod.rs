@@ -27,13 +27,15 @@ const VANISH_WAIT: Duration = Duration::from_millis(250);
 const TOMBSTONES: usize = 64;
 
 mod entry;
+mod grants;
 mod plan;
 mod types;
 
 use entry::{PodEntry, Tombstone, after_floor, at_least_as_recent};
+use grants::Grants;
 pub use types::{
-    Action, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind, Write,
-    WriteKind, WriteOutcome,
+    Action, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind,
+    ReportedRole, RoleOrder, Write, WriteKind, WriteOutcome,
 };
 /// When a failover started and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,6 +77,8 @@ pub struct GroupState {
     /// Active pods (UID, epoch) this replica told they are active, in this term.
     announced: BTreeSet<(String, u64)>,
     health: Option<Health>,
+    /// The application lease: orders, live grants, agents' reports.
+    grants: Grants,
 }
 
 impl GroupState {
@@ -94,6 +98,7 @@ impl GroupState {
             trigger: None,
             announced: BTreeSet::new(),
             health: None,
+            grants: Grants::default(),
         }
     }
 
@@ -240,9 +245,13 @@ impl GroupState {
         }
     }
 
-    fn set_leadership(&mut self, term: Option<u32>) {
+    fn set_leadership(&mut self, term: Option<u32>, now: Instant) {
         if self.term == term {
             return;
+        }
+        if let (Some(_), Some(lease)) = (term, self.config.application_lease) {
+            self.grants
+                .take_over(now + lease.predecessor_window + lease.live_span);
         }
         self.term = term;
         self.seq = 0;
@@ -370,7 +379,7 @@ impl GroupState {
                     Purpose::Promote(reason) => {
                         let epoch = epoch.unwrap_or_default();
                         let latency = self.trigger.take().map(|t| now.duration_since(t.at));
-                        self.announce(&pod, ip, epoch, out);
+                        self.announce(&pod, ip, epoch, now, out);
                         out.push(Action::Record(Record {
                             pod: Some(pod),
                             kind: RecordKind::Promoted {
@@ -387,12 +396,7 @@ impl GroupState {
                         // agent takes the standby order as newer than its last active order.
                         let epoch = self.term.and_then(|t| self.allocate_epoch(t));
                         if let (Some(ip), Some(epoch)) = (ip, epoch) {
-                            out.push(Action::Notify(Notify {
-                                pod: pod.name.clone(),
-                                ip,
-                                role: Role::Standby,
-                                epoch,
-                            }));
+                            self.tell(&pod, ip, Role::Standby, epoch, now, out);
                         }
                         out.push(Action::Record(Record {
                             pod: Some(pod),
@@ -401,7 +405,7 @@ impl GroupState {
                     }
                     Purpose::Adopt => {
                         let epoch = epoch.unwrap_or_default();
-                        self.announce(&pod, ip, epoch, out);
+                        self.announce(&pod, ip, epoch, now, out);
                         out.push(Action::Record(Record {
                             pod: Some(pod),
                             kind: RecordKind::Adopted { epoch },
@@ -454,8 +458,10 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
                 });
             }
         }
-        Event::Leadership(term) => state.set_leadership(term),
+        Event::Leadership(term) => state.set_leadership(term, now),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
+        Event::Heartbeat => state.heartbeat(now, &mut out),
+        Event::Reported { uid, role, epoch } => state.grants.report(&uid, role, epoch),
     }
     state.observe_trigger(now);
     state.report_future_epochs(&mut out);

@@ -6,9 +6,10 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::grants::LiveGrant;
 use super::{
     Action, GroupState, Health, InFlight, Notify, PodEntry, PodRef, PromotionReason, Purpose,
-    Record, RecordKind, VANISH_WAIT, Write, WriteKind,
+    Record, RecordKind, RoleOrder, VANISH_WAIT, Write, WriteKind,
 };
 use crate::epoch;
 use crate::pod::Role;
@@ -28,6 +29,8 @@ impl GroupState {
             .filter(|e| e.role(&config) == Role::Active)
             .filter_map(|e| e.view.epoch)
             .chain([self.highest_epoch])
+            // An agent that applied an epoch refuses anything not newer.
+            .chain(self.grants.reported.values().map(|(_, epoch)| *epoch))
             .filter(|&e| epoch::term_of(e) == term)
             .map(epoch::seq_of)
             .max()
@@ -176,6 +179,12 @@ impl GroupState {
         if candidate.stale {
             return true;
         }
+        // Another pod's application may still act on a grant: wait for it to end, or for
+        // that agent to report it stands by.
+        if let Some(until) = self.grants.blocking(&candidate.view.uid, now) {
+            out.push(Action::WakeAfter(until - now));
+            return true;
+        }
         let name = candidate.view.name.clone();
         let Some(epoch) = self.allocate_epoch(term) else {
             return true;
@@ -206,9 +215,19 @@ impl GroupState {
         let Some(entry) = keep.map(|name| &self.pods[name]).filter(|e| e.eligible()) else {
             return false;
         };
-        let Some(epoch) = entry.view.epoch else {
+        // Without an epoch, or with one its agent can no longer act on (it stood down at
+        // it, or restarted past it), the kept active gets a fresh epoch written first.
+        let usable = entry
+            .view
+            .epoch
+            .filter(|epoch| !self.grants.stood_down(&entry.view.uid, *epoch));
+        let Some(epoch) = usable else {
             if !entry.writable(now) {
                 return false;
+            }
+            if let Some(until) = self.grants.blocking(&entry.view.uid, now) {
+                out.push(Action::WakeAfter(until - now));
+                return true;
             }
             let name = entry.view.name.clone();
             let Some(epoch) = self.allocate_epoch(term) else {
@@ -219,7 +238,7 @@ impl GroupState {
         };
         if !self.announced.contains(&(entry.view.uid.clone(), epoch)) {
             let (pod, ip) = (entry.pod_ref(), entry.view.primary_ip());
-            self.announce(&pod, ip, epoch, out);
+            self.announce(&pod, ip, epoch, now, out);
         }
         false
     }
@@ -230,16 +249,109 @@ impl GroupState {
         pod: &PodRef,
         ip: Option<IpAddr>,
         epoch: u64,
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
         self.announced.insert((pod.uid.clone(), epoch));
         if let Some(ip) = ip {
+            self.tell(pod, ip, Role::Active, epoch, now, out);
+        }
+    }
+
+    /// Tells one pod its role: a version 1 notification, or with the application lease an
+    /// order, which for the active role carries a grant that is recorded as live for one
+    /// live span from `now`.
+    pub(super) fn tell(
+        &mut self,
+        pod: &PodRef,
+        ip: IpAddr,
+        role: Role,
+        epoch: u64,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(lease) = self.config.application_lease else {
             out.push(Action::Notify(Notify {
                 pod: pod.name.clone(),
                 ip,
-                role: Role::Active,
+                role,
                 epoch,
             }));
+            return;
+        };
+        let grant = role == Role::Active;
+        if grant {
+            let live = LiveGrant {
+                until: now + lease.live_span,
+                epoch,
+                pod: pod.name.clone(),
+                ip,
+            };
+            self.grants.granted(&pod.uid, live);
+        } else {
+            self.grants.told.insert(pod.uid.clone(), (role, epoch));
+        }
+        out.push(Action::Order(RoleOrder {
+            pod: pod.name.clone(),
+            uid: pod.uid.clone(),
+            ip,
+            role,
+            epoch,
+            grant,
+        }));
+    }
+
+    /// Application lease: repeats every pod's order. The kept active (with an epoch of this
+    /// or an older term that its agent can still act on) is granted; every other pod, and
+    /// any pod that left the group while a grant to it may be live, is told to stand by at
+    /// an epoch its agent takes: the last it was told, its label's, the active's or the one
+    /// it reported, whichever is highest.
+    pub(super) fn heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (Some(term), Some(_)) = (self.term, self.config.application_lease) else {
+            return;
+        };
+        let pods = &self.pods;
+        self.grants
+            .prune(now, |uid| pods.values().any(|e| e.view.uid == uid));
+        let acting_term = |epoch: &u64| epoch::term_of(*epoch) <= term;
+        let kept = self
+            .kept_active(now)
+            .and_then(|e| Some((e.view.uid.clone(), e.view.epoch.filter(acting_term)?)))
+            .filter(|(uid, epoch)| !self.grants.stood_down(uid, *epoch));
+        let active_epoch = kept.as_ref().map_or(0, |(_, epoch)| *epoch);
+        let mut targets: Vec<(PodRef, IpAddr, Option<u64>)> = self
+            .pods
+            .values()
+            .filter_map(|e| Some((e.pod_ref(), e.view.primary_ip()?, e.view.epoch)))
+            .collect();
+        targets.extend(
+            self.grants
+                .live
+                .iter()
+                .filter(|(uid, _)| !targets.iter().any(|(pod, _, _)| pod.uid == **uid))
+                .map(|(uid, grant)| {
+                    let pod = PodRef {
+                        name: grant.pod.clone(),
+                        uid: uid.clone(),
+                    };
+                    (pod, grant.ip, Some(grant.epoch))
+                })
+                .collect::<Vec<_>>(),
+        );
+        for (pod, ip, label_epoch) in targets {
+            if let Some((_, epoch)) = kept.as_ref().filter(|(uid, _)| *uid == pod.uid) {
+                self.tell(&pod, ip, Role::Active, *epoch, now, out);
+                continue;
+            }
+            let told = self.grants.told.get(&pod.uid).map(|(_, epoch)| *epoch);
+            let reported = self.grants.reported.get(&pod.uid).map(|(_, epoch)| *epoch);
+            let epoch = [told, label_epoch, Some(active_epoch), reported]
+                .into_iter()
+                .flatten()
+                .filter(acting_term)
+                .max()
+                .unwrap_or(0);
+            self.tell(&pod, ip, Role::Standby, epoch, now, out);
         }
     }
 

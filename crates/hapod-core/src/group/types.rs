@@ -76,6 +76,29 @@ pub struct Write {
     pub kind: WriteKind,
 }
 
+/// What an agent reported of itself (application lease).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReportedRole {
+    /// Acting active under a live grant.
+    Active,
+    /// Applied a standby order.
+    Standby,
+    /// Ordered active, but its grant ran out: not acting.
+    Lapsed,
+}
+
+/// An order of the application lease to send to one pod's agent: its role at `epoch`, with a
+/// grant to act when `grant` is set (only for the active role).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoleOrder {
+    pub pod: String,
+    pub uid: String,
+    pub ip: IpAddr,
+    pub role: Role,
+    pub epoch: u64,
+    pub grant: bool,
+}
+
 /// A role notification to send (after its label write was acknowledged).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Notify {
@@ -150,6 +173,8 @@ pub enum Action {
         uid: String,
     },
     Notify(Notify),
+    /// Application lease: an order for one agent (at a role change and on every heartbeat).
+    Order(RoleOrder),
     Record(Record),
     /// Feed [`Event::Tick`] after this delay (plus jitter): a retry is due.
     WakeAfter(Duration),
@@ -193,4 +218,13 @@ pub enum Event {
     Leadership(Option<u32>),
     /// Outcome of the write `op`.
     Outcome { op: OpId, outcome: WriteOutcome },
+    /// Application lease: time to repeat every pod's order (the heartbeat).
+    Heartbeat,
+    /// Application lease: a pod's agent reported its role (`None`: it applied no order since
+    /// it started) and epoch.
+    Reported {
+        uid: String,
+        role: Option<ReportedRole>,
+        epoch: u64,
+    },
 }

@@ -253,9 +253,17 @@ pub struct Ctl {
 impl Ctl {
     /// A replica that listed `pods` and acts in term 1.
     pub fn acting(pods: impl IntoIterator<Item = PodView>) -> (Self, Vec<Action>) {
+        Self::acting_with(Config::default(), pods)
+    }
+
+    /// [`Ctl::acting`] with another configuration.
+    pub fn acting_with(
+        config: Config,
+        pods: impl IntoIterator<Item = PodView>,
+    ) -> (Self, Vec<Action>) {
         let api = FakeApi::new(pods);
         let mut ctl = Self {
-            state: hapod_core::GroupState::new(std::sync::Arc::new(Config::default())),
+            state: hapod_core::GroupState::new(std::sync::Arc::new(config)),
             api,
             now: std::time::Instant::now(),
         };

@@ -8,6 +8,7 @@ mod critical;
 mod epochs;
 mod failover;
 mod labels;
+mod lease;
 mod writes;
 
 use std::net::{IpAddr, Ipv6Addr};

@@ -1,0 +1,180 @@
+//! The application lease on the wire (protocol version 2, `docs/fencing.md`): the core's
+//! orders go out as datagrams with the grant echo of [`AgentReports`], and the agents' reports
+//! come back to the worker of the pod's group as [`Event::Reported`] whenever an agent's role
+//! or epoch changed.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use hapod_core::{Event, ReportedRole, Role, RoleOrder};
+use hapod_protocol::{
+    AgentReports, AgentRole, Key, LeaseTerms, MAX_DATAGRAM_LEN, Message, decode, encode_order,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc::WeakUnboundedSender;
+
+use crate::worker::Input;
+
+/// Where a pod's reports go, and what its agent last said.
+struct Route {
+    worker: WeakUnboundedSender<Input>,
+    said: Option<(Option<AgentRole>, u64)>,
+}
+
+struct Inner {
+    sockets: Vec<Arc<UdpSocket>>,
+    key: Option<Key>,
+    port: u16,
+    book: Mutex<AgentReports>,
+    routes: Mutex<HashMap<String, Route>>,
+}
+
+/// Sends orders and routes reports. Cheap to clone.
+#[derive(Clone)]
+pub struct OrderChannel {
+    inner: Arc<Inner>,
+}
+
+impl OrderChannel {
+    /// Binds one socket per given local address and starts receiving reports on each.
+    pub async fn bind(
+        terms: LeaseTerms,
+        key: Option<Key>,
+        port: u16,
+        binds: impl IntoIterator<Item = SocketAddr>,
+    ) -> io::Result<Self> {
+        let mut sockets = Vec::new();
+        for bind in binds {
+            sockets.push(Arc::new(UdpSocket::bind(bind).await?));
+        }
+        let inner = Arc::new(Inner {
+            sockets,
+            key,
+            port,
+            book: Mutex::new(AgentReports::new(terms)),
+            routes: Mutex::new(HashMap::new()),
+        });
+        for socket in &inner.sockets {
+            tokio::spawn(receive(Arc::clone(socket), Arc::downgrade(&inner)));
+        }
+        Ok(OrderChannel { inner })
+    }
+
+    /// Sends `order` to its pod; its reports go to `worker`.
+    pub async fn send(
+        &self,
+        group: &str,
+        order: &RoleOrder,
+        worker: &WeakUnboundedSender<Input>,
+    ) -> Result<(), String> {
+        let role = match order.role {
+            Role::Active => hapod_protocol::Role::Active,
+            _ => hapod_protocol::Role::Standby,
+        };
+        let datagram = {
+            let book = self
+                .inner
+                .book
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let message = book.order(
+                group,
+                &order.pod,
+                &order.uid,
+                role,
+                order.epoch,
+                order.grant,
+            );
+            encode_order(&message, self.inner.key.as_ref()).map_err(|e| e.to_string())?
+        };
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(order.uid.clone())
+            .or_insert_with(|| Route {
+                worker: worker.clone(),
+                said: None,
+            })
+            .worker = worker.clone();
+        let to = SocketAddr::new(order.ip, self.inner.port);
+        let socket = self
+            .inner
+            .sockets
+            .iter()
+            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4()))
+            .ok_or_else(|| format!("no local socket for the address family of {to}"))?;
+        socket
+            .send_to(&datagram, to)
+            .await
+            .map(drop)
+            .map_err(|e| format!("sending to {to}: {e}"))
+    }
+
+    /// Forgets a pod that left (its route and its agent's reports).
+    pub fn forget(&self, uid: &str) {
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(uid);
+        self.inner
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget(uid);
+    }
+}
+
+async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
+    let mut buf = [0u8; MAX_DATAGRAM_LEN + 1];
+    loop {
+        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+            // Avoid spinning on a persistent error.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let report = match decode(&buf[..len], inner.key.as_ref()) {
+            Ok(Message::Report(report)) => report,
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::debug!(%from, %error, "invalid datagram on the order socket");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        let said = (report.role, report.epoch);
+        let uid = report.pod_uid.clone();
+        let newest = inner
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .on_report(report, now);
+        if !newest {
+            continue;
+        }
+        let mut routes = inner.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(route) = routes.get_mut(&uid).filter(|r| r.said != Some(said)) else {
+            continue;
+        };
+        route.said = Some(said);
+        let event = Event::Reported {
+            uid,
+            role: said.0.map(|role| match role {
+                AgentRole::Active => ReportedRole::Active,
+                AgentRole::Standby => ReportedRole::Standby,
+                AgentRole::Lapsed => ReportedRole::Lapsed,
+            }),
+            epoch: said.1,
+        };
+        if let Some(worker) = route.worker.upgrade() {
+            let _ = worker.send((event, tokio::time::Instant::from_std(now)));
+        }
+    }
+}

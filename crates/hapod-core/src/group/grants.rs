@@ -1,0 +1,101 @@
+//! The application lease on the controller's side (`docs/fencing.md`): what each agent was
+//! told, which grants may still be live, and which agents proved they cannot act. Promotion
+//! waits on [`Grants::blocking`].
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+use super::types::ReportedRole;
+use crate::pod::Role;
+
+/// A grant sent to a pod that may still let its application act.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) struct LiveGrant {
+    /// End of the grant on this clock: one live span after the order was made.
+    pub(super) until: Instant,
+    /// Epoch of the grant: a standby report at this epoch or later ends it early.
+    pub(super) epoch: u64,
+    /// Where the pod was, so that it can be told to stand by even after it left the group.
+    pub(super) pod: String,
+    pub(super) ip: IpAddr,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub(super) struct Grants {
+    /// The last order to each pod (by UID): heartbeats repeat it.
+    pub(super) told: BTreeMap<String, (Role, u64)>,
+    /// Grants that may still be live, by pod UID.
+    pub(super) live: BTreeMap<String, LiveGrant>,
+    /// Latest report of each agent: its role and epoch.
+    pub(super) reported: BTreeMap<String, (Option<ReportedRole>, u64)>,
+    /// No promotion before this: the grants of a previous acting replica are unknown.
+    pub(super) inherited_until: Option<Instant>,
+}
+
+impl Grants {
+    /// This replica starts acting: whatever the previous acting replica granted may be live
+    /// until `until`.
+    pub(super) fn take_over(&mut self, until: Instant) {
+        self.told.clear();
+        self.inherited_until = Some(until);
+    }
+
+    pub(super) fn granted(&mut self, uid: &str, grant: LiveGrant) {
+        self.told
+            .insert(uid.to_owned(), (Role::Active, grant.epoch));
+        self.live.insert(uid.to_owned(), grant);
+    }
+
+    pub(super) fn report(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64) {
+        self.reported.insert(uid.to_owned(), (role, epoch));
+    }
+
+    /// Whether the pod's agent proved it cannot act on any order of `epoch` or older: it
+    /// applied a standby order at that epoch or later (within an epoch an agent only moves
+    /// toward standby), or restarted past it without applying anything since. A lapsed
+    /// grant proves nothing: a grant still in flight would revive it.
+    pub(super) fn stood_down(&self, uid: &str, epoch: u64) -> bool {
+        stood_down(&self.reported, uid, epoch)
+    }
+
+    /// Until when a pod other than `candidate` may still act on a grant (the latest such
+    /// end), or `None` when the candidate may be promoted now.
+    pub(super) fn blocking(&self, candidate: &str, now: Instant) -> Option<Instant> {
+        let inherited = self.inherited_until.filter(|until| now < *until);
+        let granted = self
+            .live
+            .iter()
+            .filter(|(uid, grant)| {
+                uid.as_str() != candidate && now < grant.until && !self.stood_down(uid, grant.epoch)
+            })
+            .map(|(_, grant)| grant.until)
+            .max();
+        inherited.max(granted)
+    }
+
+    /// Forgets grants that are over and pods that are gone with nothing live.
+    pub(super) fn prune(&mut self, now: Instant, present: impl Fn(&str) -> bool) {
+        let reported = &self.reported;
+        self.live
+            .retain(|uid, grant| now < grant.until && !stood_down(reported, uid, grant.epoch));
+        let live = &self.live;
+        self.told
+            .retain(|uid, _| present(uid) || live.contains_key(uid));
+        self.reported
+            .retain(|uid, _| present(uid) || live.contains_key(uid));
+        if self.inherited_until.is_some_and(|until| until <= now) {
+            self.inherited_until = None;
+        }
+    }
+}
+
+fn stood_down(
+    reported: &BTreeMap<String, (Option<ReportedRole>, u64)>,
+    uid: &str,
+    epoch: u64,
+) -> bool {
+    reported.get(uid).is_some_and(|(role, reported)| {
+        *reported >= epoch && matches!(role, None | Some(ReportedRole::Standby))
+    })
+}

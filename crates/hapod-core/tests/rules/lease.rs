@@ -1,0 +1,192 @@
+//! The application lease: grants only to the kept active, promotion only once no other pod
+//! can act on a grant (its end passed, or its agent stood down), a predecessor's unknown
+//! grants waited out, and agents that lost their role reconciled.
+
+use super::*;
+use hapod_core::{ApplicationLease, Config, ReportedRole, RoleOrder};
+
+const LIVE_SPAN: Duration = Duration::from_millis(300);
+const PREDECESSOR_WINDOW: Duration = Duration::from_secs(2);
+
+fn leased() -> Config {
+    Config {
+        application_lease: Some(ApplicationLease {
+            live_span: LIVE_SPAN,
+            predecessor_window: PREDECESSOR_WINDOW,
+        }),
+        ..Config::default()
+    }
+}
+
+fn orders(actions: &[Action]) -> Vec<&RoleOrder> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Order(o) => Some(o),
+            _ => None,
+        })
+        .collect()
+}
+
+fn wake_after(actions: &[Action]) -> Option<Duration> {
+    actions.iter().find_map(|a| match a {
+        Action::WakeAfter(d) => Some(*d),
+        _ => None,
+    })
+}
+
+/// Active "a" at epoch 3 and standby "b", acting past the predecessor's window, with one
+/// heartbeat sent (a holds a grant from that moment).
+fn steady() -> Ctl {
+    let (mut ctl, first) = Ctl::acting_with(leased(), [active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    ctl.now += PREDECESSOR_WINDOW + LIVE_SPAN;
+    let actions = ctl.feed(Event::Heartbeat);
+    let granted: Vec<_> = orders(&actions).into_iter().filter(|o| o.grant).collect();
+    assert_eq!(granted.len(), 1, "{actions:?}");
+    assert_eq!((granted[0].pod.as_str(), granted[0].epoch), ("a", 3));
+    ctl
+}
+
+fn delete_a(ctl: &mut Ctl) -> Vec<Action> {
+    ctl.now += Duration::from_millis(10);
+    let gone = ctl.api.remove("a").unwrap();
+    ctl.feed(gone)
+}
+
+#[test]
+fn a_new_acting_replica_promotes_nobody_before_its_predecessor_could_have_stopped_granting() {
+    let (mut ctl, first) = Ctl::acting_with(leased(), [pod("a", 1), pod("b", 2)]);
+    assert!(writes(&first).is_empty(), "{first:?}");
+    assert_eq!(wake_after(&first), Some(PREDECESSOR_WINDOW + LIVE_SPAN));
+    ctl.now += PREDECESSOR_WINDOW + LIVE_SPAN;
+    let promote = single_write(&ctl.feed(Event::Tick));
+    assert!(is_set_role(&promote, "a", Role::Active));
+    // The promotion is announced by an order that carries the grant.
+    let (after, _) = ctl.answer(&promote);
+    let told = orders(&after);
+    assert_eq!(told.len(), 1);
+    assert!(told[0].grant && told[0].role == Role::Active && told[0].pod == "a");
+    assert!(notifies(&after).is_empty(), "no version 1 notification");
+}
+
+#[test]
+fn heartbeats_grant_only_the_kept_active_and_tell_the_others_its_epoch() {
+    let mut ctl = steady();
+    let actions = ctl.feed(Event::Heartbeat);
+    let b = orders(&actions).into_iter().find(|o| o.pod == "b").unwrap();
+    assert_eq!((b.role, b.epoch, b.grant), (Role::Standby, 3, false));
+}
+
+#[test]
+fn a_lost_active_is_replaced_only_once_its_grant_is_over() {
+    let mut ctl = steady();
+    let actions = delete_a(&mut ctl);
+    assert!(writes(&actions).is_empty(), "{actions:?}");
+    let wait = wake_after(&actions).expect("woken when the grant ends");
+    assert_eq!(wait, LIVE_SPAN - Duration::from_millis(10));
+    // A heartbeat meanwhile still tells the departed pod to stand by, and grants nobody.
+    let beat = ctl.feed(Event::Heartbeat);
+    assert!(orders(&beat).iter().all(|o| !o.grant));
+    assert!(
+        orders(&beat)
+            .iter()
+            .any(|o| o.pod == "a" && o.role == Role::Standby)
+    );
+    ctl.now += wait;
+    let promote = single_write(&ctl.feed(Event::Tick));
+    assert!(is_set_role(&promote, "b", Role::Active));
+}
+
+#[test]
+fn a_standby_report_of_the_old_active_lets_the_promotion_go_at_once() {
+    let mut ctl = steady();
+    assert!(writes(&delete_a(&mut ctl)).is_empty());
+    let stood_down = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    let promote = single_write(&stood_down);
+    assert!(is_set_role(&promote, "b", Role::Active));
+    // Its epoch is above every epoch an agent reported.
+    let WriteKind::SetRole { epoch, .. } = promote.kind else {
+        unreachable!()
+    };
+    assert!(epoch.unwrap() > 3);
+}
+
+#[test]
+fn a_lapsed_or_older_report_is_no_proof() {
+    let mut ctl = steady();
+    assert!(writes(&delete_a(&mut ctl)).is_empty());
+    // Lapsed: a grant still in flight would make it act again.
+    let lapsed = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Lapsed),
+        epoch: 3,
+    });
+    assert!(writes(&lapsed).is_empty(), "{lapsed:?}");
+    // Standby, but at an epoch below the grant's.
+    let older = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 2,
+    });
+    assert!(writes(&older).is_empty(), "{older:?}");
+}
+
+#[test]
+fn a_kept_active_whose_agent_restarted_gets_a_fresh_epoch_then_a_grant() {
+    let mut ctl = steady();
+    // Restarted with its epoch file at 3, nothing applied since: it refuses epoch 3.
+    let actions = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: None,
+        epoch: 3,
+    });
+    let adopt = single_write(&actions);
+    let WriteKind::SetRole {
+        role,
+        epoch,
+        purpose,
+        ..
+    } = &adopt.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(
+        (adopt.pod.as_str(), *role, *purpose),
+        ("a", Role::Active, Purpose::Adopt)
+    );
+    let fresh = epoch.unwrap();
+    assert!(fresh > 3);
+    let (after, _) = ctl.answer(&adopt);
+    let told = orders(&after);
+    assert_eq!(told.len(), 1, "{after:?}");
+    assert!(told[0].grant && told[0].epoch == fresh);
+}
+
+#[test]
+fn a_standby_that_believes_it_is_active_is_told_standby_at_its_own_epoch() {
+    let mut ctl = steady();
+    // b's agent still acts on an old promotion at a higher epoch of this term.
+    let stray = epoch::compose(1, 9);
+    ctl.feed(Event::Reported {
+        uid: "b-uid".into(),
+        role: Some(ReportedRole::Active),
+        epoch: stray,
+    });
+    let beat = ctl.feed(Event::Heartbeat);
+    let b = orders(&beat).into_iter().find(|o| o.pod == "b").unwrap();
+    assert_eq!((b.role, b.epoch, b.grant), (Role::Standby, stray, false));
+}
+
+#[test]
+fn without_the_lease_nothing_changes_for_version_1() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    assert!(ctl.feed(Event::Heartbeat).is_empty());
+    let actions = delete_a(&mut ctl);
+    assert!(is_set_role(&single_write(&actions), "b", Role::Active));
+}
