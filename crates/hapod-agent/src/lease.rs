@@ -2,6 +2,7 @@
 //! to take, what role they leave the application in, and when a grant runs out. See
 //! `docs/fencing.md` for why the bounds hold without synchronized clocks.
 
+use std::num::NonZeroU64;
 use std::time::{Duration, Instant};
 
 use hapod_protocol::{AgentRole, Order, Report, Role};
@@ -26,7 +27,7 @@ pub enum OrderVerdict {
 }
 
 /// The role the application may act in, and until when.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LeaseHolder {
     /// Random per process, never 0: grants echo it, so a restarted agent ignores the grants
     /// of its predecessor.
@@ -48,8 +49,24 @@ pub struct LeaseHolder {
 impl LeaseHolder {
     /// `epoch_floor` is the last epoch a previous incarnation applied (0 if none).
     pub fn new(pod_uid: Option<String>, epoch_floor: u64, drift_ppm: u32, now: Instant) -> Self {
+        let incarnation = NonZeroU64::new(rand::random::<u64>()).unwrap_or(NonZeroU64::MIN);
+        Self::with_incarnation(incarnation, pod_uid, epoch_floor, drift_ppm, now)
+    }
+
+    /// As [`LeaseHolder::new`], with a given incarnation instead of a random one: for
+    /// deterministic simulations (the model check replays the same steps to the same states).
+    /// A real process must not use it: two processes of one pod must never share an
+    /// incarnation, or the restarted one would take its predecessor's grants.
+    #[doc(hidden)]
+    pub fn with_incarnation(
+        incarnation: NonZeroU64,
+        pod_uid: Option<String>,
+        epoch_floor: u64,
+        drift_ppm: u32,
+        now: Instant,
+    ) -> Self {
         LeaseHolder {
-            incarnation: rand::random::<u64>().max(1),
+            incarnation: incarnation.get(),
             started: now,
             drift_ppm: drift_ppm.min(999_999),
             pod_uid,
