@@ -60,7 +60,7 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use hapod_agent::lease::{LeaseHolder, OrderVerdict};
-use hapod_protocol::{Grant, Order, Role};
+use hapod_protocol::{AgentRole, Grant, Order, Role};
 use stateright::{Checker, Model, Property};
 
 /// The origin of every clock in the model: local time `x` ms is `BASE + x`.
@@ -292,6 +292,8 @@ impl LeaseModel {
         match agent.holder.judge(&order) {
             OrderVerdict::NewEpoch => agent.epoch_file = epoch,
             OrderVerdict::SameEpoch => {}
+            // The real agent also reports on a stale order (so its sender learns the epoch);
+            // leaving that out here only removes behaviour, never adds an acting agent.
             OrderVerdict::WrongUid | OrderVerdict::Stale => return,
         }
         agent.holder.apply(&order);
@@ -302,7 +304,7 @@ impl LeaseModel {
                 to: from,
                 pod,
                 epoch: report.epoch,
-                standby: report.role == Some(Role::Standby),
+                standby: report.role == Some(AgentRole::Standby),
                 incarnation: report.incarnation,
                 stamp: report.stamp_nanos,
             },
