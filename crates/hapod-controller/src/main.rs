@@ -115,6 +115,7 @@ async fn main() -> anyhow::Result<()> {
                 notifier_config.key.clone(),
                 args.notify_port,
                 binds.into_iter().flatten(),
+                metrics.clone(),
             )
             .await
             .context("binding the order socket")?;

@@ -39,6 +39,16 @@ pub struct NotificationLabels {
     pub outcome: String,
 }
 
+/// One pod's agent and the role it reported (application lease).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AgentLabels {
+    /// `<namespace>/<group>`.
+    pub group: String,
+    pub pod: String,
+    /// `active`, `standby`, `lapsed` or `unknown`.
+    pub role: String,
+}
+
 /// Stage of a failover, measured from the previous one (see `Stage`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values are lower case
@@ -83,6 +93,7 @@ pub struct Metrics {
     pub acting: Gauge,
     pub unsynced_scopes: Gauge,
     pub epoch_anomalies: Counter,
+    pub agent_roles: Family<AgentLabels, Gauge>,
 }
 
 impl Metrics {
@@ -102,6 +113,7 @@ impl Metrics {
             acting: Gauge::default(),
             unsynced_scopes: Gauge::default(),
             epoch_anomalies: Counter::default(),
+            agent_roles: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("hapod");
         r.register(
@@ -169,6 +181,11 @@ impl Metrics {
             "epoch_anomalies",
             "Active pods seen carrying an epoch of a term above the acting one (ignored)",
             m.epoch_anomalies.clone(),
+        );
+        r.register(
+            "agent_role",
+            "Application lease: 1 for the role each pod's agent last reported (active, standby, lapsed, unknown)",
+            m.agent_roles.clone(),
         );
         m
     }

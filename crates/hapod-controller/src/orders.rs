@@ -16,11 +16,14 @@ use hapod_protocol::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::WeakUnboundedSender;
 
+use crate::metrics::{AgentLabels, Metrics};
 use crate::worker::Input;
 
 /// Where a pod's reports go, and what its agent last said.
 struct Route {
     worker: WeakUnboundedSender<Input>,
+    /// The pod's series of `hapod_agent_role` (its role label is what was said last).
+    labels: AgentLabels,
     said: Option<(Option<AgentRole>, u64)>,
 }
 
@@ -30,6 +33,7 @@ struct Inner {
     port: u16,
     book: Mutex<AgentReports>,
     routes: Mutex<HashMap<String, Route>>,
+    metrics: Metrics,
 }
 
 /// Sends orders and routes reports. Cheap to clone.
@@ -45,6 +49,7 @@ impl OrderChannel {
         key: Option<Key>,
         port: u16,
         binds: impl IntoIterator<Item = SocketAddr>,
+        metrics: Metrics,
     ) -> io::Result<Self> {
         let mut sockets = Vec::new();
         for bind in binds {
@@ -56,6 +61,7 @@ impl OrderChannel {
             port,
             book: Mutex::new(AgentReports::new(terms)),
             routes: Mutex::new(HashMap::new()),
+            metrics,
         });
         for socket in &inner.sockets {
             tokio::spawn(receive(Arc::clone(socket), Arc::downgrade(&inner)));
@@ -97,6 +103,11 @@ impl OrderChannel {
             .entry(order.uid.clone())
             .or_insert_with(|| Route {
                 worker: worker.clone(),
+                labels: AgentLabels {
+                    group: group.to_owned(),
+                    pod: order.pod.clone(),
+                    role: String::new(),
+                },
                 said: None,
             })
             .worker = worker.clone();
@@ -114,13 +125,17 @@ impl OrderChannel {
             .map_err(|e| format!("sending to {to}: {e}"))
     }
 
-    /// Forgets a pod that left (its route and its agent's reports).
+    /// Forgets a pod that left: its route, its agent's reports and its metric series.
     pub fn forget(&self, uid: &str) {
-        self.inner
+        let route = self
+            .inner
             .routes
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(uid);
+        if let Some(route) = route {
+            self.inner.metrics.agent_roles.remove(&route.labels);
+        }
         self.inner
             .book
             .lock()
@@ -164,6 +179,14 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
             continue;
         };
         route.said = Some(said);
+        // One series per pod: the role reported last.
+        inner.metrics.agent_roles.remove(&route.labels);
+        route.labels.role = said.0.map_or("unknown", AgentRole::as_str).to_owned();
+        inner
+            .metrics
+            .agent_roles
+            .get_or_create(&route.labels)
+            .set(1);
         let event = Event::Reported {
             uid,
             role: said.0.map(|role| match role {

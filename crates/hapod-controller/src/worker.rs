@@ -153,6 +153,9 @@ impl Worker {
 
     /// Feeds one input into the core and carries out its actions.
     async fn step(&mut self, (event, received): Input) {
+        if let (Event::Deleted { uid, .. }, Some((orders, _))) = (&event, &self.shared.orders) {
+            orders.forget(uid);
+        }
         let actions = decide(&mut self.state, event, received.into_std());
         let decided = Instant::now();
         for action in actions {

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use hapod_controller::metrics::AgentLabels;
 use hapod_controller::router::GroupKey;
 use hapod_controller::worker::Worker;
 use hapod_core::{ApplicationLease, Config, Event, epoch};
@@ -57,8 +58,8 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         group: "hapod".into(),
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let worker =
-        Worker::new(key, writer(client, Some(1), metrics), shared).with_reports_to(tx.downgrade());
+    let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
+        .with_reports_to(tx.downgrade());
     let running = tokio::spawn(worker.run(rx));
 
     let active_epoch = epoch::compose(1, 1);
@@ -114,6 +115,16 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         ),
         (77, 1_234, 300)
     );
+    // The agent's state is exported, one series per pod.
+    let series = |role: &str| {
+        let labels = AgentLabels {
+            group: "ns/hapod".into(),
+            pod: "a".into(),
+            role: role.into(),
+        };
+        metrics.agent_roles.get(&labels).map(|gauge| gauge.get())
+    };
+    assert_eq!(series("lapsed"), Some(1));
 
     // Heartbeats keep coming without any other event.
     let before = Instant::now();
@@ -141,6 +152,7 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         .parse()
         .unwrap();
     assert!(written > active_epoch, "{body}");
+    assert_eq!((series("unknown"), series("lapsed")), (Some(1), None));
     drop(tx);
     running.abort();
 }

@@ -128,7 +128,7 @@ pub async fn shared_with(
     .unwrap();
     let orders = match lease {
         Some((terms, heartbeat)) => {
-            let channel = OrderChannel::bind(terms, None, agent_port, [loopback])
+            let channel = OrderChannel::bind(terms, None, agent_port, [loopback], metrics.clone())
                 .await
                 .unwrap();
             Some((channel, heartbeat))
