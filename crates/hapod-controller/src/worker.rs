@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
-    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Write,
-    WriteOutcome, decide,
+    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, ReportedRole, Role,
+    RoleOrder, Write, WriteOutcome, decide,
 };
 use hapod_protocol::Notification;
 use hapod_protocol::sender::Notifier;
@@ -153,6 +153,9 @@ impl Worker {
 
     /// Feeds one input into the core and carries out its actions.
     async fn step(&mut self, (event, received): Input) {
+        if let Event::Reported { role, .. } = &event {
+            self.count_report(*role);
+        }
         let actions = decide(&mut self.state, event, received.into_std());
         let decided = Instant::now();
         for action in actions {
@@ -309,6 +312,21 @@ impl Worker {
         if let Err(error) = orders.send(&self.key.to_string(), &order, reports_to).await {
             tracing::warn!(group = %self.key, pod = %order.pod, %error, "order not sent");
         }
+    }
+
+    /// An agent's report that changed what it says (the order channel forwards only those).
+    fn count_report(&self, role: Option<ReportedRole>) {
+        let role = match role {
+            Some(ReportedRole::Active) => "active",
+            Some(ReportedRole::Standby) => "standby",
+            Some(ReportedRole::Lapsed) => "lapsed",
+            None => "unknown",
+        };
+        self.shared
+            .metrics
+            .reports
+            .get_or_create(&crate::metrics::ReportLabels { role: role.into() })
+            .inc();
     }
 
     fn count_notification(&self, role: hapod_protocol::Role, outcome: &str) {
