@@ -49,6 +49,13 @@ pub struct AgentLabels {
     pub role: String,
 }
 
+/// What an agent said of itself in a report that changed it (application lease).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportLabels {
+    /// What the agent said of itself: `active`, `standby`, `lapsed` or `unknown`.
+    pub role: String,
+}
+
 /// Stage of a failover, measured from the previous one (see `Stage`).
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)] // label values are lower case
@@ -89,6 +96,7 @@ pub struct Metrics {
     pub api_errors: Family<ApiErrorLabels, Counter>,
     pub rejected_writes: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
+    pub reports: Family<ReportLabels, Counter>,
     pub unplaceable_pods: Counter,
     pub acting: Gauge,
     pub unsynced_scopes: Gauge,
@@ -109,6 +117,7 @@ impl Metrics {
             api_errors: Family::default(),
             rejected_writes: Counter::default(),
             notifications: Family::default(),
+            reports: Family::default(),
             unplaceable_pods: Counter::default(),
             acting: Gauge::default(),
             unsynced_scopes: Gauge::default(),
@@ -161,6 +170,11 @@ impl Metrics {
             "notifications",
             "Role notifications by role and outcome",
             m.notifications.clone(),
+        );
+        r.register(
+            "agent_reports",
+            "Application lease: agent reports that changed what an agent says of itself (role or epoch), by the role reported",
+            m.reports.clone(),
         );
         r.register(
             "unplaceable_pods",

@@ -16,7 +16,7 @@ use hapod_protocol::{
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc::WeakUnboundedSender;
 
-use crate::metrics::{AgentLabels, Metrics};
+use crate::metrics::{AgentLabels, Metrics, ReportLabels};
 use crate::worker::Input;
 
 /// Where a pod's reports go, and what its agent last said.
@@ -181,12 +181,18 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
         route.said = Some(said);
         // One series per pod: the role reported last.
         inner.metrics.agent_roles.remove(&route.labels);
-        route.labels.role = said.0.map_or("unknown", AgentRole::as_str).to_owned();
+        let role = said.0.map_or("unknown", AgentRole::as_str);
+        route.labels.role = role.to_owned();
         inner
             .metrics
             .agent_roles
             .get_or_create(&route.labels)
             .set(1);
+        inner
+            .metrics
+            .reports
+            .get_or_create(&ReportLabels { role: role.into() })
+            .inc();
         let event = Event::Reported {
             uid,
             role: said.0.map(|role| match role {

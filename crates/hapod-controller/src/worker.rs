@@ -314,6 +314,7 @@ impl Worker {
         }
     }
 
+    /// An agent's report that changed what it says (the order channel forwards only those).
     fn count_notification(&self, role: hapod_protocol::Role, outcome: &str) {
         self.shared
             .metrics

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use hapod_controller::metrics::AgentLabels;
+use hapod_controller::metrics::{AgentLabels, ReportLabels};
 use hapod_controller::router::GroupKey;
 use hapod_controller::worker::Worker;
 use hapod_core::{ApplicationLease, Config, Event, epoch};
@@ -125,6 +125,11 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         metrics.agent_roles.get(&labels).map(|gauge| gauge.get())
     };
     assert_eq!(series("lapsed"), Some(1));
+    let reports = |role: &str| {
+        let labels = ReportLabels { role: role.into() };
+        metrics.reports.get(&labels).map(|counter| counter.get())
+    };
+    assert_eq!(reports("lapsed"), Some(1));
 
     // Heartbeats keep coming without any other event.
     let before = Instant::now();

@@ -28,6 +28,8 @@ mod controller;
 mod failover;
 #[path = "e2e/history.rs"]
 mod history;
+#[path = "e2e/lease.rs"]
+mod lease;
 #[path = "e2e/rbac.rs"]
 mod rbac;
 #[path = "e2e/relabel.rs"]
@@ -87,6 +89,10 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("far_future_epoch_on_active", failover::far_future_epoch),
     scenario!("duplicate_namespaces", controller::duplicate_namespaces),
     scenario!("noncritical_sidecar_crash", failover::noncritical_crash),
+    scenario!(
+        "application_stops_when_grants_stop",
+        lease::application_stops_when_grants_stop
+    ),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 

@@ -86,6 +86,12 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         args(c).contains(&"--notify-key-file=/etc/hapod/notify-key/key".to_string()),
         || "controller does not pass --notify-key-file".into(),
     );
+    // The application lease is on (docs/fencing.md): 10 renewals per lease.
+    for flag in ["--application-lease-ms=1000", "--heartbeat-ms=100"] {
+        p.expect(args(c).contains(&flag.to_string()), || {
+            format!("controller does not pass {flag}")
+        });
+    }
     p.expect_eq(
         "controller liveness path",
         str_at(c, "/livenessProbe/httpGet/path"),
@@ -143,7 +149,13 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     p.expect(args(main).iter().any(|a| a.contains("$(POD_IP)")), || {
         "app does not bind $(POD_IP)".into()
     });
-    expect_downward_env(p, "app", main, &["POD_NAME", "POD_NAMESPACE", "POD_IP"]);
+    expect_downward_env(
+        p,
+        "app",
+        main,
+        &["POD_NAME", "POD_NAMESPACE", "POD_IP", "POD_UID"],
+    );
+    expect_epoch_file_on_empty_dir(p, pod, main);
     p.expect_eq(
         "app readiness path",
         str_at(main, "/readinessProbe/httpGet/path"),
@@ -354,6 +366,7 @@ fn expect_downward_env(p: &mut Problems, who: &str, c: &Value, names: &[&str]) {
     let want = |n: &str| match n {
         "POD_NAME" => "metadata.name",
         "POD_NAMESPACE" => "metadata.namespace",
+        "POD_UID" => "metadata.uid",
         _ => "status.podIP",
     };
     for n in names {
@@ -364,6 +377,35 @@ fn expect_downward_env(p: &mut Problems, who: &str, c: &Value, names: &[&str]) {
             .map(|e| str_at(e, "/valueFrom/fieldRef/fieldPath").to_string());
         p.expect_eq(&format!("{who} env {n}"), got.as_deref(), Some(want(n)));
     }
+}
+
+/// The agent's epoch file (`HAPOD_EPOCH_FILE`) lies on an emptyDir mounted in the container:
+/// it must survive a container restart (not the pod), on a read-only root filesystem.
+fn expect_epoch_file_on_empty_dir(p: &mut Problems, pod: &Value, c: &Value) {
+    let Some(file) = env_value(c, "HAPOD_EPOCH_FILE") else {
+        p.0.push("app has no HAPOD_EPOCH_FILE".into());
+        return;
+    };
+    let mount = c
+        .pointer("/volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            let dir = str_at(m, "/mountPath").trim_end_matches('/');
+            file.strip_prefix(dir)
+                .is_some_and(|rest| rest.starts_with('/'))
+        });
+    let empty_dir = mount.and_then(|m| {
+        pod.pointer("/spec/volumes")
+            .and_then(Value::as_array)?
+            .iter()
+            .find(|v| v["name"] == m["name"])?
+            .pointer("/emptyDir")
+    });
+    p.expect(empty_dir.is_some(), || {
+        format!("app: HAPOD_EPOCH_FILE {file} is not on a mounted emptyDir")
+    });
 }
 
 fn expect_secret_mount(p: &mut Problems, who: &str, pod: &Value, c: &Value) {
@@ -517,6 +559,15 @@ fn all_flags_rendered(r: &Render) -> Result<()> {
     );
     let secret = r.find("Secret", APP_NAMESPACE, NOTIFY_SECRET)?;
     p.expect_eq("explicit key", str_at(secret, "/data/key"), "czNjcmV0");
+    // The agents get the controller's drift allowance.
+    let app_pod = app
+        .pointer("/spec/template")
+        .context("no app pod template")?;
+    p.expect_eq(
+        "app HAPOD_DRIFT_PPM follows controller.driftPpm",
+        env_value(container(app_pod, "app")?, "HAPOD_DRIFT_PPM"),
+        Some("500".into()),
+    );
     p.finish("helm every-flag render")
 }
 
@@ -532,6 +583,11 @@ fn minimal_render(r: &Render) -> Result<()> {
     ensure!(
         !a.iter().any(|x| x.starts_with("--notify-key-file")),
         "notifyKey.enabled=false still passes --notify-key-file"
+    );
+    ensure!(
+        !a.iter()
+            .any(|x| x.starts_with("--application-lease-ms") || x.starts_with("--heartbeat-ms")),
+        "controller.applicationLeaseMs=0 still passes the lease flags: {a:?}"
     );
     Ok(())
 }

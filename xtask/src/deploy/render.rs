@@ -184,6 +184,12 @@ pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
     ),
     ("controller.retryPeriodMs=500", "--retry-period-ms=500"),
     (
+        "controller.applicationLeaseMs=3000",
+        "--application-lease-ms=3000",
+    ),
+    ("controller.heartbeatMs=200", "--heartbeat-ms=200"),
+    ("controller.driftPpm=500", "--drift-ppm=500"),
+    (
         "notifyKey.value=s3cret",
         "--notify-key-file=/etc/hapod/notify-key/key",
     ),
@@ -218,8 +224,12 @@ pub(crate) fn render_all() -> Result<Renders> {
     )?;
     let helm_minimal = helm_template(
         &helm,
-        "no sample app, no key",
-        &["sampleApp.enabled=false", "notifyKey.enabled=false"],
+        "no sample app, no key, no application lease",
+        &[
+            "sampleApp.enabled=false",
+            "notifyKey.enabled=false",
+            "controller.applicationLeaseMs=0",
+        ],
     )?;
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])

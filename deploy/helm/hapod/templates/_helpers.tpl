@@ -50,6 +50,9 @@ podAntiAffinity:
 {{/* Mount point of the notification key Secret; the key is the file "key" in it. */}}
 {{- define "hapod.notifyKeyDir" -}}/etc/hapod/notify-key{{- end -}}
 
+{{/* The agent's folder in an app pod (an emptyDir): the epoch file of the application lease. */}}
+{{- define "hapod.runDir" -}}/var/run/hapod{{- end -}}
+
 {{- define "hapod.notifyKeyVolume" -}}
 - name: notify-key
   secret:

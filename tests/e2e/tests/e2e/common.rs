@@ -100,26 +100,40 @@ pub(crate) const ACKED_ACTIVE: [(&str, &str); 2] = [("role", "active"), ("outcom
 
 pub(crate) const NOTIFICATIONS: &str = "hapod_notifications_total";
 
+/// Application lease: agent reports that changed what an agent says, by the role reported.
+pub(crate) const REPORTS: &str = "hapod_agent_reports_total";
+
+pub(crate) const REPORTED_ACTIVE: [(&str, &str); 1] = [("role", "active")];
+
 /// Pods labeled active by a controller replica, by `reason`.
 pub(crate) const PROMOTIONS: &str = "hapod_promotions_total";
 
+/// How many times the acting controller heard an agent take the active role: acknowledged
+/// become-active notifications (version 1) plus reports of an agent acting active at a new
+/// epoch (the application lease, on in `deploy/base`: orders replace notifications).
+async fn active_taken(tb: &Testbed, ctrl: &k8s_openapi::api::core::v1::Pod) -> Result<f64> {
+    let acked = tb
+        .controller_metric(ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
+        .await?;
+    let reported = tb
+        .controller_metric(ctrl, REPORTS, &REPORTED_ACTIVE)
+        .await?;
+    Ok(acked + reported)
+}
+
 /// Runs a failover of the sample app and checks, on the acting controller's own metrics,
-/// that the new active pod acknowledged its notification (ACK received by the controller).
+/// that the new active pod took its role (its ACK or its report received by the controller).
 pub(crate) async fn failover_acked(tb: &Testbed, trigger: Trigger) -> Result<testbed::Failover> {
     let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
-    let before = tb
-        .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
-        .await?;
+    let before = active_taken(tb, &ctrl).await?;
     let f = tb.failover(trigger, WAIT).await?;
     let what = format!(
-        "the acting controller {} to count an acknowledged become-active notification \
-         ({NOTIFICATIONS} acked/active above {before})",
+        "the acting controller {} to hear the new active take its role \
+         ({NOTIFICATIONS} acked/active + {REPORTS} active above {before})",
         ctrl.name_any()
     );
     await_condition(what, WAIT, Duration::from_millis(100), || async {
-        let now = tb
-            .controller_metric(&ctrl, NOTIFICATIONS, &ACKED_ACTIVE)
-            .await?;
+        let now = active_taken(tb, &ctrl).await?;
         Ok(if now > before {
             Check::Done(())
         } else {

@@ -84,6 +84,55 @@ impl Testbed {
             .ok_or_else(|| anyhow!("pod {} has no annotation {key}", pod.name_any()))
     }
 
+    /// PIDs of every process running in the pod's containers on the process node (sorted):
+    /// the processes whose `/tmp`, seen through `/proc/<pid>/root` (their own mount
+    /// namespace), is one of the container folders the node publishes on the pod. A
+    /// container's children and exec probes share its mount namespace and are included.
+    pub fn pod_processes(pod: &Pod) -> Result<Vec<i32>> {
+        use std::os::unix::fs::MetadataExt;
+        let folders: BTreeSet<(u64, u64)> = pod
+            .annotations()
+            .iter()
+            .filter(|(k, _)| k.starts_with(TMP_ANNOTATION_PREFIX))
+            .filter_map(|(_, path)| std::fs::metadata(path).ok())
+            .map(|m| (m.dev(), m.ino()))
+            .collect();
+        anyhow::ensure!(
+            !folders.is_empty(),
+            "pod {} has no container /tmp folder published by the process node",
+            pod.name_any()
+        );
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").context("listing /proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            // A process may exit meanwhile, or be a kernel thread: skipped.
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/root/tmp"))
+                && folders.contains(&(m.dev(), m.ino()))
+            {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        Ok(pids)
+    }
+
+    /// Sends `signal` to every process of `pids` (see [`Testbed::pod_processes`]); a process
+    /// that exited meanwhile is not an error.
+    pub fn signal_processes(pids: &[i32], signal: nix::sys::signal::Signal) -> Result<()> {
+        use nix::errno::Errno;
+        use nix::sys::signal::kill;
+        use nix::unistd::Pid;
+        for &pid in pids {
+            match kill(Pid::from_raw(pid), signal) {
+                Ok(()) | Err(Errno::ESRCH) => {}
+                Err(e) => return Err(anyhow!("{signal} to process {pid}: {e}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Creates `/tmp/<file>` inside a container (through the node's host folder).
     pub fn touch_in_container(pod: &Pod, container: &str, file: &str) -> Result<PathBuf> {
         let path = Self::container_tmp(pod, container)?.join(file);
