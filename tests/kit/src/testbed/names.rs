@@ -36,6 +36,10 @@ pub const CONTROLLER_NAME: &str = "hapod-controller";
 pub const CONTROLLER_SERVICE_ACCOUNT: &str = CONTROLLER_NAME;
 /// The election Lease.
 pub const LEASE_NAME: &str = CONTROLLER_NAME;
+/// After taking over, the acting controller promotes no pod for its predecessor's renew
+/// deadline (2 s, the election's default) plus one application lease (1 s in `deploy/base`):
+/// grants its predecessor sent may still be live.
+pub const TAKEOVER_PROMOTION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// The Secret holding the notification key, in both namespaces.
 pub const NOTIFY_SECRET: &str = "hapod-notify-key";
 /// Group label key.

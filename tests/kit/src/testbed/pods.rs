@@ -63,6 +63,18 @@ impl Testbed {
             .map(|h| h.split('_').next().unwrap_or_default().to_string()))
     }
 
+    /// When the election Lease was last acquired (its `acquireTime`).
+    pub async fn lease_acquired_at(&self) -> Result<Option<std::time::SystemTime>> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
+        Ok(api
+            .get_opt(LEASE_NAME)
+            .await?
+            .and_then(|l| l.spec)
+            .and_then(|s| s.acquire_time)
+            .map(|t| std::time::SystemTime::from(t.0)))
+    }
+
     /// The election Lease's holder identity, as written by the controller.
     pub async fn lease_holder_identity(&self) -> Result<Option<String>> {
         let api: Api<k8s_openapi::api::coordination::v1::Lease> =

@@ -9,7 +9,7 @@ use super::history::Timeline;
 use super::http::AppState;
 use super::names::{
     ACTIVE, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE, CONTROLLER_GROUP,
-    CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS,
+    CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS, TAKEOVER_PROMOTION_WAIT,
 };
 use super::pods::{Trigger, pod_epoch, pod_ip};
 use crate::poll::{Check, await_condition};
@@ -198,16 +198,28 @@ impl Testbed {
                 Check::NotYet(why) => return Ok(Check::NotYet(why)),
             };
             let holder = self.lease_holder().await?;
-            Ok(
-                if holder.as_deref() == Some(settled.active.name_any().as_str()) {
-                    Check::Done(settled)
-                } else {
-                    Check::NotYet(format!(
-                        "active controller pod {} but Lease holder {holder:?}",
-                        settled.active.name_any()
-                    ))
-                },
-            )
+            if holder.as_deref() != Some(settled.active.name_any().as_str()) {
+                return Ok(Check::NotYet(format!(
+                    "active controller pod {} but Lease holder {holder:?}",
+                    settled.active.name_any()
+                )));
+            }
+            // A failover triggered right after a takeover would wait for the predecessor's
+            // grants (by design); scenarios start from a controller past that window.
+            let acting_for = self
+                .lease_acquired_at()
+                .await?
+                .and_then(|at| SystemTime::now().duration_since(at).ok())
+                .unwrap_or_default();
+            Ok(if acting_for >= TAKEOVER_PROMOTION_WAIT {
+                Check::Done(settled)
+            } else {
+                Check::NotYet(format!(
+                    "the acting controller took over {} ms ago; it promotes nobody for {} ms",
+                    acting_for.as_millis(),
+                    TAKEOVER_PROMOTION_WAIT.as_millis()
+                ))
+            })
         })
         .await
     }
