@@ -62,16 +62,37 @@ impl Grants {
     /// Until when a pod other than `candidate` may still act on a grant (the latest such
     /// end), or `None` when the candidate may be promoted now.
     pub(super) fn blocking(&self, candidate: &str, now: Instant) -> Option<Instant> {
-        let inherited = self.inherited_until.filter(|until| now < *until);
-        let granted = self
-            .live
+        self.inherited(now).max(self.others_live(candidate, now))
+    }
+
+    /// Whether `uid` may be granted at `epoch` now. Not while another pod may act on a grant
+    /// this replica sent. While a predecessor's grants may be live, only the pod that acts
+    /// already may be granted: this replica granted it in this term, or its agent reported
+    /// acting at that epoch (at most one pod acts at a time, so it is the one the
+    /// predecessor granted). Any other pod waits until the predecessor's grants are over.
+    pub(super) fn may_grant(&self, uid: &str, epoch: u64, now: Instant) -> bool {
+        if self.others_live(uid, now).is_some() {
+            return false;
+        }
+        self.inherited(now).is_none()
+            || self.told.get(uid) == Some(&(Role::Active, epoch))
+            || self.reported.get(uid) == Some(&(Some(ReportedRole::Active), epoch))
+    }
+
+    fn inherited(&self, now: Instant) -> Option<Instant> {
+        self.inherited_until.filter(|until| now < *until)
+    }
+
+    /// The latest end of a grant this replica sent to a pod other than `candidate` that may
+    /// still let it act.
+    fn others_live(&self, candidate: &str, now: Instant) -> Option<Instant> {
+        self.live
             .iter()
             .filter(|(uid, grant)| {
                 uid.as_str() != candidate && now < grant.until && !self.stood_down(uid, grant.epoch)
             })
             .map(|(_, grant)| grant.until)
-            .max();
-        inherited.max(granted)
+            .max()
     }
 
     /// Forgets grants that are over and pods that are gone with nothing live.

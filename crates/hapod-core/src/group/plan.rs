@@ -259,8 +259,9 @@ impl GroupState {
     }
 
     /// Tells one pod its role: a version 1 notification, or with the application lease an
-    /// order, which for the active role carries a grant that is recorded as live for one
-    /// live span from `now`.
+    /// order. An active order carries a grant, recorded as live for one live span from
+    /// `now`, only when no other pod may be acting (`Grants::may_grant`); without one the
+    /// agent holds the role without acting, and a later heartbeat grants it.
     pub(super) fn tell(
         &mut self,
         pod: &PodRef,
@@ -279,7 +280,7 @@ impl GroupState {
             }));
             return;
         };
-        let grant = role == Role::Active;
+        let grant = role == Role::Active && self.grants.may_grant(&pod.uid, epoch, now);
         if grant {
             let live = LiveGrant {
                 until: now + lease.live_span,
@@ -288,7 +289,7 @@ impl GroupState {
                 ip,
             };
             self.grants.granted(&pod.uid, live);
-        } else {
+        } else if role == Role::Standby {
             self.grants.told.insert(pod.uid.clone(), (role, epoch));
         }
         out.push(Action::Order(RoleOrder {

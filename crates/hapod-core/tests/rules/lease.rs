@@ -190,3 +190,42 @@ fn without_the_lease_nothing_changes_for_version_1() {
     let actions = delete_a(&mut ctl);
     assert!(is_set_role(&single_write(&actions), "b", Role::Active));
 }
+
+#[test]
+fn a_pod_back_in_the_group_labeled_active_is_not_granted_while_another_grant_may_be_live() {
+    let mut ctl = steady();
+    // a leaves the group (relabeled by hand) holding a live grant; c comes in still labeled
+    // active from elsewhere, so it is the group's kept active.
+    ctl.now += Duration::from_millis(10);
+    let left = ctl.api.leave("a").unwrap();
+    ctl.feed(left);
+    let back = ctl.api.put(active(pod("c", 0), Some(2)));
+    ctl.feed(back);
+    let beat = ctl.feed(Event::Heartbeat);
+    let c = orders(&beat).into_iter().find(|o| o.pod == "c").unwrap();
+    assert_eq!((c.role, c.grant), (Role::Active, false), "{beat:?}");
+    // Once a's grant is over, c is granted.
+    ctl.now += LIVE_SPAN;
+    let beat = ctl.feed(Event::Heartbeat);
+    let c = orders(&beat).into_iter().find(|o| o.pod == "c").unwrap();
+    assert!(c.grant, "{beat:?}");
+}
+
+#[test]
+fn after_a_takeover_only_the_pod_already_acting_is_granted_before_the_predecessor_window_ends() {
+    // A new acting replica: a is labeled active; the predecessor's grants may be live.
+    let (mut ctl, first) = Ctl::acting_with(leased(), [active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let beat = ctl.feed(Event::Heartbeat);
+    let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
+    assert!(!a.grant, "a's agent has not said it acts: {beat:?}");
+    // Its agent reports acting at its epoch (on the predecessor's grant): it is continued.
+    ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Active),
+        epoch: 3,
+    });
+    let beat = ctl.feed(Event::Heartbeat);
+    let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
+    assert!(a.grant, "{beat:?}");
+}
