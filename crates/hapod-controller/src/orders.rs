@@ -28,7 +28,8 @@ struct Route {
 }
 
 struct Inner {
-    sockets: Vec<Arc<UdpSocket>>,
+    /// Each socket with whether it is IPv4, known at bind (no lookup per order).
+    sockets: Vec<(bool, Arc<UdpSocket>)>,
     key: Option<Key>,
     port: u16,
     book: Mutex<AgentReports>,
@@ -53,7 +54,7 @@ impl OrderChannel {
     ) -> io::Result<Self> {
         let mut sockets = Vec::new();
         for bind in binds {
-            sockets.push(Arc::new(UdpSocket::bind(bind).await?));
+            sockets.push((bind.is_ipv4(), Arc::new(UdpSocket::bind(bind).await?)));
         }
         let inner = Arc::new(Inner {
             sockets,
@@ -63,7 +64,7 @@ impl OrderChannel {
             routes: Mutex::new(HashMap::new()),
             metrics,
         });
-        for socket in &inner.sockets {
+        for (_, socket) in &inner.sockets {
             tokio::spawn(receive(Arc::clone(socket), Arc::downgrade(&inner)));
         }
         Ok(OrderChannel { inner })
@@ -76,10 +77,7 @@ impl OrderChannel {
         order: &RoleOrder,
         worker: &WeakUnboundedSender<Input>,
     ) -> Result<(), String> {
-        let role = match order.role {
-            Role::Active => hapod_protocol::Role::Active,
-            _ => hapod_protocol::Role::Standby,
-        };
+        let role = wire_role(order.role);
         let datagram = {
             let book = self
                 .inner
@@ -116,7 +114,7 @@ impl OrderChannel {
             .inner
             .sockets
             .iter()
-            .find(|s| s.local_addr().is_ok_and(|a| a.is_ipv4() == to.is_ipv4()))
+            .find_map(|(v4, socket)| (*v4 == to.is_ipv4()).then_some(socket))
             .ok_or_else(|| format!("no local socket for the address family of {to}"))?;
         socket
             .send_to(&datagram, to)
@@ -141,6 +139,14 @@ impl OrderChannel {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .forget(uid);
+    }
+}
+
+/// The role on the wire for a role the core decided (anything but active is standby).
+pub(crate) fn wire_role(role: Role) -> hapod_protocol::Role {
+    match role {
+        Role::Active => hapod_protocol::Role::Active,
+        _ => hapod_protocol::Role::Standby,
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
-    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Write,
+    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, RoleOrder, Write,
     WriteOutcome, decide,
 };
 use hapod_protocol::Notification;
@@ -20,7 +20,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, sleep_until};
 
 use crate::metrics::{Metrics, ReasonLabels, Stage};
-use crate::orders::OrderChannel;
+use crate::orders::{OrderChannel, wire_role};
 use crate::podview::pod_view;
 use crate::router::GroupKey;
 use crate::writer::Writer;
@@ -268,10 +268,7 @@ impl Worker {
     }
 
     fn notify(&self, notify: Notify, acked: Instant) {
-        let role = match notify.role {
-            Role::Active => hapod_protocol::Role::Active,
-            _ => hapod_protocol::Role::Standby,
-        };
+        let role = wire_role(notify.role);
         if !self.writer.leading() {
             // The leadership that allowed the label write is gone: the next acting replica
             // announces what it keeps.

@@ -179,10 +179,7 @@ impl GroupState {
         if candidate.stale {
             return true;
         }
-        // Another pod's application may still act on a grant: wait for it to end, or for
-        // that agent to report it stands by.
-        if let Some(until) = self.grants.blocking(&candidate.view.uid, now) {
-            out.push(Action::WakeAfter(until - now));
+        if self.waits_for_grants(&candidate.view.uid, now, out) {
             return true;
         }
         let name = candidate.view.name.clone();
@@ -197,6 +194,16 @@ impl GroupState {
             Purpose::Promote(reason),
             out,
         );
+        true
+    }
+
+    /// Whether a new epoch for `uid` must wait, because another pod's application may still
+    /// act on a grant: until it ends (woken then), or until that agent reports it stands by.
+    fn waits_for_grants(&self, uid: &str, now: Instant, out: &mut Vec<Action>) -> bool {
+        let Some(until) = self.grants.blocking(uid, now) else {
+            return false;
+        };
+        out.push(Action::WakeAfter(until - now));
         true
     }
 
@@ -225,8 +232,7 @@ impl GroupState {
             if !entry.writable(now) {
                 return false;
             }
-            if let Some(until) = self.grants.blocking(&entry.view.uid, now) {
-                out.push(Action::WakeAfter(until - now));
+            if self.waits_for_grants(&entry.view.uid, now, out) {
                 return true;
             }
             let name = entry.view.name.clone();

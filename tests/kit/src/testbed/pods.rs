@@ -65,26 +65,26 @@ impl Testbed {
 
     /// When the election Lease was last acquired (its `acquireTime`).
     pub async fn lease_acquired_at(&self) -> Result<Option<std::time::SystemTime>> {
-        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
-        Ok(api
-            .get_opt(LEASE_NAME)
+        Ok(self
+            .lease_spec()
             .await?
-            .and_then(|l| l.spec)
             .and_then(|s| s.acquire_time)
             .map(|t| std::time::SystemTime::from(t.0)))
     }
 
     /// The election Lease's holder identity, as written by the controller.
     pub async fn lease_holder_identity(&self) -> Result<Option<String>> {
-        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
-        Ok(api
-            .get_opt(LEASE_NAME)
+        Ok(self
+            .lease_spec()
             .await?
-            .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty()))
+    }
+
+    async fn lease_spec(&self) -> Result<Option<k8s_openapi::api::coordination::v1::LeaseSpec>> {
+        let api: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
+        Ok(api.get_opt(LEASE_NAME).await?.and_then(|l| l.spec))
     }
 
     /// Host path of a container's private /tmp (annotation published by the process node).
