@@ -44,6 +44,16 @@ struct Trigger {
     reason: PromotionReason,
 }
 
+/// A promotion whose outcome is unknown (the request failed, or the term changed while it was
+/// in flight): the API may have applied it, or may still. Until the pod is seen at another
+/// resourceVersion than the promotion's precondition, no other pod is promoted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Doubt {
+    pod: String,
+    uid: String,
+    resource_version: String,
+}
+
 /// A write issued and not yet answered.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct InFlight {
@@ -79,6 +89,7 @@ pub struct GroupState {
     health: Option<Health>,
     /// The application lease: orders, live grants, agents' reports.
     grants: Grants,
+    doubt: Option<Doubt>,
 }
 
 impl GroupState {
@@ -99,6 +110,7 @@ impl GroupState {
             announced: BTreeSet::new(),
             health: None,
             grants: Grants::default(),
+            doubt: None,
         }
     }
 
@@ -287,8 +299,11 @@ impl GroupState {
         }
         self.term = term;
         self.seq = 0;
-        // Outcomes of writes issued in another term no longer drive this group.
-        self.in_flight = None;
+        // Outcomes of writes issued in another term no longer drive this group; a promotion
+        // among them may still land.
+        if let Some(write) = self.in_flight.take() {
+            self.doubt_promotion(&write);
+        }
         self.paused_until = None;
         self.failures = 0;
         self.announced.clear();
@@ -364,12 +379,44 @@ impl GroupState {
                 out.push(Action::WakeAfter(REJECTED_PAUSE));
             }
             WriteOutcome::Failed => {
+                // A timeout or a lost connection: the API may have applied it.
+                self.doubt_promotion(&write);
                 self.failures = self.failures.saturating_add(1);
                 let delay = RETRY_BASE
                     .saturating_mul(1u32 << self.failures.min(16))
                     .min(RETRY_MAX);
                 self.pause(delay, now, out);
             }
+        }
+    }
+
+    /// Remembers `write` when it makes a pod active: its outcome is unknown.
+    fn doubt_promotion(&mut self, write: &InFlight) {
+        if let WriteKind::SetRole {
+            role: Role::Active,
+            resource_version,
+            ..
+        } = &write.kind
+        {
+            self.doubt = Some(Doubt {
+                pod: write.pod.clone(),
+                uid: write.uid.clone(),
+                resource_version: resource_version.clone(),
+            });
+        }
+    }
+
+    /// Drops the doubt once the pod is gone or seen at another resourceVersion: the
+    /// promotion's precondition can no longer hold (or it landed, and the view shows it).
+    fn settle_doubt(&mut self) {
+        let Some(doubt) = &self.doubt else {
+            return;
+        };
+        let unchanged = self.pods.get(&doubt.pod).is_some_and(|e| {
+            e.view.uid == doubt.uid && e.view.resource_version == doubt.resource_version
+        });
+        if !unchanged {
+            self.doubt = None;
         }
     }
 
@@ -447,7 +494,7 @@ impl GroupState {
                             kind: RecordKind::Adopted { epoch },
                         }));
                     }
-                    Purpose::Repair => {}
+                    Purpose::Repair | Purpose::Fence => {}
                 }
             }
             WriteKind::Delete { container } => {
@@ -499,6 +546,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
         Event::Heartbeat => state.heartbeat(now, &mut out),
         Event::Reported { uid, role, epoch } => state.reported(&uid, role, epoch, now),
     }
+    state.settle_doubt();
     state.observe_trigger(now);
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);

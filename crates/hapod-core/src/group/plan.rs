@@ -183,6 +183,9 @@ impl GroupState {
             return true;
         }
         let name = candidate.view.name.clone();
+        if self.fence_doubt(&name, term, now, out) {
+            return true;
+        }
         let Some(epoch) = self.allocate_epoch(term) else {
             return true;
         };
@@ -194,6 +197,28 @@ impl GroupState {
             Purpose::Promote(reason),
             out,
         );
+        true
+    }
+
+    /// Before promoting `candidate`: a promotion of another pod whose outcome is unknown is
+    /// fenced first (see `Purpose::Fence`), waiting while that pod cannot be written.
+    fn fence_doubt(
+        &mut self,
+        candidate: &str,
+        term: u32,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> bool {
+        let Some(doubt) = self.doubt.clone().filter(|d| d.pod != candidate) else {
+            return false;
+        };
+        if !self.pods.get(&doubt.pod).is_some_and(|e| e.writable(now)) {
+            return true;
+        }
+        let Some(epoch) = self.allocate_epoch(term) else {
+            return true;
+        };
+        self.set_role(&doubt.pod, Role::Standby, Some(epoch), Purpose::Fence, out);
         true
     }
 

@@ -54,6 +54,10 @@ pub enum Purpose {
     /// A kept active pod without an epoch annotation gets one, so its agent can order the
     /// orders it receives.
     Adopt,
+    /// A pod whose promotion may have landed unseen (its outcome is unknown) is written once
+    /// more with that promotion's precondition and a fresh epoch annotation: the write either
+    /// fails (the promotion landed) or changes the pod, so that the promotion never can.
+    Fence,
 }
 
 /// What a write does.
