@@ -123,6 +123,17 @@ impl OrderChannel {
             .map_err(|e| format!("sending to {to}: {e}"))
     }
 
+    /// When each of `uids`' agents was last heard (those heard at all).
+    pub fn heard<'a>(&self, uids: impl Iterator<Item = &'a str>) -> Vec<(String, Instant)> {
+        let book = self
+            .inner
+            .book
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        uids.filter_map(|uid| Some((uid.to_owned(), book.heard_at(uid)?)))
+            .collect()
+    }
+
     /// Forgets a pod that left: its route, its agent's reports and its metric series.
     pub fn forget(&self, uid: &str) {
         let route = self

@@ -2,7 +2,7 @@
 //! its actions. Writes of a group are serialized by construction; groups run concurrently.
 //! Notifications, Kubernetes Events and metrics never block the next write.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -71,6 +71,9 @@ pub struct Worker {
     /// This worker's own input, for the agents' reports (application lease).
     reports_to: Option<WeakUnboundedSender<Input>>,
     next_heartbeat: Option<Instant>,
+    /// Pods (UIDs) ordered at the last heartbeat: one no longer ordered at the next (gone,
+    /// its grant over, or this replica no longer acting) loses its report route and series.
+    ordered: BTreeSet<String>,
 }
 
 impl Worker {
@@ -87,6 +90,7 @@ impl Worker {
             without_active: false,
             reports_to: None,
             next_heartbeat: None,
+            ordered: BTreeSet::new(),
         }
     }
 
@@ -111,7 +115,9 @@ impl Worker {
             // The heartbeat goes first: a busy group must not let its active's grant lapse.
             if let Some(beat) = self.next_heartbeat.filter(|at| *at <= Instant::now()) {
                 self.next_heartbeat = self.shared.orders.as_ref().map(|(_, every)| beat + *every);
-                self.step((Event::Heartbeat, Instant::now())).await;
+                let heard = self.heard();
+                self.step((Event::Heartbeat { heard }, Instant::now()))
+                    .await;
                 continue;
             }
             let input = match inputs.try_recv() {
@@ -134,6 +140,8 @@ impl Worker {
             };
             self.step(input).await;
         }
+        // Reaped: nothing of this group is ordered any more.
+        self.forget_unordered(&[]);
         self.shared.metrics.groups.dec();
         if self.without_active {
             self.shared.metrics.groups_without_active.dec();
@@ -153,10 +161,11 @@ impl Worker {
 
     /// Feeds one input into the core and carries out its actions.
     async fn step(&mut self, (event, received): Input) {
-        if let (Event::Deleted { uid, .. }, Some((orders, _))) = (&event, &self.shared.orders) {
-            orders.forget(uid);
-        }
+        let heartbeat = matches!(event, Event::Heartbeat { .. });
         let actions = decide(&mut self.state, event, received.into_std());
+        if heartbeat {
+            self.forget_unordered(&actions);
+        }
         let decided = Instant::now();
         for action in actions {
             if let Some(next) = self.act(action, received, decided).await {
@@ -298,6 +307,33 @@ impl Worker {
 
     /// Sends an order of the application lease, only while leading: the grant it may carry
     /// was counted by the core under this leadership.
+    /// When each pod's agent was last heard, from the order channel's book: the channel
+    /// forwards only reports that say something new, so a steady agent is heard here.
+    fn heard(&self) -> Vec<(String, std::time::Instant)> {
+        let Some((orders, _)) = &self.shared.orders else {
+            return Vec::new();
+        };
+        orders.heard(self.state.pods().map(|pod| pod.uid.as_str()))
+    }
+
+    /// Drops the report routes of pods ordered at the previous heartbeat but not at this one.
+    fn forget_unordered(&mut self, actions: &[Action]) {
+        let Some((orders, _)) = &self.shared.orders else {
+            return;
+        };
+        let ordered: BTreeSet<String> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Order(order) => Some(order.uid.clone()),
+                _ => None,
+            })
+            .collect();
+        for uid in self.ordered.difference(&ordered) {
+            orders.forget(uid);
+        }
+        self.ordered = ordered;
+    }
+
     async fn order(&self, order: RoleOrder) {
         let (Some((orders, _)), Some(reports_to)) = (&self.shared.orders, &self.reports_to) else {
             return;

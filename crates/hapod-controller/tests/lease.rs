@@ -162,3 +162,176 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
     drop(tx);
     running.abort();
 }
+
+#[tokio::test]
+async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
+    let terms = LeaseTerms {
+        lease: Duration::from_millis(300),
+        drift_ppm: 1_000,
+    };
+    let config = Config {
+        application_lease: Some(ApplicationLease {
+            live_span: terms.live_span(),
+            predecessor_window: Duration::ZERO,
+            report_timeout: None,
+        }),
+        ..Config::default()
+    };
+    let metrics = metrics();
+    let (shared, _notes, agent) =
+        shared_with(config, Some((terms, HEARTBEAT)), metrics.clone()).await;
+    let (client, _handle) = mock();
+    let key = GroupKey {
+        namespace: "ns".into(),
+        group: "hapod".into(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
+        .with_reports_to(tx.downgrade());
+    let running = tokio::spawn(worker.run(rx));
+    // Active with an epoch already: nothing to write, so the mock API stays silent.
+    let mut b = pod_json("b", "6", "active", "127.0.0.1");
+    b["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
+    let pods = vec![view(b)];
+    tx.send((Event::Resync { pods }, Instant::now())).unwrap();
+    tx.send((Event::Leadership(Some(1)), Instant::now()))
+        .unwrap();
+
+    let (order, controller) = next_order_for(&agent, "b").await;
+    let report = Report {
+        message_id: order.message_id,
+        epoch: order.epoch,
+        role: Some(AgentRole::Lapsed),
+        incarnation: 5,
+        stamp_nanos: 1,
+        grant_remaining_millis: 0,
+        pod_uid: "b-uid".into(),
+    };
+    agent
+        .send_to(&encode_report(&report, None).unwrap(), controller)
+        .await
+        .unwrap();
+    let series = || {
+        let labels = AgentLabels {
+            group: "ns/hapod".into(),
+            pod: "b".into(),
+            role: "lapsed".into(),
+        };
+        metrics.agent_roles.get(&labels).map(|gauge| gauge.get())
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while series().is_none() {
+        assert!(Instant::now() < until, "the report was not counted");
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+
+    // Missing from a re-list: no longer ordered, so its series goes at the next heartbeat.
+    tx.send((Event::Resync { pods: Vec::new() }, Instant::now()))
+        .unwrap();
+    while series().is_some() {
+        assert!(
+            Instant::now() < until,
+            "the series of a pod gone from the re-list stayed"
+        );
+        tokio::time::sleep(HEARTBEAT).await;
+    }
+    drop(tx);
+    running.await.unwrap();
+}
+
+/// The order channel forwards only reports that say something new; a steady agent is still
+/// heard at every heartbeat (through the channel's book), so its active keeps being granted,
+/// each grant echoing the newest report, and it is never judged silent.
+#[tokio::test]
+async fn a_steady_agent_keeps_its_grants_and_is_not_judged_silent() {
+    let terms = LeaseTerms {
+        lease: Duration::from_millis(300),
+        drift_ppm: 1_000,
+    };
+    let config = Config {
+        application_lease: Some(ApplicationLease {
+            live_span: terms.live_span(),
+            predecessor_window: Duration::ZERO,
+            report_timeout: Some(HEARTBEAT * 3),
+        }),
+        ..Config::default()
+    };
+    let metrics = metrics();
+    let (shared, _notes, agent) =
+        shared_with(config, Some((terms, HEARTBEAT)), metrics.clone()).await;
+    let (client, mut handle) = mock();
+    let key = GroupKey {
+        namespace: "ns".into(),
+        group: "hapod".into(),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
+        .with_reports_to(tx.downgrade());
+    let running = tokio::spawn(worker.run(rx));
+    let active_epoch = epoch::compose(1, 1);
+    let mut active = pod_json("a", "5", "active", "127.0.0.1");
+    active["metadata"]["annotations"] = json!({"hapod.io/epoch": active_epoch.to_string()});
+    let pods = vec![
+        view(active),
+        view(pod_json("b", "6", "standby", "127.0.0.9")),
+    ];
+    tx.send((Event::Resync { pods }, Instant::now())).unwrap();
+    tx.send((Event::Leadership(Some(1)), Instant::now()))
+        .unwrap();
+
+    // Both agents answer every order with the same role and epoch as before, stamps growing.
+    let started = Instant::now();
+    let mut stamp = 0;
+    let mut echoed = Vec::new();
+    let mut buf = [0u8; 2048];
+    while started.elapsed() < Duration::from_millis(1500) {
+        let (len, from) = timeout(Duration::from_secs(5), agent.recv_from(&mut buf))
+            .await
+            .expect("an order within 5 s")
+            .unwrap();
+        let Ok(Message::Order(order)) = decode(&buf[..len], None) else {
+            continue;
+        };
+        if let Some(grant) = order.grant {
+            echoed.push(grant.stamp_nanos);
+        }
+        stamp += 1;
+        let role = if order.role == hapod_protocol::Role::Active {
+            AgentRole::Active
+        } else {
+            AgentRole::Standby
+        };
+        let report = Report {
+            message_id: order.message_id,
+            epoch: order.epoch,
+            role: Some(role),
+            incarnation: 9,
+            stamp_nanos: stamp,
+            grant_remaining_millis: 300,
+            pod_uid: order.pod_uid.clone(),
+        };
+        agent
+            .send_to(&encode_report(&report, None).unwrap(), from)
+            .await
+            .unwrap();
+    }
+    // About one grant per heartbeat, each echoing a newer report than the one before.
+    assert!(
+        echoed.len() >= 20,
+        "only {} grants in 1.5 s of 20 ms heartbeats",
+        echoed.len()
+    );
+    assert!(
+        echoed.windows(2).all(|w| w[0] < w[1]),
+        "grants did not echo newer reports: {echoed:?}"
+    );
+    // Nobody was judged silent: no label write at all.
+    assert!(
+        timeout(Duration::from_millis(100), next(&mut handle))
+            .await
+            .is_err(),
+        "a write was issued for a group whose agents all answer"
+    );
+    drop(tx);
+    running.await.unwrap();
+}

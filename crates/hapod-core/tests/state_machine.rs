@@ -478,7 +478,7 @@ impl System {
             Step::Heartbeat(eighths) => {
                 self.now += LIVE_SPAN / 8 * u32::from(eighths);
                 self.step_event(Event::Tick);
-                self.step_event(Event::Heartbeat);
+                self.step_event(Event::Heartbeat { heard: Vec::new() });
             }
             Step::DeliverOrder(k, duplicate) => {
                 if !self.orders.is_empty() {

@@ -49,3 +49,108 @@ pub fn reexec_inside() -> Result<Infallible> {
         .exec();
     Err(error).context("running unshare --net (util-linux) to create the test network namespace")
 }
+
+/// A network partition between two addresses of the private namespace: every packet from one
+/// to the other, either way, is dropped at the routing decision (policy rules ahead of the
+/// local table; iproute2 only, no netfilter). Senders get `EINVAL`, as from a blackhole
+/// route. Healed by [`Partition::heal`] or when dropped, so that a failed check never leaves
+/// the testbed cut.
+pub struct Partition {
+    rules: Vec<String>,
+    healed: bool,
+}
+
+/// Preference of the partition rules, ahead of the local table's.
+const PARTITION_PREF: u32 = 10;
+/// Where the local table's rule moves to (it is at 0, where nothing can precede it).
+const LOCAL_PREF: u32 = 100;
+
+impl Partition {
+    /// Cuts `a` from `b`. Both must be addresses of [`POD_CIDR`], inside the namespace.
+    pub fn cut(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr) -> Result<Partition> {
+        if !inside() {
+            bail!("partitions are made only inside the private network namespace");
+        }
+        for ip in [a, b] {
+            if !in_pod_cidr(ip) {
+                bail!("{ip} is not a pod address ({POD_CIDR})");
+            }
+        }
+        move_local_rule()?;
+        let mut partition = Partition {
+            rules: Vec::new(),
+            healed: false,
+        };
+        for (from, to) in [(a, b), (b, a)] {
+            let rule = format!("pref {PARTITION_PREF} from {from} to {to} blackhole");
+            ip_rule("add", &rule)?;
+            partition.rules.push(rule);
+        }
+        Ok(partition)
+    }
+
+    pub fn heal(mut self) -> Result<()> {
+        self.healed = true;
+        self.rules.iter().try_for_each(|rule| ip_rule("del", rule))
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        if !self.healed {
+            for rule in &self.rules {
+                let _ = ip_rule("del", rule);
+            }
+        }
+    }
+}
+
+/// Whether `ip` is in [`POD_CIDR`].
+fn in_pod_cidr(ip: std::net::Ipv4Addr) -> bool {
+    let Some((net, len)) = POD_CIDR.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
+}
+
+/// Moves the local table's rule from preference 0 to [`LOCAL_PREF`], once.
+fn move_local_rule() -> Result<()> {
+    let shown = Command::new("ip")
+        .args(["rule", "show", "pref", "0"])
+        .output()
+        .context("running ip rule show (iproute2)")?;
+    if String::from_utf8_lossy(&shown.stdout).contains("lookup local") {
+        ip_rule("add", &format!("pref {LOCAL_PREF} lookup local"))?;
+        ip_rule("del", "pref 0 lookup local")?;
+    }
+    Ok(())
+}
+
+fn ip_rule(verb: &str, rule: &str) -> Result<()> {
+    let status = Command::new("ip")
+        .arg("rule")
+        .arg(verb)
+        .args(rule.split(' '))
+        .status()
+        .with_context(|| format!("running ip rule {verb} {rule}"))?;
+    if !status.success() {
+        bail!("ip rule {verb} {rule}: {status}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_pod_addresses_can_be_partitioned() {
+        assert!(in_pod_cidr("10.244.3.7".parse().unwrap()));
+        assert!(!in_pod_cidr("10.245.0.1".parse().unwrap()));
+        assert!(!in_pod_cidr("127.0.0.1".parse().unwrap()));
+    }
+}

@@ -2,7 +2,7 @@
 //! told, which grants may still be live, and which agents proved they cannot act. Promotion
 //! waits on [`Grants::blocking`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -34,10 +34,10 @@ pub(super) struct Grants {
     /// When each agent was last heard from (its latest report), or first told when it has
     /// not answered yet in this term.
     pub(super) contact: BTreeMap<String, Contact>,
-    /// Pods granted since their agent's latest report. A grant echoes the agent's latest
+    /// Pods granted (when) and not heard from since. A grant echoes the agent's latest
     /// report, so another before a new report could not extend the agent's lease: it is not
     /// sent, and the count of a silent agent's grant stops within one heartbeat.
-    pub(super) awaiting_report: BTreeSet<String>,
+    pub(super) awaiting_report: BTreeMap<String, Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -66,11 +66,11 @@ impl Grants {
         });
     }
 
-    pub(super) fn granted(&mut self, uid: &str, grant: LiveGrant) {
+    pub(super) fn granted(&mut self, uid: &str, grant: LiveGrant, now: Instant) {
         self.told
             .insert(uid.to_owned(), (Role::Active, grant.epoch));
         self.live.insert(uid.to_owned(), grant);
-        self.awaiting_report.insert(uid.to_owned());
+        self.awaiting_report.insert(uid.to_owned(), now);
     }
 
     pub(super) fn report(
@@ -81,14 +81,27 @@ impl Grants {
         now: Instant,
     ) {
         self.reported.insert(uid.to_owned(), (role, epoch));
-        self.contact.insert(
-            uid.to_owned(),
-            Contact {
-                at: now,
-                reported: true,
-            },
-        );
-        self.awaiting_report.remove(uid);
+        self.heard(uid, now);
+    }
+
+    /// The pod's agent was heard at `at` (a report received then). Silence never counts from
+    /// before this term's first order to it: a report older than that is no sign of
+    /// silence, the agent had nothing to answer.
+    pub(super) fn heard(&mut self, uid: &str, at: Instant) {
+        let contact = self
+            .contact
+            .entry(uid.to_owned())
+            .or_insert(Contact { at, reported: true });
+        if at >= contact.at {
+            *contact = Contact { at, reported: true };
+        }
+        if self
+            .awaiting_report
+            .get(uid)
+            .is_some_and(|granted| *granted <= at)
+        {
+            self.awaiting_report.remove(uid);
+        }
     }
 
     /// Of `group` (the UIDs of one group's pods), those whose agents have been silent for
@@ -137,7 +150,7 @@ impl Grants {
     /// predecessor granted). Any other pod waits until the predecessor's grants are over.
     /// And a pod granted since its agent last reported waits for the next report.
     pub(super) fn may_grant(&self, uid: &str, epoch: u64, now: Instant) -> bool {
-        if self.others_live(uid, now).is_some() || self.awaiting_report.contains(uid) {
+        if self.others_live(uid, now).is_some() || self.awaiting_report.contains_key(uid) {
             return false;
         }
         self.inherited(now).is_none()
@@ -174,7 +187,7 @@ impl Grants {
         self.contact
             .retain(|uid, _| present(uid) || live.contains_key(uid));
         self.awaiting_report
-            .retain(|uid| present(uid) || live.contains_key(uid));
+            .retain(|uid, _| present(uid) || live.contains_key(uid));
         if self.inherited_until.is_some_and(|until| until <= now) {
             self.inherited_until = None;
         }

@@ -543,7 +543,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
         }
         Event::Leadership(term) => state.set_leadership(term, now),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
-        Event::Heartbeat => state.heartbeat(now, &mut out),
+        Event::Heartbeat { heard } => state.heartbeat(&heard, now, &mut out),
         Event::Reported { uid, role, epoch } => state.reported(&uid, role, epoch, now),
     }
     state.settle_doubt();

@@ -320,7 +320,7 @@ impl GroupState {
                 pod: pod.name.clone(),
                 ip,
             };
-            self.grants.granted(&pod.uid, live);
+            self.grants.granted(&pod.uid, live, now);
         } else if role == Role::Standby {
             self.grants.told.insert(pod.uid.clone(), (role, epoch));
         }
@@ -339,10 +339,18 @@ impl GroupState {
     /// any pod that left the group while a grant to it may be live, is told to stand by at
     /// an epoch its agent takes: the last it was told, its label's, the active's or the one
     /// it reported, whichever is highest.
-    pub(super) fn heartbeat(&mut self, now: Instant, out: &mut Vec<Action>) {
+    pub(super) fn heartbeat(
+        &mut self,
+        heard: &[(String, Instant)],
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         let (Some(term), Some(_)) = (self.term, self.config.application_lease) else {
             return;
         };
+        for (uid, at) in heard {
+            self.grants.heard(uid, *at);
+        }
         let pods = &self.pods;
         self.grants
             .prune(now, |uid| pods.values().any(|e| e.view.uid == uid));

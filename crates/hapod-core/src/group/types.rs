@@ -1,7 +1,7 @@
 //! What goes in and out of a group: events, actions and the records that explain them.
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::OpId;
 use crate::pod::{PodView, Role};
@@ -226,10 +226,12 @@ pub enum Event {
     Leadership(Option<u32>),
     /// Outcome of the write `op`.
     Outcome { op: OpId, outcome: WriteOutcome },
-    /// Application lease: time to repeat every pod's order (the heartbeat).
-    Heartbeat,
-    /// Application lease: a pod's agent reported its role (`None`: it applied no order since
-    /// it started) and epoch.
+    /// Application lease: time to repeat every pod's order (the heartbeat). `heard`: when
+    /// each agent of the group was last heard (its newest report, by pod UID), since a report
+    /// that says nothing new is not fed as [`Event::Reported`].
+    Heartbeat { heard: Vec<(String, Instant)> },
+    /// Application lease: a pod's agent reported a role (`None`: it applied no order since
+    /// it started) or epoch other than in its previous report.
     Reported {
         uid: String,
         role: Option<ReportedRole>,

@@ -32,7 +32,7 @@ fn steady() -> Ctl {
     let (mut ctl, first) = Ctl::acting_with(leased(), [active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
     ctl.now += PREDECESSOR_WINDOW + LIVE_SPAN;
-    let actions = ctl.feed(Event::Heartbeat);
+    let actions = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let granted: Vec<_> = orders(&actions).into_iter().filter(|o| o.grant).collect();
     assert_eq!(granted.len(), 1, "{actions:?}");
     assert_eq!((granted[0].pod.as_str(), granted[0].epoch), ("a", 3));
@@ -64,7 +64,7 @@ fn a_new_acting_replica_promotes_nobody_before_its_predecessor_could_have_stoppe
 #[test]
 fn heartbeats_grant_only_the_kept_active_and_tell_the_others_its_epoch() {
     let mut ctl = steady();
-    let actions = ctl.feed(Event::Heartbeat);
+    let actions = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let b = orders(&actions).into_iter().find(|o| o.pod == "b").unwrap();
     assert_eq!((b.role, b.epoch, b.grant), (Role::Standby, 3, false));
 }
@@ -77,7 +77,7 @@ fn a_lost_active_is_replaced_only_once_its_grant_is_over() {
     let wait = wake_after(&actions).expect("woken when the grant ends");
     assert_eq!(wait, LIVE_SPAN - Duration::from_millis(10));
     // A heartbeat meanwhile still tells the departed pod to stand by, and grants nobody.
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     assert!(orders(&beat).iter().all(|o| !o.grant));
     assert!(
         orders(&beat)
@@ -168,7 +168,7 @@ fn a_standby_that_believes_it_is_active_is_told_standby_at_its_own_epoch() {
         role: Some(ReportedRole::Active),
         epoch: stray,
     });
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let b = orders(&beat).into_iter().find(|o| o.pod == "b").unwrap();
     assert_eq!((b.role, b.epoch, b.grant), (Role::Standby, stray, false));
 }
@@ -177,7 +177,7 @@ fn a_standby_that_believes_it_is_active_is_told_standby_at_its_own_epoch() {
 fn without_the_lease_nothing_changes_for_version_1() {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
-    assert!(ctl.feed(Event::Heartbeat).is_empty());
+    assert!(ctl.feed(Event::Heartbeat { heard: Vec::new() }).is_empty());
     let actions = delete_a(&mut ctl);
     assert!(is_set_role(&single_write(&actions), "b", Role::Active));
 }
@@ -192,12 +192,12 @@ fn a_pod_back_in_the_group_labeled_active_is_not_granted_while_another_grant_may
     ctl.feed(left);
     let back = ctl.api.put(active(pod("c", 0), Some(2)));
     ctl.feed(back);
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let c = orders(&beat).into_iter().find(|o| o.pod == "c").unwrap();
     assert_eq!((c.role, c.grant), (Role::Active, false), "{beat:?}");
     // Once a's grant is over, c is granted.
     ctl.now += LIVE_SPAN;
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let c = orders(&beat).into_iter().find(|o| o.pod == "c").unwrap();
     assert!(c.grant, "{beat:?}");
 }
@@ -207,7 +207,7 @@ fn after_a_takeover_only_the_pod_already_acting_is_granted_before_the_predecesso
     // A new acting replica: a is labeled active; the predecessor's grants may be live.
     let (mut ctl, first) = Ctl::acting_with(leased(), [active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
     assert!(!a.grant, "a's agent has not said it acts: {beat:?}");
     // Its agent reports acting at its epoch (on the predecessor's grant): it is continued.
@@ -216,7 +216,7 @@ fn after_a_takeover_only_the_pod_already_acting_is_granted_before_the_predecesso
         role: Some(ReportedRole::Active),
         epoch: 3,
     });
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
     assert!(a.grant, "{beat:?}");
 }
@@ -263,7 +263,7 @@ fn an_abandoned_promotion_that_landed_is_not_followed_by_another() {
         }));
         for _ in 0..3 {
             ctl.now += Duration::from_secs(1);
-            actions.extend(ctl.feed(Event::Heartbeat));
+            actions.extend(ctl.feed(Event::Heartbeat { heard: Vec::new() }));
             actions.extend(ctl.feed(Event::Tick));
         }
         if !echo_first {

@@ -37,7 +37,7 @@ fn steady() -> Ctl {
     report(&mut ctl, "a", ReportedRole::Lapsed, 3);
     report(&mut ctl, "b", ReportedRole::Standby, 3);
     ctl.now += HEARTBEAT;
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     assert!(
         orders(&beat).iter().any(|o| o.pod == "a" && o.grant),
         "{beat:?}"
@@ -52,7 +52,7 @@ fn beats(ctl: &mut Ctl, count: u32, answering: &[&str]) -> Vec<Action> {
     let mut all = Vec::new();
     for _ in 0..count {
         ctl.now += HEARTBEAT;
-        all.extend(ctl.feed(Event::Heartbeat));
+        all.extend(ctl.feed(Event::Heartbeat { heard: Vec::new() }));
         for pod in answering {
             all.extend(report(ctl, pod, ReportedRole::Standby, 3));
         }
@@ -64,16 +64,16 @@ fn beats(ctl: &mut Ctl, count: u32, answering: &[&str]) -> Vec<Action> {
 fn a_silent_agent_gets_no_second_grant_before_it_reports_again() {
     let mut ctl = steady();
     ctl.now += HEARTBEAT;
-    let granted = ctl.feed(Event::Heartbeat);
+    let granted = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     assert!(orders(&granted).iter().any(|o| o.pod == "a" && o.grant));
     // No report since that grant: the next order could not extend the agent's lease.
     ctl.now += HEARTBEAT;
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
     assert_eq!((a.role, a.grant), (Role::Active, false));
     report(&mut ctl, "a", ReportedRole::Active, 3);
     ctl.now += HEARTBEAT;
-    let beat = ctl.feed(Event::Heartbeat);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     assert!(orders(&beat).iter().any(|o| o.pod == "a" && o.grant));
 }
 
@@ -124,7 +124,7 @@ fn a_silent_standby_is_not_promoted_and_is_eligible_again_once_heard() {
     let mut quiet = Vec::new();
     for _ in 0..4 {
         ctl.now += HEARTBEAT;
-        quiet.extend(ctl.feed(Event::Heartbeat));
+        quiet.extend(ctl.feed(Event::Heartbeat { heard: Vec::new() }));
         report(&mut ctl, "a", ReportedRole::Active, 3);
         report(&mut ctl, "c", ReportedRole::Standby, 3);
     }

@@ -8,7 +8,8 @@ use hapod_testkit::testbed::{
 };
 
 /// Over the whole run: never two pods of one group labeled active at the same
-/// resourceVersion (replayed in resourceVersion order per group).
+/// resourceVersion (replayed in resourceVersion order per group), and never two applications
+/// of one group acting at once (their own journals, on the host's monotonic clock).
 pub(crate) async fn no_double_active(tb: &Testbed) -> Result<()> {
     // Let the watch catch up.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -41,6 +42,27 @@ pub(crate) async fn no_double_active(tb: &Testbed) -> Result<()> {
          {ctrl_pods} controller pods seen; no double active"
     );
     ensure!(promotions >= 1, "the history saw no active app pod at all");
+    let journals = tb.journals()?;
+    let overlaps = journals.overlaps();
+    ensure!(
+        overlaps.is_empty(),
+        "{} times two applications acted at once, first: {}",
+        overlaps.len(),
+        overlaps[0]
+    );
+    let handovers = journals.handovers();
+    ensure!(
+        !handovers.is_empty(),
+        "the applications' journals show no handover at all (are they written?)"
+    );
+    let shortest = handovers
+        .iter()
+        .map(|h| h.gap_ms())
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "  journals: {} handovers between applications, none overlapping (shortest gap          {shortest:.1} ms)",
+        handovers.len()
+    );
     ensure!(
         ctrl_pods >= CONTROLLER_REPLICAS,
         "the history saw {ctrl_pods} controller pods"

@@ -8,7 +8,6 @@ use hapod_testkit::testbed::{
     ACTIVE, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, STANDBY, Testbed, pod_role,
 };
 use kube::ResourceExt;
-use nix::sys::signal::Signal;
 
 use crate::common::WAIT;
 
@@ -42,7 +41,7 @@ pub(crate) async fn application_stops_when_grants_stop(tb: &Testbed) -> Result<(
         ctrl.active.name_any(),
         active.name_any()
     );
-    let stopped = Stopped::new(pids)?;
+    let stopped = Testbed::stop_processes(pids)?;
     let lapse = wait_app_not_active(tb, &active, LAPSE_BOUND + Duration::from_secs(5)).await;
     let resumed = stopped.resume();
     let (lapse, state) = lapse?;
@@ -119,35 +118,4 @@ async fn wait_app_not_active(
         pod.name_any(),
         last.unwrap_or_default()
     )
-}
-
-/// Stopped processes, continued on [`Stopped::resume`] or, at the latest, when dropped.
-struct Stopped {
-    pids: Vec<i32>,
-    resumed: bool,
-}
-
-impl Stopped {
-    fn new(pids: Vec<i32>) -> Result<Stopped> {
-        let stopped = Stopped {
-            pids,
-            resumed: false,
-        };
-        // On a partial failure, the drop continues what was stopped.
-        Testbed::signal_processes(&stopped.pids, Signal::SIGSTOP)?;
-        Ok(stopped)
-    }
-
-    fn resume(mut self) -> Result<()> {
-        self.resumed = true;
-        Testbed::signal_processes(&self.pids, Signal::SIGCONT)
-    }
-}
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if !self.resumed {
-            let _ = Testbed::signal_processes(&self.pids, Signal::SIGCONT);
-        }
-    }
 }

@@ -145,6 +145,17 @@ impl Testbed {
         Ok(())
     }
 
+    /// Stops every process of `pids` (SIGSTOP) until the guard is resumed or dropped.
+    pub fn stop_processes(pids: Vec<i32>) -> Result<StoppedProcesses> {
+        let stopped = StoppedProcesses {
+            pids,
+            resumed: false,
+        };
+        // On a partial failure, the drop continues what was stopped.
+        Self::signal_processes(&stopped.pids, nix::sys::signal::Signal::SIGSTOP)?;
+        Ok(stopped)
+    }
+
     /// Creates `/tmp/<file>` inside a container (through the node's host folder).
     pub fn touch_in_container(pod: &Pod, container: &str, file: &str) -> Result<PathBuf> {
         let path = Self::container_tmp(pod, container)?.join(file);
@@ -374,4 +385,27 @@ pub(super) fn ready_slice_addresses(slice: &EndpointSlice) -> Vec<String> {
         .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
         .flat_map(|e| e.addresses.iter().cloned())
         .collect()
+}
+
+/// Processes stopped by [`Testbed::stop_processes`]: continued (SIGCONT) by
+/// [`StoppedProcesses::resume`], or when dropped, so that a failed check never leaves a frozen
+/// pod behind for the next scenario.
+pub struct StoppedProcesses {
+    pids: Vec<i32>,
+    resumed: bool,
+}
+
+impl StoppedProcesses {
+    pub fn resume(mut self) -> Result<()> {
+        self.resumed = true;
+        Testbed::signal_processes(&self.pids, nix::sys::signal::Signal::SIGCONT)
+    }
+}
+
+impl Drop for StoppedProcesses {
+    fn drop(&mut self) {
+        if !self.resumed {
+            let _ = Testbed::signal_processes(&self.pids, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
 }
