@@ -73,6 +73,10 @@ pub struct Options {
     pub dir: Option<PathBuf>,
     /// Readiness deadline; `None` is 180 s (a cold start on a loaded 2-core machine).
     pub ready_timeout: Option<Duration>,
+    /// etcd syncs every commit to disk, as in production (the benchmark). Off by default: the
+    /// data is thrown away with the directory, and fsync on a shared CI disk would dominate
+    /// the apiserver's bootstrap (hundreds of writes) for no benefit to a test.
+    pub etcd_fsync: bool,
 }
 
 /// What a state directory records, so that another process (`cargo xtask controlplane stop`)
@@ -180,6 +184,7 @@ impl ControlPlane {
         };
         cp.launch(
             detached,
+            options.etcd_fsync,
             options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
         )?;
         Ok(cp)
@@ -317,7 +322,7 @@ impl ControlPlane {
     /// are ready. etcd and kube-apiserver start together (the apiserver retries etcd);
     /// kube-controller-manager and kube-scheduler only once the apiserver is ready, because
     /// they exit if it cannot answer their delegated-authentication lookup at startup.
-    fn launch(&mut self, detached: bool, timeout: Duration) -> Result<()> {
+    fn launch(&mut self, detached: bool, etcd_fsync: bool, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let deadline = started + timeout;
         let pki = self.pki_dir();
@@ -356,11 +361,11 @@ impl ControlPlane {
                 format!("--listen-peer-urls={etcd_peer}"),
                 format!("--initial-advertise-peer-urls={etcd_peer}"),
                 format!("--initial-cluster=hapod={etcd_peer}"),
-                // The data is thrown away with the directory; fsync on a shared CI disk would
-                // dominate the apiserver's bootstrap (hundreds of writes) for no benefit.
-                "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
-            ],
+            ]
+            .into_iter()
+            .chain((!etcd_fsync).then(|| "--unsafe-no-fsync".to_string()))
+            .collect::<Vec<_>>(),
         )?;
 
         let serving = [

@@ -222,13 +222,19 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
     })
 }
 
-/// Scrapes the acting controller's `/metrics` (pod IP, port 8080).
-pub async fn scrape_controller(tb: &Testbed) -> Result<super::promhist::Scrape> {
+/// Scrapes the acting controller's `/metrics` (pod IP, port 8080): its histograms and its
+/// counters.
+pub async fn scrape_controller(
+    tb: &Testbed,
+) -> Result<(super::promhist::Scrape, super::writes::Counters)> {
     let ctl = tb.active_controller(Duration::from_secs(30)).await?;
     let ip = testbed::pod_ip(&ctl).ok_or_else(|| anyhow!("controller has no IP"))?;
     let (status, body) = testbed::http_get(&ip, 8080, "/metrics", Duration::from_secs(5)).await?;
     anyhow::ensure!(status == 200, "/metrics answered {status}");
-    Ok(super::promhist::parse(&body))
+    Ok((
+        super::promhist::parse(&body),
+        super::writes::counters(&body),
+    ))
 }
 
 /// `unix_ns` for callers that hold a SystemTime.

@@ -6,6 +6,7 @@
 //! rot). Nothing is asserted on timings: the benchmark reports, the reader judges.
 
 pub mod failover;
+pub mod floor;
 pub mod logs;
 pub mod plot;
 pub mod promhist;
@@ -13,6 +14,7 @@ pub mod report;
 pub mod scale;
 pub mod stats;
 pub mod sysinfo;
+pub mod writes;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -69,7 +71,15 @@ pub struct Cli {
     /// Timeout of one failover (seconds).
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
+    /// etcd syncs every commit to disk, as in production (`--etcd-fsync=false`: off, as in
+    /// the tests).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub etcd_fsync: bool,
 }
+
+/// Floor samples taken before each failover: enough for a p99 over a full run, a few seconds
+/// in a quick one.
+const FLOOR_PER_FAILOVER: usize = 3;
 
 impl Cli {
     pub fn run(self) -> Result<()> {
@@ -143,6 +153,7 @@ impl Cli {
             wait_settled: !self.no_failover,
             // room for the largest scale point (2 pods per group) next to deploy/'s pods
             node_args: vec![format!("--max-pods={}", 2 * self.max_groups() + 200)],
+            etcd_fsync: self.etcd_fsync,
             ..Options::default()
         })
         .await
@@ -169,6 +180,7 @@ impl Cli {
             mode: if self.quick { "quick" } else { "full" }.into(),
             profile: self.profile().dir().into(),
             started_utc: utc_now(),
+            etcd_fsync: self.etcd_fsync,
             ..Default::default()
         };
         let iterations = self.iterations.unwrap_or(if self.quick { 2 } else { 20 });
@@ -176,11 +188,27 @@ impl Cli {
         if !self.no_failover {
             // controller logs are read after every kind: a killed replica's log goes with its pod
             let mut log_samples: Vec<logs::LogSample> = Vec::new();
+            let mut floor = match floor::Floor::start(tb).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    println!("  the floor client did not start: {e:#}");
+                    r.notes.push(format!("floor not measured: {e:#}"));
+                    None
+                }
+            };
             for kind in self.kinds()? {
                 println!("bench: {} × {iterations}", kind.name());
                 let before = failover::scrape_controller(tb).await.ok();
+                let measured = r.records.len();
                 let mut consecutive_failures = 0;
                 for i in 0..iterations {
+                    if let Some(f) = floor.as_mut()
+                        && let Err(e) = sample_floor(f, kind, &mut r).await
+                    {
+                        println!("  the floor client failed: {e:#}");
+                        r.notes.push(format!("floor sampling stopped: {e:#}"));
+                        floor = None;
+                    }
                     match failover::run_one(tb, kind, i, timeout).await {
                         Ok(rec) => {
                             consecutive_failures = 0;
@@ -216,10 +244,13 @@ impl Cli {
                 }
                 // the controller that handled this kind (a killed one's counters are gone)
                 if kind != Kind::ControllerKill
-                    && let Some(before) = before
-                    && let Ok(after) = failover::scrape_controller(tb).await
+                    && let Some((before, counted)) = before
+                    && let Ok((after, counts)) = failover::scrape_controller(tb).await
                 {
                     let d = promhist::diff(&after, &before);
+                    let n = r.records.len() - measured;
+                    r.writes
+                        .extend(writes::Writes::per_failover(kind, n, &d, &counts, &counted));
                     if !d.is_empty() {
                         r.controller.push((kind, d));
                     }
@@ -259,6 +290,15 @@ impl Cli {
         r.duration_s = started.elapsed().as_secs_f64();
         Ok(r)
     }
+}
+
+/// Takes the floor's samples before a failover of `kind`.
+async fn sample_floor(f: &mut floor::Floor, kind: Kind, r: &mut Results) -> Result<()> {
+    for _ in 0..FLOOR_PER_FAILOVER {
+        let ms = f.sample().await?;
+        r.floor.push(floor::Sample { kind, ms });
+    }
+    Ok(())
 }
 
 /// Attributes controller log samples to the failover whose window [trigger, trigger +

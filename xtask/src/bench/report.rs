@@ -30,6 +30,12 @@ pub struct Results {
     pub scale: Vec<ScaleResult>,
     pub profile_notes: Vec<String>,
     pub notes: Vec<String>,
+    /// the API's floor, sampled between the failovers
+    pub floor: Vec<super::floor::Sample>,
+    /// writes per failover, per kind (the acting controller's counters)
+    pub writes: Vec<super::writes::Writes>,
+    /// etcd synced every commit to disk
+    pub etcd_fsync: bool,
 }
 
 impl Results {
@@ -153,6 +159,7 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
         }
     }
     std::fs::write(dir.join("controller-stages.csv"), csv)?;
+    super::floor::write_csv(dir, r)?;
     if !r.controller_log_stages.is_empty() {
         let mut csv = String::from("kind,stage,ms\n");
         for (kind, stage, v) in &r.controller_log_stages {
@@ -278,13 +285,18 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
          binaries. Every time stamp is on one clock: the bench process's wall clock (watch \
          events stamped on receipt by the testbed's recorder in the bench process), except `applied`, the demo \
          app's own receive time from its `/state` (same host clock). Percentiles are \
-         nearest-rank: with fewer than 100 samples p99 is the maximum. The machine was shared \
-         with other work while measuring; treat the tails as upper bounds.\n",
-        r.profile
+         nearest-rank: with fewer than 100 samples p99 is the maximum. etcd {}. The machine \
+         was shared with other work while measuring; treat the tails as upper bounds.\n",
+        r.profile,
+        if r.etcd_fsync {
+            "synced every commit to disk (fsync on, as in production)"
+        } else {
+            "ran without fsync (`--unsafe-no-fsync`, as in the tests)"
+        }
     );
     let _ = writeln!(
         md,
-        "Files: `failovers.csv` (raw samples), `controller-stages.csv`, `controller-log-stages.csv`, `scale.csv`, `storm.csv`, `profile-*.txt` (perf), `failover.png`, `machine.txt`. Re-run: `cargo xtask bench` (full) or `cargo xtask bench --quick`.\n"
+        "Files: `failovers.csv` (raw samples), `controller-stages.csv`, `controller-log-stages.csv`, `floor.csv`, `floor-ratios.csv`, `scale.csv`, `storm.csv`, `profile-*.txt` (perf), `failover.png`, `machine.txt`. Re-run: `cargo xtask bench` (full) or `cargo xtask bench --quick`.\n"
     );
     let _ = writeln!(md, "![failover latency](failover.png)\n");
 
@@ -312,6 +324,9 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             row("applied − labeled", summarize(&r.between(kind, 2, 3)))
         );
         let _ = writeln!(md);
+        if let Some(w) = r.writes.iter().find(|w| w.kind == kind) {
+            let _ = writeln!(md, "{}\n", w.describe());
+        }
     }
     if !r.failures.is_empty() {
         let _ = writeln!(
@@ -350,6 +365,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     }
     let _ = writeln!(md);
 
+    md.push_str(&super::floor::markdown(r));
     let _ = writeln!(md, "## Controller-side stages\n");
     if r.controller.is_empty() && r.controller_log_stages.is_empty() {
         let _ = writeln!(md, "No controller histograms were found on `/metrics`.\n");
@@ -470,7 +486,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     md
 }
 
-fn verdict(ok: bool) -> &'static str {
+pub fn verdict(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**missed**" }
 }
 
@@ -589,6 +605,7 @@ pub fn targets(r: &Results) -> Vec<String> {
     if !r.scale.iter().any(|s| s.storm_groups >= 100) {
         out.push("100-group storm ≤ 500 ms p99: not measured in this run".into());
     }
+    out.extend(super::floor::targets(r));
     out
 }
 

@@ -100,6 +100,8 @@ pub struct Options {
     pub node_args: Vec<String>,
     /// Print progress lines.
     pub verbose: bool,
+    /// etcd syncs every commit to disk (production-like; the benchmark). Tests keep it off.
+    pub etcd_fsync: bool,
 }
 
 impl Default for Options {
@@ -113,6 +115,7 @@ impl Default for Options {
             wait_settled: true,
             node_args: Vec::new(),
             verbose: true,
+            etcd_fsync: false,
         }
     }
 }
@@ -195,15 +198,18 @@ impl Testbed {
         };
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
+        let bin_dir = snapshot_binaries(&bin_dir, &run_dir.join("bin"))?;
 
         progress(opts.verbose, "starting the control plane");
         let cp_dir = run_dir.join("controlplane");
-        let control_plane = tokio::task::spawn_blocking(move || start_control_plane(&cp_dir))
-            .await?
-            .context(
-                "testbed: the control plane did not start (build it first with \
+        let fsync = opts.etcd_fsync;
+        let control_plane =
+            tokio::task::spawn_blocking(move || start_control_plane(&cp_dir, fsync))
+                .await?
+                .context(
+                    "testbed: the control plane did not start (build it first with \
                  `cargo xtask controlplane build`, or run `cargo xtask test`)",
-            )?;
+                )?;
         let admin_kubeconfig = control_plane_kubeconfig(&control_plane);
         let client = client_from_kubeconfig(&admin_kubeconfig).await?;
 
@@ -469,6 +475,21 @@ fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Links (or copies) the binaries under test into `to`: a build in another work tree sharing
+/// the target folder replaces cargo's copies, and must not change what a running testbed
+/// starts (the process node starts every replacement pod from these paths).
+fn snapshot_binaries(from: &Path, to: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
+    for b in BINARIES {
+        let (src, dst) = (from.join(b), to.join(b));
+        if std::fs::hard_link(&src, &dst).is_err() {
+            std::fs::copy(&src, &dst)
+                .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+        }
+    }
+    Ok(to.to_path_buf())
+}
+
 /// Last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -489,10 +510,11 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 
 // --- adapters to the control plane runner (crate::controlplane) ------------------------------
 
-fn start_control_plane(dir: &Path) -> Result<ControlPlane> {
+fn start_control_plane(dir: &Path, etcd_fsync: bool) -> Result<ControlPlane> {
     ControlPlane::start(crate::controlplane::Options {
         dir: Some(dir.to_path_buf()),
         ready_timeout: None,
+        etcd_fsync,
     })
 }
 
