@@ -193,12 +193,12 @@ impl<'a> Run<'a> {
         self.inject(&pod, step)
             .await
             .with_context(|| format!("{} of {ns}/{}", step.fault.name(), target.pod))?;
-        let old = target.uid.clone();
+        let old = active.uid.clone();
         let sidecar = NONCRITICAL_CONTAINER.to_string();
         // A crash of the sidecar shows on the pod first: it restarts in place within about
         // two seconds, so the active may be Ready again before the handover is done, and
         // then it rightly keeps the role.
-        let crashed = |now: &[PodRecord]| match now.iter().find(|r| r.uid == old) {
+        let crashed = |now: &[PodRecord]| match now.iter().find(|r| r.uid == target.uid) {
             Some(r) => r.not_running.contains(&sidecar) || r.restarted.contains(&sidecar),
             None => true,
         };
