@@ -2,6 +2,11 @@
 //! resourceVersion order): no two pods of a group labeled active at one resourceVersion,
 //! epochs that grow with every promotion, no pod killed while its critical containers were
 //! alive; and the group states the liveness waits look for.
+//!
+//! These look at labels, what the API server stored. That no two applications of a group act
+//! active at overlapping times is checked at the end only through each application's own
+//! `/state` (`apps_settled` in the command); an overlap check over role journals the
+//! applications write would join [`safety`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

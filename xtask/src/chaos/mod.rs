@@ -146,6 +146,7 @@ impl Cli {
             seed,
             replay,
             groups: self.groups,
+            profile: self.profile.dir(),
             failovers,
             faults: run.faults(),
             violations: run.violations(),

@@ -19,6 +19,8 @@ pub struct Outcome {
     /// The command that replays the schedule.
     pub replay: String,
     pub groups: usize,
+    /// Build profile of the binaries under test.
+    pub profile: &'static str,
     pub failovers: usize,
     pub faults: Vec<FaultRecord>,
     pub violations: Vec<Violation>,
@@ -77,7 +79,12 @@ impl Outcome {
             self.fault_phase.as_secs_f64() / 60.0,
             self.violations.len()
         );
-        let _ = writeln!(md, "Machine: {}.\n", machine.describe());
+        let _ = writeln!(
+            md,
+            "Machine: {}; {} build of the binaries under test.\n",
+            machine.describe(),
+            self.profile
+        );
         md.push_str(
             "Recovery: from the fault's trigger to another eligible pod being the only one \
              labeled active (watch), for every fault after which another pod took the role.\n\n\

@@ -229,3 +229,59 @@ fn after_a_takeover_only_the_pod_already_acting_is_granted_before_the_predecesso
     let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
     assert!(a.grant, "{beat:?}");
 }
+
+/// A promotion write abandoned at the renew deadline (outcome Failed) may still have been
+/// applied by the API server: no other pod may be promoted until that pod is known not to be
+/// active, with or without the application lease, whether the watch shows the landed write
+/// before or after the outcome. (Found by `cargo xtask chaos --seed 196034552`, at the first
+/// promotion of a new group under load: the first pod to be Ready was promoted, the patch
+/// landed after the controller gave up on it, meanwhile the other pod, first by name with the
+/// same creation second, turned Ready and was promoted before the first was demoted.)
+#[test]
+#[ignore = "fails: after an abandoned promotion the core promotes another pod while the first \
+            may be labeled active; run with --ignored"]
+fn an_abandoned_promotion_that_landed_is_not_followed_by_another() {
+    for (config, echo_first) in [
+        (Config::default(), false),
+        (Config::default(), true),
+        (leased(), false),
+        (leased(), true),
+    ] {
+        let what = format!(
+            "lease {}, echo first {echo_first}",
+            config.application_lease.is_some()
+        );
+        let mut b = pod("b", 1);
+        b.ready = false;
+        let (mut ctl, mut actions) = Ctl::acting_with(config, [pod("a", 2), b]);
+        if writes(&actions).is_empty() {
+            ctl.now += PREDECESSOR_WINDOW + LIVE_SPAN;
+            actions = ctl.feed(Event::Tick);
+        }
+        let promote = single_write(&actions);
+        assert!(is_set_role(&promote, "a", Role::Active), "{what}");
+        // Applied, but the controller stopped waiting for the answer.
+        let (_, echo) = ctl.api.execute(&promote);
+        let echo = echo.expect("the promotion's watch event");
+        let b_ready = ctl.api.modify("b", |p| p.ready = true).unwrap();
+        let mut actions = ctl.feed(b_ready);
+        if echo_first {
+            actions.extend(ctl.feed(echo.clone()));
+        }
+        actions.extend(ctl.feed(Event::Outcome {
+            op: promote.op,
+            outcome: WriteOutcome::Failed,
+        }));
+        for _ in 0..3 {
+            ctl.now += Duration::from_secs(1);
+            actions.extend(ctl.feed(Event::Heartbeat));
+            actions.extend(ctl.feed(Event::Tick));
+        }
+        if !echo_first {
+            actions.extend(ctl.feed(echo));
+        }
+        // The fake API panics at a promotion while another pod is active.
+        ctl.settle(actions);
+        assert_eq!(ctl.api.actives().len(), 1, "{what}");
+    }
+}
