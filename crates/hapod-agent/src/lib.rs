@@ -129,6 +129,10 @@ pub struct RoleState {
     /// This host's wall clock when the notification was applied.
     pub applied_at_unix_nanos: u64,
     pub source: Source,
+    /// End of the grant to act active (protocol version 2), on this host's monotonic clock;
+    /// `None` when the role is not bounded by a grant. Renewals move it without waking
+    /// readers of [`Agent::state`].
+    pub acting_until: Option<Instant>,
 }
 
 impl RoleState {
@@ -141,7 +145,16 @@ impl RoleState {
             sent_at_unix_nanos: 0,
             applied_at_unix_nanos: 0,
             source: Source::None,
+            acting_until: None,
         }
+    }
+
+    /// Whether the application may act active at `now`. Check it right before every
+    /// leader-only step: it turns false the moment the grant runs out, also before the
+    /// agent's own timer has published the lapse (a process that was frozen past the end of
+    /// its grant resumes with a stale `role`).
+    pub fn acting(&self, now: Instant) -> bool {
+        self.role == Some(Role::Active) && self.acting_until.is_none_or(|until| now < until)
     }
 
     /// `active`, `standby` or `unknown`.
@@ -399,6 +412,7 @@ impl Receiver {
                         sent_at_unix_nanos: msg.sent_at_unix_nanos,
                         applied_at_unix_nanos: unix_nanos_now(),
                         source: Source::Notification,
+                        acting_until: None,
                     });
                     AtomicCounters::bump(&self.counters.applied);
                     self.send_ack(ack, from).await;
@@ -417,6 +431,7 @@ impl Receiver {
                             sent_at_unix_nanos: 0,
                             applied_at_unix_nanos: unix_nanos_now(),
                             source: Source::Legacy,
+                            acting_until: None,
                             ..current
                         });
                     }
@@ -464,13 +479,19 @@ impl Receiver {
         Ok(())
     }
 
-    /// Publishes the lease's role if it or the epoch changed (a renewal changes nothing).
+    /// Publishes the lease's role if it or the epoch changed; a renewal only moves the end
+    /// of the grant, without waking readers.
     fn publish_lease(&self, order: Option<&Order>, source: Source) {
         let now = Instant::now();
         let current = self.state.borrow().clone();
         let role = self.lease.role(now);
         let epoch = self.lease.epoch();
+        let acting_until = self.lease.expires_at(now);
         if current.role == role && current.epoch == epoch {
+            self.state.send_if_modified(|state| {
+                state.acting_until = acting_until;
+                false
+            });
             return;
         }
         self.publish(RoleState {
@@ -481,6 +502,7 @@ impl Receiver {
             sent_at_unix_nanos: order.map_or(0, |o| o.sent_at_unix_nanos),
             applied_at_unix_nanos: unix_nanos_now(),
             source,
+            acting_until,
         });
     }
 

@@ -90,7 +90,31 @@ async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
     // What the agent has left ends before the controller's count does.
     let remaining = Duration::from_millis(u64::from(report.grant_remaining_millis));
     assert!(remaining > Duration::ZERO && reported_at + remaining <= live_until);
-    assert_eq!(state.borrow_and_update().role, Some(Role::Active));
+    let granted_state = state.borrow_and_update().clone();
+    assert_eq!(granted_state.role, Some(Role::Active));
+    // The application sees the end of the grant: past it, it must not act even while the
+    // published role still says active (a process frozen past its grant).
+    let acting_until = granted_state.acting_until.expect("a grant has an end");
+    assert!(acting_until <= live_until);
+    assert!(granted_state.acting(Instant::now()));
+    assert!(!granted_state.acting(acting_until));
+
+    // A renewal moves the end without waking the application.
+    book.on_report(report, reported_at);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let renewal = send(&controller, agent.local_addr(), &order(&book))
+        .await
+        .expect("a report");
+    assert_eq!(renewal.role, Some(AgentRole::Active));
+    assert!(
+        !state.has_changed().unwrap(),
+        "a renewal woke the application"
+    );
+    let renewed_until = state.borrow().acting_until.expect("still granted");
+    assert!(
+        renewed_until > acting_until,
+        "the renewal did not extend the grant"
+    );
 
     // Nothing more is sent: the agent steps down by itself.
     tokio::time::timeout(Duration::from_secs(5), state.changed())

@@ -102,6 +102,11 @@ pub struct Args {
     /// agents' --drift-ppm must be the same).
     #[arg(long, env = "HAPOD_DRIFT_PPM", default_value_t = 1000)]
     pub drift_ppm: u32,
+    /// Application lease: a pod whose agent has not reported for this long, while another
+    /// agent of its group has, is unresponsive (an active one is replaced), in ms. Unset:
+    /// three heartbeats; 0: off (pods are judged by the API's view alone).
+    #[arg(long, env = "HAPOD_REPORT_TIMEOUT_MS")]
+    pub report_timeout_ms: Option<u64>,
     /// Period of the re-planning of every group from its full cached state, in seconds.
     #[arg(long, env = "HAPOD_RESYNC_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
@@ -130,6 +135,7 @@ impl Args {
             application_lease: self.lease_terms().map(|terms| ApplicationLease {
                 live_span: terms.live_span(),
                 predecessor_window: Duration::from_millis(self.election.renew_deadline_ms),
+                report_timeout: self.report_timeout(),
             }),
         }
     }
@@ -140,6 +146,15 @@ impl Args {
             lease: Duration::from_millis(ms),
             drift_ppm: self.drift_ppm,
         })
+    }
+
+    /// `--report-timeout-ms` with its default applied; `None` when off.
+    fn report_timeout(&self) -> Option<Duration> {
+        match self.report_timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_millis(self.heartbeat_ms.saturating_mul(3))),
+        }
     }
 
     /// Namespaces to watch, blanks and duplicates dropped (empty: all).
@@ -212,6 +227,15 @@ impl Args {
             }
             if self.drift_ppm >= 100_000 {
                 return Err("--drift-ppm must be below 100000 (10 %)".into());
+            }
+            // One late report must not make a pod unresponsive.
+            if let Some(timeout) = self.report_timeout()
+                && timeout < Duration::from_millis(self.heartbeat_ms.saturating_mul(2))
+            {
+                return Err(format!(
+                    "--report-timeout-ms must be 0 (off) or at least two heartbeats ({} ms)",
+                    self.heartbeat_ms.saturating_mul(2)
+                ));
             }
         }
         if self.notify_deadline_ms == 0 || self.notify_deadline_ms > MAX_NOTIFY_DEADLINE_MS {
@@ -371,6 +395,10 @@ mod tests {
                 "--lease-duration-ms",
             ),
             (&["--retry-period-ms", "5000"][..], "--retry-period-ms"),
+            (
+                &["--application-lease-ms", "300", "--report-timeout-ms", "99"][..],
+                "--report-timeout-ms",
+            ),
         ] {
             let error = validated(extra).expect_err(&format!("{extra:?} accepted"));
             assert!(error.contains(flag), "{extra:?}: {error}");
@@ -378,5 +406,25 @@ mod tests {
         assert_eq!(validated(&["--namespaces", "a,a, a"]), Ok(()));
         assert_eq!(validated(&["--group-label", "example.com/group"]), Ok(()));
         assert_eq!(validated(&["--selector", "app in (a,b),tier"]), Ok(()));
+        assert_eq!(
+            validated(&["--application-lease-ms", "300", "--report-timeout-ms", "0"]),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_report_timeout_defaults_to_three_heartbeats_and_zero_turns_it_off() {
+        let lease = |extra: &[&str]| {
+            let mut argv = vec!["c", "--pod-name", "p", "--pod-namespace", "n"];
+            argv.extend_from_slice(extra);
+            let args = Args::try_parse_from(argv).unwrap();
+            args.core_config().application_lease.unwrap().report_timeout
+        };
+        let on = ["--application-lease-ms", "300", "--heartbeat-ms", "40"];
+        assert_eq!(lease(&on), Some(Duration::from_millis(120)));
+        let off = [&on[..], &["--report-timeout-ms", "0"]].concat();
+        assert_eq!(lease(&off), None);
+        let set = [&on[..], &["--report-timeout-ms", "200"]].concat();
+        assert_eq!(lease(&set), Some(Duration::from_millis(200)));
     }
 }

@@ -46,6 +46,7 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         application_lease: Some(ApplicationLease {
             live_span: terms.live_span(),
             predecessor_window: Duration::ZERO,
+            report_timeout: None,
         }),
         ..Config::default()
     };

@@ -29,6 +29,10 @@ pub struct ApplicationLease {
     /// After taking over: how long the previous acting replica may still have sent grants
     /// (its renew deadline).
     pub predecessor_window: Duration,
+    /// A pod whose agent has not reported for this long, while another agent of its group
+    /// has, is unresponsive: not eligible, so an active one is replaced. `None`: pods are
+    /// judged by the API's view alone.
+    pub report_timeout: Option<Duration>,
 }
 
 impl Default for Config {

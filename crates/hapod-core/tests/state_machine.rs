@@ -156,6 +156,9 @@ fn config(lease: bool) -> Arc<Config> {
         application_lease: lease.then_some(ApplicationLease {
             live_span: LIVE_SPAN,
             predecessor_window: Duration::from_millis(400),
+            // Agents that miss reports get judged unresponsive now and then: a demotion the
+            // API did not ask for must keep the same guarantees.
+            report_timeout: Some(LIVE_SPAN / 4),
         }),
         ..Config::default()
     })

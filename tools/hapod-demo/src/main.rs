@@ -4,6 +4,7 @@
 //!   its latency from the controller's send time, and answers HTTP on `POD_IP:8080`:
 //!   `/` (pod, namespace, role, epoch), `/readyz` (503 while `--unready-file` exists) and
 //!   `/state` (JSON of the last applied notification).
+//! - With `--journal-dir`, it keeps an acting journal (see [`journal`]) for test harnesses.
 //! - `crash` plays the original system's crash container: it aborts (SIGABRT) as soon as
 //!   `--file` exists.
 
@@ -22,6 +23,8 @@ use clap::{Parser, Subcommand};
 use hapod_agent::cli::{AgentArgs, LogFormat, init_logging};
 use hapod_agent::{Agent, RoleState};
 use tokio::sync::watch;
+
+mod journal;
 
 #[derive(Debug, Parser)]
 #[command(name = "hapod-demo", version, about)]
@@ -58,6 +61,10 @@ struct ServeArgs {
     /// `/readyz` answers 503 while this file exists.
     #[arg(long, env = "HAPOD_DEMO_UNREADY_FILE", default_value = "/tmp/unready")]
     unready_file: PathBuf,
+    /// Keep an acting journal in this folder (a line every 10 ms while acting active, for
+    /// test harnesses that check no two applications act at once). Needs `--pod-uid`.
+    #[arg(long, env = "HAPOD_DEMO_JOURNAL_DIR")]
+    journal_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -113,6 +120,16 @@ struct StateBody {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.agent.config()?;
+    let journal = match (&args.journal_dir, &args.agent.pod_uid) {
+        (Some(dir), Some(uid)) => Some(journal::path(
+            dir,
+            &args.pod_namespace,
+            &args.agent.pod_name,
+            uid,
+        )),
+        (Some(_), None) => anyhow::bail!("--journal-dir needs --pod-uid (POD_UID)"),
+        (None, _) => None,
+    };
     let pod_ip: IpAddr = args.agent.pod_ip;
     let notify_addr = config.bind;
     let agent = Agent::bind(config)
@@ -125,6 +142,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             change.log();
         }
     });
+    if let Some(path) = journal {
+        let state = agent.state();
+        tokio::spawn(async move {
+            if let Err(error) = journal::run(path, state).await {
+                tracing::error!(error = format!("{error:#}"), "acting journal stopped");
+            }
+        });
+    }
     let app = Arc::new(App {
         pod: args.agent.pod_name,
         namespace: args.pod_namespace,

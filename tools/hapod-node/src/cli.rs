@@ -57,8 +57,12 @@ pub struct Args {
     #[arg(long, default_value_t = 110)]
     pub max_pods: u32,
     /// Extra node label KEY=VALUE (repeatable).
-    #[arg(long = "node-label", value_parser = parse_label)]
+    #[arg(long = "node-label", value_parser = parse_key_value)]
     pub node_labels: Vec<(String, String)>,
+    /// Environment variable KEY=VALUE added to every container that does not set KEY itself
+    /// (repeatable): how a test harness points applications at its own instrumentation.
+    #[arg(long = "container-env", value_parser = parse_key_value)]
+    pub container_env: Vec<(String, String)>,
     /// Port of the kubelet endpoint on 127.0.0.1 (`kubectl logs` through the API server;
     /// `kubectl exec` answered as unsupported); 0 = none. One per node process.
     #[arg(long, default_value_t = 10250)]
@@ -68,15 +72,16 @@ pub struct Args {
     pub log_format: String,
 }
 
-/// A `--node-label` that is not `KEY=VALUE`.
+/// A `--node-label` or `--container-env` that is not `KEY=VALUE`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}: expected KEY=VALUE")]
-pub struct MalformedLabel(String);
+pub struct MalformedKeyValue(String);
 
-fn parse_label(s: &str) -> Result<(String, String), MalformedLabel> {
+fn parse_key_value(s: &str) -> Result<(String, String), MalformedKeyValue> {
     s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| MalformedLabel(s.to_string()))
+        .ok_or_else(|| MalformedKeyValue(s.to_string()))
 }
 
 impl Args {
@@ -107,6 +112,7 @@ impl Args {
         node_config.memory = self.memory.clone();
         node_config.max_pods = self.max_pods;
         node_config.node_labels = self.node_labels.clone();
+        node_config.container_env = self.container_env.clone();
         node_config.kubelet_port = self.kubelet_port;
         Ok(node_config)
     }
@@ -181,6 +187,8 @@ mod tests {
             "127.11.0.0/16",
             "--node-label",
             "zone=a",
+            "--container-env",
+            "JOURNAL=/run/j=1",
         ])
         .unwrap();
         let node_config = args.node_config().unwrap();
@@ -199,6 +207,15 @@ mod tests {
             node_config.node_labels,
             [("zone".to_string(), "a".to_string())]
         );
+        // Only the first `=` splits: values may contain more.
+        assert_eq!(
+            node_config.container_env,
+            [("JOURNAL".to_string(), "/run/j=1".to_string())]
+        );
+        for bad in ["JOURNAL", "=value"] {
+            let error = Args::try_parse_from(["hapod-node", "--container-env", bad]).unwrap_err();
+            assert!(error.to_string().contains("expected KEY=VALUE"), "{error}");
+        }
         // Any range parses; a non-loopback one is only accepted at start inside a private
         // network namespace (PodCidr::check_confined).
         assert!(Args::try_parse_from(["hapod-node", "--pod-cidr", "10.0.0.0/24"]).is_ok());

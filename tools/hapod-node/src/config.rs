@@ -124,6 +124,8 @@ pub struct NodeConfig {
     pub memory: String,
     pub max_pods: u32,
     pub node_labels: Vec<(String, String)>,
+    /// Added to every container's environment unless the container sets the variable.
+    pub container_env: Vec<(String, String)>,
     /// Port of the kubelet endpoint on 127.0.0.1 (`kubectl logs`; exec reported as
     /// unsupported); 0 = none.
     pub kubelet_port: u16,
@@ -145,6 +147,7 @@ impl NodeConfig {
             memory: "8Gi".into(),
             max_pods: 110,
             node_labels: Vec::new(),
+            container_env: Vec::new(),
             kubelet_port: 0,
         }
     }

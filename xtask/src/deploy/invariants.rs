@@ -86,8 +86,13 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         args(c).contains(&"--notify-key-file=/etc/hapod/notify-key/key".to_string()),
         || "controller does not pass --notify-key-file".into(),
     );
-    // The application lease is on (docs/fencing.md): 10 renewals per lease.
-    for flag in ["--application-lease-ms=1000", "--heartbeat-ms=100"] {
+    // The application lease is on (docs/fencing.md): 10 renewals per lease, and an active
+    // silent for 5 heartbeats is replaced.
+    for flag in [
+        "--application-lease-ms=1000",
+        "--heartbeat-ms=100",
+        "--report-timeout-ms=500",
+    ] {
         p.expect(args(c).contains(&flag.to_string()), || {
             format!("controller does not pass {flag}")
         });

@@ -188,6 +188,7 @@ pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
         "--application-lease-ms=3000",
     ),
     ("controller.heartbeatMs=200", "--heartbeat-ms=200"),
+    ("controller.reportTimeoutMs=0", "--report-timeout-ms=0"),
     ("controller.driftPpm=500", "--drift-ppm=500"),
     (
         "notifyKey.value=s3cret",

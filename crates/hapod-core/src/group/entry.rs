@@ -19,6 +19,9 @@ pub(super) struct PodEntry {
     /// The API refused a write on this pod for good (403, 422): no writes on it until then,
     /// while the rest of the group goes on.
     pub(super) refused_until: Option<Instant>,
+    /// Its agent stopped reporting while others of the group did (`Grants::silent`); cleared
+    /// by its next report.
+    pub(super) unresponsive: bool,
 }
 
 impl PodEntry {
@@ -30,6 +33,7 @@ impl PodEntry {
             kill_sent: false,
             stale: false,
             refused_until: None,
+            unresponsive: false,
         }
     }
 
@@ -60,11 +64,14 @@ impl PodEntry {
     }
 
     pub(super) fn eligible(&self) -> bool {
-        self.view.serving() && self.dead_container.is_none() && !self.kill_sent
+        self.view.serving()
+            && self.dead_container.is_none()
+            && !self.kill_sent
+            && !self.unresponsive
     }
 
     /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or
-    /// Unknown): such an active still serves better than none, so it keeps the role until a
+    /// Unknown, an unresponsive agent): such an active still serves better than none, so it keeps the role until a
     /// successor can take over. The hard reasons (leaving, a dead critical container, a kill
     /// sent) lose the role at once.
     pub(super) fn softly_ineligible(&self) -> bool {
@@ -81,8 +88,10 @@ impl PodEntry {
             PromotionReason::Finished
         } else if !self.view.ready {
             PromotionReason::NotReady
-        } else {
+        } else if !self.view.serving() {
             PromotionReason::NotServing
+        } else {
+            PromotionReason::Unresponsive
         }
     }
 

@@ -2,9 +2,9 @@
 //! told, which grants may still be live, and which agents proved they cannot act. Promotion
 //! waits on [`Grants::blocking`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::types::ReportedRole;
 use crate::pod::Role;
@@ -31,6 +31,20 @@ pub(super) struct Grants {
     pub(super) reported: BTreeMap<String, (Option<ReportedRole>, u64)>,
     /// No promotion before this: the grants of a previous acting replica are unknown.
     pub(super) inherited_until: Option<Instant>,
+    /// When each agent was last heard from (its latest report), or first told when it has
+    /// not answered yet in this term.
+    pub(super) contact: BTreeMap<String, Contact>,
+    /// Pods granted since their agent's latest report. A grant echoes the agent's latest
+    /// report, so another before a new report could not extend the agent's lease: it is not
+    /// sent, and the count of a silent agent's grant stops within one heartbeat.
+    pub(super) awaiting_report: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Contact {
+    pub(super) at: Instant,
+    /// `at` is a report (not only the first order).
+    pub(super) reported: bool,
 }
 
 impl Grants {
@@ -38,17 +52,68 @@ impl Grants {
     /// until `until`.
     pub(super) fn take_over(&mut self, until: Instant) {
         self.told.clear();
+        self.contact.clear();
+        self.awaiting_report.clear();
         self.inherited_until = Some(until);
+    }
+
+    /// An order is sent to `uid` now: its agent's silence counts from here if it never
+    /// answered.
+    pub(super) fn ordered(&mut self, uid: &str, now: Instant) {
+        self.contact.entry(uid.to_owned()).or_insert(Contact {
+            at: now,
+            reported: false,
+        });
     }
 
     pub(super) fn granted(&mut self, uid: &str, grant: LiveGrant) {
         self.told
             .insert(uid.to_owned(), (Role::Active, grant.epoch));
         self.live.insert(uid.to_owned(), grant);
+        self.awaiting_report.insert(uid.to_owned());
     }
 
-    pub(super) fn report(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64) {
+    pub(super) fn report(
+        &mut self,
+        uid: &str,
+        role: Option<ReportedRole>,
+        epoch: u64,
+        now: Instant,
+    ) {
         self.reported.insert(uid.to_owned(), (role, epoch));
+        self.contact.insert(
+            uid.to_owned(),
+            Contact {
+                at: now,
+                reported: true,
+            },
+        );
+        self.awaiting_report.remove(uid);
+    }
+
+    /// Of `group` (the UIDs of one group's pods), those whose agents have been silent for
+    /// `timeout`, provided another agent of the group reported within it: with nobody
+    /// answering, the fault may be this replica's own path, and no pod is judged.
+    pub(super) fn silent<'a>(
+        &self,
+        group: &[&'a str],
+        timeout: Duration,
+        now: Instant,
+    ) -> Vec<&'a str> {
+        let quiet = |uid: &str| {
+            self.contact
+                .get(uid)
+                .is_some_and(|c| now.duration_since(c.at) >= timeout)
+        };
+        let answering = group.iter().any(|uid| {
+            self.contact
+                .get(*uid)
+                .is_some_and(|c| c.reported && now.duration_since(c.at) < timeout)
+        });
+        if !answering {
+            return Vec::new();
+        }
+        group.iter().copied().filter(|uid| quiet(uid)).collect()
     }
 
     /// Whether the pod's agent proved it cannot act on any order of `epoch` or older: it
@@ -70,8 +135,9 @@ impl Grants {
     /// already may be granted: this replica granted it in this term, or its agent reported
     /// acting at that epoch (at most one pod acts at a time, so it is the one the
     /// predecessor granted). Any other pod waits until the predecessor's grants are over.
+    /// And a pod granted since its agent last reported waits for the next report.
     pub(super) fn may_grant(&self, uid: &str, epoch: u64, now: Instant) -> bool {
-        if self.others_live(uid, now).is_some() {
+        if self.others_live(uid, now).is_some() || self.awaiting_report.contains(uid) {
             return false;
         }
         self.inherited(now).is_none()
@@ -105,6 +171,10 @@ impl Grants {
             .retain(|uid, _| present(uid) || live.contains_key(uid));
         self.reported
             .retain(|uid, _| present(uid) || live.contains_key(uid));
+        self.contact
+            .retain(|uid, _| present(uid) || live.contains_key(uid));
+        self.awaiting_report
+            .retain(|uid| present(uid) || live.contains_key(uid));
         if self.inherited_until.is_some_and(|until| until <= now) {
             self.inherited_until = None;
         }

@@ -245,6 +245,38 @@ impl GroupState {
         }
     }
 
+    /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
+    fn reported(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64, now: Instant) {
+        self.grants.report(uid, role, epoch, now);
+        if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
+            entry.unresponsive = false;
+        }
+    }
+
+    /// Marks the pods whose agents went silent while others of the group answered
+    /// (`ApplicationLease::report_timeout`).
+    fn judge_silence(&mut self, now: Instant) {
+        let Some(timeout) = self
+            .config
+            .application_lease
+            .and_then(|lease| lease.report_timeout)
+        else {
+            return;
+        };
+        let uids: Vec<&str> = self.pods.values().map(|e| e.view.uid.as_str()).collect();
+        let silent: Vec<String> = self
+            .grants
+            .silent(&uids, timeout, now)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for entry in self.pods.values_mut() {
+            if silent.contains(&entry.view.uid) {
+                entry.unresponsive = true;
+            }
+        }
+    }
+
     fn set_leadership(&mut self, term: Option<u32>, now: Instant) {
         if self.term == term {
             return;
@@ -262,6 +294,10 @@ impl GroupState {
         self.announced.clear();
         self.future_reported.clear();
         self.health = None;
+        // Silence is judged afresh by each acting term.
+        for entry in self.pods.values_mut() {
+            entry.unresponsive = false;
+        }
     }
 
     /// After an event: note the start of a failover, or its end when an eligible active is back.
@@ -461,7 +497,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
         Event::Leadership(term) => state.set_leadership(term, now),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
         Event::Heartbeat => state.heartbeat(now, &mut out),
-        Event::Reported { uid, role, epoch } => state.grants.report(&uid, role, epoch),
+        Event::Reported { uid, role, epoch } => state.reported(&uid, role, epoch, now),
     }
     state.observe_trigger(now);
     state.report_future_epochs(&mut out);

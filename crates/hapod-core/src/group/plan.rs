@@ -286,6 +286,7 @@ impl GroupState {
             }));
             return;
         };
+        self.grants.ordered(&pod.uid, now);
         let grant = role == Role::Active && self.grants.may_grant(&pod.uid, epoch, now);
         if grant {
             let live = LiveGrant {
@@ -320,6 +321,7 @@ impl GroupState {
         let pods = &self.pods;
         self.grants
             .prune(now, |uid| pods.values().any(|e| e.view.uid == uid));
+        self.judge_silence(now);
         let acting_term = |epoch: &u64| epoch::term_of(*epoch) <= term;
         let kept = self
             .kept_active(now)

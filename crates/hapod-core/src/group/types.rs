@@ -23,6 +23,9 @@ pub enum PromotionReason {
     CriticalDeath,
     /// The active pod lost its IP or left phase Running for Pending/Unknown.
     NotServing,
+    /// The active pod's agent stopped reporting while the others of its group did not (a
+    /// hung process, a lost node, a network partition).
+    Unresponsive,
 }
 
 impl PromotionReason {
@@ -35,6 +38,7 @@ impl PromotionReason {
             Self::Finished => "finished",
             Self::CriticalDeath => "critical_death",
             Self::NotServing => "not_serving",
+            Self::Unresponsive => "unresponsive",
         }
     }
 }

@@ -3,7 +3,7 @@
 //! grants waited out, and agents that lost their role reconciled.
 
 use super::*;
-use hapod_core::{ApplicationLease, Config, ReportedRole, RoleOrder};
+use hapod_core::{ApplicationLease, Config, ReportedRole};
 
 const LIVE_SPAN: Duration = Duration::from_millis(300);
 const PREDECESSOR_WINDOW: Duration = Duration::from_secs(2);
@@ -13,19 +13,10 @@ fn leased() -> Config {
         application_lease: Some(ApplicationLease {
             live_span: LIVE_SPAN,
             predecessor_window: PREDECESSOR_WINDOW,
+            report_timeout: None,
         }),
         ..Config::default()
     }
-}
-
-fn orders(actions: &[Action]) -> Vec<&RoleOrder> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Order(o) => Some(o),
-            _ => None,
-        })
-        .collect()
 }
 
 fn wake_after(actions: &[Action]) -> Option<Duration> {

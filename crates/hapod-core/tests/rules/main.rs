@@ -9,6 +9,7 @@ mod epochs;
 mod failover;
 mod labels;
 mod lease;
+mod silence;
 mod writes;
 
 use std::net::{IpAddr, Ipv6Addr};
@@ -16,8 +17,8 @@ use std::time::Duration;
 
 use common::{Ctl, active, pod, single_write, writes};
 use hapod_core::{
-    Action, Event, Health, Notify, Phase, PromotionReason, Purpose, RecordKind, Role, WriteKind,
-    WriteOutcome, epoch,
+    Action, Event, Health, Notify, Phase, PromotionReason, Purpose, RecordKind, Role, RoleOrder,
+    WriteKind, WriteOutcome, epoch,
 };
 
 fn promoted(actions: &[Action]) -> Vec<(String, u64, PromotionReason)> {
@@ -40,6 +41,16 @@ fn notifies(actions: &[Action]) -> Vec<&Notify> {
         .iter()
         .filter_map(|a| match a {
             Action::Notify(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn orders(actions: &[Action]) -> Vec<&RoleOrder> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Order(o) => Some(o),
             _ => None,
         })
         .collect()

@@ -8,7 +8,8 @@
 //! - `pods`: pod accessors (role, epoch, IP, readiness), a group's view, failure triggers;
 //! - `wait`: the bounded waits for a state (one active, settled, endpoints, a failover);
 //! - `http`: the bounded HTTP client for pods (`/state`, `/metrics`);
-//! - `history`: the label-history recorder, the double-active check and failover timelines.
+//! - `history`: the label-history recorder, the double-active check and failover timelines;
+//! - `journal`: the applications' acting journals and the check that no two act at once.
 //!
 //! One implementation shared by the end-to-end tests (`tests/e2e`), `cargo xtask demo` and
 //! `cargo xtask bench`. [`Testbed::start`]:
@@ -33,6 +34,7 @@
 mod build;
 mod history;
 mod http;
+mod journal;
 pub mod names;
 mod pods;
 mod wait;
@@ -40,6 +42,7 @@ mod wait;
 pub use build::*;
 pub use history::*;
 pub use http::*;
+pub use journal::*;
 pub use names::*;
 pub use pods::*;
 pub use wait::*;
@@ -265,6 +268,8 @@ impl Testbed {
         }
         cmd.arg("--state-dir").arg(self.run_dir.join("node"));
         cmd.arg("--pod-cidr").arg(crate::netns::POD_CIDR);
+        cmd.arg("--container-env")
+            .arg(format!("{JOURNAL_ENV}={}", self.journal_dir().display()));
         cmd.args(extra_args);
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)

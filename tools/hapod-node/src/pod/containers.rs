@@ -185,15 +185,23 @@ impl PodWorker {
             references.config_maps.insert(name, data);
         }
         let mut env = build_env(&self.pod, container, &self.env_context(), &references)?;
-        // What a container runtime adds: a PATH, HOME and the pod's host name.
-        for (k, v) in [
+        // What a container runtime adds: a PATH, HOME and the pod's host name; then what
+        // the node was told to add (`--container-env`).
+        let runtime = [
             (
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             ),
             ("HOME", "/root"),
             ("HOSTNAME", self.name.as_str()),
-        ] {
+        ];
+        let node = self
+            .node
+            .config
+            .container_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in runtime.into_iter().chain(node) {
             if !env.iter().any(|(key, _)| key == k) {
                 env.push((k.into(), v.into()));
             }
