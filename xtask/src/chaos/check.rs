@@ -3,10 +3,8 @@
 //! epochs that grow with every promotion, no pod killed while its critical containers were
 //! alive; and the group states the liveness waits look for.
 //!
-//! These look at labels, what the API server stored. That no two applications of a group act
-//! active at overlapping times is checked at the end only through each application's own
-//! `/state` (`apps_settled` in the command); an overlap check over role journals the
-//! applications write would join [`safety`].
+//! These look at labels, what the API server stored; the applications' own acting journals
+//! are checked by `Run::check_apps`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;

@@ -16,8 +16,8 @@ use super::groups;
 use super::schedule::{self, AppFault, AppStep, CtlSignal, CtlStep, Replica};
 use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
-    APP_CONTAINER, APP_GROUP, APP_REPLICAS, CRITICAL_CONTAINER, NONCRITICAL_CONTAINER, PodRecord,
-    Testbed, Trigger, now_unix_nanos,
+    APP_CONTAINER, APP_GROUP, APP_REPLICAS, CRITICAL_CONTAINER, Handover, NONCRITICAL_CONTAINER,
+    PodRecord, Testbed, Trigger, monotonic_nanos, now_unix_nanos,
 };
 
 /// How long a group may take to have exactly one eligible active pod again after a fault
@@ -315,6 +315,39 @@ impl<'a> Run<'a> {
             recovery_ms: None,
             pod: pod.name_any(),
         }))
+    }
+
+    /// The applications' own evidence so far (their acting journals): no two of a group acted
+    /// at once; recorded as violations, shown with the label records from that moment.
+    /// Returns every handover between two applications of a chaos group.
+    pub fn check_apps(&self) -> Result<Vec<Handover>> {
+        let journals = self.tb.journals()?;
+        let records = chaos_records(self.tb);
+        // The journals' clock (CLOCK_MONOTONIC) against the records' (wall clock).
+        let offset = i128::from(now_unix_nanos()) - monotonic_nanos();
+        let ours = |group: &str| group.starts_with(groups::PREFIX);
+        let found = journals.overlaps().into_iter().filter(|o| ours(&o.group));
+        self.violate(
+            found
+                .map(|o| {
+                    let at = u64::try_from(o.late.at_nanos + offset).unwrap_or(0);
+                    let (namespace, group) = o.group.split_once('/').unwrap_or_default();
+                    Violation {
+                        check: "two-acting",
+                        namespace: namespace.into(),
+                        group: group.into(),
+                        rv: records
+                            .iter()
+                            .find(|r| r.seen_unix_nanos >= at)
+                            .map(|r| r.rv),
+                        detail: o.to_string(),
+                    }
+                })
+                .collect(),
+        );
+        let mut handovers = journals.handovers();
+        handovers.retain(|h| ours(&h.group));
+        Ok(handovers)
     }
 
     /// Safety checks over the history so far, recorded as violations; returns the failovers.

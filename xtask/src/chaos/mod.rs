@@ -6,7 +6,8 @@
 //! ([`schedule`]) into every group at once: pod deletions, crashes, readiness loss, hung
 //! pods, killed application containers; and, meanwhile, SIGKILL, SIGTERM or SIGSTOP of either
 //! controller replica. Faults stop after `--failovers` failovers or `--minutes`. The checkers
-//! ([`check`]) run every 2 s over the history so far and once more at the end; after the
+//! ([`check`]) run every 2 s over the history so far and once more at the end, the check of
+//! the applications' acting journals every 30 s and at the end; after the
 //! faults, every group must have exactly one eligible active pod again within
 //! [`faults::RECOVERY_BOUND`]. A violation prints the seed and the group's records around it,
 //! and the command fails.
@@ -133,7 +134,7 @@ impl Cli {
             self.deadline().as_secs_f64() / 60.0
         );
         let faults_started = Instant::now();
-        let (workers, controller, ()) = tokio::join!(
+        let (workers, controller, monitor) = tokio::join!(
             join_all((0..self.groups).map(|g| run.group_worker(g))),
             run.controller_worker(),
             self.monitor(&run, faults_started),
@@ -142,12 +143,14 @@ impl Cli {
         // The faults are over: stopped processes were continued; now every group must recover.
         let recovered = self.recover(&run).await;
         let failovers = run.check_now();
+        let handovers = run.check_apps()?;
         let outcome = report::Outcome {
             seed,
             replay,
             groups: self.groups,
             profile: self.profile.dir(),
             failovers,
+            handover_gaps_ms: handovers.iter().map(|h| h.gap_ms()).collect(),
             faults: run.faults(),
             violations: run.violations(),
             fault_phase,
@@ -176,7 +179,7 @@ impl Cli {
                 outcome.replay
             );
         }
-        for r in workers.into_iter().chain([controller]) {
+        for r in workers.into_iter().chain([controller, monitor]) {
             r.map_err(|e| anyhow::anyhow!("chaos (seed {seed}): {e:#}"))?;
         }
         Ok(())
@@ -184,11 +187,17 @@ impl Cli {
 
     /// Every 2 s: the safety checks over the history so far; stops the faults at a
     /// violation, after enough failovers or at the deadline.
-    async fn monitor(&self, run: &Run<'_>, started: Instant) {
+    async fn monitor(&self, run: &Run<'_>, started: Instant) -> Result<()> {
         let mut last_print = Instant::now();
+        let mut last_apps = Instant::now();
         while !run.stopped() {
             tokio::time::sleep(Duration::from_secs(2)).await;
             let failovers = run.check_now();
+            // The journals grow by a line every 10 ms per acting app: read less often.
+            if last_apps.elapsed() >= Duration::from_secs(30) {
+                last_apps = Instant::now();
+                run.check_apps()?;
+            }
             if failovers >= self.failovers() || started.elapsed() >= self.deadline() {
                 run.stop();
             }
@@ -202,6 +211,7 @@ impl Cli {
                 );
             }
         }
+        Ok(())
     }
 
     /// After the faults: the controller replicas settle, then every group has exactly one

@@ -22,6 +22,9 @@ pub struct Outcome {
     /// Build profile of the binaries under test.
     pub profile: &'static str,
     pub failovers: usize,
+    /// Per change of the acting application in a group (acting journals): the time from the
+    /// last step of one to the first of the next.
+    pub handover_gaps_ms: Vec<f64>,
     pub faults: Vec<FaultRecord>,
     pub violations: Vec<Violation>,
     pub fault_phase: Duration,
@@ -54,12 +57,13 @@ impl Outcome {
             )
         });
         format!(
-            "chaos: seed {}, {} groups, {} faults, {} failovers in {:.0} s; recovery {rec}; \
-             {} violations; {} watch restarts",
+            "chaos: seed {}, {} groups, {} faults, {} failovers ({} application handovers) in \
+             {:.0} s; recovery {rec}; {} violations; {} watch restarts",
             self.seed,
             self.groups,
             self.faults.len(),
             self.failovers,
+            self.handover_gaps_ms.len(),
             self.fault_phase.as_secs_f64(),
             self.violations.len(),
             self.watch_restarts.len()
@@ -102,6 +106,18 @@ impl Outcome {
             "\nAfter the faults stopped, every group had one eligible active pod within {worst:.1} s \
              (bound {} s), then its steady state with the apps acting on it.\n",
             RECOVERY_BOUND.as_secs()
+        );
+        let _ = writeln!(
+            md,
+            "Applications (their acting journals): {} handovers, no two acting at once unless \
+             listed below; time without an acting application per handover: {}.\n",
+            self.handover_gaps_ms.len(),
+            summarize(&self.handover_gaps_ms).map_or("–".into(), |s| format!(
+                "p50 {} ms, p99 {} ms, max {} ms",
+                fmt_ms(s.p50),
+                fmt_ms(s.p99),
+                fmt_ms(s.max)
+            ))
         );
         if !self.watch_restarts.is_empty() {
             let _ = writeln!(
