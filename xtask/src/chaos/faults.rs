@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
 
@@ -190,9 +190,15 @@ impl<'a> Run<'a> {
             return Ok(None);
         }
         let t0 = now_unix_nanos();
-        self.inject(&pod, step)
-            .await
-            .with_context(|| format!("{} of {ns}/{}", step.fault.name(), target.pod))?;
+        if let Err(e) = self.inject(&pod, step).await {
+            // The pod may have gone between the look and the fault (its controller-side kill
+            // or its grace period ended): nothing was injected.
+            if self.tb.pod(ns, &target.pod).await?.and_then(|p| p.uid()) != Some(target.uid.clone())
+            {
+                return Ok(None);
+            }
+            return Err(e.context(format!("{} of {ns}/{}", step.fault.name(), target.pod)));
+        }
         let old = active.uid.clone();
         let sidecar = NONCRITICAL_CONTAINER.to_string();
         // A crash of the sidecar shows on the pod first: it restarts in place within about

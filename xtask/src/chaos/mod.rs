@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use futures::future::join_all;
 
+use crate::bench::sysinfo::Machine;
 use faults::{RECOVERY_BOUND, Run, SETTLE_BOUND, chaos_records};
 use hapod_testkit::testbed::{ACTIVE, APP_GROUP, APP_REPLICAS, Options, Profile, STANDBY, Testbed};
 use kube::ResourceExt;
@@ -100,6 +101,7 @@ impl Cli {
             self.controller_gap_ms
         );
         println!("chaos: seed {seed} (replay the schedule: {replay})");
+        let machine = Machine::detect(&hapod_testkit::workspace_root());
         let tb = Testbed::start(Options {
             profile: self.profile,
             build: !self.no_build,
@@ -145,6 +147,7 @@ impl Cli {
         let failovers = run.check_now();
         let handovers = run.check_apps()?;
         let outcome = report::Outcome {
+            machine,
             seed,
             replay,
             groups: self.groups,

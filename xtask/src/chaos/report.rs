@@ -15,6 +15,8 @@ use crate::bench::sysinfo::Machine;
 
 /// Everything a run found.
 pub struct Outcome {
+    /// The machine and the commit under test, as at the start.
+    pub machine: Machine,
     pub seed: u64,
     /// The command that replays the schedule.
     pub replay: String,
@@ -70,7 +72,7 @@ impl Outcome {
         )
     }
 
-    fn markdown(&self, machine: &Machine) -> String {
+    fn markdown(&self) -> String {
         let mut md = String::from("# Chaos run\n\n");
         let _ = writeln!(
             md,
@@ -86,7 +88,7 @@ impl Outcome {
         let _ = writeln!(
             md,
             "Machine: {}; {} build of the binaries under test.\n",
-            machine.describe(),
+            self.machine.describe(),
             self.profile
         );
         md.push_str(
@@ -167,8 +169,7 @@ fn row(kind: &str, count: usize, recoveries: &[f64]) -> String {
 /// Writes `README.md` and `faults.csv` into `out`.
 pub fn write(out: &Path, outcome: &Outcome) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let machine = Machine::detect(&hapod_testkit::workspace_root());
-    std::fs::write(out.join("README.md"), outcome.markdown(&machine))?;
+    std::fs::write(out.join("README.md"), outcome.markdown())?;
     std::fs::write(out.join("faults.csv"), outcome.csv())?;
     Ok(())
 }
