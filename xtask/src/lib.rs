@@ -3,6 +3,7 @@
 //! network namespace and the testbed.
 
 pub mod bench;
+pub mod chaos;
 pub mod demo;
 pub mod deploy;
 pub mod test;

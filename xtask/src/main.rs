@@ -32,6 +32,8 @@ commands! {
     Demo(demo),
     /// Failover latency, controller stages, scale and storm benchmark (results/bench/).
     Bench(bench),
+    /// Randomized failovers (seeded) on many groups, checked over the whole label history.
+    Chaos(chaos),
 }
 
 #[derive(Parser)]

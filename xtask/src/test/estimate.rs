@@ -14,13 +14,14 @@ const CARGO_DENY_INSTALL: u64 = 600;
 const CONTROL_PLANE_BUILD: u64 = 870;
 const HELM_BUILD: u64 = 580;
 const CACHED: u64 = 5;
-const COLD: [(&str, u64); 6] = [
+const COLD: [(&str, u64); 7] = [
     ("static", STATIC_CHECKS),
     ("build", 540),
     ("unit", 150),
     ("deploy", 40),
     ("e2e", 300),
     ("bench", 150),
+    ("chaos", 240),
 ];
 
 /// What this machine has already, which decides the first steps' estimates.

@@ -11,7 +11,9 @@
 //! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
 //! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
 //! 6. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
-//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3).
+//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3),
+//! 8. a short chaos run (`cargo xtask chaos --quick`: 300 randomized failovers over 20
+//!    groups with controller faults, every history checker; its seed is printed).
 //!
 //! Before the first step it prints an estimate of each step on this machine
 //! (the `estimate` module); each step starts with a progress line that repeats its estimate.
@@ -28,7 +30,7 @@ use hapod_testkit::{target_dir, workspace_root};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Cli {
-    /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, bench.
+    /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, bench, chaos.
     #[arg(long = "skip", value_name = "STEP")]
     pub skip: Vec<String>,
     /// Only run the end-to-end scenarios whose name contains this: libtest's filter, passed to
@@ -41,7 +43,7 @@ pub struct Cli {
     pub e2e_args: Vec<String>,
 }
 
-const STEPS: [&str; 7] = [
+const STEPS: [&str; 8] = [
     "static",
     "controlplane",
     "build",
@@ -49,6 +51,7 @@ const STEPS: [&str; 7] = [
     "deploy",
     "e2e",
     "bench",
+    "chaos",
 ];
 /// Steps that need the package registries (`static` may install cargo-deny) run first,
 /// outside; the others run again in the private network namespace of the testbed
@@ -209,6 +212,13 @@ pub fn run(args: Cli) -> Result<()> {
                 (
                     "benchmark, quick".into(),
                     run_command(xtask(&["bench", "--quick"])),
+                )
+            }
+            "chaos" => {
+                banner("short chaos run (cargo xtask chaos --quick)");
+                (
+                    "randomized failovers, quick".into(),
+                    run_command(xtask(&["chaos", "--quick"])),
                 )
             }
             _ => unreachable!(),

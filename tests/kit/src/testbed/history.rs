@@ -11,7 +11,7 @@ use super::http::AppState;
 use super::names::ACTIVE;
 use super::pods::{
     not_running_containers, pod_epoch, pod_group, pod_ip, pod_ready, pod_role,
-    ready_slice_addresses,
+    ready_slice_addresses, restarted_containers,
 };
 use super::{now_unix_nanos, unix_nanos};
 use anyhow::{Result, bail};
@@ -43,6 +43,8 @@ pub struct PodRecord {
     /// The Delete event.
     pub deleted: bool,
     pub not_running: Vec<String>,
+    /// Containers that restarted at least once (`restartCount` > 0).
+    pub restarted: Vec<String>,
 }
 
 impl PodRecord {
@@ -61,6 +63,7 @@ impl PodRecord {
             terminating: p.metadata.deletion_timestamp.is_some(),
             deleted,
             not_running: not_running_containers(p),
+            restarted: restarted_containers(p),
         })
     }
     fn same_state(&self, o: &PodRecord) -> bool {
@@ -73,6 +76,7 @@ impl PodRecord {
             self.terminating,
             self.deleted,
             &self.not_running,
+            &self.restarted,
         ) == (
             &o.group,
             &o.role,
@@ -82,6 +86,7 @@ impl PodRecord {
             o.terminating,
             o.deleted,
             &o.not_running,
+            &o.restarted,
         )
     }
     /// Labeled active and not deleted (terminating pods count: they are still selected).
@@ -218,6 +223,20 @@ impl History {
     pub fn pod_records(&self) -> Vec<PodRecord> {
         let mut v = self.inner.lock().unwrap().pods.clone();
         v.sort_by_key(|r| r.rv);
+        v
+    }
+
+    /// The last recorded state of each pod of a group that is not deleted (name order): what
+    /// the watch shows now, without a request to the API server.
+    pub fn group_now(&self, ns: &str, group: &str) -> Vec<PodRecord> {
+        let inner = self.inner.lock().unwrap();
+        let mut v: Vec<PodRecord> = inner
+            .last
+            .values()
+            .filter(|r| !r.deleted && r.namespace == ns && r.group.as_deref() == Some(group))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.pod.cmp(&b.pod));
         v
     }
 
@@ -624,6 +643,7 @@ mod tests {
                     terminating: false,
                     deleted: false,
                     not_running: vec![],
+                    restarted: vec![],
                 };
                 for flag in words {
                     match (flag, flag.strip_prefix("group=")) {

@@ -101,17 +101,30 @@ impl Testbed {
     /// namespace), is one of the container folders the node publishes on the pod. A
     /// container's children and exec probes share its mount namespace and are included.
     pub fn pod_processes(pod: &Pod) -> Result<Vec<i32>> {
+        Self::processes_of(pod, |_| true)
+    }
+
+    /// PIDs of the processes of one container of the pod (see [`Testbed::pod_processes`]).
+    pub fn container_processes(pod: &Pod, container: &str) -> Result<Vec<i32>> {
+        Self::processes_of(pod, |c| c == container)
+    }
+
+    /// PIDs of the processes of the pod's containers whose name `containers` accepts.
+    fn processes_of(pod: &Pod, containers: impl Fn(&str) -> bool) -> Result<Vec<i32>> {
         use std::os::unix::fs::MetadataExt;
         let folders: BTreeSet<(u64, u64)> = pod
             .annotations()
             .iter()
-            .filter(|(k, _)| k.starts_with(TMP_ANNOTATION_PREFIX))
+            .filter(|(k, _)| {
+                k.strip_prefix(TMP_ANNOTATION_PREFIX)
+                    .is_some_and(&containers)
+            })
             .filter_map(|(_, path)| std::fs::metadata(path).ok())
             .map(|m| (m.dev(), m.ino()))
             .collect();
         anyhow::ensure!(
             !folders.is_empty(),
-            "pod {} has no container /tmp folder published by the process node",
+            "pod {} has no such container /tmp folder published by the process node",
             pod.name_any()
         );
         let mut pids = Vec::new();
@@ -360,6 +373,20 @@ pub fn not_running_containers(p: &Pod) -> Vec<String> {
         .map(|cs| {
             cs.iter()
                 .filter(|c| c.state.as_ref().and_then(|s| s.running.as_ref()).is_none())
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Names of containers that restarted at least once (`restartCount` > 0).
+pub fn restarted_containers(p: &Pod) -> Vec<String> {
+    p.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c.restart_count > 0)
                 .map(|c| c.name.clone())
                 .collect()
         })

@@ -1,0 +1,413 @@
+//! Carrying out the schedule: one worker per group injecting its application faults one after
+//! another, one worker injecting controller faults, all at once. Every wait is bounded; a
+//! group that does not recover within its bound is a liveness violation.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Result;
+use kube::ResourceExt;
+use nix::sys::signal::Signal;
+
+use super::check::{self, Violation, settled, single_eligible_active};
+use super::groups;
+use super::schedule::{self, AppFault, AppStep, CtlSignal, CtlStep, Replica};
+use hapod_testkit::poll::{Check, await_condition};
+use hapod_testkit::testbed::{
+    APP_CONTAINER, APP_GROUP, APP_REPLICAS, CRITICAL_CONTAINER, Handover, NONCRITICAL_CONTAINER,
+    PodRecord, Testbed, Trigger, monotonic_nanos, now_unix_nanos,
+};
+
+/// How long a group may take to have exactly one eligible active pod again after a fault
+/// that moves the role (also while a controller replica is down or frozen: its takeover,
+/// 3 s of waiting for its predecessor's grants and a 2 s readiness probe fit many times).
+pub const RECOVERY_BOUND: Duration = Duration::from_secs(60);
+/// How long a group may take to be back in its steady state (a replacement pod scheduled,
+/// started and Ready) before its next fault.
+pub const SETTLE_BOUND: Duration = Duration::from_secs(120);
+
+/// One injected fault.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    /// The group (none for a controller fault).
+    pub group: Option<usize>,
+    pub kind: String,
+    pub trigger_unix_nanos: u64,
+    /// Trigger to another eligible pod being the only active one, when the role moved.
+    pub recovery_ms: Option<f64>,
+    pub pod: String,
+}
+
+/// What the workers share.
+pub struct Run<'a> {
+    pub tb: &'a Testbed,
+    pub seed: u64,
+    /// Least gap between controller faults (ms).
+    pub controller_gap_ms: u64,
+    stop: AtomicBool,
+    /// UIDs of pods the run deleted itself (the kill check leaves them out).
+    deliberate: Mutex<HashSet<String>>,
+    faults: Mutex<Vec<FaultRecord>>,
+    violations: Mutex<Vec<Violation>>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(tb: &'a Testbed, seed: u64, controller_gap_ms: u64) -> Self {
+        Run {
+            tb,
+            seed,
+            controller_gap_ms,
+            stop: AtomicBool::new(false),
+            deliberate: Mutex::default(),
+            faults: Mutex::default(),
+            violations: Mutex::default(),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub fn deliberate(&self) -> HashSet<String> {
+        self.deliberate.lock().unwrap().clone()
+    }
+
+    pub fn faults(&self) -> Vec<FaultRecord> {
+        self.faults.lock().unwrap().clone()
+    }
+
+    pub fn violations(&self) -> Vec<Violation> {
+        self.violations.lock().unwrap().clone()
+    }
+
+    /// Records violations (each once) and stops the faults.
+    pub fn violate(&self, found: Vec<Violation>) {
+        if found.is_empty() {
+            return;
+        }
+        let mut known = self.violations.lock().unwrap();
+        for v in found {
+            if !known.contains(&v) {
+                known.push(v);
+            }
+        }
+        self.stop();
+    }
+
+    fn liveness(&self, ns: &str, e: anyhow::Error) {
+        self.violate(vec![liveness_violation(ns, e)]);
+    }
+
+    /// Waits, on the watch's view of group `ns` (no API request), until `f` finds what it
+    /// looks for.
+    pub async fn wait_group<T>(
+        &self,
+        ns: &str,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[PodRecord]) -> Option<T>,
+    ) -> Result<T> {
+        let f = &f;
+        await_condition(
+            format!("{what} in {ns}"),
+            timeout,
+            Duration::from_millis(20),
+            || async move {
+                let now = self.tb.history.group_now(ns, APP_GROUP);
+                Ok(match f(&now) {
+                    Some(t) => Check::Done(t),
+                    None => Check::NotYet(format!("pods now:\n{}", table(&now))),
+                })
+            },
+        )
+        .await
+    }
+
+    /// The faults of group `group`, one after another, until the run stops.
+    pub async fn group_worker(&self, group: usize) -> Result<()> {
+        let ns = groups::namespace(group);
+        let mut back_to_back = false;
+        for step in schedule::group_steps(self.seed, group) {
+            if self.stopped() {
+                break;
+            }
+            let ready = if back_to_back {
+                self.wait_group(&ns, "one eligible active", RECOVERY_BOUND, |now| {
+                    single_eligible_active(now).map(|_| now.to_vec())
+                })
+                .await
+            } else {
+                self.wait_group(&ns, "the steady state", SETTLE_BOUND, |now| {
+                    settled(now, APP_REPLICAS).map(|_| now.to_vec())
+                })
+                .await
+            };
+            let now = match ready {
+                Ok(now) => now,
+                Err(e) => {
+                    self.liveness(&ns, e);
+                    break;
+                }
+            };
+            back_to_back = step.back_to_back;
+            if let Some(record) = self.app_fault(&ns, group, &now, step).await? {
+                self.faults.lock().unwrap().push(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Injects `step` on group `ns` (pods `now`), waits for the recovery it needs.
+    async fn app_fault(
+        &self,
+        ns: &str,
+        group: usize,
+        now: &[PodRecord],
+        step: AppStep,
+    ) -> Result<Option<FaultRecord>> {
+        let Some(active) = single_eligible_active(now) else {
+            return Ok(None);
+        };
+        let target = if step.fault == AppFault::StandbyDelete {
+            match now.iter().find(|r| r.uid != active.uid && !r.terminating) {
+                Some(standby) => standby,
+                None => return Ok(None),
+            }
+        } else {
+            active
+        };
+        // Gone meanwhile (a previous fault's pod deleted by the controller): next step.
+        let Some(pod) = self.tb.pod(ns, &target.pod).await? else {
+            return Ok(None);
+        };
+        if pod.uid().as_deref() != Some(target.uid.as_str()) {
+            return Ok(None);
+        }
+        let t0 = now_unix_nanos();
+        if let Err(e) = self.inject(&pod, step).await {
+            // The pod may have gone between the look and the fault (its controller-side kill
+            // or its grace period ended): nothing was injected.
+            if self.tb.pod(ns, &target.pod).await?.and_then(|p| p.uid()) != Some(target.uid.clone())
+            {
+                return Ok(None);
+            }
+            return Err(e.context(format!("{} of {ns}/{}", step.fault.name(), target.pod)));
+        }
+        let old = active.uid.clone();
+        let sidecar = NONCRITICAL_CONTAINER.to_string();
+        // A crash of the sidecar shows on the pod first: it restarts in place within about
+        // two seconds, so the active may be Ready again before the handover is done, and
+        // then it rightly keeps the role.
+        let crashed = |now: &[PodRecord]| match now.iter().find(|r| r.uid == target.uid) {
+            Some(r) => r.not_running.contains(&sidecar) || r.restarted.contains(&sidecar),
+            None => true,
+        };
+        let must_move = step.fault.moves_role();
+        let recovered = self
+            .wait_group(
+                ns,
+                "exactly one eligible active after the fault",
+                RECOVERY_BOUND,
+                |now| {
+                    let seen = step.fault != AppFault::SidecarCrash || crashed(now);
+                    single_eligible_active(now)
+                        .filter(|a| seen && (a.uid != old || !must_move))
+                        .map(|a| (a.uid != old).then_some(a.seen_unix_nanos))
+                },
+            )
+            .await;
+        let recovery_ms = match recovered {
+            Ok(moved) => moved.map(|seen| seen.saturating_sub(t0) as f64 / 1e6),
+            Err(e) => {
+                self.liveness(ns, e);
+                None
+            }
+        };
+        // The pod may come back as a standby (it is gone after the other faults).
+        let _ = Testbed::remove_in_container(&pod, APP_CONTAINER, "unready");
+        let _ = Testbed::remove_in_container(&pod, NONCRITICAL_CONTAINER, "killme");
+        Ok(Some(FaultRecord {
+            group: Some(group),
+            kind: step.fault.name().into(),
+            trigger_unix_nanos: t0,
+            recovery_ms,
+            pod: target.pod.clone(),
+        }))
+    }
+
+    async fn inject(&self, pod: &k8s_openapi::api::core::v1::Pod, step: AppStep) -> Result<()> {
+        let deliberate = || self.deliberate.lock().unwrap().extend(pod.uid());
+        match step.fault {
+            AppFault::ForceDelete | AppFault::StandbyDelete => {
+                deliberate();
+                self.tb.trigger(pod, Trigger::ForceDelete).await?;
+            }
+            AppFault::GracefulDelete => {
+                deliberate();
+                self.tb.trigger(pod, Trigger::GracefulDelete).await?;
+            }
+            AppFault::CriticalCrash => {
+                Testbed::touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
+            }
+            AppFault::NotReady => {
+                self.tb.trigger(pod, Trigger::Unready).await?;
+            }
+            AppFault::SidecarCrash => {
+                self.tb.trigger(pod, Trigger::KillNonCritical).await?;
+            }
+            AppFault::AgentKill => {
+                let pids = Testbed::container_processes(pod, APP_CONTAINER)?;
+                Testbed::signal_processes(&pids, Signal::SIGKILL)?;
+            }
+            AppFault::Hang => {
+                stop_for(Testbed::pod_processes(pod)?, step.hang_ms).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Controller faults, `gap_ms` apart after the replicas settled, until the run stops.
+    pub async fn controller_worker(&self) -> Result<()> {
+        for step in schedule::controller_steps(self.seed, self.controller_gap_ms) {
+            // Sleeps in slices, so that a stop is not held up by a long gap.
+            for _ in 0..step.gap_ms / 100 {
+                if self.stopped() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if self.stopped() {
+                return Ok(());
+            }
+            if let Some(record) = self.controller_fault(step).await? {
+                self.faults.lock().unwrap().push(record);
+            }
+        }
+        Ok(())
+    }
+
+    async fn controller_fault(&self, step: CtlStep) -> Result<Option<FaultRecord>> {
+        let settled = match self.tb.wait_controllers_settled(SETTLE_BOUND).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.liveness("hapod-system", e);
+                return Ok(None);
+            }
+        };
+        let pod = match step.replica {
+            Replica::Acting => settled.active,
+            Replica::Standby => match settled.standbys.into_iter().next() {
+                Some(p) => p,
+                None => return Ok(None),
+            },
+        };
+        let pids = Testbed::pod_processes(&pod)?;
+        let t0 = now_unix_nanos();
+        match step.signal {
+            CtlSignal::Kill => Testbed::signal_processes(&pids, Signal::SIGKILL)?,
+            CtlSignal::Term => Testbed::signal_processes(&pids, Signal::SIGTERM)?,
+            CtlSignal::Stop(ms) => stop_for(pids, ms).await?,
+        }
+        Ok(Some(FaultRecord {
+            group: None,
+            kind: step.kind(),
+            trigger_unix_nanos: t0,
+            recovery_ms: None,
+            pod: pod.name_any(),
+        }))
+    }
+
+    /// The applications' own evidence so far (their acting journals): no two of a group acted
+    /// at once; recorded as violations, shown with the label records from that moment.
+    /// Returns every handover between two applications of a chaos group.
+    pub fn check_apps(&self) -> Result<Vec<Handover>> {
+        let journals = self.tb.journals()?;
+        let records = chaos_records(self.tb);
+        // The journals' clock (CLOCK_MONOTONIC) against the records' (wall clock).
+        let offset = i128::from(now_unix_nanos()) - monotonic_nanos();
+        let ours = |group: &str| group.starts_with(groups::PREFIX);
+        let found = journals.overlaps().into_iter().filter(|o| ours(&o.group));
+        self.violate(
+            found
+                .map(|o| {
+                    let at = u64::try_from(o.late.at_nanos + offset).unwrap_or(0);
+                    let (namespace, group) = o.group.split_once('/').unwrap_or_default();
+                    Violation {
+                        check: "two-acting",
+                        namespace: namespace.into(),
+                        group: group.into(),
+                        rv: records
+                            .iter()
+                            .find(|r| r.seen_unix_nanos >= at)
+                            .map(|r| r.rv),
+                        detail: o.to_string(),
+                    }
+                })
+                .collect(),
+        );
+        let mut handovers = journals.handovers();
+        handovers.retain(|h| ours(&h.group));
+        Ok(handovers)
+    }
+
+    /// Safety checks over the history so far, recorded as violations; returns the failovers.
+    pub fn check_now(&self) -> usize {
+        let records = chaos_records(self.tb);
+        self.violate(check::safety(&records, &self.deliberate()));
+        check::failovers(&records)
+    }
+}
+
+/// A group (or the controller replicas) that did not recover within its bound.
+pub fn liveness_violation(ns: &str, e: anyhow::Error) -> Violation {
+    Violation {
+        check: "liveness",
+        namespace: ns.into(),
+        group: APP_GROUP.into(),
+        rv: None,
+        detail: format!("{e:#}"),
+    }
+}
+
+/// Every pod record of the chaos groups, in resourceVersion order.
+pub fn chaos_records(tb: &Testbed) -> Vec<PodRecord> {
+    let mut records = tb.history.pod_records();
+    records.retain(|r| r.namespace.starts_with(groups::PREFIX));
+    records
+}
+
+/// SIGSTOPs `pids`, SIGCONTs them `ms` later (also when the wait is cancelled).
+async fn stop_for(pids: Vec<i32>, ms: u64) -> Result<()> {
+    struct Continue(Vec<i32>);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            let _ = Testbed::signal_processes(&self.0, Signal::SIGCONT);
+        }
+    }
+    let stopped = Continue(pids);
+    Testbed::signal_processes(&stopped.0, Signal::SIGSTOP)?;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    drop(stopped);
+    Ok(())
+}
+
+fn table(now: &[PodRecord]) -> String {
+    now.iter()
+        .map(|r| {
+            format!(
+                "  {} role={} ready={} terminating={} not_running={:?}\n",
+                r.pod,
+                r.role.as_deref().unwrap_or("-"),
+                r.ready,
+                r.terminating,
+                r.not_running
+            )
+        })
+        .collect()
+}

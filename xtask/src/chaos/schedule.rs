@@ -1,0 +1,201 @@
+//! The seeded fault schedule: a pure function of the seed. Each group and the controller
+//! fault stream draw from their own generator (seeded from the run's seed and the stream's
+//! index), so that the same seed gives every group the same faults in the same order, however
+//! the groups' steps interleave on the machine.
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// A fault on one application group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AppFault {
+    /// The active pod deleted with grace 0.
+    ForceDelete,
+    /// The active pod deleted with its grace period.
+    GracefulDelete,
+    /// The active pod's critical crash container aborts (`/tmp/killme`).
+    CriticalCrash,
+    /// The active app's readiness probe fails (`/tmp/unready`) until the role moved.
+    NotReady,
+    /// The active pod's non-critical sidecar aborts (`/tmp/killme`; restarted in place).
+    SidecarCrash,
+    /// Every process of the active pod stopped (SIGSTOP), continued after a while.
+    Hang,
+    /// The active pod's application container (the app with its embedded agent) SIGKILLed:
+    /// the node restarts it in place, a critical restart.
+    AgentKill,
+    /// The standby pod deleted with grace 0 (the role must not move).
+    StandbyDelete,
+}
+
+/// (fault, weight) of the application faults.
+const APP_FAULTS: [(AppFault, u32); 8] = [
+    (AppFault::ForceDelete, 3),
+    (AppFault::GracefulDelete, 2),
+    (AppFault::CriticalCrash, 2),
+    (AppFault::NotReady, 2),
+    (AppFault::SidecarCrash, 1),
+    (AppFault::Hang, 2),
+    (AppFault::AgentKill, 1),
+    (AppFault::StandbyDelete, 1),
+];
+
+impl AppFault {
+    pub fn name(self) -> &'static str {
+        match self {
+            AppFault::ForceDelete => "force-delete",
+            AppFault::GracefulDelete => "graceful-delete",
+            AppFault::CriticalCrash => "critical-crash",
+            AppFault::NotReady => "not-ready",
+            AppFault::SidecarCrash => "sidecar-crash",
+            AppFault::Hang => "hang",
+            AppFault::AgentKill => "agent-kill",
+            AppFault::StandbyDelete => "standby-delete",
+        }
+    }
+
+    /// The role must move to another pod after this fault. A hang may or may not outlast the
+    /// readiness probe; a standby's loss leaves the active alone; a crashed sidecar restarts
+    /// in place within about two seconds, and an active Ready again keeps its role.
+    pub fn moves_role(self) -> bool {
+        !matches!(
+            self,
+            AppFault::Hang | AppFault::StandbyDelete | AppFault::SidecarCrash
+        )
+    }
+}
+
+/// One step of a group's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppStep {
+    pub fault: AppFault,
+    /// How long a [`AppFault::Hang`] lasts (ms).
+    pub hang_ms: u64,
+    /// Injected as soon as the group has one eligible active again, without waiting for the
+    /// replacement pod (a fault in the middle of the previous recovery).
+    pub back_to_back: bool,
+}
+
+/// Which controller replica a controller fault hits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Replica {
+    Acting,
+    Standby,
+}
+
+/// What a controller fault does to every process of the replica's pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum CtlSignal {
+    Kill,
+    Term,
+    /// SIGSTOP, then SIGCONT after this many milliseconds.
+    Stop(u64),
+}
+
+/// One controller fault, injected `gap_ms` after the replicas settled from the previous one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtlStep {
+    pub replica: Replica,
+    pub signal: CtlSignal,
+    pub gap_ms: u64,
+}
+
+impl CtlStep {
+    /// `acting-kill`, `standby-stop`, ...: the fault's kind, for the counts.
+    pub fn kind(&self) -> String {
+        let replica = match self.replica {
+            Replica::Acting => "acting",
+            Replica::Standby => "standby",
+        };
+        let signal = match self.signal {
+            CtlSignal::Kill => "sigkill",
+            CtlSignal::Term => "sigterm",
+            CtlSignal::Stop(_) => "sigstop",
+        };
+        format!("controller-{replica}-{signal}")
+    }
+}
+
+/// The generator of stream `stream` of a run (0: controller faults, 1 + g: group g).
+fn stream(seed: u64, stream: u64) -> StdRng {
+    // Distinct, well-mixed seeds per stream (the golden-ratio increment of splitmix64).
+    StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The faults of group `group`, endless (the run stops them).
+pub fn group_steps(seed: u64, group: usize) -> impl Iterator<Item = AppStep> {
+    let mut rng = stream(seed, 1 + group as u64);
+    let total: u32 = APP_FAULTS.iter().map(|(_, w)| w).sum();
+    std::iter::from_fn(move || {
+        let mut pick = rng.random_range(0..total);
+        let fault = APP_FAULTS
+            .iter()
+            .find(|(_, w)| {
+                let hit = pick < *w;
+                pick = pick.saturating_sub(*w);
+                hit
+            })
+            .map_or(AppFault::ForceDelete, |(f, _)| *f);
+        Some(AppStep {
+            fault,
+            hang_ms: rng.random_range(300..4000),
+            back_to_back: rng.random_bool(0.15),
+        })
+    })
+}
+
+/// The controller faults, endless; gaps of `min_gap_ms` up to three times that.
+pub fn controller_steps(seed: u64, min_gap_ms: u64) -> impl Iterator<Item = CtlStep> {
+    let mut rng = stream(seed, 0);
+    std::iter::from_fn(move || {
+        let replica = if rng.random_bool(0.7) {
+            Replica::Acting
+        } else {
+            Replica::Standby
+        };
+        let signal = match rng.random_range(0..10) {
+            0..4 => CtlSignal::Kill,
+            4..7 => CtlSignal::Term,
+            // Up to beyond the renew deadline (2 s): the peer takes over from a frozen leader,
+            // which must notice on waking that it lost the Lease.
+            _ => CtlSignal::Stop(rng.random_range(200..3500)),
+        };
+        Some(CtlStep {
+            replica,
+            signal,
+            gap_ms: rng.random_range(min_gap_ms..=3 * min_gap_ms),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_replays_the_same_schedule() {
+        let a: Vec<AppStep> = group_steps(42, 3).take(50).collect();
+        assert_eq!(a, group_steps(42, 3).take(50).collect::<Vec<_>>());
+        let c: Vec<CtlStep> = controller_steps(42, 1000).take(20).collect();
+        assert_eq!(c, controller_steps(42, 1000).take(20).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn seeds_and_groups_get_different_schedules() {
+        let a: Vec<AppStep> = group_steps(42, 3).take(50).collect();
+        assert_ne!(a, group_steps(43, 3).take(50).collect::<Vec<_>>());
+        assert_ne!(a, group_steps(42, 4).take(50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn every_fault_is_drawn() {
+        let drawn: std::collections::BTreeSet<AppFault> =
+            group_steps(7, 0).take(500).map(|s| s.fault).collect();
+        assert_eq!(drawn.len(), APP_FAULTS.len());
+        let kinds: std::collections::BTreeSet<String> = controller_steps(7, 100)
+            .take(200)
+            .map(|s| s.kind())
+            .collect();
+        assert_eq!(kinds.len(), 6, "{kinds:?}");
+    }
+}
