@@ -34,6 +34,8 @@ mod lease;
 mod rbac;
 #[path = "e2e/relabel.rs"]
 mod relabel;
+#[path = "e2e/scale.rs"]
+mod scale;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -93,6 +95,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         "application_stops_when_grants_stop",
         lease::application_stops_when_grants_stop
     ),
+    scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 
