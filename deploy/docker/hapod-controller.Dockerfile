@@ -1,16 +1,20 @@
 # syntax=docker/dockerfile:1
 # hapod-controller: the controller (flags: docs/contracts.md).
 # Build from the repository root:
-#   docker build -f deploy/docker/hapod-controller.Dockerfile -t ghcr.io/hapod/hapod-controller:0.1.0 .
+#   docker build -f deploy/docker/hapod-controller.Dockerfile -t ghcr.io/hapod/hapod-controller:0.1.0 \
+#     --build-arg HAPOD_GIT_COMMIT="$(git rev-parse HEAD)" .
+# (the commit is the git_commit label of the hapod_build_info metric; without it: unknown)
 # The image holds one statically linked binary, exactly what
 #   cargo build --release -p hapod-controller --target x86_64-unknown-linux-gnu
 # produces with RUSTFLAGS="-C target-feature=+crt-static"; no shell, no package manager.
 
 FROM docker.io/library/rust:1.95-bookworm AS builder
+ARG HAPOD_GIT_COMMIT=unknown
 WORKDIR /src
 COPY . .
 ENV RUSTFLAGS="-C target-feature=+crt-static" \
-    CARGO_TARGET_DIR=/src/target
+    CARGO_TARGET_DIR=/src/target \
+    HAPOD_GIT_COMMIT=$HAPOD_GIT_COMMIT
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p hapod-controller --target x86_64-unknown-linux-gnu \
  && install -D -m 0755 target/x86_64-unknown-linux-gnu/release/hapod-controller /out/hapod-controller

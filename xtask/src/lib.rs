@@ -6,8 +6,10 @@ pub mod bench;
 pub mod chaos;
 pub mod demo;
 pub mod deploy;
+pub mod local;
 pub mod test;
 
 // `cargo xtask controlplane` is the kit's own `Cli` (it reads the control plane's state
 // files); `test` reaches the kit as `crate::{netns, controlplane, helm, testbed}`.
 pub use hapod_testkit::{controlplane, helm, netns, testbed};
+pub use local::{down, shell, up};

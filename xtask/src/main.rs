@@ -28,6 +28,12 @@ commands! {
     Deploy(deploy),
     /// THE CI command: control plane build, cargo build/test, deploy check, e2e, short bench.
     Test(test),
+    /// Start a local cluster (control plane, process node, deploy/base) in the background.
+    Up(up),
+    /// Stop the local cluster of `up` and remove its state.
+    Down(down),
+    /// Run a command inside the local cluster's network namespace (pod IPs are there).
+    Shell(shell),
     /// Start everything, kill the active pod, print the failover timeline, stop.
     Demo(demo),
     /// Failover latency, controller stages, scale and storm benchmark (results/bench/).

@@ -21,8 +21,13 @@ pub struct AgentArgs {
     #[arg(long, env = "POD_NAME")]
     pub pod_name: String,
     /// File holding the shared HMAC key (a mounted Secret); without it nothing is verified.
-    #[arg(long, env = "HAPOD_NOTIFY_KEY_FILE")]
-    pub notify_key_file: Option<PathBuf>,
+    /// Repeat it (or separate with commas) during a key rotation: the first key signs this
+    /// agent's ACKs and reports, a datagram signed with any of them is accepted.
+    #[arg(long, env = "HAPOD_NOTIFY_KEY_FILE", value_delimiter = ',')]
+    pub notify_key_file: Vec<PathBuf>,
+    /// Accept the public placeholder key of deploy/base (demos and tests only).
+    #[arg(long, env = "HAPOD_ALLOW_DEMO_KEY")]
+    pub allow_demo_key: bool,
     /// Also accept the original, UNAUTHENTICATED `GoActiveDuringFailover` datagram as
     /// "become active": anyone who can reach the port can then make this pod active.
     #[arg(long, env = "HAPOD_ACCEPT_LEGACY")]
@@ -41,13 +46,9 @@ pub struct AgentArgs {
 }
 
 impl AgentArgs {
-    /// The agent configuration, reading the key file if one is given.
+    /// The agent configuration, reading the key files if any are given.
     pub fn config(&self) -> Result<AgentConfig, KeyError> {
-        let key = self
-            .notify_key_file
-            .as_ref()
-            .map(Key::from_file)
-            .transpose()?;
+        let key = Key::from_files(&self.notify_key_file, self.allow_demo_key)?;
         Ok(AgentConfig {
             bind: SocketAddr::new(self.pod_ip, self.notify_port),
             pod_name: self.pod_name.clone(),
@@ -78,5 +79,61 @@ pub fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<AgentConfig, KeyError> {
+        let base = ["agent", "--pod-ip", "127.0.0.1", "--pod-name", "p"];
+        Cli::try_parse_from(base.iter().chain(extra))
+            .unwrap()
+            .agent
+            .config()
+    }
+
+    #[test]
+    fn key_files_are_a_list_and_the_placeholder_needs_the_demo_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (current, previous, demo) = (
+            dir.path().join("key"),
+            dir.path().join("previous"),
+            dir.path().join("demo"),
+        );
+        std::fs::write(&current, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&previous, "fedcba9876543210fedcba9876543210").unwrap();
+        std::fs::write(&demo, hapod_protocol::DEMO_KEY).unwrap();
+        let (current, previous, demo) = (
+            current.display().to_string(),
+            previous.display().to_string(),
+            demo.display().to_string(),
+        );
+        assert!(config(&[]).unwrap().key.is_none());
+        let both = config(&[
+            "--notify-key-file",
+            &current,
+            "--notify-key-file",
+            &previous,
+        ]);
+        assert!(both.unwrap().key.is_some_and(|k| !k.is_demo()));
+
+        let err = config(&["--notify-key-file", &demo]).unwrap_err();
+        assert!(matches!(&err, KeyError::Demo(p) if *p == demo), "{err}");
+        assert!(err.to_string().contains("--allow-demo-key"), "{err}");
+        let allowed = config(&["--notify-key-file", &demo, "--allow-demo-key"]).unwrap();
+        assert!(allowed.key.is_some_and(|k| k.is_demo()));
+
+        let missing = dir.path().join("missing").display().to_string();
+        let err = config(&["--notify-key-file", &missing]).unwrap_err();
+        assert!(err.to_string().contains(&missing), "{err}");
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hapod_core::{ApplicationLease, Config};
 use hapod_election::ElectionArgs;
-use hapod_protocol::LeaseTerms;
+use hapod_protocol::{Key, KeyError, LeaseTerms};
 
 const ABOUT: &str = "Keeps exactly one pod of each application group labeled active and fails over to a ready standby when it is lost.";
 
@@ -82,8 +82,13 @@ pub struct Args {
     #[arg(long, env = "HAPOD_NOTIFY_PORT", default_value_t = 10001)]
     pub notify_port: u16,
     /// File with the HMAC-SHA256 key shared with the agents; none: unauthenticated messages.
-    #[arg(long, env = "HAPOD_NOTIFY_KEY_FILE")]
-    pub notify_key_file: Option<PathBuf>,
+    /// Repeat it (or separate with commas) during a key rotation: the first key signs, a
+    /// reply signed with any of them is accepted.
+    #[arg(long, env = "HAPOD_NOTIFY_KEY_FILE", value_delimiter = ',')]
+    pub notify_key_file: Vec<PathBuf>,
+    /// Accept the public placeholder key of deploy/base (demos and tests only).
+    #[arg(long, env = "HAPOD_ALLOW_DEMO_KEY")]
+    pub allow_demo_key: bool,
     /// Also send the original 22-byte "GoActiveDuringFailover" datagram on promotion.
     #[arg(long, env = "HAPOD_NOTIFY_LEGACY")]
     pub notify_legacy: bool,
@@ -124,6 +129,11 @@ pub struct Args {
 }
 
 impl Args {
+    /// The keys of `--notify-key-file` (none: unauthenticated messages).
+    pub fn notify_key(&self) -> Result<Option<Key>, KeyError> {
+        Key::from_files(&self.notify_key_file, self.allow_demo_key)
+    }
+
     /// The core's configuration.
     pub fn core_config(&self) -> Config {
         Config {
@@ -339,6 +349,42 @@ mod tests {
         assert!(a.validate().is_ok());
         assert!(a.notify_legacy);
         assert_eq!(a.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn notify_keys_are_a_list_and_the_placeholder_needs_the_demo_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let (own, old, demo) = (
+            dir.path().join("own"),
+            dir.path().join("old"),
+            dir.path().join("demo"),
+        );
+        std::fs::write(&own, "0123456789abcdef0123456789abcdef").unwrap();
+        std::fs::write(&old, "fedcba9876543210fedcba9876543210").unwrap();
+        std::fs::write(&demo, hapod_protocol::DEMO_KEY).unwrap();
+        let parse = |extra: &[&str]| {
+            let base = [
+                "hapod-controller",
+                "--pod-name",
+                "p",
+                "--pod-namespace",
+                "n",
+            ];
+            Args::try_parse_from(base.iter().chain(extra)).unwrap()
+        };
+        let files = format!("{},{}", own.display(), old.display());
+        let a = parse(&["--notify-key-file", &files]);
+        assert_eq!(a.notify_key_file, [own.clone(), old]);
+        assert!(a.notify_key().unwrap().is_some_and(|k| !k.is_demo()));
+        assert!(parse(&[]).notify_key().unwrap().is_none());
+
+        let demo = demo.display().to_string();
+        let err = parse(&["--notify-key-file", &demo])
+            .notify_key()
+            .unwrap_err();
+        assert!(err.to_string().contains("--allow-demo-key"), "{err}");
+        let allowed = parse(&["--notify-key-file", &demo, "--allow-demo-key"]);
+        assert!(allowed.notify_key().unwrap().is_some_and(|k| k.is_demo()));
     }
 
     #[test]

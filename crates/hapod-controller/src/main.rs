@@ -37,13 +37,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn notifier_config(args: &Args) -> anyhow::Result<NotifierConfig> {
-    let key = match &args.notify_key_file {
-        Some(path) => Some(
-            Key::from_file(path)
-                .with_context(|| format!("reading notify key {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let key = args.notify_key()?;
+    if key.as_ref().is_some_and(Key::is_demo) {
+        tracing::warn!("running with the public placeholder notification key (--allow-demo-key)");
+    }
     // Bind the pod IP, never a wildcard, when one is given (pods may share a host).
     let (bind_v4, bind_v6) = match args.listen_ip {
         IpAddr::V4(v4) if v4.is_unspecified() => (

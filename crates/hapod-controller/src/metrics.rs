@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +79,18 @@ pub struct StageLabels {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// `hapod_build_info{version, git_commit} 1`. The commit comes from `HAPOD_GIT_COMMIT` at
+/// build time (the images pass it), else `unknown`: no build script runs git.
+fn build_info() -> Info<Vec<(&'static str, &'static str)>> {
+    Info::new(vec![
+        ("version", env!("CARGO_PKG_VERSION")),
+        (
+            "git_commit",
+            option_env!("HAPOD_GIT_COMMIT").unwrap_or("unknown"),
+        ),
+    ])
+}
 
 /// 100 µs .. ~100 s: failovers are milliseconds, node losses a minute.
 fn latency_histogram() -> Histogram {
@@ -201,6 +214,11 @@ impl Metrics {
             "Application lease: 1 for the role each pod's agent last reported (active, standby, lapsed, unknown)",
             m.agent_roles.clone(),
         );
+        r.register(
+            "build",
+            "This binary: its version and the git commit it was built from",
+            build_info(),
+        );
         m
     }
 
@@ -214,5 +232,26 @@ impl Metrics {
         self.api_errors
             .get_or_create(&ApiErrorLabels { verb, code })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_info_names_the_version_and_commit() {
+        let mut registry = Registry::default();
+        Metrics::register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("hapod_build_info{"))
+            .unwrap_or_else(|| panic!("no hapod_build_info in:\n{text}"));
+        let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+        assert!(line.contains(&version), "{line}");
+        assert!(line.contains("git_commit=\""), "{line}");
+        assert!(line.ends_with(" 1"), "{line}");
     }
 }

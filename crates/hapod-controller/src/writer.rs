@@ -30,26 +30,35 @@ impl Fence for hapod_election::LeaderHandle {
     }
 }
 
+/// The ReplicaSet controller removes the pods of lowest cost first when it scales down (after
+/// unscheduled, pending and unready ones), so the active pod outlasts every ready standby.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// The active's cost: the highest the API accepts (an int32).
+const ACTIVE_DELETION_COST: i32 = i32::MAX;
+
 /// Merge patch setting the role label (and the epoch annotation), with the resourceVersion
 /// the decision was based on as precondition: the API answers 409 when the pod changed since.
+/// The active pod gets the highest deletion cost, any other pod none (`null` removes it).
 pub fn role_patch(
     config: &Config,
     resource_version: &str,
     role: Role,
     epoch: Option<u64>,
 ) -> Value {
-    let value = match role {
-        Role::Active => &config.active_value,
-        _ => &config.standby_value,
+    let (value, cost) = match role {
+        Role::Active => (&config.active_value, json!(ACTIVE_DELETION_COST.to_string())),
+        _ => (&config.standby_value, Value::Null),
     };
-    let mut metadata = json!({
+    let mut annotations = json!({ DELETION_COST_ANNOTATION: cost });
+    if let Some(epoch) = epoch {
+        annotations[EPOCH_ANNOTATION] = json!(epoch.to_string());
+    }
+    json!({ "metadata": {
         "resourceVersion": resource_version,
         "labels": { config.role_label.as_str(): value },
-    });
-    if let Some(epoch) = epoch {
-        metadata["annotations"] = json!({ EPOCH_ANNOTATION: epoch.to_string() });
-    }
-    json!({ "metadata": metadata })
+        "annotations": annotations,
+    } })
 }
 
 /// Immediate delete of exactly the pod with `uid` (a replacement reusing the name is safe).

@@ -54,7 +54,8 @@ async fn promotion_is_a_merge_patch_with_resource_version_and_epoch() {
     assert_eq!(
         body,
         json!({"metadata": {"resourceVersion": "7", "labels": {"role": "active"},
-                            "annotations": {"hapod.io/epoch": "4294967297"}}})
+                            "annotations": {"hapod.io/epoch": "4294967297",
+                                            "controller.kubernetes.io/pod-deletion-cost": "2147483647"}}})
     );
     send.send_response(ok(&pod_json("a", "8", "active", "10.0.0.1")));
     assert_eq!(
@@ -63,6 +64,32 @@ async fn promotion_is_a_merge_patch_with_resource_version_and_epoch() {
             resource_version: Some("8".into())
         }
     );
+}
+
+/// A demotion drops the active's deletion cost in the same patch: a scale-down then takes
+/// whichever pod the ReplicaSet ranks first among the standbys, never the active.
+#[tokio::test]
+async fn demotion_removes_the_deletion_cost_in_the_role_patch() {
+    let (client, mut handle) = mock();
+    let w = writer(client, Some(1), metrics());
+    let demote = Write {
+        kind: WriteKind::SetRole {
+            resource_version: "7".into(),
+            role: Role::Standby,
+            epoch: None,
+            purpose: Purpose::Demote,
+        },
+        ..promote_write(1)
+    };
+    let call = tokio::spawn(async move { w.execute(&demote).await });
+    let (_, body, send) = next(&mut handle).await;
+    assert_eq!(
+        body,
+        json!({"metadata": {"resourceVersion": "7", "labels": {"role": "standby"},
+                            "annotations": {"controller.kubernetes.io/pod-deletion-cost": null}}})
+    );
+    send.send_response(ok(&pod_json("a", "8", "standby", "10.0.0.1")));
+    assert!(matches!(call.await.unwrap(), WriteOutcome::Done { .. }));
 }
 
 #[tokio::test]

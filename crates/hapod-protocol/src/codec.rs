@@ -15,15 +15,10 @@
 //! the MAC flag is set, the last 32 bytes are HMAC-SHA256 over every byte before them.
 
 use std::fmt;
-use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
+use crate::key::Key;
 use crate::lease::{self, ORDER_FIXED_LEN, Order, REPORT_FIXED_LEN, Report};
-
-type HmacSha256 = Hmac<Sha256>;
 
 /// The original system's become-active datagram (22 ASCII bytes, no newline, no ACK).
 pub const LEGACY_PAYLOAD: &[u8] = b"GoActiveDuringFailover";
@@ -148,71 +143,6 @@ pub enum Message {
     Order(Order),
     /// Version 2: the agent's answer to an order, with what it believes now.
     Report(Report),
-}
-
-/// The shared HMAC-SHA256 key (from a mounted Secret). `Debug` never shows the bytes.
-#[derive(Clone)]
-pub struct Key {
-    /// HMAC state after absorbing the key, cloned for every datagram.
-    keyed: HmacSha256,
-}
-
-impl Key {
-    /// A key from raw bytes; it must not be empty (32 random bytes or more are recommended).
-    pub fn new(bytes: impl AsRef<[u8]>) -> Result<Key, KeyError> {
-        let bytes = bytes.as_ref();
-        if bytes.is_empty() {
-            return Err(KeyError::Empty);
-        }
-        let keyed = HmacSha256::new_from_slice(bytes).map_err(|_| KeyError::Empty)?;
-        Ok(Key { keyed })
-    }
-
-    /// Reads a key file; trailing `\r`/`\n` are dropped so that a Secret created from a text
-    /// file with a final newline gives the same key on both sides.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<Key, KeyError> {
-        let path = path.as_ref();
-        let mut bytes = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        Key::new(bytes)
-    }
-
-    fn mac(&self, data: &[u8]) -> [u8; MAC_LEN] {
-        let mut mac = self.keyed.clone();
-        mac.update(data);
-        mac.finalize().into_bytes().into()
-    }
-
-    fn verify(&self, data: &[u8], tag: &[u8]) -> bool {
-        let mut mac = self.keyed.clone();
-        mac.update(data);
-        // Constant-time comparison.
-        mac.verify_slice(tag).is_ok()
-    }
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Key(<redacted>)")
-    }
-}
-
-/// Why a key could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("notification key is empty")]
-    Empty,
-    #[error("cannot read notification key file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Why a notification cannot be encoded.
@@ -507,7 +437,7 @@ mod tests {
         let direct = Key::new(b"secret").unwrap();
         assert!(decode(&bytes, Some(&direct)).is_ok());
         std::fs::write(&path, b"\n").unwrap();
-        assert!(matches!(Key::from_file(&path), Err(KeyError::Empty)));
+        assert!(matches!(Key::from_file(&path), Err(crate::KeyError::EmptyFile(_))));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

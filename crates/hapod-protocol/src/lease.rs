@@ -22,9 +22,10 @@
 use std::time::Duration;
 
 use crate::codec::{
-    DecodeError, EncodeError, HEADER_LEN, Key, MAX_NAME_LEN, Role, TYPE_ACK, TYPE_NOTIFY, be_u32,
+    DecodeError, EncodeError, HEADER_LEN, MAX_NAME_LEN, Role, TYPE_ACK, TYPE_NOTIFY, be_u32,
     be_u64, name_len, push_header, push_mac, unix_nanos_now, utf8,
 };
+use crate::key::Key;
 
 /// The protocol version of orders and reports.
 pub const LEASE_PROTOCOL_VERSION: u8 = 2;

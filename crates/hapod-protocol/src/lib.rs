@@ -17,15 +17,16 @@
 
 mod agents;
 mod codec;
+mod key;
 mod lease;
 pub mod sender;
 
 pub use agents::{AgentReports, LeaseTerms};
 pub use codec::{
-    Ack, DecodeError, EncodeError, Key, KeyError, LEGACY_PAYLOAD, MAC_LEN, MAX_DATAGRAM_LEN,
-    MAX_NAME_LEN, Message, Notification, PROTOCOL_VERSION, Role, decode, encode, encode_ack,
-    unix_nanos_now,
+    Ack, DecodeError, EncodeError, LEGACY_PAYLOAD, MAC_LEN, MAX_DATAGRAM_LEN, MAX_NAME_LEN,
+    Message, Notification, PROTOCOL_VERSION, Role, decode, encode, encode_ack, unix_nanos_now,
 };
+pub use key::{DEMO_KEY, Key, KeyError};
 pub use lease::{
     AgentRole, Grant, LEASE_PROTOCOL_VERSION, Order, Report, encode_order, encode_report,
 };

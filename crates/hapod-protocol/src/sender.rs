@@ -33,8 +33,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::codec::{
-    EncodeError, Key, LEGACY_PAYLOAD, MAX_DATAGRAM_LEN, Message, Notification, Role, decode, encode,
+    EncodeError, LEGACY_PAYLOAD, MAX_DATAGRAM_LEN, Message, Notification, Role, decode, encode,
 };
+use crate::key::Key;
 
 /// How the [`Notifier`] sends and resends.
 #[derive(Debug, Clone)]

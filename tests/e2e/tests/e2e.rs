@@ -36,6 +36,8 @@ mod lease;
 mod rbac;
 #[path = "e2e/relabel.rs"]
 mod relabel;
+#[path = "e2e/scale.rs"]
+mod scale;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -99,6 +101,11 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         "hung_active_app_replaced",
         detection::hung_active_is_replaced
     ),
+    scenario!(
+        "partitioned_active_app_replaced",
+        detection::partitioned_active_is_replaced
+    ),
+    scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 

@@ -33,7 +33,7 @@ use crate::{target_dir, workspace_root};
 pub use build::{
     Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod, is_cached,
 };
-pub use cli::Cli;
+pub use cli::{Cli, env_lines};
 
 /// Controllers kube-controller-manager runs. What a Deployment, ReplicaSet, Service and
 /// ServiceAccount need to behave as on a real cluster, plus PodDisruptionBudgets, pod garbage

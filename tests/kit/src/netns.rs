@@ -10,8 +10,9 @@
 use std::convert::Infallible;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 
 /// Pod IPs inside the private namespace. Local to its `lo`, reachable from nowhere else.
 pub const POD_CIDR: &str = "10.244.0.0/16";
@@ -20,9 +21,33 @@ const LO_ADDRESS: &str = "10.244.0.1/16";
 /// Set in the environment of the process re-run inside the namespace.
 const MARKER: &str = "HAPOD_PRIVATE_NETNS";
 
-/// Whether this process runs inside the namespace [`reexec_inside`] made.
+/// Set once [`enter_here`] moved this process into a fresh namespace.
+static ENTERED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process runs inside the namespace [`reexec_inside`] or [`enter_here`] made.
 pub fn inside() -> bool {
-    std::env::var_os(MARKER).is_some()
+    ENTERED.load(Ordering::Relaxed) || std::env::var_os(MARKER).is_some()
+}
+
+/// Moves this process, which must still be single-threaded (the namespace of threads that
+/// already exist does not change), into a fresh network namespace set up as in
+/// [`reexec_inside`]. Sockets opened before keep their namespace: a listener bound here
+/// first stays reachable from the outside (`cargo xtask up` serves the API that way).
+pub fn enter_here() -> Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("unshare(CLONE_NEWNET): creating the test network namespace needs root")?;
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["addr", "add", LO_ADDRESS, "dev", "lo"],
+    ] {
+        let status = Command::new("ip")
+            .args(args)
+            .status()
+            .context("running ip (iproute2)")?;
+        ensure!(status.success(), "ip {} failed ({status})", args.join(" "));
+    }
+    ENTERED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Runs this same command again inside a fresh network namespace with `lo` up and

@@ -111,7 +111,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         let port = resolve_port(c, c.pointer(&format!("/{probe}/httpGet/port")));
         p.expect_eq(&format!("controller {probe} port"), port, Some(8080));
     }
-    expect_secret_mount(p, "controller", pod, c);
+    expect_secret_mount(p, r, "controller", pod, c);
     let pdb = r.find("PodDisruptionBudget", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     p.expect_eq(
         "pdb minAvailable",
@@ -172,7 +172,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
         has_port(main, 8080, "TCP") && has_port(main, 10001, "UDP"),
         || "app does not declare 8080/TCP and 10001/UDP".into(),
     );
-    expect_secret_mount(p, "app", pod, main);
+    expect_secret_mount(p, r, "app", pod, main);
     let crit = container(pod, CRITICAL_CONTAINER)?;
     p.expect_eq(
         "critcontainer args",
@@ -413,7 +413,17 @@ fn expect_epoch_file_on_empty_dir(p: &mut Problems, pod: &Value, c: &Value) {
     });
 }
 
-fn expect_secret_mount(p: &mut Problems, who: &str, pod: &Value, c: &Value) {
+/// deploy/base ships the public placeholder key, which the binaries refuse unless allowed: its
+/// pods must allow it or they would not start. The chart generates a key: it never allows it.
+pub(crate) const ALLOW_DEMO_KEY: &str = "HAPOD_ALLOW_DEMO_KEY";
+
+fn expect_secret_mount(p: &mut Problems, r: &Render, who: &str, pod: &Value, c: &Value) {
+    let kustomize = r.label.starts_with("kustomize");
+    p.expect_eq(
+        &format!("{who} {ALLOW_DEMO_KEY}"),
+        env_value(c, ALLOW_DEMO_KEY).as_deref(),
+        kustomize.then_some("true"),
+    );
     let volume = pod
         .pointer("/spec/volumes")
         .and_then(Value::as_array)

@@ -2,6 +2,7 @@
 
 use serde_json::Value;
 
+use super::invariants::ALLOW_DEMO_KEY;
 use super::problems::Problems;
 use super::render::{Render, object_id, str_at};
 
@@ -56,6 +57,10 @@ pub(crate) fn parity(p: &mut Problems, kz: &Render, hm: &Render) {
                     }
                     // Mounts are a set; kustomize patches may reorder them.
                     sort_by_key(c.get_mut("volumeMounts"), "mountPath");
+                    // Only kustomize ships the placeholder key, and so allows it.
+                    if let Some(Value::Array(env)) = c.get_mut("env") {
+                        env.retain(|e| str_at(e, "/name") != ALLOW_DEMO_KEY);
+                    }
                     c
                 })
                 .collect()

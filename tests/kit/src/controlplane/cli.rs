@@ -120,7 +120,15 @@ impl Cli {
 }
 
 fn print_env(cp: &ControlPlane) {
+    print!("{}", env_lines(&cp.kubeconfig(), cp.binaries().dir()));
+}
+
+/// The shell lines to `eval` for a kubeconfig and the folder of the matching kubectl.
+pub fn env_lines(kubeconfig: &Path, kubectl_dir: &Path) -> String {
     let quote = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
-    println!("export KUBECONFIG={}", quote(&cp.kubeconfig()));
-    println!("export PATH={}:\"$PATH\"", quote(cp.binaries().dir()));
+    format!(
+        "export KUBECONFIG={}\nexport PATH={}:\"$PATH\"\n",
+        quote(kubeconfig),
+        quote(kubectl_dir)
+    )
 }

@@ -324,13 +324,16 @@ impl Testbed {
         &self.admin_kubeconfig
     }
 
+    /// The running control plane (its server address, binaries and kubeconfig).
+    pub fn control_plane(&self) -> Result<&ControlPlane> {
+        self.control_plane
+            .as_ref()
+            .ok_or_else(|| anyhow!("control plane stopped"))
+    }
+
     /// Runs the control plane's kubectl with the admin kubeconfig; returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let cp = self
-            .control_plane
-            .as_ref()
-            .ok_or_else(|| anyhow!("control plane stopped"))?;
-        let out = control_plane_kubectl(cp)
+        let out = control_plane_kubectl(self.control_plane()?)
             .args(args)
             .stdin(Stdio::null())
             .output()
