@@ -3,13 +3,13 @@
 //!
 //! It starts the testbed (`deploy/base`: the controller as 2 replicas), deploys `--groups`
 //! copies of the sample app (one namespace each), then injects a seeded schedule of faults
-//! ([`schedule`]) into every group at once: pod deletions, crashes, readiness loss, hung
+//! (`schedule`) into every group at once: pod deletions, crashes, readiness loss, hung
 //! pods, killed application containers; and, meanwhile, SIGKILL, SIGTERM or SIGSTOP of either
 //! controller replica. Faults stop after `--failovers` failovers or `--minutes`. The checkers
-//! ([`check`]) run every 2 s over the history so far and once more at the end, the check of
+//! (`check`) run every 2 s over the history so far and once more at the end, the check of
 //! the applications' acting journals every 30 s and at the end; after the
 //! faults, every group must have exactly one eligible active pod again within
-//! [`faults::RECOVERY_BOUND`]. A violation prints the seed and the group's records around it,
+//! `faults::RECOVERY_BOUND`. A violation prints the seed and the group's records around it,
 //! and the command fails.
 
 mod check;
