@@ -47,7 +47,10 @@ pub fn role_patch(
     epoch: Option<u64>,
 ) -> Value {
     let (value, cost) = match role {
-        Role::Active => (&config.active_value, json!(ACTIVE_DELETION_COST.to_string())),
+        Role::Active => (
+            &config.active_value,
+            json!(ACTIVE_DELETION_COST.to_string()),
+        ),
         _ => (&config.standby_value, Value::Null),
     };
     let mut annotations = json!({ DELETION_COST_ANNOTATION: cost });

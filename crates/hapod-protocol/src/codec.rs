@@ -437,7 +437,10 @@ mod tests {
         let direct = Key::new(b"secret").unwrap();
         assert!(decode(&bytes, Some(&direct)).is_ok());
         std::fs::write(&path, b"\n").unwrap();
-        assert!(matches!(Key::from_file(&path), Err(crate::KeyError::EmptyFile(_))));
+        assert!(matches!(
+            Key::from_file(&path),
+            Err(crate::KeyError::EmptyFile(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
