@@ -155,8 +155,10 @@ mod tests {
         let only_old = Key::from_files(&[&old], false).unwrap().unwrap();
         let both = Key::from_files(&[&new, &old], false).unwrap().unwrap();
         let only_new = Key::from_files(&[&new], false).unwrap().unwrap();
-        let signed = |k: &Key| encode(&msg(), Some(k)).unwrap();
-        let verifies = |d: &[u8], k: &Key| decode(d, Some(k)) == Ok(Message::Notify(msg()));
+        // One message: each Notification::new draws a fresh message id.
+        let m = msg();
+        let signed = |k: &Key| encode(&m, Some(k)).unwrap();
+        let verifies = |d: &[u8], k: &Key| decode(d, Some(k)) == Ok(Message::Notify(m.clone()));
         assert!(verifies(&signed(&only_old), &both));
         assert!(verifies(&signed(&both), &only_new), "the first key signs");
         assert!(verifies(&signed(&only_new), &both));
