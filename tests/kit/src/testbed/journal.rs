@@ -14,6 +14,8 @@ use super::Testbed;
 
 /// The variable the demo app reads its journal folder from.
 pub const JOURNAL_ENV: &str = "HAPOD_DEMO_JOURNAL_DIR";
+/// Where the journals of every run go, one folder per run.
+const JOURNAL_ROOT: &str = "/var/tmp/hapod-journals";
 
 /// One leader-only step of one application.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,9 +196,12 @@ pub fn monotonic_nanos() -> i128 {
 }
 
 impl Testbed {
-    /// Folder of the applications' acting journals.
+    /// Folder of the applications' acting journals: named after the run folder, under
+    /// `/var/tmp`, since every container has its own `/tmp` (a run folder below `/tmp`, as in
+    /// a checkout there, would be hidden from the applications).
     pub fn journal_dir(&self) -> PathBuf {
-        self.run_dir.join("journals")
+        let run = self.run_dir.file_name().unwrap_or_default();
+        Path::new(JOURNAL_ROOT).join(run)
     }
 
     /// Reads the acting journals of the run so far.

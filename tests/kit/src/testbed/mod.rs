@@ -426,6 +426,8 @@ impl Testbed {
         }
         if let Some(mut child) = self.node.take() {
             stop_child(&mut child, "hapod-node", Duration::from_secs(15));
+            // Outside the run folder (see `journal_dir`): not left behind.
+            let _ = std::fs::remove_dir_all(self.journal_dir());
         }
         if let Some(cp) = self.control_plane.take() {
             progress(self.verbose, "stopping the control plane");
