@@ -70,7 +70,8 @@ impl Handover {
     }
 }
 
-/// Every group's steps in time order, keyed `namespace/group`.
+/// Every group's steps in time order, keyed by the group as the orders name it
+/// (`namespace/group`).
 #[derive(Clone, Debug, Default)]
 pub struct Journals {
     pub groups: BTreeMap<String, Vec<Step>>,
@@ -103,7 +104,7 @@ impl Journals {
             .and_then(|s| s.to_str())
             .with_context(|| format!("journal name {}", path.display()))?;
         // Names and UIDs cannot contain `_` (DNS labels, UUIDs).
-        let [namespace, pod, uid] = stem.splitn(3, '_').collect::<Vec<_>>()[..] else {
+        let [_namespace, pod, uid] = stem.splitn(3, '_').collect::<Vec<_>>()[..] else {
             bail!(
                 "journal name {} is not <namespace>_<pod>_<uid>",
                 path.display()
@@ -128,8 +129,9 @@ impl Journals {
                     n + 1
                 );
             };
+            // The group as the orders name it: `namespace/group`.
             self.groups
-                .entry(format!("{namespace}/{group}"))
+                .entry((*group).to_owned())
                 .or_default()
                 .push(Step {
                     at_nanos: at,
