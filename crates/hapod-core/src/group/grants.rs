@@ -104,6 +104,13 @@ impl Grants {
         }
     }
 
+    /// Whether the pod's agent reported within `timeout`.
+    pub(super) fn heard_within(&self, uid: &str, timeout: Duration, now: Instant) -> bool {
+        self.contact
+            .get(uid)
+            .is_some_and(|c| c.reported && now.duration_since(c.at) < timeout)
+    }
+
     /// Of `group` (the UIDs of one group's pods), those whose agents have been silent for
     /// `timeout`, provided another agent of the group reported within it: with nobody
     /// answering, the fault may be this replica's own path, and no pod is judged.

@@ -285,6 +285,10 @@ impl GroupState {
         for entry in self.pods.values_mut() {
             if silent.contains(&entry.view.uid) {
                 entry.unresponsive = true;
+            } else if self.grants.heard_within(&entry.view.uid, timeout, now) {
+                // Heard again, maybe only through the heartbeat's book (a report that says
+                // nothing new is no event).
+                entry.unresponsive = false;
             }
         }
     }

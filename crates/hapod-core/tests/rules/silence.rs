@@ -148,3 +148,26 @@ fn a_silent_standby_is_not_promoted_and_is_eligible_again_once_heard() {
     let promote = single_write(&ctl.feed(Event::Tick));
     assert!(is_set_role(&promote, "b", Role::Active), "{promote:?}");
 }
+
+#[test]
+fn a_pod_judged_silent_is_eligible_again_once_heard_through_the_heartbeat() {
+    let mut ctl = steady();
+    // "b" falls silent while "a" answers: judged unresponsive.
+    let mut quiet = Vec::new();
+    for _ in 0..4 {
+        ctl.now += HEARTBEAT;
+        quiet.extend(ctl.feed(Event::Heartbeat { heard: Vec::new() }));
+        quiet.extend(report(&mut ctl, "a", ReportedRole::Active, 3));
+    }
+    assert!(writes(&quiet).is_empty(), "{quiet:?}");
+    // Heard again, but only through the heartbeat's book (its report said nothing new).
+    ctl.now += HEARTBEAT;
+    let heard = vec![("a-uid".to_owned(), ctl.now), ("b-uid".to_owned(), ctl.now)];
+    ctl.feed(Event::Heartbeat { heard });
+    // The active is lost: "b" is promoted once the grant is over.
+    let gone = ctl.api.remove("a").unwrap();
+    ctl.feed(gone);
+    ctl.now += LIVE_SPAN + HEARTBEAT;
+    let promote = single_write(&ctl.feed(Event::Tick));
+    assert!(is_set_role(&promote, "b", Role::Active), "{promote:?}");
+}
