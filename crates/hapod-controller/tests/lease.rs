@@ -36,8 +36,17 @@ async fn next_order_for(agent: &UdpSocket, pod: &str) -> (Order, std::net::Socke
     }
 }
 
-#[tokio::test]
-async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_group() {
+/// A worker of group `ns/hapod` acting in term 1 with a 300 ms application lease, its
+/// agents' socket and the mock API behind its writer.
+struct Leased {
+    metrics: hapod_controller::metrics::Metrics,
+    agent: UdpSocket,
+    handle: Handle,
+    tx: mpsc::UnboundedSender<(Event, Instant)>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+async fn leased(report_timeout: Option<Duration>) -> Leased {
     let terms = LeaseTerms {
         lease: Duration::from_millis(300),
         drift_ppm: 1_000,
@@ -46,14 +55,14 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
         application_lease: Some(ApplicationLease {
             live_span: terms.live_span(),
             predecessor_window: Duration::ZERO,
-            report_timeout: None,
+            report_timeout,
         }),
         ..Config::default()
     };
     let metrics = metrics();
     let (shared, _notes, agent) =
         shared_with(config, Some((terms, HEARTBEAT)), metrics.clone()).await;
-    let (client, mut handle) = mock();
+    let (client, handle) = mock();
     let key = GroupKey {
         namespace: "ns".into(),
         group: "hapod".into(),
@@ -62,6 +71,24 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
     let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
         .with_reports_to(tx.downgrade());
     let running = tokio::spawn(worker.run(rx));
+    Leased {
+        metrics,
+        agent,
+        handle,
+        tx,
+        running,
+    }
+}
+
+#[tokio::test]
+async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_group() {
+    let Leased {
+        metrics,
+        agent,
+        mut handle,
+        tx,
+        running,
+    } = leased(None).await;
 
     let active_epoch = epoch::compose(1, 1);
     let mut active = pod_json("a", "5", "active", "127.0.0.1");
@@ -165,30 +192,13 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
 
 #[tokio::test]
 async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
-    let terms = LeaseTerms {
-        lease: Duration::from_millis(300),
-        drift_ppm: 1_000,
-    };
-    let config = Config {
-        application_lease: Some(ApplicationLease {
-            live_span: terms.live_span(),
-            predecessor_window: Duration::ZERO,
-            report_timeout: None,
-        }),
-        ..Config::default()
-    };
-    let metrics = metrics();
-    let (shared, _notes, agent) =
-        shared_with(config, Some((terms, HEARTBEAT)), metrics.clone()).await;
-    let (client, _handle) = mock();
-    let key = GroupKey {
-        namespace: "ns".into(),
-        group: "hapod".into(),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
-        .with_reports_to(tx.downgrade());
-    let running = tokio::spawn(worker.run(rx));
+    let Leased {
+        metrics,
+        agent,
+        handle: _handle,
+        tx,
+        running,
+    } = leased(None).await;
     // Active with an epoch already: nothing to write, so the mock API stays silent.
     let mut b = pod_json("b", "6", "active", "127.0.0.1");
     b["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
@@ -244,30 +254,13 @@ async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
 /// each grant echoing the newest report, and it is never judged silent.
 #[tokio::test]
 async fn a_steady_agent_keeps_its_grants_and_is_not_judged_silent() {
-    let terms = LeaseTerms {
-        lease: Duration::from_millis(300),
-        drift_ppm: 1_000,
-    };
-    let config = Config {
-        application_lease: Some(ApplicationLease {
-            live_span: terms.live_span(),
-            predecessor_window: Duration::ZERO,
-            report_timeout: Some(HEARTBEAT * 3),
-        }),
-        ..Config::default()
-    };
-    let metrics = metrics();
-    let (shared, _notes, agent) =
-        shared_with(config, Some((terms, HEARTBEAT)), metrics.clone()).await;
-    let (client, mut handle) = mock();
-    let key = GroupKey {
-        namespace: "ns".into(),
-        group: "hapod".into(),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let worker = Worker::new(key, writer(client, Some(1), metrics.clone()), shared)
-        .with_reports_to(tx.downgrade());
-    let running = tokio::spawn(worker.run(rx));
+    let Leased {
+        metrics: _,
+        agent,
+        mut handle,
+        tx,
+        running,
+    } = leased(Some(HEARTBEAT * 3)).await;
     let active_epoch = epoch::compose(1, 1);
     let mut active = pod_json("a", "5", "active", "127.0.0.1");
     active["metadata"]["annotations"] = json!({"hapod.io/epoch": active_epoch.to_string()});
