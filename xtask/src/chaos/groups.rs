@@ -1,15 +1,14 @@
-//! The chaos groups: copies of `deploy/base`'s sample app, one per namespace (a group is a
+//! The chaos groups: copies of the deployed sample app, one per namespace (a group is a
 //! namespace plus the `app` label value, so each copy is its own group of the deployed
 //! controller, which watches every namespace), with the notification key Secret copied in.
 
 use anyhow::{Context as _, Result};
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
-use hapod_testkit::testbed::{APP_NAMESPACE, NOTIFY_SECRET};
-use hapod_testkit::workspace_root;
+use hapod_testkit::testbed::{APP_NAME, APP_NAMESPACE, NOTIFY_SECRET};
 
 /// Prefix of the chaos groups' namespaces.
 pub const PREFIX: &str = "chaos-";
@@ -20,12 +19,15 @@ pub fn namespace(i: usize) -> String {
 }
 
 /// Creates `groups` namespaces, each with the notification key and a copy of the sample
-/// app's ReplicaSet.
+/// app's ReplicaSet as the testbed deployed it (so the copies carry whatever the applied
+/// kustomization added, such as its components' env, not just the raw manifest).
 pub async fn create(client: &Client, groups: usize) -> Result<()> {
-    let manifest = workspace_root().join("deploy/base/sample-app/replicaset.yaml");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("reading {}", manifest.display()))?;
-    let template: serde_json::Value = serde_norway::from_str(&text)?;
+    let deployed = Api::<ReplicaSet>::namespaced(client.clone(), APP_NAMESPACE)
+        .get(APP_NAME)
+        .await
+        .with_context(|| {
+            format!("reading the sample app's ReplicaSet {APP_NAMESPACE}/{APP_NAME}")
+        })?;
     let key = Api::<Secret>::namespaced(client.clone(), APP_NAMESPACE)
         .get(NOTIFY_SECRET)
         .await
@@ -33,15 +35,19 @@ pub async fn create(client: &Client, groups: usize) -> Result<()> {
     let pp = PostParams::default();
     for i in 0..groups {
         let ns = namespace(i);
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": ns }
-        }))?;
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(ns.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         Api::<Namespace>::all(client.clone())
             .create(&pp, &namespace)
             .await
             .with_context(|| format!("creating namespace {ns}"))?;
         let secret = Secret {
-            metadata: kube::api::ObjectMeta {
+            metadata: ObjectMeta {
                 name: Some(NOTIFY_SECRET.into()),
                 namespace: Some(ns.clone()),
                 ..Default::default()
@@ -52,9 +58,16 @@ pub async fn create(client: &Client, groups: usize) -> Result<()> {
         Api::<Secret>::namespaced(client.clone(), &ns)
             .create(&pp, &secret)
             .await?;
-        let mut rs = template.clone();
-        rs["metadata"]["namespace"] = ns.clone().into();
-        let rs: ReplicaSet = serde_json::from_value(rs)?;
+        let rs = ReplicaSet {
+            metadata: ObjectMeta {
+                name: deployed.metadata.name.clone(),
+                namespace: Some(ns.clone()),
+                labels: deployed.metadata.labels.clone(),
+                ..Default::default()
+            },
+            spec: deployed.spec.clone(),
+            status: None,
+        };
         Api::<ReplicaSet>::namespaced(client.clone(), &ns)
             .create(&pp, &rs)
             .await
