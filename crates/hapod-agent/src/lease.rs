@@ -44,6 +44,8 @@ pub struct LeaseHolder {
     ordered: Option<Role>,
     /// End of the grant to act active.
     granted_until: Option<Instant>,
+    /// Stepped down for good ([`LeaseHolder::relinquish`]): no order makes it active again.
+    relinquished: bool,
 }
 
 impl LeaseHolder {
@@ -73,6 +75,7 @@ impl LeaseHolder {
             epoch: epoch_floor,
             ordered: None,
             granted_until: None,
+            relinquished: false,
         }
     }
 
@@ -137,11 +140,26 @@ impl LeaseHolder {
             self.ordered = Some(Role::Standby);
             self.granted_until = None;
         }
+        if self.relinquished {
+            self.ordered = Some(Role::Standby);
+        }
         if self.ordered != Some(Role::Active) {
             return;
         }
         if let Some(until) = order.grant.and_then(|grant| self.grant_end(&grant)) {
             self.granted_until = Some(self.granted_until.map_or(until, |old| old.max(until)));
+        }
+    }
+
+    /// Stops acting for good, before the process exits: standby at the applied epoch, and
+    /// no later order, of this epoch or a newer one, makes it active again. Its reports then
+    /// tell the controller that no grant of this agent is live, so a successor need not
+    /// wait for the grant to run out.
+    pub fn relinquish(&mut self) {
+        self.relinquished = true;
+        self.granted_until = None;
+        if self.ordered.is_some() {
+            self.ordered = Some(Role::Standby);
         }
     }
 
@@ -282,6 +300,30 @@ mod tests {
         let g = grant(&h, t0, 300);
         take(&mut h, &order(Role::Active, 1, Some(g)));
         assert_eq!(h.role(t0), Some(Role::Standby));
+    }
+
+    #[test]
+    fn a_relinquished_holder_reports_standby_and_takes_no_grant_again() {
+        let t0 = Instant::now();
+        let mut h = holder(t0);
+        let g = grant(&h, t0, 300);
+        take(&mut h, &order(Role::Active, 1, Some(g)));
+        h.relinquish();
+        assert_eq!(h.role(t0), Some(Role::Standby));
+        let r = h.report(0, t0);
+        assert_eq!((r.epoch, r.role), (1, Some(AgentRole::Standby)));
+        assert_eq!(r.grant_remaining_millis, 0);
+        // neither a renewal of its epoch nor a newer epoch makes it act again
+        let g = grant(&h, t0, 300);
+        take(&mut h, &order(Role::Active, 1, Some(g)));
+        assert_eq!(h.role(t0), Some(Role::Standby));
+        let g = grant(&h, t0, 300);
+        assert_eq!(
+            take(&mut h, &order(Role::Active, 2, Some(g))),
+            OrderVerdict::NewEpoch
+        );
+        assert_eq!(h.role(t0), Some(Role::Standby));
+        assert_eq!(h.report(0, t0).epoch, 2);
     }
 
     #[test]

@@ -46,7 +46,7 @@ use hapod_protocol::{
     Key, MAX_DATAGRAM_LEN, Order, Role, encode_ack, encode_report, unix_nanos_now,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use epoch_file::EpochFile;
@@ -114,6 +114,8 @@ pub enum Source {
     Order,
     /// The grant of a version 2 active order ran out without renewal: standby.
     Lapsed,
+    /// [`Agent::relinquish`]: standby for good, the process is shutting down.
+    Relinquished,
 }
 
 /// The role this pod was last told, with the notification that told it.
@@ -297,6 +299,7 @@ pub struct Agent {
     state: watch::Receiver<RoleState>,
     changes: broadcast::Sender<RoleChange>,
     counters: Arc<AtomicCounters>,
+    relinquish: mpsc::Sender<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
@@ -317,6 +320,7 @@ impl Agent {
         let (state_tx, state) = watch::channel(RoleState::unknown());
         let (changes, _) = broadcast::channel(CHANGE_BACKLOG);
         let counters = Arc::new(AtomicCounters::default());
+        let (relinquish, relinquish_requests) = mpsc::channel(1);
         let receiver = Receiver {
             socket,
             validator: Validator::new(config.pod_name, config.key, config.accept_legacy),
@@ -331,6 +335,9 @@ impl Agent {
             changes: changes.clone(),
             counters: counters.clone(),
             drop_log: DropLog::default(),
+            relinquish_requests,
+            orders_from: None,
+            relinquished: false,
         };
         let task = tokio::spawn(receiver.run());
         tracing::info!(%local_addr, epoch_floor, "hapod agent listening");
@@ -339,8 +346,23 @@ impl Agent {
             state,
             changes,
             counters,
+            relinquish,
             task,
         })
+    }
+
+    /// Steps down for good before the process exits (call it on SIGTERM): the state turns
+    /// standby (`Source::Relinquished`), no later order makes this agent active again, and
+    /// an unsolicited standby report goes to the controller that sent the last order, so it
+    /// can promote a successor at once instead of waiting for this pod's grant to run out.
+    /// Returns once the state is published and the report sent; stop acting when the
+    /// state turns standby, as for any other demotion.
+    pub async fn relinquish(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.relinquish.send(done).await.is_ok() {
+            // An error only means the receiver task ended: nothing is acting through it.
+            let _ = sent.await;
+        }
     }
 
     /// The bound address (useful when binding port 0).
@@ -374,6 +396,11 @@ struct Receiver {
     changes: broadcast::Sender<RoleChange>,
     counters: Arc<AtomicCounters>,
     drop_log: DropLog,
+    relinquish_requests: mpsc::Receiver<oneshot::Sender<()>>,
+    /// Where the last authentic order came from: the acting controller's order socket.
+    orders_from: Option<SocketAddr>,
+    /// [`Agent::relinquish`] was called: nothing makes this agent active again.
+    relinquished: bool,
 }
 
 impl Receiver {
@@ -388,6 +415,11 @@ impl Receiver {
                 () = sleep_until_or_never(grant_end) => {
                     AtomicCounters::bump(&self.counters.lapses);
                     self.publish_lease(None, Source::Lapsed);
+                    continue;
+                }
+                Some(done) = self.relinquish_requests.recv() => {
+                    self.relinquish().await;
+                    let _ = done.send(());
                     continue;
                 }
             };
@@ -405,7 +437,7 @@ impl Receiver {
                 Verdict::Apply(msg) => {
                     let ack = msg.ack();
                     self.publish(RoleState {
-                        role: Some(msg.role),
+                        role: Some(self.allowed(msg.role)),
                         epoch: msg.epoch,
                         group: msg.group,
                         message_id: msg.message_id,
@@ -424,7 +456,7 @@ impl Receiver {
                 Verdict::Legacy => {
                     AtomicCounters::bump(&self.counters.legacy_accepted);
                     let current = self.state.borrow().clone();
-                    if current.role != Some(Role::Active) {
+                    if current.role != Some(Role::Active) && !self.relinquished {
                         self.publish(RoleState {
                             role: Some(Role::Active),
                             message_id: 0,
@@ -437,6 +469,7 @@ impl Receiver {
                     }
                 }
                 Verdict::Order(order) => {
+                    self.orders_from = Some(from);
                     let taken = self.take_order(&order);
                     if let Err(reason) = taken {
                         AtomicCounters::bump(self.counters.dropped(reason));
@@ -504,6 +537,37 @@ impl Receiver {
             source,
             acting_until,
         });
+    }
+
+    /// The role a notification may set: never active again once relinquished.
+    fn allowed(&self, role: Role) -> Role {
+        if self.relinquished {
+            Role::Standby
+        } else {
+            role
+        }
+    }
+
+    async fn relinquish(&mut self) {
+        self.relinquished = true;
+        self.lease.relinquish();
+        let current = self.state.borrow().clone();
+        if matches!(current.source, Source::Notification | Source::Legacy) {
+            // Set by an unleased notification: no grant to end, just stand by.
+            if current.role == Some(Role::Active) {
+                self.publish(RoleState {
+                    role: Some(Role::Standby),
+                    applied_at_unix_nanos: unix_nanos_now(),
+                    source: Source::Relinquished,
+                    ..current
+                });
+            }
+        } else {
+            self.publish_lease(None, Source::Relinquished);
+        }
+        if let Some(controller) = self.orders_from {
+            self.send_report(0, controller).await;
+        }
     }
 
     async fn send_report(&self, message_id: u64, to: SocketAddr) {

@@ -52,8 +52,13 @@ async fn main() -> anyhow::Result<()> {
         }
         signal = shutdown_signal() => {
             signal?;
-            tracing::info!("terminating");
-            Ok(())
+            // Tell the application and the controller before going: the controller can
+            // then promote a successor without waiting for this pod's grant to run out.
+            tracing::info!("terminating: relinquishing the role");
+            sidecar
+                .relinquish(&agent)
+                .await
+                .with_context(|| format!("cannot write {}", sidecar.role_file.display()))
         }
     }
 }

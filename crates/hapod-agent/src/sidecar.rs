@@ -60,6 +60,18 @@ impl Sidecar {
         }
     }
 
+    /// On shutdown: relinquishes the role ([`Agent::relinquish`]) and, if that changed it,
+    /// announces standby (role file, then hook) before the process exits.
+    pub async fn relinquish(&self, agent: &Agent) -> io::Result<()> {
+        let previous = agent.state().borrow().role;
+        agent.relinquish().await;
+        let current = agent.state().borrow().clone();
+        if current.role != previous {
+            self.announce(&RoleChange { previous, current }).await?;
+        }
+        Ok(())
+    }
+
     async fn announce(&self, change: &RoleChange) -> io::Result<()> {
         change.log();
         self.write_role_file(&change.current)?;

@@ -130,6 +130,68 @@ async fn an_active_grant_lapses_on_the_agents_own_clock_without_any_message() {
 }
 
 #[tokio::test]
+async fn a_relinquishing_agent_stops_acting_and_tells_the_last_sender_unasked() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(&dir.path().join("epoch")).await;
+    let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let lease_millis = 60_000;
+    let epoch = (4 << 32) | 2;
+    let first = send(
+        &controller,
+        agent.local_addr(),
+        &order(Role::Active, epoch, None),
+    )
+    .await
+    .expect("a report");
+    let granted = order(Role::Active, epoch, Some(grant_for(&first, lease_millis)));
+    let report = send(&controller, agent.local_addr(), &granted)
+        .await
+        .expect("a report");
+    assert_eq!(report.role, Some(AgentRole::Active));
+
+    // Far from the end of its grant, the process shuts down.
+    agent.relinquish().await;
+    let state = agent.state().borrow().clone();
+    assert_eq!(
+        (state.role, state.source),
+        (Some(Role::Standby), Source::Relinquished)
+    );
+    assert!(!state.acting(Instant::now()));
+    // The controller hears it without asking: standby at the grant's epoch.
+    let mut buf = [0u8; 1024];
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), controller.recv_from(&mut buf))
+        .await
+        .expect("an unsolicited report")
+        .unwrap();
+    let Message::Report(told) = decode(&buf[..len], Some(&key())).unwrap() else {
+        panic!("expected a report");
+    };
+    assert_eq!(
+        (
+            told.message_id,
+            told.epoch,
+            told.role,
+            told.grant_remaining_millis
+        ),
+        (0, epoch, Some(AgentRole::Standby), 0)
+    );
+    // A late renewal, or a newer epoch, does not bring it back.
+    let newer = order(
+        Role::Active,
+        epoch + 1,
+        Some(grant_for(&told, lease_millis)),
+    );
+    let after = send(&controller, agent.local_addr(), &newer)
+        .await
+        .expect("a report");
+    assert_eq!(
+        (after.epoch, after.role),
+        (epoch + 1, Some(AgentRole::Standby))
+    );
+    assert!(!agent.state().borrow().acting(Instant::now()));
+}
+
+#[tokio::test]
 async fn a_restarted_agent_refuses_replays_and_grants_of_its_predecessor() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("epoch");

@@ -84,6 +84,46 @@ async fn hook_sees_every_change_in_order_and_role_file_follows() {
     sidecar_task.abort();
 }
 
+#[tokio::test]
+async fn relinquishing_on_shutdown_announces_standby_and_refuses_active_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let role_file = dir.path().join("role");
+    let agent = Agent::bind(AgentConfig::new("127.0.0.1:0".parse().unwrap(), "pod-0"))
+        .await
+        .unwrap();
+    let sidecar = Sidecar {
+        role_file: role_file.clone(),
+        hook: Some(Hook {
+            command: format!(
+                r#"echo "$HAPOD_PREVIOUS_ROLE $HAPOD_ROLE" >> '{}'"#,
+                calls.display()
+            ),
+            timeout: Duration::from_secs(10),
+        }),
+    };
+    let (notifier, mut outcomes) = Notifier::bind(NotifierConfig::default()).await.unwrap();
+    let notify = |role, epoch| {
+        notifier
+            .notify(
+                agent.local_addr(),
+                Notification::new("grp", "pod-0", role, epoch),
+            )
+            .unwrap();
+    };
+    notify(Role::Active, 1);
+    outcomes.recv().await.unwrap();
+    assert_eq!(agent.state().borrow().role, Some(Role::Active));
+
+    sidecar.relinquish(&agent).await.unwrap();
+    assert_eq!(std::fs::read_to_string(&role_file).unwrap(), "standby\n");
+    assert_eq!(wait_for_lines(&calls, 1).await, ["active standby"]);
+    // A notification still in flight cannot make the departing pod active again.
+    notify(Role::Active, 2);
+    outcomes.recv().await.unwrap();
+    assert_eq!(agent.state().borrow().role, Some(Role::Standby));
+}
+
 /// Kills the sidecar process started by the test when the test ends.
 struct ChildGuard(std::process::Child);
 

@@ -132,9 +132,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let pod_ip: IpAddr = args.agent.pod_ip;
     let notify_addr = config.bind;
-    let agent = Agent::bind(config)
-        .await
-        .with_context(|| format!("cannot bind {notify_addr}"))?;
+    let agent = Arc::new(
+        Agent::bind(config)
+            .await
+            .with_context(|| format!("cannot bind {notify_addr}"))?,
+    );
     let mut changes = agent.changes();
     tokio::spawn(async move {
         // Ends when the agent is dropped at exit; a lagging log only skips lines.
@@ -167,7 +169,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind {http_addr}"))?;
     tracing::info!(%http_addr, %notify_addr, "hapod demo serving");
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Stop acting and tell the controller, so the standby takes over without
+            // waiting for this pod's grant to run out.
+            agent.relinquish().await;
+        })
         .await?;
     Ok(())
 }
