@@ -72,15 +72,18 @@ fn tail(text: &str, query: &str) -> String {
     }
 }
 
-/// Pod folders are `<namespace>_<name>_<uid>`; namespaces and names never contain `_`.
+/// Log folders are `logs/<namespace>_<name>_<uid>`; namespaces and names never contain
+/// `_`. They outlast their pods: of several pods of one name, the one that logged last.
 fn log_file(state_dir: &Path, namespace: &str, pod: &str, container: &str) -> Option<PathBuf> {
     let prefix = format!("{namespace}_{pod}_");
-    std::fs::read_dir(state_dir.join("pods"))
+    std::fs::read_dir(state_dir.join("logs"))
         .ok()?
         .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path().join("logs").join(format!("{container}.log")))
-        .filter(|p| p.is_file())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path().join(format!("{container}.log")))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p)
 }
 
 fn reason(code: u16) -> &'static str {
@@ -160,7 +163,12 @@ mod tests {
     #[test]
     fn logs_exec_and_unknown_paths() {
         let dir = tempfile::tempdir().unwrap();
-        let logs = dir.path().join("pods/ns1_web_abc/logs");
+        // An older pod of the same name, gone: its logs are kept, the newer pod's are served.
+        let gone = dir.path().join("logs/ns1_web_old");
+        std::fs::create_dir_all(&gone).unwrap();
+        std::fs::write(gone.join("main.log"), "old\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let logs = dir.path().join("logs/ns1_web_abc");
         std::fs::create_dir_all(&logs).unwrap();
         std::fs::write(logs.join("main.log"), "a\nb\nc\n").unwrap();
         assert_eq!(

@@ -144,11 +144,11 @@ impl PodWorker {
             .and_then(|s| s.pod_ip.as_deref())
             .and_then(|ip| ip.parse().ok());
         let ip = node.pod_ips.allocate(preferred)?;
-        let dir = node
-            .config
-            .state_dir
-            .join("pods")
-            .join(pod_dir_name(&namespace, &name, &uid));
+        let dir_name = pod_dir_name(&namespace, &name, &uid);
+        let dir = node.config.state_dir.join("pods").join(&dir_name);
+        // Logs live apart from the pod folder and outlast the pod, as a container runtime's
+        // do, so that what a deleted pod's processes said last can still be read.
+        let logs = node.config.state_dir.join("logs").join(&dir_name);
         let start_time = pod
             .status
             .as_ref()
@@ -191,7 +191,7 @@ impl PodWorker {
                 env: Vec::new(),
                 program: None,
                 tmp_dir: dir.join("tmp").join(&c.name),
-                log_file: dir.join("logs").join(format!("{}.log", c.name)),
+                log_file: logs.join(format!("{}.log", c.name)),
                 backoff: node.config.backoff_initial,
                 attempts: 0,
                 probes: Vec::new(),
@@ -326,8 +326,12 @@ impl PodWorker {
             std::fs::set_permissions(&c.tmp_dir, std::fs::Permissions::from_mode(0o1777))
                 .at(&c.tmp_dir)?;
         }
-        let logs = self.dir.join("logs");
-        std::fs::create_dir_all(&logs).at(&logs)
+        for c in &self.containers {
+            if let Some(logs) = c.log_file.parent() {
+                std::fs::create_dir_all(logs).at(logs)?;
+            }
+        }
+        Ok(())
     }
 
     /// Publishes the host folder behind each container's /tmp (tests create `/tmp/killme`

@@ -1,5 +1,5 @@
 //! The controller's JSON logs (`--log-format=json`, one object per line, written by the
-//! process node to `<pod dir>/logs/controller.log`): every numeric field whose name ends in a
+//! process node to `logs/<pod folder>/controller.log` in its state folder): every numeric field whose name ends in a
 //! time unit (`_ns`, `_us`, `_ms`, `_s`/`_seconds`) is a stage duration (a `Some(x)` debug
 //! string counts too, e.g. the `promoted` line's `latency_ms`); this collects them with the
 //! line's time stamp, in milliseconds, keyed `<message>.<field>`.
@@ -24,6 +24,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>, depth: usize) {
         } else if ft.is_file()
             && p.file_name().is_some_and(|n| n == "controller.log")
             && p.parent()
+                .and_then(Path::parent)
                 .and_then(|d| d.file_name())
                 .is_some_and(|n| n == "logs")
         {

@@ -135,6 +135,19 @@ pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
             "promotion came {after:?} after the delete call, not before the {grace} s grace period ended"
         );
     }
+    // The old app got SIGTERM during its grace period and relinquished its role: it stood
+    // down and told the controller, rather than leaving it to wait out the grant.
+    let old_log = Testbed::container_log(&f.old, APP_CONTAINER)?;
+    ensure!(
+        old_log.contains("Relinquished"),
+        "the old active's app never relinquished its role; its log ends:\n{}",
+        old_log
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     check_failover(tb, &f).await?;
     Ok(())
 }

@@ -53,3 +53,5 @@ pub const STANDBY: &str = "standby";
 pub const EPOCH_ANNOTATION: &str = "hapod.io/epoch";
 /// The process node publishes each container's private /tmp (host path) under this prefix.
 pub const TMP_ANNOTATION_PREFIX: &str = "node.hapod.io/tmp-";
+/// ... and each container's log file (stdout and stderr) under this one.
+pub const LOG_ANNOTATION_PREFIX: &str = "node.hapod.io/log-";

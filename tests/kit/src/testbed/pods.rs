@@ -10,7 +10,8 @@ use std::time::SystemTime;
 use super::Testbed;
 use super::names::{
     ACTIVE, APP_CONTAINER, CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
-    LEASE_NAME, NONCRITICAL_CONTAINER, ROLE_LABEL, STANDBY, TMP_ANNOTATION_PREFIX,
+    LEASE_NAME, LOG_ANNOTATION_PREFIX, NONCRITICAL_CONTAINER, ROLE_LABEL, STANDBY,
+    TMP_ANNOTATION_PREFIX,
 };
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::Pod;
@@ -89,7 +90,18 @@ impl Testbed {
 
     /// Host path of a container's private /tmp (annotation published by the process node).
     pub fn container_tmp(pod: &Pod, container: &str) -> Result<PathBuf> {
-        let key = format!("{TMP_ANNOTATION_PREFIX}{container}");
+        Self::published_path(pod, TMP_ANNOTATION_PREFIX, container)
+    }
+
+    /// What a container has written to stdout and stderr so far, also after the pod is
+    /// gone (the process node keeps the file and publishes its path on the pod).
+    pub fn container_log(pod: &Pod, container: &str) -> Result<String> {
+        let path = Self::published_path(pod, LOG_ANNOTATION_PREFIX, container)?;
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    fn published_path(pod: &Pod, prefix: &str, container: &str) -> Result<PathBuf> {
+        let key = format!("{prefix}{container}");
         pod.annotations()
             .get(&key)
             .map(PathBuf::from)
