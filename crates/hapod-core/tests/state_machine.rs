@@ -91,6 +91,9 @@ enum Step {
     DeliverReport(usize),
     /// Application lease: an agent restarts (its epoch file survives).
     RestartAgent(usize),
+    /// Application lease: an agent's process is shutting down (SIGTERM): it stands down for
+    /// good and reports so unasked.
+    Relinquish(usize),
 }
 
 /// The reference state is whether the application lease is on.
@@ -145,6 +148,7 @@ fn transitions() -> BoxedStrategy<Step> {
             1 => (0..6usize).prop_map(Step::LoseOrder),
             3 => (0..6usize).prop_map(Step::DeliverReport),
             1 => slot.clone().prop_map(Step::RestartAgent),
+            1 => slot.clone().prop_map(Step::Relinquish),
         ]
         .boxed()
 }
@@ -170,6 +174,8 @@ struct Agent {
     epoch: u64,
     ordered: Option<Role>,
     granted_until: Option<Instant>,
+    /// No order makes it active again.
+    relinquished: bool,
 }
 
 impl Agent {
@@ -194,6 +200,10 @@ impl Agent {
             self.ordered = Some(Role::Standby);
             self.granted_until = None;
         }
+        if self.relinquished && self.ordered.is_some() {
+            self.ordered = Some(Role::Standby);
+            self.granted_until = None;
+        }
         let applies = order.epoch == self.epoch && self.ordered == Some(Role::Active);
         if applies && order.grant {
             // The agent's grant runs from its echoed report, which came before the order
@@ -201,13 +211,16 @@ impl Agent {
             let until = made + LIVE_SPAN;
             self.granted_until = Some(self.granted_until.map_or(until, |t| t.max(until)));
         }
-        let role = match self.ordered {
+        (self.reported_role(now), self.epoch)
+    }
+
+    fn reported_role(&self, now: Instant) -> Option<ReportedRole> {
+        match self.ordered {
             None => None,
             Some(Role::Active) if self.acting(now) => Some(ReportedRole::Active),
             Some(Role::Active) => Some(ReportedRole::Lapsed),
             Some(_) => Some(ReportedRole::Standby),
-        };
-        (role, self.epoch)
+        }
     }
 }
 
@@ -517,6 +530,24 @@ impl System {
                 {
                     agent.ordered = None;
                     agent.granted_until = None;
+                    agent.relinquished = false;
+                }
+            }
+            Step::Relinquish(i) => {
+                if let Some(uid) = self.agents.keys().nth(i % SLOTS).cloned()
+                    && let Some(agent) = self.agents.get_mut(&uid)
+                {
+                    agent.relinquished = true;
+                    agent.granted_until = None;
+                    if agent.ordered.is_some() {
+                        agent.ordered = Some(Role::Standby);
+                    }
+                    let report = Event::Reported {
+                        uid,
+                        role: agent.reported_role(self.now),
+                        epoch: agent.epoch,
+                    };
+                    self.reports.push(report);
                 }
             }
             Step::FutureEpoch(i) => {
@@ -543,6 +574,11 @@ impl System {
             if self.requests.is_empty() {
                 self.now += Duration::from_secs(60);
                 self.step_event(Event::Tick);
+                // The heartbeat runs as time passes (its orders stay undelivered: agents
+                // that answer nothing are judged as such).
+                if self.lease {
+                    self.step_event(Event::Heartbeat { heard: Vec::new() });
+                }
                 if self.requests.is_empty() && self.watch.is_empty() {
                     return;
                 }
@@ -629,7 +665,10 @@ impl System {
             .iter()
             .filter(|p| p.role(&config) == Role::Active)
             .collect();
-        if pods.iter().any(eligible) {
+        // A pod whose agent relinquished the role is on its way out: nobody owes it the
+        // role (its process exits, and a restarted one reports afresh).
+        let relinquished = |p: &PodView| state.agents.get(&p.uid).is_some_and(|a| a.relinquished);
+        if pods.iter().any(|p| eligible(p) && !relinquished(p)) {
             assert_eq!(actives.len(), 1, "pods: {pods:#?}");
             assert!(
                 eligible(actives[0]),

@@ -22,6 +22,10 @@ pub(super) struct PodEntry {
     /// Its agent stopped reporting while others of the group did (`Grants::silent`); cleared
     /// by its next report.
     pub(super) unresponsive: bool,
+    /// The label epoch at which its agent relinquished the active role (a standby report at
+    /// that epoch while labeled active): that process acts no more, whatever it is told. A
+    /// new epoch, or a new agent process reporting, ends it.
+    pub(super) relinquished_at: Option<u64>,
 }
 
 impl PodEntry {
@@ -34,6 +38,7 @@ impl PodEntry {
             stale: false,
             refused_until: None,
             unresponsive: false,
+            relinquished_at: None,
         }
     }
 
@@ -68,6 +73,12 @@ impl PodEntry {
             && self.dead_container.is_none()
             && !self.kill_sent
             && !self.unresponsive
+            && !self.relinquished()
+    }
+
+    /// Its agent gave up the role at the epoch the pod is labeled with.
+    pub(super) fn relinquished(&self) -> bool {
+        self.relinquished_at.is_some() && self.relinquished_at == self.view.epoch
     }
 
     /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or
@@ -75,7 +86,11 @@ impl PodEntry {
     /// successor can take over. The hard reasons (leaving, a dead critical container, a kill
     /// sent) lose the role at once.
     pub(super) fn softly_ineligible(&self) -> bool {
-        !self.eligible() && !self.leaving() && self.dead_container.is_none() && !self.kill_sent
+        !self.eligible()
+            && !self.leaving()
+            && self.dead_container.is_none()
+            && !self.kill_sent
+            && !self.relinquished()
     }
 
     /// Why an active pod that is not eligible has to give up the role.
@@ -84,6 +99,8 @@ impl PodEntry {
             PromotionReason::Terminating
         } else if self.dead_container.is_some() || self.kill_sent {
             PromotionReason::CriticalDeath
+        } else if self.relinquished() {
+            PromotionReason::Relinquished
         } else if matches!(self.view.phase, Phase::Failed | Phase::Succeeded) {
             PromotionReason::Finished
         } else if !self.view.ready {

@@ -112,14 +112,14 @@ impl Grants {
     }
 
     /// Of `group` (the UIDs of one group's pods), those whose agents have been silent for
-    /// `timeout`, provided another agent of the group reported within it: with nobody
-    /// answering, the fault may be this replica's own path, and no pod is judged.
+    /// `timeout`, provided another agent of the group reported within it. `None` with nobody
+    /// answering: the fault may be this replica's own path, and no pod is judged.
     pub(super) fn silent<'a>(
         &self,
         group: &[&'a str],
         timeout: Duration,
         now: Instant,
-    ) -> Vec<&'a str> {
+    ) -> Option<Vec<&'a str>> {
         let quiet = |uid: &str| {
             self.contact
                 .get(uid)
@@ -130,10 +130,7 @@ impl Grants {
                 .get(*uid)
                 .is_some_and(|c| c.reported && now.duration_since(c.at) < timeout)
         });
-        if !answering {
-            return Vec::new();
-        }
-        group.iter().copied().filter(|uid| quiet(uid)).collect()
+        answering.then(|| group.iter().copied().filter(|uid| quiet(uid)).collect())
     }
 
     /// Whether the pod's agent proved it cannot act on any order of `epoch` or older: it

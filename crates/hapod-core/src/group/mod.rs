@@ -260,8 +260,23 @@ impl GroupState {
     /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
     fn reported(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64, now: Instant) {
         self.grants.report(uid, role, epoch, now);
+        let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
+            match role {
+                // Standby at (or past) the epoch it is labeled active with: no order of the
+                // controller says that (a demotion comes with a fresh epoch); its agent
+                // gave the role up, its process is shutting down.
+                Some(ReportedRole::Standby)
+                    if entry.role(config) == Role::Active
+                        && entry.view.epoch.is_some_and(|own| epoch >= own) =>
+                {
+                    entry.relinquished_at = entry.view.epoch;
+                }
+                // Another process of the pod's agent: it has not given anything up.
+                None | Some(ReportedRole::Active) => entry.relinquished_at = None,
+                _ => {}
+            }
         }
     }
 
@@ -276,12 +291,14 @@ impl GroupState {
             return;
         };
         let uids: Vec<&str> = self.pods.values().map(|e| e.view.uid.as_str()).collect();
-        let silent: Vec<String> = self
-            .grants
-            .silent(&uids, timeout, now)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let Some(silent) = self.grants.silent(&uids, timeout, now) else {
+            // Nobody answers: no evidence against anyone, old marks included.
+            for entry in self.pods.values_mut() {
+                entry.unresponsive = false;
+            }
+            return;
+        };
+        let silent: Vec<String> = silent.into_iter().map(str::to_owned).collect();
         for entry in self.pods.values_mut() {
             if silent.contains(&entry.view.uid) {
                 entry.unresponsive = true;

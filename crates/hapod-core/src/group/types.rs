@@ -26,6 +26,9 @@ pub enum PromotionReason {
     /// The active pod's agent stopped reporting while the others of its group did not (a
     /// hung process, a lost node, a network partition).
     Unresponsive,
+    /// The active pod's agent relinquished the role (its process is shutting down): it
+    /// reported standby at the epoch the pod is labeled active with.
+    Relinquished,
 }
 
 impl PromotionReason {
@@ -39,6 +42,7 @@ impl PromotionReason {
             Self::CriticalDeath => "critical_death",
             Self::NotServing => "not_serving",
             Self::Unresponsive => "unresponsive",
+            Self::Relinquished => "relinquished",
         }
     }
 }

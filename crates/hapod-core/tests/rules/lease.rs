@@ -274,3 +274,56 @@ fn an_abandoned_promotion_that_landed_is_not_followed_by_another() {
         assert_eq!(ctl.api.actives().len(), 1, "{what}");
     }
 }
+
+/// An active whose agent relinquished the role (its process got SIGTERM): the standby
+/// report at the active's own epoch comes before the watch shows the deletionTimestamp,
+/// or without one (a container restart). It is replaced at once, without waiting for its
+/// grant, and not given a fresh epoch to act on (it would refuse it, and report again).
+#[test]
+fn a_relinquishing_active_is_replaced_at_its_report_without_waiting_for_its_grant() {
+    let mut ctl = steady();
+    ctl.now += Duration::from_millis(5);
+    let report = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    let all = ctl.settle(report);
+    assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
+    let promotions = promoted(&all);
+    assert_eq!(promotions.len(), 1, "{all:?}");
+    assert_eq!(
+        (promotions[0].0.as_str(), promotions[0].2),
+        ("b", PromotionReason::Relinquished)
+    );
+    assert!(
+        !all.iter().any(|a| matches!(a, Action::Write(w)
+            if w.pod == "a" && matches!(w.kind, WriteKind::SetRole { role: Role::Active, .. }))),
+        "the relinquished pod got a fresh epoch: {all:?}"
+    );
+    // The deletionTimestamp that follows changes nothing.
+    ctl.now += Duration::from_millis(5);
+    let ev = ctl.api.modify("a", |p| p.deleting = true).unwrap();
+    let after = ctl.feed(ev);
+    assert!(writes(&after).is_empty(), "{after:?}");
+}
+
+/// Only a pod labeled active can relinquish: a standby (here once active at epoch 2) is told
+/// the active's epoch and reports standby at it all the time, and stays a candidate.
+#[test]
+fn a_standby_reporting_standby_at_the_actives_epoch_stays_eligible() {
+    let mut ctl = steady();
+    let ev = ctl.api.modify("b", |p| p.epoch = Some(2)).unwrap();
+    ctl.feed(ev);
+    let report = ctl.feed(Event::Reported {
+        uid: "b-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    assert!(writes(&report).is_empty(), "{report:?}");
+    ctl.now += LIVE_SPAN;
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let actions = ctl.feed(ev);
+    let all = ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
+}

@@ -171,3 +171,24 @@ fn a_pod_judged_silent_is_eligible_again_once_heard_through_the_heartbeat() {
     let promote = single_write(&ctl.feed(Event::Tick));
     assert!(is_set_role(&promote, "b", Role::Active), "{promote:?}");
 }
+
+/// A standby judged unresponsive while the active answered, then the active leaves the
+/// group: nobody answers any more, so nobody is judged, and the standby's old mark is not
+/// kept either: it is promoted, as it would be without the report timeout.
+#[test]
+fn a_mark_made_while_others_answered_is_dropped_once_nobody_answers() {
+    let mut ctl = steady();
+    for _ in 0..4 {
+        ctl.now += HEARTBEAT;
+        ctl.feed(Event::Heartbeat { heard: Vec::new() });
+        report(&mut ctl, "a", ReportedRole::Active, 3);
+    }
+    ctl.now += LIVE_SPAN;
+    let gone = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(gone);
+    ctl.settle(actions);
+    assert!(ctl.api.actives().is_empty(), "b is still marked");
+    let all = beats(&mut ctl, 4, &[]);
+    let all = ctl.settle(all);
+    assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
+}
