@@ -24,6 +24,8 @@
 mod common;
 #[path = "e2e/controller.rs"]
 mod controller;
+#[path = "e2e/detection.rs"]
+mod detection;
 #[path = "e2e/failover.rs"]
 mod failover;
 #[path = "e2e/history.rs"]
@@ -94,6 +96,14 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!(
         "application_stops_when_grants_stop",
         lease::application_stops_when_grants_stop
+    ),
+    scenario!(
+        "hung_active_app_replaced",
+        detection::hung_active_is_replaced
+    ),
+    scenario!(
+        "partitioned_active_app_replaced",
+        detection::partitioned_active_is_replaced
     ),
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("label_history_no_double_active", history::no_double_active),
