@@ -83,20 +83,27 @@ pub(crate) async fn force_delete(tb: &Testbed) -> Result<()> {
 /// Graceful delete of the active pod: the failover happens at the deletionTimestamp,
 /// while the old pod still runs out its grace period, not when it is finally gone.
 pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
-    const PROMOTED_AT_TERMINATING: [(&str, &str); 1] = [("reason", "terminating")];
+    // The app relinquishes its role on SIGTERM; the controller learns of the delete from that
+    // report or from the deletionTimestamp, whichever comes first.
+    const REASONS: [&str; 2] = ["terminating", "relinquished"];
     let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
-    let before = tb
-        .controller_metric(&ctrl, PROMOTIONS, &PROMOTED_AT_TERMINATING)
-        .await?;
+    let promotions = async |ctrl| -> Result<f64> {
+        let mut sum = 0.0;
+        for reason in REASONS {
+            sum += tb
+                .controller_metric(ctrl, PROMOTIONS, &[("reason", reason)])
+                .await?;
+        }
+        Ok(sum)
+    };
+    let before = promotions(&ctrl).await?;
     let f = failover_acked(tb, Trigger::GracefulDelete).await?;
-    // The controller promoted because of the deletionTimestamp, not the DELETED event.
-    let after = tb
-        .controller_metric(&ctrl, PROMOTIONS, &PROMOTED_AT_TERMINATING)
-        .await?;
+    // The controller promoted at the start of the deletion, not at the DELETED event.
+    let after = promotions(&ctrl).await?;
     ensure!(
         after > before,
-        "the acting controller counted no promotion for a terminating active \
-         ({PROMOTIONS}{{reason=\"terminating\"}} stayed at {before})"
+        "the acting controller counted no promotion for a terminating or relinquishing \
+         active ({PROMOTIONS}{{reason=\"terminating\"|\"relinquished\"}} stayed at {before})"
     );
     // Promotion happened before the old pod's final deletion event.
     let records = tb.history.pod_records();
