@@ -549,6 +549,10 @@ impl Receiver {
     }
 
     async fn relinquish(&mut self) {
+        // Logged here, before the caller learns it is done: a process that exits right
+        // after may never run its other tasks (change subscribers) again.
+        tracing::info!(epoch = self.lease.epoch(), controller = ?self.orders_from,
+            "role relinquished: standing by for good");
         self.relinquished = true;
         self.lease.relinquish();
         let current = self.state.borrow().clone();

@@ -22,9 +22,10 @@ pub(super) struct PodEntry {
     /// Its agent stopped reporting while others of the group did (`Grants::silent`); cleared
     /// by its next report.
     pub(super) unresponsive: bool,
-    /// The label epoch at which its agent relinquished the active role (a standby report at
-    /// that epoch while labeled active): that process acts no more, whatever it is told. A
-    /// new epoch, or a new agent process reporting, ends it.
+    /// The label epoch at which its agent relinquished the active role (while labeled
+    /// active, a standby report at the epoch of the grant this replica sent it, with no order
+    /// since): that process acts no more, whatever it is told. A new epoch, or a new agent
+    /// process reporting, ends it.
     pub(super) relinquished_at: Option<u64>,
 }
 

@@ -259,19 +259,23 @@ impl GroupState {
 
     /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
     fn reported(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64, now: Instant) {
+        // Standby at the very epoch this replica granted it, and told it nothing since: no
+        // order says that, so its agent gave the role up (its process is shutting down). A
+        // standby report at any other epoch may answer an order (a second active is told the
+        // kept active's epoch, a demotion comes with a fresh one).
+        let gave_up_grant = role == Some(ReportedRole::Standby)
+            && self.grants.told.get(uid) == Some(&(Role::Active, epoch));
         self.grants.report(uid, role, epoch, now);
         let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
             match role {
-                // Standby at (or past) the epoch it is labeled active with: no order of the
-                // controller says that (a demotion comes with a fresh epoch); its agent
-                // gave the role up, its process is shutting down.
                 Some(ReportedRole::Standby)
-                    if entry.role(config) == Role::Active
-                        && entry.view.epoch.is_some_and(|own| epoch >= own) =>
+                    if gave_up_grant
+                        && entry.role(config) == Role::Active
+                        && entry.view.epoch == Some(epoch) =>
                 {
-                    entry.relinquished_at = entry.view.epoch;
+                    entry.relinquished_at = Some(epoch);
                 }
                 // Another process of the pod's agent: it has not given anything up.
                 None | Some(ReportedRole::Active) => entry.relinquished_at = None,

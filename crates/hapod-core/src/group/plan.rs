@@ -257,6 +257,17 @@ impl GroupState {
             if !entry.writable(now) {
                 return false;
             }
+            // Its agent stood down at an epoch of a later term than this one (an edited
+            // annotation: `report_future_epochs`): it refuses every epoch this term can give,
+            // so a fresh one would only be followed by another, a write loop.
+            let beyond_term = self
+                .grants
+                .reported
+                .get(&entry.view.uid)
+                .is_some_and(|(_, reported)| epoch::term_of(*reported) > term);
+            if beyond_term {
+                return false;
+            }
             if self.waits_for_grants(&entry.view.uid, now, out) {
                 return true;
             }

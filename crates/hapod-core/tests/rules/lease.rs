@@ -327,3 +327,56 @@ fn a_standby_reporting_standby_at_the_actives_epoch_stays_eligible() {
     let all = ctl.settle(actions);
     assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
 }
+
+/// A standby report at or above a pod's label epoch is not by itself a relinquish: a second
+/// active (here back in the group, labeled active with an older epoch) is told to stand by at
+/// the kept active's epoch and says so. It stays a candidate once demoted.
+#[test]
+fn a_second_active_told_to_stand_by_has_not_relinquished() {
+    let (mut ctl, first) = Ctl::acting_with(
+        leased(),
+        [active(pod("a", 1), Some(3)), active(pod("c", 2), Some(2))],
+    );
+    ctl.feed(Event::Reported {
+        uid: "c-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["a"]);
+    ctl.now += PREDECESSOR_WINDOW + LIVE_SPAN;
+    let gone = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(gone);
+    ctl.settle(actions);
+    ctl.now += LIVE_SPAN;
+    let actions = ctl.feed(Event::Tick);
+    let all = ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["c"], "{all:?}");
+}
+
+/// The kept active's agent stood down at an epoch of a far later term (an edited annotation
+/// it was told): every epoch this term can give is older, so no fresh one is written (it was
+/// a write loop: each fresh epoch stood down too).
+#[test]
+fn an_agent_standing_down_beyond_the_term_gets_no_endless_fresh_epochs() {
+    let mut ctl = steady();
+    let report = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: epoch::compose(100, 1),
+    });
+    let all = ctl.settle(report);
+    let adopts = writes(&all)
+        .iter()
+        .filter(|w| {
+            matches!(
+                w.kind,
+                WriteKind::SetRole {
+                    purpose: Purpose::Adopt,
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(adopts <= 1, "{adopts} fresh epochs: {all:?}");
+}

@@ -146,7 +146,7 @@ pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
     // down and told the controller, rather than leaving it to wait out the grant.
     let old_log = Testbed::container_log(&f.old, APP_CONTAINER)?;
     ensure!(
-        old_log.contains("Relinquished"),
+        old_log.contains("role relinquished"),
         "the old active's app never relinquished its role; its log ends:\n{}",
         old_log
             .lines()
