@@ -83,6 +83,11 @@ impl LeaseHolder {
         self.epoch
     }
 
+    /// [`LeaseHolder::relinquish`] was called.
+    pub fn relinquished(&self) -> bool {
+        self.relinquished
+    }
+
     /// The role the application may act in at `now`: active only under a live grant.
     pub fn role(&self, now: Instant) -> Option<Role> {
         match self.ordered {

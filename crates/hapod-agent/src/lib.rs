@@ -337,7 +337,6 @@ impl Agent {
             drop_log: DropLog::default(),
             relinquish_requests,
             orders_from: None,
-            relinquished: false,
         };
         let task = tokio::spawn(receiver.run());
         tracing::info!(%local_addr, epoch_floor, "hapod agent listening");
@@ -399,8 +398,6 @@ struct Receiver {
     relinquish_requests: mpsc::Receiver<oneshot::Sender<()>>,
     /// Where the last authentic order came from: the acting controller's order socket.
     orders_from: Option<SocketAddr>,
-    /// [`Agent::relinquish`] was called: nothing makes this agent active again.
-    relinquished: bool,
 }
 
 impl Receiver {
@@ -456,7 +453,7 @@ impl Receiver {
                 Verdict::Legacy => {
                     AtomicCounters::bump(&self.counters.legacy_accepted);
                     let current = self.state.borrow().clone();
-                    if current.role != Some(Role::Active) && !self.relinquished {
+                    if current.role != Some(Role::Active) && !self.lease.relinquished() {
                         self.publish(RoleState {
                             role: Some(Role::Active),
                             message_id: 0,
@@ -541,7 +538,7 @@ impl Receiver {
 
     /// The role a notification may set: never active again once relinquished.
     fn allowed(&self, role: Role) -> Role {
-        if self.relinquished {
+        if self.lease.relinquished() {
             Role::Standby
         } else {
             role
@@ -553,7 +550,6 @@ impl Receiver {
         // after may never run its other tasks (change subscribers) again.
         tracing::info!(epoch = self.lease.epoch(), controller = ?self.orders_from,
             "role relinquished: standing by for good");
-        self.relinquished = true;
         self.lease.relinquish();
         let current = self.state.borrow().clone();
         if matches!(current.source, Source::Notification | Source::Legacy) {
