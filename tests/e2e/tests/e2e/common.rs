@@ -143,3 +143,18 @@ pub(crate) async fn failover_acked(tb: &Testbed, trigger: Trigger) -> Result<tes
     .await?;
     Ok(f)
 }
+
+/// The acting controller's promotions for any of `reasons`.
+pub(crate) async fn promotions(
+    tb: &Testbed,
+    ctrl: &k8s_openapi::api::core::v1::Pod,
+    reasons: &[&str],
+) -> Result<f64> {
+    let mut sum = 0.0;
+    for reason in reasons {
+        sum += tb
+            .controller_metric(ctrl, PROMOTIONS, &[("reason", reason)])
+            .await?;
+    }
+    Ok(sum)
+}

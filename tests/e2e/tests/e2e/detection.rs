@@ -14,7 +14,7 @@ use hapod_testkit::testbed::{
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::common::{PROMOTIONS, WAIT};
+use crate::common::{PROMOTIONS, WAIT, promotions};
 
 /// Every process of the active app pod is stopped (SIGSTOP): its agent stops reporting while
 /// the standby's still answers, so the controller replaces it (reason `unresponsive`) once
@@ -138,17 +138,6 @@ async fn unresponsive_active_is_replaced(
         (first_new - last_old) as f64 / 1e6,
     );
     Ok(())
-}
-
-/// The acting controller's promotions for any of `reasons`.
-async fn promotions(tb: &Testbed, ctrl: &Pod, reasons: &[&str]) -> Result<f64> {
-    let mut sum = 0.0;
-    for reason in reasons {
-        sum += tb
-            .controller_metric(ctrl, PROMOTIONS, &[("reason", reason)])
-            .await?;
-    }
-    Ok(sum)
 }
 
 /// The old pod's last step and the first step of another pod of its group after `since`;

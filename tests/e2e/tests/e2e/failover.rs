@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
-use crate::common::{PROMOTIONS, WAIT, check_failover, failover_acked};
+use crate::common::{PROMOTIONS, WAIT, check_failover, failover_acked, promotions};
 
 /// Both pods of the ReplicaSet come up, exactly one is active, the Service's
 /// EndpointSlice lists only it, and the demo app applied its notification.
@@ -87,19 +87,10 @@ pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
     // report or from the deletionTimestamp, whichever comes first.
     const REASONS: [&str; 2] = ["terminating", "relinquished"];
     let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
-    let promotions = async |ctrl| -> Result<f64> {
-        let mut sum = 0.0;
-        for reason in REASONS {
-            sum += tb
-                .controller_metric(ctrl, PROMOTIONS, &[("reason", reason)])
-                .await?;
-        }
-        Ok(sum)
-    };
-    let before = promotions(&ctrl).await?;
+    let before = promotions(tb, &ctrl, &REASONS).await?;
     let f = failover_acked(tb, Trigger::GracefulDelete).await?;
     // The controller promoted at the start of the deletion, not at the DELETED event.
-    let after = promotions(&ctrl).await?;
+    let after = promotions(tb, &ctrl, &REASONS).await?;
     ensure!(
         after > before,
         "the acting controller counted no promotion for a terminating or relinquishing \
