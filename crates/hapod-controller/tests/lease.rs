@@ -199,7 +199,9 @@ async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
         tx,
         running,
     } = leased(None).await;
-    // Active with an epoch already: nothing to write, so the mock API stays silent.
+    // Active with an epoch already, and its agent agrees: nothing to write, so the mock API
+    // stays silent. (A disagreeing report would make the worker write a fresh epoch and wait
+    // on the silent mock, racing the re-list below.)
     let mut b = pod_json("b", "6", "active", "127.0.0.1");
     b["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
     let pods = vec![view(b)];
@@ -211,7 +213,7 @@ async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
     let report = Report {
         message_id: order.message_id,
         epoch: order.epoch,
-        role: Some(AgentRole::Lapsed),
+        role: Some(AgentRole::Active),
         incarnation: 5,
         stamp_nanos: 1,
         grant_remaining_millis: 0,
@@ -225,14 +227,16 @@ async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
         let labels = AgentLabels {
             group: "ns/hapod".into(),
             pod: "b".into(),
-            role: "lapsed".into(),
+            role: "active".into(),
         };
         metrics.agent_roles.get(&labels).map(|gauge| gauge.get())
     };
     let until = Instant::now() + Duration::from_secs(5);
+    // Polled finely, so the re-list lands before the next heartbeat: the only order b got
+    // was the one at the leadership change, not at a heartbeat.
     while series().is_none() {
         assert!(Instant::now() < until, "the report was not counted");
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 
     // Missing from a re-list: no longer ordered, so its series goes at the next heartbeat.
