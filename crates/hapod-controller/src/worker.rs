@@ -71,8 +71,9 @@ pub struct Worker {
     /// This worker's own input, for the agents' reports (application lease).
     reports_to: Option<WeakUnboundedSender<Input>>,
     next_heartbeat: Option<Instant>,
-    /// Pods (UIDs) ordered at the last heartbeat: one no longer ordered at the next (gone,
-    /// its grant over, or this replica no longer acting) loses its report route and series.
+    /// Pods (UIDs) ordered since the last heartbeat began: one no longer ordered at the next
+    /// (gone, its grant over, or this replica no longer acting) loses its report route and
+    /// series.
     ordered: BTreeSet<String>,
 }
 
@@ -165,6 +166,10 @@ impl Worker {
         let actions = decide(&mut self.state, event, received.into_std());
         if heartbeat {
             self.forget_unordered(&actions);
+        } else {
+            // Orders between heartbeats (a leadership change, a promotion) set up routes
+            // too: the next heartbeat must see them to drop those it no longer orders.
+            self.ordered.extend(ordered_uids(&actions));
         }
         let decided = Instant::now();
         for action in actions {
@@ -305,8 +310,6 @@ impl Worker {
         }
     }
 
-    /// Sends an order of the application lease, only while leading: the grant it may carry
-    /// was counted by the core under this leadership.
     /// When each pod's agent was last heard, from the order channel's book: the channel
     /// forwards only reports that say something new, so a steady agent is heard here.
     fn heard(&self) -> Vec<(String, std::time::Instant)> {
@@ -316,24 +319,21 @@ impl Worker {
         orders.heard(self.state.pods().map(|pod| pod.uid.as_str()))
     }
 
-    /// Drops the report routes of pods ordered at the previous heartbeat but not at this one.
+    /// Drops the report routes of pods ordered since the previous heartbeat but not at this
+    /// one.
     fn forget_unordered(&mut self, actions: &[Action]) {
         let Some((orders, _)) = &self.shared.orders else {
             return;
         };
-        let ordered: BTreeSet<String> = actions
-            .iter()
-            .filter_map(|action| match action {
-                Action::Order(order) => Some(order.uid.clone()),
-                _ => None,
-            })
-            .collect();
+        let ordered: BTreeSet<String> = ordered_uids(actions).collect();
         for uid in self.ordered.difference(&ordered) {
             orders.forget(uid);
         }
         self.ordered = ordered;
     }
 
+    /// Sends an order of the application lease, only while leading: the grant it may carry
+    /// was counted by the core under this leadership.
     async fn order(&self, order: RoleOrder) {
         let (Some((orders, _)), Some(reports_to)) = (&self.shared.orders, &self.reports_to) else {
             return;
@@ -472,4 +472,12 @@ impl Worker {
             }
         }
     }
+}
+
+/// The pods (UIDs) that `actions` order.
+fn ordered_uids(actions: &[Action]) -> impl Iterator<Item = String> + '_ {
+    actions.iter().filter_map(|action| match action {
+        Action::Order(order) => Some(order.uid.clone()),
+        _ => None,
+    })
 }
