@@ -380,3 +380,56 @@ fn an_agent_standing_down_beyond_the_term_gets_no_endless_fresh_epochs() {
         .count();
     assert!(adopts <= 1, "{adopts} fresh epochs: {all:?}");
 }
+
+/// An unready active is told to stand by at its own epoch while a successor stands ready
+/// (its demotion is in flight); the successor turns unready too, so the old active is kept
+/// again, told active at that epoch before its agent's answer is fed. That answer, standby at
+/// the epoch, answers this replica's own standby order: it is no relinquish. The pod stays a
+/// candidate, and once Ready again it is the active, with a fresh epoch its agent takes.
+/// Found by the chaos run: the pod was marked relinquished for good and its group had no
+/// active at all.
+#[test]
+fn an_active_told_to_stand_by_then_kept_again_has_not_relinquished() {
+    let mut ctl = steady();
+    ctl.now += Duration::from_millis(5);
+    let ev = ctl.api.modify("a", |p| p.ready = false).unwrap();
+    let demote = single_write(&ctl.feed(ev));
+    assert!(is_set_role(&demote, "a", Role::Standby), "{demote:?}");
+    // b could take over: a is not kept, and the heartbeat tells it to stand by at 3.
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
+    let to_a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
+    assert_eq!((to_a.role, to_a.epoch), (Role::Standby, 3), "{beat:?}");
+    // b turns unready while the demotion is in flight: a is kept again.
+    ctl.now += Duration::from_millis(5);
+    let ev = ctl.api.modify("b", |p| p.ready = false).unwrap();
+    ctl.feed(ev);
+    // The next heartbeat runs before a's report, still queued, is fed; the order channel's
+    // book has heard it already.
+    ctl.now += Duration::from_millis(1);
+    let heard = vec![("a-uid".to_string(), ctl.now)];
+    ctl.now += Duration::from_millis(1);
+    ctl.feed(Event::Heartbeat { heard });
+    // a's agent answered the standby order: standby at 3.
+    let report = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    let (demoted, echo) = ctl.answer(&demote);
+    let mut all = report;
+    all.extend(demoted);
+    all.extend(echo.map(|echo| ctl.feed(echo)).unwrap_or_default());
+    ctl.settle(all);
+    ctl.now += LIVE_SPAN;
+    let ev = ctl.api.modify("a", |p| p.ready = true).unwrap();
+    let actions = ctl.feed(ev);
+    let mut all = ctl.settle(actions);
+    let tick = ctl.feed(Event::Tick);
+    all.extend(ctl.settle(tick));
+    assert_eq!(ctl.api.actives(), ["a"], "{all:?}");
+    let a = ctl.api.pods.get("a").unwrap();
+    assert!(
+        a.epoch > Some(3),
+        "a has no epoch its agent takes: {a:?}\n{all:?}"
+    );
+}
