@@ -152,9 +152,15 @@ impl Grants {
     /// already may be granted: this replica granted it in this term, or its agent reported
     /// acting at that epoch (at most one pod acts at a time, so it is the one the
     /// predecessor granted). Any other pod waits until the predecessor's grants are over.
-    /// And a pod granted since its agent last reported waits for the next report.
+    /// And a pod granted since its agent last reported waits for the next report. A pod told
+    /// to stand by at `epoch` or later is not granted at `epoch`: its agent cannot take it
+    /// (within an epoch an agent only moves toward standby), and its standby answer must not
+    /// read as a relinquish of that grant.
     pub(super) fn may_grant(&self, uid: &str, epoch: u64, now: Instant) -> bool {
         if self.others_live(uid, now).is_some() || self.awaiting_report.contains_key(uid) {
+            return false;
+        }
+        if matches!(self.told.get(uid), Some((Role::Standby, told)) if *told >= epoch) {
             return false;
         }
         self.inherited(now).is_none()
