@@ -562,6 +562,20 @@ impl System {
         }
     }
 
+    /// One heartbeat's orders reach their agents and every report reaches the controller.
+    fn deliver_everything(&mut self) {
+        if !self.lease {
+            return;
+        }
+        self.step_event(Event::Heartbeat { heard: Vec::new() });
+        while !self.orders.is_empty() {
+            self.apply(Step::DeliverOrder(0, false));
+        }
+        while !self.reports.is_empty() {
+            self.apply(Step::DeliverReport(0));
+        }
+    }
+
     /// Lets everything pending happen, with time passing, until nothing changes.
     fn settle(&mut self) {
         if !self.acting {
@@ -658,6 +672,10 @@ impl System {
 
     fn teardown(self) {
         let mut state = self;
+        state.settle();
+        // Liveness assumes messages get through in the end: a restarted agent that was
+        // never heard cannot be known to have come back.
+        state.deliver_everything();
         state.settle();
         let config = Config::default();
         let pods = state.api.snapshot();
