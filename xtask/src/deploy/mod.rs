@@ -2,7 +2,8 @@
 //!
 //! `deploy check` renders the kustomize base and overlay (`kubectl kustomize`) and the Helm
 //! chart (`helm template`, several value sets), checks the invariants the manifests promise
-//! (security contexts, probes, labels, the Service's port, the notify key wiring), checks that
+//! (security contexts, probes, labels, the Service's port, the notify key wiring, the
+//! NetworkPolicies), checks that
 //! the chart renders the same objects (kind/namespace/name, RBAC rules, selectors, containers)
 //! as kustomize, then validates every render against a real kube-apiserver
 //! (`kubectl apply --dry-run=server`) and proves the controller's RBAC with its own
@@ -14,6 +15,7 @@
 
 mod binaries;
 mod invariants;
+mod netpol;
 mod parity;
 mod problems;
 mod rbac;

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
 use hapod_testkit::helm;
-use hapod_testkit::testbed::CONTROLLER_NAMESPACE;
+use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAMESPACE};
 
 const RELEASE: &str = "hapod";
 
@@ -44,6 +44,17 @@ impl Render {
                     && str_at(o, "/metadata/name") == name
             })
             .with_context(|| format!("{}: no {kind} {namespace}/{name}", self.label))
+    }
+
+    /// The sample app's workload (ReplicaSet or Deployment).
+    pub(crate) fn app_workload(&self) -> Result<&Value> {
+        self.objects
+            .iter()
+            .find(|o| {
+                str_at(o, "/metadata/namespace") == APP_NAMESPACE
+                    && o.pointer("/spec/template").is_some()
+            })
+            .with_context(|| format!("{}: no sample app workload", self.label))
     }
 }
 
@@ -225,11 +236,12 @@ pub(crate) fn render_all() -> Result<Renders> {
     )?;
     let helm_minimal = helm_template(
         &helm,
-        "no sample app, no key, no application lease",
+        "no sample app, no key, no application lease, no NetworkPolicy",
         &[
             "sampleApp.enabled=false",
             "notifyKey.enabled=false",
             "controller.applicationLeaseMs=0",
+            "networkPolicy.enabled=false",
         ],
     )?;
     let lint = Command::new(&helm)
