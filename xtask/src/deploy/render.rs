@@ -254,6 +254,7 @@ pub(crate) fn render_all() -> Result<Renders> {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+    schema_refuses(&helm)?;
     Ok(Renders {
         base,
         overlay,
@@ -264,6 +265,39 @@ pub(crate) fn render_all() -> Result<Renders> {
         helm_minimal,
         helm_real_cluster,
     })
+}
+
+/// Values `values.schema.json` must refuse: a wrong type, a misspelt key, a value outside its
+/// enum, a port out of range.
+const REFUSED_SETS: &[&str] = &[
+    "controller.replicas=two",
+    "controller.replica=2",
+    "controller.logFormat=xml",
+    "sampleApp.httpPort=70000",
+];
+
+/// `helm template` refuses each of `REFUSED_SETS` with a schema error: the schema is wired.
+fn schema_refuses(helm: &Path) -> Result<()> {
+    let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
+    for set in REFUSED_SETS {
+        let out = Command::new(helm)
+            .args(["template", RELEASE])
+            .arg(&chart)
+            .args(["--set", set])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("schema"),
+            "helm template --set {set} was not refused by values.schema.json ({}):\n{stderr}",
+            out.status
+        );
+    }
+    eprintln!(
+        "xtask deploy: values.schema.json refuses {} bad value sets",
+        REFUSED_SETS.len()
+    );
+    Ok(())
 }
 
 pub(crate) fn to_yaml_stream(objects: &[&Value]) -> Result<String> {
