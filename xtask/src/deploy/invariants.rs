@@ -12,6 +12,7 @@ use hapod_testkit::testbed::{
 };
 
 use super::netpol::network_policies;
+use super::observability::monitoring;
 use super::parity::parity;
 use super::problems::Problems;
 use super::render::{ALL_FLAGS_SETS, Render, Renders, object_id, str_at};
@@ -50,6 +51,7 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
     p.wrap("base", writable_tmp(&r.base, false));
     p.wrap("helm every flag", all_flags_rendered(&r.helm_all_flags));
     p.wrap("helm minimal", minimal_render(&r.helm_minimal));
+    p.wrap("helm monitoring", monitoring(&r.helm_monitoring));
     p.finish("offline checks")
 }
 

@@ -7,6 +7,8 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use super::observability::MONITORING_SETS;
+
 use hapod_testkit::helm;
 use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAMESPACE};
 
@@ -113,7 +115,7 @@ fn kustomize(dir: &str) -> Result<Render> {
     Render::new(format!("kustomize {dir}"), yaml)
 }
 
-fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
+pub(crate) fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
     let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
     let mut cmd = Command::new(helm);
     cmd.args(["template", RELEASE])
@@ -136,6 +138,9 @@ pub(crate) struct Renders {
     pub(crate) helm_all_flags: Render,
     pub(crate) helm_minimal: Render,
     pub(crate) helm_real_cluster: Render,
+    /// PodMonitor and PrometheusRule on: checked offline only (the control plane has no
+    /// Prometheus Operator CRDs).
+    pub(crate) helm_monitoring: Render,
 }
 
 impl Renders {
@@ -244,6 +249,7 @@ pub(crate) fn render_all() -> Result<Renders> {
             "networkPolicy.enabled=false",
         ],
     )?;
+    let helm_monitoring = helm_template(&helm, "monitoring", MONITORING_SETS)?;
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])
         .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
@@ -264,6 +270,7 @@ pub(crate) fn render_all() -> Result<Renders> {
         helm_all_flags,
         helm_minimal,
         helm_real_cluster,
+        helm_monitoring,
     })
 }
 
