@@ -11,6 +11,8 @@ use hapod_testkit::testbed::{
     CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, GROUP_LABEL, NOTIFY_SECRET, ROLE_LABEL, STANDBY,
 };
 
+use super::netpol::network_policies;
+use super::observability::monitoring;
 use super::parity::parity;
 use super::problems::Problems;
 use super::render::{ALL_FLAGS_SETS, Render, Renders, object_id, str_at};
@@ -31,7 +33,9 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
         for e in inner.0 {
             p.0.push(format!("{}: {e}", render.label));
         }
+        network_policies(&mut p, render);
     }
+    network_policies(&mut p, &r.helm_all_flags);
     for render in r.all() {
         for e in pod_security_problems(render) {
             p.0.push(format!("{}: {e}", render.label));
@@ -47,6 +51,7 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
     p.wrap("base", writable_tmp(&r.base, false));
     p.wrap("helm every flag", all_flags_rendered(&r.helm_all_flags));
     p.wrap("helm minimal", minimal_render(&r.helm_minimal));
+    p.wrap("helm monitoring", monitoring(&r.helm_monitoring));
     p.finish("offline checks")
 }
 
@@ -479,15 +484,10 @@ fn has_port(c: &Value, port: i64, protocol: &str) -> bool {
 /// Whether every sample app container has its own emptyDir on /tmp (`want`), or none has
 /// (the process node of the tests provides a private /tmp and a volume there would hide it).
 fn writable_tmp(r: &Render, want: bool) -> Result<()> {
-    let app = r
-        .objects
-        .iter()
-        .find(|o| {
-            str_at(o, "/metadata/namespace") == APP_NAMESPACE
-                && o.pointer("/spec/template").is_some()
-        })
-        .context("no sample app workload")?;
-    let pod = app.pointer("/spec/template").context("no pod template")?;
+    let pod = r
+        .app_workload()?
+        .pointer("/spec/template")
+        .context("no pod template")?;
     for c in pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -589,8 +589,12 @@ fn all_flags_rendered(r: &Render) -> Result<()> {
 fn minimal_render(r: &Render) -> Result<()> {
     let kinds: BTreeSet<&str> = r.objects.iter().map(|o| str_at(o, "/kind")).collect();
     ensure!(
-        !kinds.contains("Secret") && !kinds.contains("ReplicaSet") && !kinds.contains("Service"),
-        "sampleApp.enabled=false / notifyKey.enabled=false still renders {kinds:?}"
+        !kinds.contains("Secret")
+            && !kinds.contains("ReplicaSet")
+            && !kinds.contains("Service")
+            && !kinds.contains("NetworkPolicy"),
+        "sampleApp.enabled=false / notifyKey.enabled=false / networkPolicy.enabled=false still \
+         renders {kinds:?}"
     );
     let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
     let pod = dep.pointer("/spec/template").context("no pod template")?;

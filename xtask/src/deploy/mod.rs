@@ -2,18 +2,23 @@
 //!
 //! `deploy check` renders the kustomize base and overlay (`kubectl kustomize`) and the Helm
 //! chart (`helm template`, several value sets), checks the invariants the manifests promise
-//! (security contexts, probes, labels, the Service's port, the notify key wiring), checks that
+//! (security contexts, probes, labels, the Service's port, the notify key wiring, the
+//! NetworkPolicies), checks that
 //! the chart renders the same objects (kind/namespace/name, RBAC rules, selectors, containers)
 //! as kustomize, then validates every render against a real kube-apiserver
 //! (`kubectl apply --dry-run=server`) and proves the controller's RBAC with its own
 //! ServiceAccount token (`kubectl auth can-i`: every verb it needs, and none of a list of
 //! verbs it must not have). Any mismatch fails the command.
 //!
+//! `deploy rules` prints `deploy/observability/prometheus-rules.yaml` from the chart.
+//!
 //! `deploy rbac-check --kubeconfig K` runs only the RBAC proof against a cluster where the
 //! controller's RBAC is installed (the end-to-end tests use it after `kubectl apply -k`).
 
 mod binaries;
 mod invariants;
+mod netpol;
+mod observability;
 mod parity;
 mod problems;
 mod rbac;
@@ -75,6 +80,9 @@ enum DeployCmd {
     },
     /// Print the path of the cached helm binary, building it first if needed.
     Helm,
+    /// Print deploy/observability/prometheus-rules.yaml as the chart renders it (its
+    /// PrometheusRule at the default thresholds).
+    Rules,
 }
 
 impl Cli {
@@ -104,6 +112,15 @@ fn run(cmd: DeployCmd) -> Result<()> {
         ),
         DeployCmd::Helm => {
             println!("{}", helm::ensure_helm()?.display());
+            Ok(())
+        }
+        DeployCmd::Rules => {
+            let render = render::helm_template(
+                &helm::ensure_helm()?,
+                "monitoring",
+                observability::MONITORING_SETS,
+            )?;
+            print!("{}", observability::rules_file(&render)?);
             Ok(())
         }
     }

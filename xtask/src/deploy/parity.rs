@@ -41,6 +41,9 @@ pub(crate) fn parity(p: &mut Problems, kz: &Render, hm: &Render) {
             "/spec/template/spec/securityContext",
             "/spec/template/spec/affinity",
             "/metadata/labels/pod-security.kubernetes.io~1enforce",
+            "/spec/podSelector",
+            "/spec/policyTypes",
+            "/spec/ingress",
         ] {
             p.expect_same(&format!("{what} {ptr}"), h.pointer(ptr), o.pointer(ptr));
         }

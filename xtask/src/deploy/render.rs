@@ -7,8 +7,10 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use super::observability::MONITORING_SETS;
+
 use hapod_testkit::helm;
-use hapod_testkit::testbed::CONTROLLER_NAMESPACE;
+use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAMESPACE};
 
 const RELEASE: &str = "hapod";
 
@@ -44,6 +46,17 @@ impl Render {
                     && str_at(o, "/metadata/name") == name
             })
             .with_context(|| format!("{}: no {kind} {namespace}/{name}", self.label))
+    }
+
+    /// The sample app's workload (ReplicaSet or Deployment).
+    pub(crate) fn app_workload(&self) -> Result<&Value> {
+        self.objects
+            .iter()
+            .find(|o| {
+                str_at(o, "/metadata/namespace") == APP_NAMESPACE
+                    && o.pointer("/spec/template").is_some()
+            })
+            .with_context(|| format!("{}: no sample app workload", self.label))
     }
 }
 
@@ -102,7 +115,7 @@ fn kustomize(dir: &str) -> Result<Render> {
     Render::new(format!("kustomize {dir}"), yaml)
 }
 
-fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
+pub(crate) fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
     let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
     let mut cmd = Command::new(helm);
     cmd.args(["template", RELEASE])
@@ -125,6 +138,9 @@ pub(crate) struct Renders {
     pub(crate) helm_all_flags: Render,
     pub(crate) helm_minimal: Render,
     pub(crate) helm_real_cluster: Render,
+    /// PodMonitor and PrometheusRule on: checked offline only (the control plane has no
+    /// Prometheus Operator CRDs).
+    pub(crate) helm_monitoring: Render,
 }
 
 impl Renders {
@@ -225,13 +241,15 @@ pub(crate) fn render_all() -> Result<Renders> {
     )?;
     let helm_minimal = helm_template(
         &helm,
-        "no sample app, no key, no application lease",
+        "no sample app, no key, no application lease, no NetworkPolicy",
         &[
             "sampleApp.enabled=false",
             "notifyKey.enabled=false",
             "controller.applicationLeaseMs=0",
+            "networkPolicy.enabled=false",
         ],
     )?;
+    let helm_monitoring = helm_template(&helm, "monitoring", MONITORING_SETS)?;
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])
         .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
@@ -242,6 +260,7 @@ pub(crate) fn render_all() -> Result<Renders> {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+    schema_refuses(&helm)?;
     Ok(Renders {
         base,
         overlay,
@@ -251,7 +270,41 @@ pub(crate) fn render_all() -> Result<Renders> {
         helm_all_flags,
         helm_minimal,
         helm_real_cluster,
+        helm_monitoring,
     })
+}
+
+/// Values `values.schema.json` must refuse: a wrong type, a misspelt key, a value outside its
+/// enum, a port out of range.
+const REFUSED_SETS: &[&str] = &[
+    "controller.replicas=two",
+    "controller.replica=2",
+    "controller.logFormat=xml",
+    "sampleApp.httpPort=70000",
+];
+
+/// `helm template` refuses each of `REFUSED_SETS` with a schema error: the schema is wired.
+fn schema_refuses(helm: &Path) -> Result<()> {
+    let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
+    for set in REFUSED_SETS {
+        let out = Command::new(helm)
+            .args(["template", RELEASE])
+            .arg(&chart)
+            .args(["--set", set])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success() && stderr.contains("schema"),
+            "helm template --set {set} was not refused by values.schema.json ({}):\n{stderr}",
+            out.status
+        );
+    }
+    eprintln!(
+        "xtask deploy: values.schema.json refuses {} bad value sets",
+        REFUSED_SETS.len()
+    );
+    Ok(())
 }
 
 pub(crate) fn to_yaml_stream(objects: &[&Value]) -> Result<String> {
