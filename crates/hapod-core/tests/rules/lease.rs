@@ -433,3 +433,37 @@ fn an_active_told_to_stand_by_then_kept_again_has_not_relinquished() {
         "a has no epoch its agent takes: {a:?}\n{all:?}"
     );
 }
+
+/// The active's agent relinquished (its container got SIGTERM), and the container restarted
+/// in place instead of the pod going away (a failed liveness probe). The new agent process
+/// takes the standby order it is sent and reports standby: it gave nothing up, so the pod is
+/// a candidate again and takes over when the active is lost.
+#[test]
+fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
+    let mut ctl = steady();
+    ctl.now += Duration::from_millis(5);
+    let report = ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+    });
+    ctl.settle(report);
+    assert_eq!(ctl.api.actives(), ["b"]);
+    let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
+    let to_a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
+    assert_eq!(to_a.role, Role::Standby);
+    // A new process of a's agent: it applied that order and says so.
+    ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: to_a.epoch,
+    });
+    ctl.now += LIVE_SPAN;
+    let gone = ctl.api.remove("b").unwrap();
+    let actions = ctl.feed(gone);
+    let mut all = ctl.settle(actions);
+    ctl.now += LIVE_SPAN;
+    let tick = ctl.feed(Event::Tick);
+    all.extend(ctl.settle(tick));
+    assert_eq!(ctl.api.actives(), ["a"], "{all:?}");
+}
