@@ -1,7 +1,7 @@
 //! The application lease on the wire (protocol version 2, `docs/fencing.md`): the core's
 //! orders go out as datagrams with the grant echo of [`AgentReports`], and the agents' reports
 //! come back to the worker of the pod's group as [`Event::Reported`] whenever an agent's role
-//! or epoch changed.
+//! or epoch changed, or another process of it reported.
 
 use std::collections::HashMap;
 use std::io;
@@ -19,12 +19,21 @@ use tokio::sync::mpsc::WeakUnboundedSender;
 use crate::metrics::{AgentLabels, Metrics, ReportLabels};
 use crate::worker::Input;
 
+/// What an agent's report says that the core cares about: its role and epoch, and which
+/// process of it spoke (a new one gave nothing up).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Said {
+    role: Option<AgentRole>,
+    epoch: u64,
+    incarnation: u64,
+}
+
 /// Where a pod's reports go, and what its agent last said.
 struct Route {
     worker: WeakUnboundedSender<Input>,
     /// The pod's series of `hapod_agent_role` (its role label is what was said last).
     labels: AgentLabels,
-    said: Option<(Option<AgentRole>, u64)>,
+    said: Option<Said>,
 }
 
 struct Inner {
@@ -181,7 +190,11 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
             }
         };
         let now = Instant::now();
-        let said = (report.role, report.epoch);
+        let said = Said {
+            role: report.role,
+            epoch: report.epoch,
+            incarnation: report.incarnation,
+        };
         let uid = report.pod_uid.clone();
         let newest = inner
             .book
@@ -198,7 +211,7 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
         route.said = Some(said);
         // One series per pod: the role reported last.
         inner.metrics.agent_roles.remove(&route.labels);
-        let role = said.0.map_or("unknown", AgentRole::as_str);
+        let role = said.role.map_or("unknown", AgentRole::as_str);
         route.labels.role = role.to_owned();
         inner
             .metrics
@@ -212,12 +225,13 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
             .inc();
         let event = Event::Reported {
             uid,
-            role: said.0.map(|role| match role {
+            role: said.role.map(|role| match role {
                 AgentRole::Active => ReportedRole::Active,
                 AgentRole::Standby => ReportedRole::Standby,
                 AgentRole::Lapsed => ReportedRole::Lapsed,
             }),
-            epoch: said.1,
+            epoch: said.epoch,
+            incarnation: said.incarnation,
         };
         if let Some(worker) = route.worker.upgrade() {
             let _ = worker.send((event, tokio::time::Instant::from_std(now)));

@@ -332,3 +332,71 @@ async fn a_steady_agent_keeps_its_grants_and_is_not_judged_silent() {
     drop(tx);
     running.await.unwrap();
 }
+
+/// The order channel forwards a report to the group when it says something new: the same
+/// role and epoch again is no event, but said by another process of the agent (a restart
+/// in place) it is, since the core keeps what that process gave up.
+#[tokio::test]
+async fn another_process_of_an_agent_is_reported_even_when_it_says_the_same() {
+    let Leased {
+        metrics,
+        agent,
+        handle: _handle,
+        tx,
+        running,
+    } = leased(None).await;
+    let mut b = pod_json("b", "6", "active", "127.0.0.1");
+    b["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
+    tx.send((
+        Event::Resync {
+            pods: vec![view(b)],
+        },
+        Instant::now(),
+    ))
+    .unwrap();
+    tx.send((Event::Leadership(Some(1)), Instant::now()))
+        .unwrap();
+    let (order, controller) = next_order_for(&agent, "b").await;
+    let forwarded = || {
+        let labels = ReportLabels {
+            role: "active".into(),
+        };
+        metrics
+            .reports
+            .get(&labels)
+            .map_or(0, |counter| counter.get())
+    };
+    let send = |incarnation: u64, stamp_nanos: u64| {
+        let report = Report {
+            message_id: order.message_id,
+            epoch: order.epoch,
+            role: Some(AgentRole::Active),
+            incarnation,
+            stamp_nanos,
+            grant_remaining_millis: 0,
+            pod_uid: "b-uid".into(),
+        };
+        encode_report(&report, None).unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut expected = 0;
+    // Only the first and third say something new; the second repeats the first.
+    for (incarnation, stamp_nanos, new) in [(5, 1, 1), (5, 2, 0), (6, 1, 1)] {
+        agent
+            .send_to(&send(incarnation, stamp_nanos), controller)
+            .await
+            .unwrap();
+        expected += new;
+        while forwarded() < expected {
+            assert!(
+                Instant::now() < until,
+                "incarnation {incarnation} stamp {stamp_nanos} not forwarded"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(forwarded(), 2, "a repeated report was forwarded");
+    drop(tx);
+    running.abort();
+}

@@ -176,6 +176,8 @@ struct Agent {
     granted_until: Option<Instant>,
     /// No order makes it active again.
     relinquished: bool,
+    /// Its process: a restart is another one.
+    incarnation: u64,
 }
 
 impl Agent {
@@ -508,6 +510,7 @@ impl System {
                         uid: order.uid,
                         role,
                         epoch,
+                        incarnation: agent.incarnation,
                     });
                 }
             }
@@ -531,6 +534,7 @@ impl System {
                     agent.ordered = None;
                     agent.granted_until = None;
                     agent.relinquished = false;
+                    agent.incarnation += 1;
                 }
             }
             Step::Relinquish(i) => {
@@ -546,6 +550,7 @@ impl System {
                         uid,
                         role: agent.reported_role(self.now),
                         epoch: agent.epoch,
+                        incarnation: agent.incarnation,
                     };
                     self.reports.push(report);
                 }

@@ -22,11 +22,18 @@ pub(super) struct PodEntry {
     /// Its agent stopped reporting while others of the group did (`Grants::silent`); cleared
     /// by its next report.
     pub(super) unresponsive: bool,
-    /// The label epoch at which its agent relinquished the active role (while labeled
-    /// active, a standby report at the epoch of the grant this replica sent it, with no order
-    /// since): that process acts no more, whatever it is told. A new epoch, or a new agent
-    /// process reporting, ends it.
-    pub(super) relinquished_at: Option<u64>,
+    /// Its agent relinquished the active role (while labeled active, a standby report at the
+    /// epoch of the grant this replica sent it, with no order since): that process acts no
+    /// more, whatever it is told. A new label epoch, or another agent process reporting,
+    /// ends it.
+    pub(super) relinquished: Option<Relinquished>,
+}
+
+/// Which agent process gave the role up, and at which label epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct Relinquished {
+    pub(super) epoch: u64,
+    pub(super) incarnation: u64,
 }
 
 impl PodEntry {
@@ -39,7 +46,7 @@ impl PodEntry {
             stale: false,
             refused_until: None,
             unresponsive: false,
-            relinquished_at: None,
+            relinquished: None,
         }
     }
 
@@ -79,7 +86,8 @@ impl PodEntry {
 
     /// Its agent gave up the role at the epoch the pod is labeled with.
     pub(super) fn relinquished(&self) -> bool {
-        self.relinquished_at.is_some() && self.relinquished_at == self.view.epoch
+        self.relinquished
+            .is_some_and(|r| Some(r.epoch) == self.view.epoch)
     }
 
     /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or

@@ -31,7 +31,7 @@ mod grants;
 mod plan;
 mod types;
 
-use entry::{PodEntry, Tombstone, after_floor, at_least_as_recent};
+use entry::{PodEntry, Relinquished, Tombstone, after_floor, at_least_as_recent};
 use grants::Grants;
 pub use types::{
     Action, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind,
@@ -258,7 +258,14 @@ impl GroupState {
     }
 
     /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
-    fn reported(&mut self, uid: &str, role: Option<ReportedRole>, epoch: u64, now: Instant) {
+    fn reported(
+        &mut self,
+        uid: &str,
+        role: Option<ReportedRole>,
+        epoch: u64,
+        incarnation: u64,
+        now: Instant,
+    ) {
         // Standby at the very epoch this replica granted it, and told it nothing since: no
         // order says that, so its agent gave the role up (its process is shutting down). A
         // standby report at any other epoch may answer an order (a second active is told the
@@ -269,16 +276,20 @@ impl GroupState {
         let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
+            let another_process = entry
+                .relinquished
+                .is_some_and(|r| r.incarnation != incarnation);
             match role {
                 Some(ReportedRole::Standby)
                     if gave_up_grant
                         && entry.role(config) == Role::Active
                         && entry.view.epoch == Some(epoch) =>
                 {
-                    entry.relinquished_at = Some(epoch);
+                    entry.relinquished = Some(Relinquished { epoch, incarnation });
                 }
                 // Another process of the pod's agent: it has not given anything up.
-                None | Some(ReportedRole::Active) => entry.relinquished_at = None,
+                _ if another_process => entry.relinquished = None,
+                None | Some(ReportedRole::Active) => entry.relinquished = None,
                 _ => {}
             }
         }
@@ -569,7 +580,12 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
         Event::Leadership(term) => state.set_leadership(term, now),
         Event::Outcome { op, outcome } => state.outcome(op, outcome, now, &mut out),
         Event::Heartbeat { heard } => state.heartbeat(&heard, now, &mut out),
-        Event::Reported { uid, role, epoch } => state.reported(&uid, role, epoch, now),
+        Event::Reported {
+            uid,
+            role,
+            epoch,
+            incarnation,
+        } => state.reported(&uid, role, epoch, incarnation, now),
     }
     state.settle_doubt();
     state.observe_trigger(now);

@@ -236,9 +236,12 @@ pub enum Event {
     Heartbeat { heard: Vec<(String, Instant)> },
     /// Application lease: a pod's agent reported a role (`None`: it applied no order since
     /// it started) or epoch other than in its previous report.
+    /// `incarnation` names the agent's process (random at each start): another one is a new
+    /// process, which gave nothing up.
     Reported {
         uid: String,
         role: Option<ReportedRole>,
         epoch: u64,
+        incarnation: u64,
     },
 }

@@ -97,6 +97,7 @@ fn a_standby_report_of_the_old_active_lets_the_promotion_go_at_once() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     let promote = single_write(&stood_down);
     assert!(is_set_role(&promote, "b", Role::Active));
@@ -116,6 +117,7 @@ fn a_lapsed_or_older_report_is_no_proof() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Lapsed),
         epoch: 3,
+        incarnation: 1,
     });
     assert!(writes(&lapsed).is_empty(), "{lapsed:?}");
     // Standby, but at an epoch below the grant's.
@@ -123,6 +125,7 @@ fn a_lapsed_or_older_report_is_no_proof() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 2,
+        incarnation: 1,
     });
     assert!(writes(&older).is_empty(), "{older:?}");
 }
@@ -135,6 +138,7 @@ fn a_kept_active_whose_agent_restarted_gets_a_fresh_epoch_then_a_grant() {
         uid: "a-uid".into(),
         role: None,
         epoch: 3,
+        incarnation: 1,
     });
     let adopt = single_write(&actions);
     let WriteKind::SetRole {
@@ -167,6 +171,7 @@ fn a_standby_that_believes_it_is_active_is_told_standby_at_its_own_epoch() {
         uid: "b-uid".into(),
         role: Some(ReportedRole::Active),
         epoch: stray,
+        incarnation: 1,
     });
     let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let b = orders(&beat).into_iter().find(|o| o.pod == "b").unwrap();
@@ -215,6 +220,7 @@ fn after_a_takeover_only_the_pod_already_acting_is_granted_before_the_predecesso
         uid: "a-uid".into(),
         role: Some(ReportedRole::Active),
         epoch: 3,
+        incarnation: 1,
     });
     let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
     let a = orders(&beat).into_iter().find(|o| o.pod == "a").unwrap();
@@ -287,6 +293,7 @@ fn a_relinquishing_active_is_replaced_at_its_report_without_waiting_for_its_gran
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     let all = ctl.settle(report);
     assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
@@ -319,6 +326,7 @@ fn a_standby_reporting_standby_at_the_actives_epoch_stays_eligible() {
         uid: "b-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     assert!(writes(&report).is_empty(), "{report:?}");
     ctl.now += LIVE_SPAN;
@@ -341,6 +349,7 @@ fn a_second_active_told_to_stand_by_has_not_relinquished() {
         uid: "c-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     ctl.settle(first);
     assert_eq!(ctl.api.actives(), ["a"]);
@@ -364,6 +373,7 @@ fn an_agent_standing_down_beyond_the_term_gets_no_endless_fresh_epochs() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: epoch::compose(100, 1),
+        incarnation: 1,
     });
     let all = ctl.settle(report);
     let adopts = writes(&all)
@@ -414,6 +424,7 @@ fn an_active_told_to_stand_by_then_kept_again_has_not_relinquished() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     let (demoted, echo) = ctl.answer(&demote);
     let mut all = report;
@@ -446,6 +457,7 @@ fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: 3,
+        incarnation: 1,
     });
     ctl.settle(report);
     assert_eq!(ctl.api.actives(), ["b"]);
@@ -457,6 +469,7 @@ fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
         uid: "a-uid".into(),
         role: Some(ReportedRole::Standby),
         epoch: to_a.epoch,
+        incarnation: 2,
     });
     ctl.now += LIVE_SPAN;
     let gone = ctl.api.remove("b").unwrap();

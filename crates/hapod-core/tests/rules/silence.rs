@@ -25,6 +25,7 @@ fn report(ctl: &mut Ctl, pod: &str, role: ReportedRole, epoch: u64) -> Vec<Actio
         uid: format!("{pod}-uid"),
         role: Some(role),
         epoch,
+        incarnation: 1,
     })
 }
 
