@@ -39,6 +39,17 @@ fn steady() -> Ctl {
     ctl
 }
 
+/// a's agent relinquishes: standby at the epoch of its grant, unasked, 5 ms on.
+fn relinquish_a(ctl: &mut Ctl) -> Vec<Action> {
+    ctl.now += Duration::from_millis(5);
+    ctl.feed(Event::Reported {
+        uid: "a-uid".into(),
+        role: Some(ReportedRole::Standby),
+        epoch: 3,
+        incarnation: 1,
+    })
+}
+
 fn delete_a(ctl: &mut Ctl) -> Vec<Action> {
     ctl.now += Duration::from_millis(10);
     let gone = ctl.api.remove("a").unwrap();
@@ -288,13 +299,7 @@ fn an_abandoned_promotion_that_landed_is_not_followed_by_another() {
 #[test]
 fn a_relinquishing_active_is_replaced_at_its_report_without_waiting_for_its_grant() {
     let mut ctl = steady();
-    ctl.now += Duration::from_millis(5);
-    let report = ctl.feed(Event::Reported {
-        uid: "a-uid".into(),
-        role: Some(ReportedRole::Standby),
-        epoch: 3,
-        incarnation: 1,
-    });
+    let report = relinquish_a(&mut ctl);
     let all = ctl.settle(report);
     assert_eq!(ctl.api.actives(), ["b"], "{all:?}");
     let promotions = promoted(&all);
@@ -452,13 +457,7 @@ fn an_active_told_to_stand_by_then_kept_again_has_not_relinquished() {
 #[test]
 fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
     let mut ctl = steady();
-    ctl.now += Duration::from_millis(5);
-    let report = ctl.feed(Event::Reported {
-        uid: "a-uid".into(),
-        role: Some(ReportedRole::Standby),
-        epoch: 3,
-        incarnation: 1,
-    });
+    let report = relinquish_a(&mut ctl);
     ctl.settle(report);
     assert_eq!(ctl.api.actives(), ["b"]);
     let beat = ctl.feed(Event::Heartbeat { heard: Vec::new() });
