@@ -45,10 +45,13 @@ pub struct PodRecord {
     pub not_running: Vec<String>,
     /// Containers that restarted at least once (`restartCount` > 0).
     pub restarted: Vec<String>,
+    /// From a (re-)list rather than a watch event, or a deletion a re-list revealed: changes
+    /// of the pod since its record before may have been missed (the watch restarted).
+    pub listed: bool,
 }
 
 impl PodRecord {
-    fn from_pod(p: &Pod, deleted: bool, seen: u64) -> Option<PodRecord> {
+    fn from_pod(p: &Pod, deleted: bool, listed: bool, seen: u64) -> Option<PodRecord> {
         Some(PodRecord {
             rv: p.resource_version()?.parse().ok()?,
             seen_unix_nanos: seen,
@@ -64,6 +67,7 @@ impl PodRecord {
             deleted,
             not_running: not_running_containers(p),
             restarted: restarted_containers(p),
+            listed,
         })
     }
     fn same_state(&self, o: &PodRecord) -> bool {
@@ -147,8 +151,9 @@ impl History {
     }
 
     /// Feeds `api`'s watch events to `on_event` until the stream ends. An error is recorded as
-    /// a restart of the `what` watch, which goes on after 100 ms; so is every list after the
-    /// first (a re-list after the watch lost its place).
+    /// a restart of the `what` watch, which goes on after 100 ms (once per outage: the
+    /// errors while the API server is away, a restart of it, are one restart); so is every
+    /// list after the first (a re-list after the watch lost its place).
     fn spawn_watch<K>(
         &self,
         api: Api<K>,
@@ -166,9 +171,11 @@ impl History {
             };
             let mut stream = watcher(api, watcher::Config::default()).boxed();
             let mut lists = 0;
+            let mut failing = false;
             loop {
                 match stream.try_next().await {
                     Ok(Some(ev)) => {
+                        failing = false;
                         if matches!(ev, watcher::Event::Init) {
                             lists += 1;
                             if lists > 1 {
@@ -179,7 +186,9 @@ impl History {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        restart(format!("error: {e}"));
+                        if !std::mem::replace(&mut failing, true) {
+                            restart(format!("error: {e}"));
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -199,11 +208,11 @@ impl History {
                 if let Some((_, listed)) = g.pod_list.as_mut() {
                     listed.extend(p.uid());
                 }
-                g.push_pod(&p, false, seen);
+                g.push_pod(&p, false, true, seen);
             }
             watcher::Event::InitDone => g.end_pod_list(seen),
-            watcher::Event::Apply(p) => g.push_pod(&p, false, seen),
-            watcher::Event::Delete(p) => g.push_pod(&p, true, seen),
+            watcher::Event::Apply(p) => g.push_pod(&p, false, false, seen),
+            watcher::Event::Delete(p) => g.push_pod(&p, true, false, seen),
         }
     }
 
@@ -399,13 +408,14 @@ impl HistoryInner {
             r.rv = gap_start + 1;
             r.seen_unix_nanos = seen;
             r.deleted = true;
+            r.listed = true;
             self.last.insert(r.uid.clone(), r.clone());
             self.pods.push(r);
         }
     }
 
-    fn push_pod(&mut self, p: &Pod, deleted: bool, seen: u64) {
-        let Some(r) = PodRecord::from_pod(p, deleted, seen) else {
+    fn push_pod(&mut self, p: &Pod, deleted: bool, listed: bool, seen: u64) {
+        let Some(r) = PodRecord::from_pod(p, deleted, listed, seen) else {
             return;
         };
         if let Some(prev) = self.last.get(&r.uid)
@@ -614,7 +624,7 @@ mod tests {
         }
         assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
         let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
-        assert!(a.deleted, "{a:?}");
+        assert!(a.deleted && a.listed, "{a:?}");
         assert!(a.rv > 11 && a.rv <= 15, "{a:?}");
         // A pod that is still listed stays.
         assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
@@ -644,6 +654,7 @@ mod tests {
                     deleted: false,
                     not_running: vec![],
                     restarted: vec![],
+                    listed: false,
                 };
                 for flag in words {
                     match (flag, flag.strip_prefix("group=")) {
