@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::check::Violation;
 use super::faults::{FaultRecord, RECOVERY_BOUND};
+use super::schedule::{CONTROLLER_PREFIX, PLANE_PREFIX};
 use crate::bench::stats::{fmt_ms, summarize};
 use crate::bench::sysinfo::Machine;
 
@@ -47,6 +48,17 @@ impl Outcome {
         m
     }
 
+    /// The faults of the controller replicas and of the control plane (the rest hit groups).
+    fn shared_faults(&self) -> (usize, usize) {
+        let count = |prefix: &str| {
+            self.faults
+                .iter()
+                .filter(|f| f.group.is_none() && f.kind.starts_with(prefix))
+                .count()
+        };
+        (count(CONTROLLER_PREFIX), count(PLANE_PREFIX))
+    }
+
     /// One paragraph for the terminal.
     pub fn summary(&self) -> String {
         let all: Vec<f64> = self.faults.iter().filter_map(|f| f.recovery_ms).collect();
@@ -58,9 +70,11 @@ impl Outcome {
                 fmt_ms(s.max)
             )
         });
+        let (controller, plane) = self.shared_faults();
         format!(
-            "chaos: seed {}, {} groups, {} faults, {} failovers ({} application handovers) in \
-             {:.0} s; recovery {rec}; {} violations; {} watch restarts",
+            "chaos: seed {}, {} groups, {} faults ({controller} controller, {plane} control \
+             plane), {} failovers ({} application handovers) in {:.0} s; recovery {rec}; {} \
+             violations; {} watch restarts",
             self.seed,
             self.groups,
             self.faults.len(),
@@ -74,9 +88,11 @@ impl Outcome {
 
     fn markdown(&self) -> String {
         let mut md = String::from("# Chaos run\n\n");
+        let (controller, plane) = self.shared_faults();
         let _ = writeln!(
             md,
-            "`{}`: {} failovers from {} faults over {} groups in {:.1} min of faults; \
+            "`{}`: {} failovers from {} faults ({controller} of the controller replicas, \
+             {plane} of the control plane) over {} groups in {:.1} min of faults; \
              **{} violations**.\n",
             self.replay,
             self.failovers,
