@@ -118,9 +118,18 @@ struct HistoryInner {
     watch_restarts: Vec<String>,
     /// Pods a scenario itself brought into a group while labeled active: (UID, rv).
     injected_actives: Vec<(String, u64)>,
-    /// The pod (re-)list in progress: the highest resourceVersion recorded before it, and
-    /// the UIDs it listed so far.
-    pod_list: Option<(u64, HashSet<String>)>,
+    /// The pod (re-)list in progress.
+    pod_list: Option<PodList>,
+}
+
+/// A pod (re-)list in progress.
+struct PodList {
+    /// The highest resourceVersion recorded before it (0 before the first list).
+    gap_start: u64,
+    /// The UIDs it listed so far.
+    listed: HashSet<String>,
+    /// The pods it showed changed since their record before: changed in the gap.
+    changed: usize,
 }
 
 /// Recorder of every pod change (resourceVersion, pod, group, role, readiness, deletion)
@@ -202,14 +211,13 @@ impl History {
         match ev {
             watcher::Event::Init => {
                 let gap_start = g.pods.iter().map(|r| r.rv).max().unwrap_or(0);
-                g.pod_list = Some((gap_start, HashSet::new()));
+                g.pod_list = Some(PodList {
+                    gap_start,
+                    listed: HashSet::new(),
+                    changed: 0,
+                });
             }
-            watcher::Event::InitApply(p) => {
-                if let Some((_, listed)) = g.pod_list.as_mut() {
-                    listed.extend(p.uid());
-                }
-                g.push_pod(&p, false, true, seen);
-            }
+            watcher::Event::InitApply(p) => g.list_pod(&p, seen),
             watcher::Event::InitDone => g.end_pod_list(seen),
             watcher::Event::Apply(p) => g.push_pod(&p, false, false, seen),
             watcher::Event::Delete(p) => g.push_pod(&p, true, false, seen),
@@ -394,7 +402,12 @@ impl HistoryInner {
     /// it later would report a double active with a pod promoted in the gap that may never
     /// have existed. The re-list itself is reported by [`History::watch_restarts`].)
     fn end_pod_list(&mut self, seen: u64) {
-        let Some((gap_start, listed)) = self.pod_list.take() else {
+        let Some(PodList {
+            gap_start,
+            listed,
+            changed,
+        }) = self.pod_list.take()
+        else {
             return;
         };
         let mut gone: Vec<PodRecord> = self
@@ -404,6 +417,7 @@ impl HistoryInner {
             .cloned()
             .collect();
         gone.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        let gone_count = gone.len();
         for mut r in gone {
             r.rv = gap_start + 1;
             r.seen_unix_nanos = seen;
@@ -412,12 +426,48 @@ impl HistoryInner {
             self.last.insert(r.uid.clone(), r.clone());
             self.pods.push(r);
         }
+        if gap_start > 0 {
+            self.watch_restarts.push(format!(
+                "pod re-list after rv {gap_start}: {changed} pods changed and {gone_count} gone \
+                 in the gap, their steps there unseen"
+            ));
+        }
+    }
+
+    /// A pod of a (re-)list. Its state may have changed in the gap before the list, at an
+    /// unknown resourceVersion up to the listed one: one that ended an active state (the pod
+    /// was demoted) is recorded at the first resourceVersion after the gap began, the earliest
+    /// the demotion can have happened, for the reason [`HistoryInner::end_pod_list`] places a
+    /// deletion there. (At its listed resourceVersion, a pod promoted in the gap would look
+    /// active together with this one.) Other states keep their listed resourceVersion.
+    fn list_pod(&mut self, p: &Pod, seen: u64) {
+        let Some(mut r) = PodRecord::from_pod(p, false, true, seen) else {
+            return;
+        };
+        let Some(list) = self.pod_list.as_mut() else {
+            return self.push(r);
+        };
+        list.listed.insert(r.uid.clone());
+        if let Some(prev) = self.last.get(&r.uid) {
+            if prev.same_state(&r) {
+                return;
+            }
+            list.changed += 1;
+            if prev.is_active() && !r.is_active() {
+                r.rv = r.rv.min(list.gap_start + 1);
+            }
+        }
+        self.push(r);
     }
 
     fn push_pod(&mut self, p: &Pod, deleted: bool, listed: bool, seen: u64) {
-        let Some(r) = PodRecord::from_pod(p, deleted, listed, seen) else {
-            return;
-        };
+        if let Some(r) = PodRecord::from_pod(p, deleted, listed, seen) {
+            self.push(r);
+        }
+    }
+
+    /// Records `r` unless it shows the same state as the pod's record before.
+    fn push(&mut self, r: PodRecord) {
         if let Some(prev) = self.last.get(&r.uid)
             && prev.same_state(&r)
         {
@@ -606,28 +656,46 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn pod_missing_from_a_relist_is_deleted() {
+    /// A history that listed `a` active (rv 10) and `b` standby (rv 11), then, after its
+    /// watch broke, re-listed `relisted`.
+    fn relisted(relisted: Vec<Pod>) -> History {
         let h = History::default();
-        for ev in [
-            watcher::Event::Init,
-            watcher::Event::InitApply(pod("a", ACTIVE, 10)),
-            watcher::Event::InitApply(pod("b", STANDBY, 11)),
-            watcher::Event::InitDone,
-            // The watch broke; meanwhile `a` was deleted and `b` promoted. The re-list only
-            // shows `b`, active.
-            watcher::Event::Init,
-            watcher::Event::InitApply(pod("b", ACTIVE, 15)),
-            watcher::Event::InitDone,
-        ] {
+        let list = |pods: Vec<Pod>| {
+            let items = pods.into_iter().map(watcher::Event::InitApply);
+            [watcher::Event::Init]
+                .into_iter()
+                .chain(items)
+                .chain([watcher::Event::InitDone])
+        };
+        let first = vec![pod("a", ACTIVE, 10), pod("b", STANDBY, 11)];
+        for ev in list(first).chain(list(relisted)) {
             h.on_pod_event(ev);
         }
+        h
+    }
+
+    #[test]
+    fn pod_missing_from_a_relist_is_deleted() {
+        // Meanwhile `a` was deleted and `b` promoted. The re-list only shows `b`, active.
+        let h = relisted(vec![pod("b", ACTIVE, 15)]);
         assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
+        assert_eq!(h.watch_restarts().len(), 1, "{:?}", h.watch_restarts());
         let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
         assert!(a.deleted && a.listed, "{a:?}");
         assert!(a.rv > 11 && a.rv <= 15, "{a:?}");
         // A pod that is still listed stays.
         assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
+    }
+
+    #[test]
+    fn a_demotion_a_relist_reveals_is_placed_before_the_gap_promotions() {
+        // In the gap: `a` demoted (rv 13), `b` promoted (rv 14), `a` written again (rv 16, a
+        // status update). The re-list shows only the last writes.
+        let h = relisted(vec![pod("a", STANDBY, 16), pod("b", ACTIVE, 14)]);
+        assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
+        let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
+        assert_eq!((a.rv, a.listed), (12, true), "{a:?}");
+        assert!(h.watch_restarts()[0].contains("2 pods changed"));
     }
 
     /// Pod records from a timeline: comma-separated `RV POD ROLE [FLAG...]` entries of group
