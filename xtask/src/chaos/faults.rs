@@ -48,6 +48,8 @@ pub struct FaultRecord {
     pub trigger_unix_nanos: u64,
     /// Trigger to another eligible pod being the only active one, when the role moved.
     pub recovery_ms: Option<f64>,
+    /// For a control plane fault: trigger to the control plane serving again.
+    pub plane_ms: Option<f64>,
     /// The pod hit (the component, for a control plane fault).
     pub pod: String,
 }
@@ -254,6 +256,7 @@ impl<'a> Run<'a> {
             kind: step.fault.name().into(),
             trigger_unix_nanos: t0,
             recovery_ms,
+            plane_ms: None,
             pod: target.pod.clone(),
         }))
     }
@@ -359,6 +362,7 @@ impl<'a> Run<'a> {
             kind: step.kind(),
             trigger_unix_nanos: t0,
             recovery_ms: None,
+            plane_ms: None,
             pod: pod.name_any(),
         }))
     }
@@ -411,6 +415,7 @@ impl<'a> Run<'a> {
             kind: step.kind(),
             trigger_unix_nanos: t0,
             recovery_ms: None,
+            plane_ms: Some(now_unix_nanos().saturating_sub(t0) as f64 / 1e6),
             pod: component.name().into(),
         }))
     }

@@ -118,6 +118,23 @@ impl Outcome {
             let _ = writeln!(md, "{}", row(kind, count, &rec));
         }
         let _ = writeln!(md, "{}", row("**all**", self.faults.len(), &all));
+        let mut plane: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for f in &self.faults {
+            if let Some(ms) = f.plane_ms {
+                plane.entry(f.kind.as_str()).or_default().push(ms);
+            }
+        }
+        for (kind, times) in plane {
+            if let Some(s) = summarize(&times) {
+                let _ = writeln!(
+                    md,
+                    "\n{kind}: from the trigger to the control plane serving again (`/readyz`) \
+                     p50 {} ms, max {} ms.",
+                    fmt_ms(s.p50),
+                    fmt_ms(s.max)
+                );
+            }
+        }
         let worst = self.recovered.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             md,
@@ -155,16 +172,18 @@ impl Outcome {
     }
 
     fn csv(&self) -> String {
-        let mut csv = String::from("group,fault,pod,trigger_unix_ns,recovery_ms\n");
+        let mut csv = String::from("group,fault,pod,trigger_unix_ns,recovery_ms,plane_ms\n");
         for f in &self.faults {
+            let ms = |v: Option<f64>| v.map_or(String::new(), |ms| format!("{ms:.3}"));
             let _ = writeln!(
                 csv,
-                "{},{},{},{},{}",
+                "{},{},{},{},{},{}",
                 f.group.map_or(String::new(), |g| g.to_string()),
                 f.kind,
                 f.pod,
                 f.trigger_unix_nanos,
-                f.recovery_ms.map_or(String::new(), |ms| format!("{ms:.3}"))
+                ms(f.recovery_ms),
+                ms(f.plane_ms)
             );
         }
         csv
