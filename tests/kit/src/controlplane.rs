@@ -893,3 +893,56 @@ fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A restarted component is recorded under its new pid in its old place, and a stop
+    /// through the state file (`cargo xtask controlplane stop`) finds every process. Starts a
+    /// real control plane (about 15 s); skipped when its binaries are not built.
+    #[test]
+    fn a_restarted_component_is_recorded_and_stopped() -> Result<()> {
+        if !is_cached() {
+            eprintln!("the control plane is not built (`cargo xtask controlplane build`); skipped");
+            return Ok(());
+        }
+        let cp = ControlPlane::start(Options::default())?;
+        let dir = cp.dir().to_path_buf();
+        let recorded = || -> Result<Vec<(String, i32)>> {
+            let state = read_state(&dir)?.context("no state file")?;
+            Ok(state
+                .processes
+                .into_iter()
+                .map(|p| (p.name, p.pid))
+                .collect())
+        };
+        let before = recorded()?;
+        for component in [Component::KubeApiserver, Component::Etcd] {
+            cp.restart(component)?;
+        }
+        cp.signal(Component::Etcd, Signal::SIGSTOP)?;
+        cp.signal(Component::Etcd, Signal::SIGCONT)?;
+        let after = recorded()?;
+        assert_eq!(after, cp.processes());
+        let names = |v: &[(String, i32)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&after), names(&before), "the start order is kept");
+        for ((name, old), (_, new)) in before.iter().zip(&after) {
+            let restarted = ["etcd", "kube-apiserver"].contains(&name.as_str());
+            assert_eq!(old != new, restarted, "{name}: pid {old} then {new}");
+            assert!(
+                process_belongs_to(*new, &dir),
+                "{name} (pid {new}) is not running"
+            );
+        }
+        assert!(cp.is_running());
+        ControlPlane::attach(&dir)?.stop()?;
+        for (name, pid) in &after {
+            assert!(
+                !process_belongs_to(*pid, &dir),
+                "{name} (pid {pid}) still runs"
+            );
+        }
+        Ok(())
+    }
+}
