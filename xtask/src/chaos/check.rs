@@ -124,13 +124,19 @@ fn epochs(records: &[PodRecord]) -> Vec<Violation> {
 }
 
 /// No pod is deleted (or starts terminating) unless the run deleted it (`deliberate` UIDs) or
-/// the record before showed a critical container dead.
+/// the record before showed a critical container dead. An end learned from a re-list of the
+/// watch is left out: what the pod went through in the gap was not seen (the re-list is
+/// reported as a watch restart).
 fn kills(records: &[PodRecord], deliberate: &HashSet<String>) -> Vec<Violation> {
     let mut last: HashMap<&str, &PodRecord> = HashMap::new();
     let mut ended: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
     for r in records {
-        if (r.terminating || r.deleted) && ended.insert(&r.uid) && !deliberate.contains(&r.uid) {
+        if (r.terminating || r.deleted)
+            && ended.insert(&r.uid)
+            && !deliberate.contains(&r.uid)
+            && !r.listed
+        {
             // A pod first seen terminating tells nothing about why.
             if let Some(prev) = last.get(r.uid.as_str())
                 && !critical_dead(prev)
@@ -223,8 +229,8 @@ mod tests {
     use super::*;
 
     /// Records of group `g` in `ns` from `RV POD ROLE EPOCH [FLAG...]` entries (comma
-    /// separated; EPOCH `-` for none), FLAG `terminating`, `deleted`, `unready` or
-    /// `dead` (the critical crash container not running).
+    /// separated; EPOCH `-` for none), FLAG `terminating`, `deleted`, `unready`, `dead` (the
+    /// critical crash container not running) or `listed` (from a re-list).
     fn records(timeline: &str) -> Vec<PodRecord> {
         timeline
             .split(',')
@@ -250,6 +256,7 @@ mod tests {
                         vec![]
                     },
                     restarted: vec![],
+                    listed: flag("listed"),
                 }
             })
             .collect()
@@ -287,6 +294,9 @@ mod tests {
         let t = "1 a active 5, 2 a standby 5, 3 a standby 5 terminating";
         assert_eq!(checks(t, &[]), ["kill"]);
         assert!(checks(t, &["a"]).is_empty());
+        // Learned from a re-list: its critical container may have died in the gap.
+        let relisted = "1 a active 5, 2 a standby 5, 3 a standby 5 terminating listed";
+        assert!(checks(relisted, &[]).is_empty());
     }
 
     #[test]

@@ -1,6 +1,13 @@
 //! Carrying out the schedule: one worker per group injecting its application faults one after
-//! another, one worker injecting controller faults, all at once. Every wait is bounded; a
-//! group that does not recover within its bound is a liveness violation.
+//! another, one worker injecting controller faults, one injecting control plane faults, all at
+//! once. Every wait is bounded; a group that does not recover within its bound is a liveness
+//! violation.
+//!
+//! The run's own API requests (reading a pod, deleting it, the controller replicas' state)
+//! would fail while the control plane is down, which says nothing about hapod: a control plane
+//! fault waits until none is in flight and holds the others off until the control plane
+//! serves again (`Run::plane`). The recoveries the workers wait for read our watch's history
+//! and overlap the control plane faults freely.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
@@ -8,12 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Result;
+use hapod_testkit::controlplane::Component;
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
+use tokio::sync::RwLock;
 
 use super::check::{self, Violation, settled, single_eligible_active};
 use super::groups;
-use super::schedule::{self, AppFault, AppStep, CtlSignal, CtlStep, Replica};
+use super::schedule::{
+    self, AppFault, AppStep, CtlSignal, CtlStep, PlaneFault, PlaneStep, Replica,
+};
 use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
     APP_CONTAINER, APP_GROUP, APP_REPLICAS, CRITICAL_CONTAINER, Handover, NONCRITICAL_CONTAINER,
@@ -31,12 +42,15 @@ pub const SETTLE_BOUND: Duration = Duration::from_secs(120);
 /// One injected fault.
 #[derive(Clone, Debug)]
 pub struct FaultRecord {
-    /// The group (none for a controller fault).
+    /// The group (none for a controller or control plane fault).
     pub group: Option<usize>,
     pub kind: String,
     pub trigger_unix_nanos: u64,
     /// Trigger to another eligible pod being the only active one, when the role moved.
     pub recovery_ms: Option<f64>,
+    /// For a control plane fault: trigger to the control plane serving again.
+    pub plane_ms: Option<f64>,
+    /// The pod hit (the component, for a control plane fault).
     pub pod: String,
 }
 
@@ -46,7 +60,12 @@ pub struct Run<'a> {
     pub seed: u64,
     /// Least gap between controller faults (ms).
     pub controller_gap_ms: u64,
+    /// Least gap between control plane faults (ms); 0: none.
+    pub plane_gap_ms: u64,
     stop: AtomicBool,
+    /// Read-held by a worker while it makes API requests; write-held by a control plane fault
+    /// until the control plane serves again.
+    plane: RwLock<()>,
     /// UIDs of pods the run deleted itself (the kill check leaves them out).
     deliberate: Mutex<HashSet<String>>,
     faults: Mutex<Vec<FaultRecord>>,
@@ -54,12 +73,14 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    pub fn new(tb: &'a Testbed, seed: u64, controller_gap_ms: u64) -> Self {
+    pub fn new(tb: &'a Testbed, seed: u64, controller_gap_ms: u64, plane_gap_ms: u64) -> Self {
         Run {
             tb,
             seed,
             controller_gap_ms,
+            plane_gap_ms,
             stop: AtomicBool::new(false),
+            plane: RwLock::new(()),
             deliberate: Mutex::default(),
             faults: Mutex::default(),
             violations: Mutex::default(),
@@ -72,6 +93,18 @@ impl<'a> Run<'a> {
 
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps `ms` in slices, so that a stop is not held up by a long gap; false once the run
+    /// stopped.
+    async fn gap(&self, ms: u64) -> bool {
+        for _ in 0..ms / 100 {
+            if self.stopped() {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        !self.stopped()
     }
 
     pub fn deliberate(&self) -> HashSet<String> {
@@ -182,23 +215,9 @@ impl<'a> Run<'a> {
         } else {
             active
         };
-        // Gone meanwhile (a previous fault's pod deleted by the controller): next step.
-        let Some(pod) = self.tb.pod(ns, &target.pod).await? else {
+        let Some((pod, t0)) = self.inject_on(ns, target, step).await? else {
             return Ok(None);
         };
-        if pod.uid().as_deref() != Some(target.uid.as_str()) {
-            return Ok(None);
-        }
-        let t0 = now_unix_nanos();
-        if let Err(e) = self.inject(&pod, step).await {
-            // The pod may have gone between the look and the fault (its controller-side kill
-            // or its grace period ended): nothing was injected.
-            if self.tb.pod(ns, &target.pod).await?.and_then(|p| p.uid()) != Some(target.uid.clone())
-            {
-                return Ok(None);
-            }
-            return Err(e.context(format!("{} of {ns}/{}", step.fault.name(), target.pod)));
-        }
         let old = active.uid.clone();
         let sidecar = NONCRITICAL_CONTAINER.to_string();
         // A crash of the sidecar shows on the pod first: it restarts in place within about
@@ -237,8 +256,38 @@ impl<'a> Run<'a> {
             kind: step.fault.name().into(),
             trigger_unix_nanos: t0,
             recovery_ms,
+            plane_ms: None,
             pod: target.pod.clone(),
         }))
+    }
+
+    /// Injects `step` on the pod of `target` if it is still that pod; returns the pod and the
+    /// time of the fault, none if the pod has gone. No control plane fault meanwhile.
+    async fn inject_on(
+        &self,
+        ns: &str,
+        target: &PodRecord,
+        step: AppStep,
+    ) -> Result<Option<(k8s_openapi::api::core::v1::Pod, u64)>> {
+        let _plane = self.plane.read().await;
+        // Gone meanwhile (a previous fault's pod deleted by the controller): next step.
+        let Some(pod) = self.tb.pod(ns, &target.pod).await? else {
+            return Ok(None);
+        };
+        if pod.uid().as_deref() != Some(target.uid.as_str()) {
+            return Ok(None);
+        }
+        let t0 = now_unix_nanos();
+        if let Err(e) = self.inject(&pod, step).await {
+            // The pod may have gone between the look and the fault (its controller-side kill
+            // or its grace period ended): nothing was injected.
+            if self.tb.pod(ns, &target.pod).await?.and_then(|p| p.uid()) != Some(target.uid.clone())
+            {
+                return Ok(None);
+            }
+            return Err(e.context(format!("{} of {ns}/{}", step.fault.name(), target.pod)));
+        }
+        Ok(Some((pod, t0)))
     }
 
     async fn inject(&self, pod: &k8s_openapi::api::core::v1::Pod, step: AppStep) -> Result<()> {
@@ -275,14 +324,7 @@ impl<'a> Run<'a> {
     /// Controller faults, `gap_ms` apart after the replicas settled, until the run stops.
     pub async fn controller_worker(&self) -> Result<()> {
         for step in schedule::controller_steps(self.seed, self.controller_gap_ms) {
-            // Sleeps in slices, so that a stop is not held up by a long gap.
-            for _ in 0..step.gap_ms / 100 {
-                if self.stopped() {
-                    return Ok(());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if self.stopped() {
+            if !self.gap(step.gap_ms).await {
                 return Ok(());
             }
             if let Some(record) = self.controller_fault(step).await? {
@@ -293,6 +335,7 @@ impl<'a> Run<'a> {
     }
 
     async fn controller_fault(&self, step: CtlStep) -> Result<Option<FaultRecord>> {
+        let _plane = self.plane.read().await;
         let settled = match self.tb.wait_controllers_settled(SETTLE_BOUND).await {
             Ok(s) => s,
             Err(e) => {
@@ -319,7 +362,61 @@ impl<'a> Run<'a> {
             kind: step.kind(),
             trigger_unix_nanos: t0,
             recovery_ms: None,
+            plane_ms: None,
             pod: pod.name_any(),
+        }))
+    }
+
+    /// Control plane faults, `gap_ms` apart after the previous one recovered and the controller
+    /// replicas settled, until the run stops; none with a gap of 0.
+    pub async fn plane_worker(&self) -> Result<()> {
+        if self.plane_gap_ms == 0 {
+            return Ok(());
+        }
+        for step in schedule::plane_steps(self.seed, self.plane_gap_ms) {
+            if !self.gap(step.gap_ms).await {
+                return Ok(());
+            }
+            if let Some(record) = self.plane_fault(step).await? {
+                self.faults.lock().unwrap().push(record);
+            }
+        }
+        Ok(())
+    }
+
+    /// Injects `step` once the controller replicas settled and no request of the run is in
+    /// flight; returns when the control plane serves again.
+    async fn plane_fault(&self, step: PlaneStep) -> Result<Option<FaultRecord>> {
+        if let Err(e) = self.tb.wait_controllers_settled(SETTLE_BOUND).await {
+            self.liveness("hapod-system", e);
+            return Ok(None);
+        }
+        let _plane = self.plane.write().await;
+        if self.stopped() {
+            return Ok(None);
+        }
+        let component = step.component();
+        let t0 = now_unix_nanos();
+        match step.fault {
+            PlaneFault::Restart(c) => {
+                self.tb.with_control_plane(move |cp| cp.restart(c)).await?;
+            }
+            PlaneFault::Stop(c, ms) => {
+                stop_component(self.tb, c, ms).await?;
+                self.tb
+                    .with_control_plane(move |cp| {
+                        cp.wait_ready(c, std::time::Instant::now() + SETTLE_BOUND)
+                    })
+                    .await?;
+            }
+        }
+        Ok(Some(FaultRecord {
+            group: None,
+            kind: step.kind(),
+            trigger_unix_nanos: t0,
+            recovery_ms: None,
+            plane_ms: Some(now_unix_nanos().saturating_sub(t0) as f64 / 1e6),
+            pod: component.name().into(),
         }))
     }
 
@@ -384,14 +481,25 @@ pub fn chaos_records(tb: &Testbed) -> Vec<PodRecord> {
 
 /// SIGSTOPs `pids`, SIGCONTs them `ms` later (also when the wait is cancelled).
 async fn stop_for(pids: Vec<i32>, ms: u64) -> Result<()> {
-    struct Continue(Vec<i32>);
-    impl Drop for Continue {
+    paused(ms, move |signal| Testbed::signal_processes(&pids, signal)).await
+}
+
+/// SIGSTOPs the control plane's `component`, SIGCONTs it `ms` later (also when the wait is
+/// cancelled).
+async fn stop_component(tb: &Testbed, component: Component, ms: u64) -> Result<()> {
+    paused(ms, |signal| tb.control_plane()?.signal(component, signal)).await
+}
+
+/// Sends SIGSTOP with `send`, then SIGCONT `ms` later (also when the wait is cancelled).
+async fn paused(ms: u64, send: impl Fn(Signal) -> Result<()>) -> Result<()> {
+    struct Continue<F: Fn(Signal) -> Result<()>>(F);
+    impl<F: Fn(Signal) -> Result<()>> Drop for Continue<F> {
         fn drop(&mut self) {
-            let _ = Testbed::signal_processes(&self.0, Signal::SIGCONT);
+            let _ = (self.0)(Signal::SIGCONT);
         }
     }
-    let stopped = Continue(pids);
-    Testbed::signal_processes(&stopped.0, Signal::SIGSTOP)?;
+    send(Signal::SIGSTOP)?;
+    let stopped = Continue(send);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     drop(stopped);
     Ok(())

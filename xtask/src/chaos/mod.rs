@@ -4,8 +4,11 @@
 //! It starts the testbed (`deploy/base`: the controller as 2 replicas), deploys `--groups`
 //! copies of the sample app (one namespace each), then injects a seeded schedule of faults
 //! (`schedule`) into every group at once: pod deletions, crashes, readiness loss, hung
-//! pods, killed application containers; and, meanwhile, SIGKILL, SIGTERM or SIGSTOP of either
-//! controller replica. Faults stop after `--failovers` failovers or `--minutes`. The checkers
+//! pods, killed application containers; meanwhile, SIGKILL, SIGTERM or SIGSTOP of either
+//! controller replica; and, every `--plane-gap-ms` or more, a control plane fault: a restart of
+//! kube-apiserver (SIGKILL, started again as before; every watch cut) or of etcd, or a SIGSTOP
+//! of either for 0.2 to 4 s. Faults stop after `--failovers` failovers or `--minutes`. The
+//! checkers
 //! (`check`) run every 2 s over the history so far and once more at the end, the check of
 //! the applications' acting journals every 30 s and at the end; after the
 //! faults, every group must have exactly one eligible active pod again within
@@ -47,6 +50,11 @@ pub struct Cli {
     /// Least gap between two controller faults, after the replicas settled (ms).
     #[arg(long, default_value_t = 4000)]
     pub controller_gap_ms: u64,
+    /// Least gap between two control plane faults (restart or SIGSTOP of kube-apiserver or
+    /// etcd), after the previous one recovered and the controller replicas settled (ms); 0: no
+    /// control plane faults.
+    #[arg(long, default_value_t = 15000)]
+    pub plane_gap_ms: u64,
     /// The short run of `cargo xtask test` (300 failovers, results in cargo's target folder).
     #[arg(long)]
     pub quick: bool,
@@ -95,10 +103,12 @@ impl Cli {
             .seed
             .unwrap_or_else(|| hapod_testkit::testbed::now_unix_nanos() % 1_000_000_000);
         let replay = format!(
-            "cargo xtask chaos --seed {seed} --groups {} --failovers {} --controller-gap-ms {}",
+            "cargo xtask chaos --seed {seed} --groups {} --failovers {} --controller-gap-ms {} \
+             --plane-gap-ms {}",
             self.groups,
             self.failovers(),
-            self.controller_gap_ms
+            self.controller_gap_ms,
+            self.plane_gap_ms
         );
         println!("chaos: seed {seed} (replay the schedule: {replay})");
         let machine = Machine::detect(&hapod_testkit::workspace_root());
@@ -117,7 +127,7 @@ impl Cli {
         .await?;
         let started = Instant::now();
         groups::create(&tb.client, self.groups).await?;
-        let run = Run::new(&tb, seed, self.controller_gap_ms);
+        let run = Run::new(&tb, seed, self.controller_gap_ms, self.plane_gap_ms);
         for g in 0..self.groups {
             let bound = SETTLE_BOUND + Duration::from_secs(self.groups as u64);
             run.wait_group(
@@ -136,13 +146,15 @@ impl Cli {
             self.deadline().as_secs_f64() / 60.0
         );
         let faults_started = Instant::now();
-        let (workers, controller, monitor) = tokio::join!(
+        let (workers, controller, plane, monitor) = tokio::join!(
             join_all((0..self.groups).map(|g| run.group_worker(g))),
             run.controller_worker(),
+            run.plane_worker(),
             self.monitor(&run, faults_started),
         );
         let fault_phase = faults_started.elapsed();
-        // The faults are over: stopped processes were continued; now every group must recover.
+        // The faults are over: stopped processes were continued, the control plane serves;
+        // now every group must recover.
         let recovered = self.recover(&run).await;
         let failovers = run.check_now();
         let handovers = run.check_apps()?;
@@ -182,7 +194,7 @@ impl Cli {
                 outcome.replay
             );
         }
-        for r in workers.into_iter().chain([controller, monitor]) {
+        for r in workers.into_iter().chain([controller, plane, monitor]) {
             r.map_err(|e| anyhow::anyhow!("chaos (seed {seed}): {e:#}"))?;
         }
         Ok(())

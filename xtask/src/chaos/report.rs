@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 
 use super::check::Violation;
 use super::faults::{FaultRecord, RECOVERY_BOUND};
+use super::schedule::{CONTROLLER_PREFIX, PLANE_PREFIX};
 use crate::bench::stats::{fmt_ms, summarize};
 use crate::bench::sysinfo::Machine;
 
@@ -47,6 +48,17 @@ impl Outcome {
         m
     }
 
+    /// The faults of the controller replicas and of the control plane (the rest hit groups).
+    fn shared_faults(&self) -> (usize, usize) {
+        let count = |prefix: &str| {
+            self.faults
+                .iter()
+                .filter(|f| f.group.is_none() && f.kind.starts_with(prefix))
+                .count()
+        };
+        (count(CONTROLLER_PREFIX), count(PLANE_PREFIX))
+    }
+
     /// One paragraph for the terminal.
     pub fn summary(&self) -> String {
         let all: Vec<f64> = self.faults.iter().filter_map(|f| f.recovery_ms).collect();
@@ -58,9 +70,11 @@ impl Outcome {
                 fmt_ms(s.max)
             )
         });
+        let (controller, plane) = self.shared_faults();
         format!(
-            "chaos: seed {}, {} groups, {} faults, {} failovers ({} application handovers) in \
-             {:.0} s; recovery {rec}; {} violations; {} watch restarts",
+            "chaos: seed {}, {} groups, {} faults ({controller} controller, {plane} control \
+             plane), {} failovers ({} application handovers) in {:.0} s; recovery {rec}; {} \
+             violations; {} watch restarts",
             self.seed,
             self.groups,
             self.faults.len(),
@@ -74,9 +88,11 @@ impl Outcome {
 
     fn markdown(&self) -> String {
         let mut md = String::from("# Chaos run\n\n");
+        let (controller, plane) = self.shared_faults();
         let _ = writeln!(
             md,
-            "`{}`: {} failovers from {} faults over {} groups in {:.1} min of faults; \
+            "`{}`: {} failovers from {} faults ({controller} of the controller replicas, \
+             {plane} of the control plane) over {} groups in {:.1} min of faults; \
              **{} violations**.\n",
             self.replay,
             self.failovers,
@@ -102,6 +118,23 @@ impl Outcome {
             let _ = writeln!(md, "{}", row(kind, count, &rec));
         }
         let _ = writeln!(md, "{}", row("**all**", self.faults.len(), &all));
+        let mut plane: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for f in &self.faults {
+            if let Some(ms) = f.plane_ms {
+                plane.entry(f.kind.as_str()).or_default().push(ms);
+            }
+        }
+        for (kind, times) in plane {
+            if let Some(s) = summarize(&times) {
+                let _ = writeln!(
+                    md,
+                    "\n{kind}: from the trigger to the control plane serving again (`/readyz`) \
+                     p50 {} ms, max {} ms.",
+                    fmt_ms(s.p50),
+                    fmt_ms(s.max)
+                );
+            }
+        }
         let worst = self.recovered.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             md,
@@ -139,16 +172,18 @@ impl Outcome {
     }
 
     fn csv(&self) -> String {
-        let mut csv = String::from("group,fault,pod,trigger_unix_ns,recovery_ms\n");
+        let mut csv = String::from("group,fault,pod,trigger_unix_ns,recovery_ms,plane_ms\n");
         for f in &self.faults {
+            let ms = |v: Option<f64>| v.map_or(String::new(), |ms| format!("{ms:.3}"));
             let _ = writeln!(
                 csv,
-                "{},{},{},{},{}",
+                "{},{},{},{},{},{}",
                 f.group.map_or(String::new(), |g| g.to_string()),
                 f.kind,
                 f.pod,
                 f.trigger_unix_nanos,
-                f.recovery_ms.map_or(String::new(), |ms| format!("{ms:.3}"))
+                ms(f.recovery_ms),
+                ms(f.plane_ms)
             );
         }
         csv

@@ -1,10 +1,22 @@
-//! The seeded fault schedule: a pure function of the seed. Each group and the controller
-//! fault stream draw from their own generator (seeded from the run's seed and the stream's
-//! index), so that the same seed gives every group the same faults in the same order, however
-//! the groups' steps interleave on the machine.
+//! The seeded fault schedule: a pure function of the seed. Each group, the controller fault
+//! stream and the control plane fault stream draw from their own generator (seeded from the
+//! run's seed and the stream's index), so that the same seed gives every group the same
+//! faults in the same order, however the groups' steps interleave on the machine (and a run
+//! without control plane faults the same application and controller faults as one with them).
 
+use hapod_testkit::controlplane::Component;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+
+/// How the kinds of the controller faults begin.
+pub const CONTROLLER_PREFIX: &str = "controller-";
+/// How the kinds of the control plane faults begin.
+pub const PLANE_PREFIX: &str = "plane-";
+
+/// The stream index of the controller faults; group `g` has `1 + g`.
+const CONTROLLER_STREAM: u64 = 0;
+/// The stream index of the control plane faults, apart from every group's.
+const PLANE_STREAM: u64 = u64::MAX;
 
 /// A fault on one application group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,11 +124,49 @@ impl CtlStep {
             CtlSignal::Term => "sigterm",
             CtlSignal::Stop(_) => "sigstop",
         };
-        format!("controller-{replica}-{signal}")
+        format!("{CONTROLLER_PREFIX}{replica}-{signal}")
     }
 }
 
-/// The generator of stream `stream` of a run (0: controller faults, 1 + g: group g).
+/// A fault of the control plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PlaneFault {
+    /// SIGKILL, then started again as before (same arguments, ports, certificates, data);
+    /// for kube-apiserver this cuts every watch and request.
+    Restart(Component),
+    /// SIGSTOP, then SIGCONT after this many milliseconds.
+    Stop(Component, u64),
+}
+
+/// One control plane fault, injected `gap_ms` after the previous one recovered and the
+/// controller replicas settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaneStep {
+    pub fault: PlaneFault,
+    pub gap_ms: u64,
+}
+
+impl PlaneStep {
+    /// The component it hits.
+    pub fn component(&self) -> Component {
+        match self.fault {
+            PlaneFault::Restart(c) | PlaneFault::Stop(c, _) => c,
+        }
+    }
+
+    /// `plane-kube-apiserver-restart`, `plane-etcd-sigstop`, ...: the fault's kind, for the
+    /// counts.
+    pub fn kind(&self) -> String {
+        let what = match self.fault {
+            PlaneFault::Restart(_) => "restart",
+            PlaneFault::Stop(..) => "sigstop",
+        };
+        format!("{PLANE_PREFIX}{}-{what}", self.component().name())
+    }
+}
+
+/// The generator of stream `stream` of a run ([`CONTROLLER_STREAM`], [`PLANE_STREAM`], or
+/// 1 + g for group g).
 fn stream(seed: u64, stream: u64) -> StdRng {
     // Distinct, well-mixed seeds per stream (the golden-ratio increment of splitmix64).
     StdRng::seed_from_u64(seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15))
@@ -146,7 +196,7 @@ pub fn group_steps(seed: u64, group: usize) -> impl Iterator<Item = AppStep> {
 
 /// The controller faults, endless; gaps of `min_gap_ms` up to three times that.
 pub fn controller_steps(seed: u64, min_gap_ms: u64) -> impl Iterator<Item = CtlStep> {
-    let mut rng = stream(seed, 0);
+    let mut rng = stream(seed, CONTROLLER_STREAM);
     std::iter::from_fn(move || {
         let replica = if rng.random_bool(0.7) {
             Replica::Acting
@@ -164,6 +214,29 @@ pub fn controller_steps(seed: u64, min_gap_ms: u64) -> impl Iterator<Item = CtlS
             replica,
             signal,
             gap_ms: rng.random_range(min_gap_ms..=3 * min_gap_ms),
+        })
+    })
+}
+
+/// The control plane faults, endless; gaps of `min_gap_ms` up to twice that. Restarts and
+/// stops of kube-apiserver and of etcd, equally often; a stop lasts 200 ms to 4 s (beyond the
+/// controller's renew deadline).
+pub fn plane_steps(seed: u64, min_gap_ms: u64) -> impl Iterator<Item = PlaneStep> {
+    let mut rng = stream(seed, PLANE_STREAM);
+    std::iter::from_fn(move || {
+        let component = if rng.random_bool(0.5) {
+            Component::KubeApiserver
+        } else {
+            Component::Etcd
+        };
+        let fault = if rng.random_bool(0.5) {
+            PlaneFault::Restart(component)
+        } else {
+            PlaneFault::Stop(component, rng.random_range(200..4000))
+        };
+        Some(PlaneStep {
+            fault,
+            gap_ms: rng.random_range(min_gap_ms..=2 * min_gap_ms),
         })
     })
 }
@@ -197,5 +270,35 @@ mod tests {
             .map(|s| s.kind())
             .collect();
         assert_eq!(kinds.len(), 6, "{kinds:?}");
+    }
+
+    #[test]
+    fn every_plane_fault_is_drawn_and_the_same_seed_replays() {
+        let p: Vec<PlaneStep> = plane_steps(42, 1000).take(50).collect();
+        assert_eq!(p, plane_steps(42, 1000).take(50).collect::<Vec<_>>());
+        assert_ne!(p, plane_steps(43, 1000).take(50).collect::<Vec<_>>());
+        let kinds: std::collections::BTreeSet<String> = p.iter().map(PlaneStep::kind).collect();
+        let expected = [
+            "plane-etcd-restart",
+            "plane-etcd-sigstop",
+            "plane-kube-apiserver-restart",
+            "plane-kube-apiserver-sigstop",
+        ];
+        assert_eq!(kinds.into_iter().collect::<Vec<_>>(), expected);
+        for step in &p {
+            assert!((1000..=2000).contains(&step.gap_ms), "{step:?}");
+            if let PlaneFault::Stop(_, ms) = step.fault {
+                assert!((200..4000).contains(&ms), "{step:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_plane_stream_is_apart_from_the_controller_and_every_group() {
+        // Its own generator: a run with control plane faults replays the application and
+        // controller faults of the same seed without them.
+        let first = |index| stream(42, index).random::<u64>();
+        let plane = first(PLANE_STREAM);
+        assert!((CONTROLLER_STREAM..=10_000).all(|i| first(i) != plane));
     }
 }

@@ -87,10 +87,10 @@ impl Cli {
                     cp.server(),
                     cp.dir().display()
                 );
-                for p in &cp.state.processes {
-                    let alive = process_belongs_to(p.pid, cp.dir());
+                for (name, pid) in cp.processes() {
+                    let alive = process_belongs_to(pid, cp.dir());
                     let state = if alive { "running" } else { "not running" };
-                    println!("  {:<24} pid {:<8} {state}", p.name, p.pid);
+                    println!("  {name:<24} pid {pid:<8} {state}");
                 }
                 let running = cp.is_running();
                 if running {

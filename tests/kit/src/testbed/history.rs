@@ -45,10 +45,13 @@ pub struct PodRecord {
     pub not_running: Vec<String>,
     /// Containers that restarted at least once (`restartCount` > 0).
     pub restarted: Vec<String>,
+    /// From a (re-)list rather than a watch event, or a deletion a re-list revealed: changes
+    /// of the pod since its record before may have been missed (the watch restarted).
+    pub listed: bool,
 }
 
 impl PodRecord {
-    fn from_pod(p: &Pod, deleted: bool, seen: u64) -> Option<PodRecord> {
+    fn from_pod(p: &Pod, deleted: bool, listed: bool, seen: u64) -> Option<PodRecord> {
         Some(PodRecord {
             rv: p.resource_version()?.parse().ok()?,
             seen_unix_nanos: seen,
@@ -64,6 +67,7 @@ impl PodRecord {
             deleted,
             not_running: not_running_containers(p),
             restarted: restarted_containers(p),
+            listed,
         })
     }
     fn same_state(&self, o: &PodRecord) -> bool {
@@ -114,9 +118,18 @@ struct HistoryInner {
     watch_restarts: Vec<String>,
     /// Pods a scenario itself brought into a group while labeled active: (UID, rv).
     injected_actives: Vec<(String, u64)>,
-    /// The pod (re-)list in progress: the highest resourceVersion recorded before it, and
-    /// the UIDs it listed so far.
-    pod_list: Option<(u64, HashSet<String>)>,
+    /// The pod (re-)list in progress.
+    pod_list: Option<PodList>,
+}
+
+/// A pod (re-)list in progress.
+struct PodList {
+    /// The highest resourceVersion recorded before it (0 before the first list).
+    gap_start: u64,
+    /// The UIDs it listed so far.
+    listed: HashSet<String>,
+    /// The pods it showed changed since their record before: changed in the gap.
+    changed: usize,
 }
 
 /// Recorder of every pod change (resourceVersion, pod, group, role, readiness, deletion)
@@ -147,8 +160,9 @@ impl History {
     }
 
     /// Feeds `api`'s watch events to `on_event` until the stream ends. An error is recorded as
-    /// a restart of the `what` watch, which goes on after 100 ms; so is every list after the
-    /// first (a re-list after the watch lost its place).
+    /// a restart of the `what` watch, which goes on after 100 ms (once per outage: the
+    /// errors while the API server is away, a restart of it, are one restart); so is every
+    /// list after the first (a re-list after the watch lost its place).
     fn spawn_watch<K>(
         &self,
         api: Api<K>,
@@ -166,9 +180,11 @@ impl History {
             };
             let mut stream = watcher(api, watcher::Config::default()).boxed();
             let mut lists = 0;
+            let mut failing = false;
             loop {
                 match stream.try_next().await {
                     Ok(Some(ev)) => {
+                        failing = false;
                         if matches!(ev, watcher::Event::Init) {
                             lists += 1;
                             if lists > 1 {
@@ -179,7 +195,9 @@ impl History {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        restart(format!("error: {e}"));
+                        if !std::mem::replace(&mut failing, true) {
+                            restart(format!("error: {e}"));
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -193,17 +211,16 @@ impl History {
         match ev {
             watcher::Event::Init => {
                 let gap_start = g.pods.iter().map(|r| r.rv).max().unwrap_or(0);
-                g.pod_list = Some((gap_start, HashSet::new()));
+                g.pod_list = Some(PodList {
+                    gap_start,
+                    listed: HashSet::new(),
+                    changed: 0,
+                });
             }
-            watcher::Event::InitApply(p) => {
-                if let Some((_, listed)) = g.pod_list.as_mut() {
-                    listed.extend(p.uid());
-                }
-                g.push_pod(&p, false, seen);
-            }
+            watcher::Event::InitApply(p) => g.list_pod(&p, seen),
             watcher::Event::InitDone => g.end_pod_list(seen),
-            watcher::Event::Apply(p) => g.push_pod(&p, false, seen),
-            watcher::Event::Delete(p) => g.push_pod(&p, true, seen),
+            watcher::Event::Apply(p) => g.push_pod(&p, false, false, seen),
+            watcher::Event::Delete(p) => g.push_pod(&p, true, false, seen),
         }
     }
 
@@ -385,7 +402,12 @@ impl HistoryInner {
     /// it later would report a double active with a pod promoted in the gap that may never
     /// have existed. The re-list itself is reported by [`History::watch_restarts`].)
     fn end_pod_list(&mut self, seen: u64) {
-        let Some((gap_start, listed)) = self.pod_list.take() else {
+        let Some(PodList {
+            gap_start,
+            listed,
+            changed,
+        }) = self.pod_list.take()
+        else {
             return;
         };
         let mut gone: Vec<PodRecord> = self
@@ -395,19 +417,57 @@ impl HistoryInner {
             .cloned()
             .collect();
         gone.sort_by(|a, b| (&a.namespace, &a.pod).cmp(&(&b.namespace, &b.pod)));
+        let gone_count = gone.len();
         for mut r in gone {
             r.rv = gap_start + 1;
             r.seen_unix_nanos = seen;
             r.deleted = true;
+            r.listed = true;
             self.last.insert(r.uid.clone(), r.clone());
             self.pods.push(r);
         }
+        if gap_start > 0 {
+            self.watch_restarts.push(format!(
+                "pod re-list after rv {gap_start}: {changed} pods changed and {gone_count} gone \
+                 in the gap, their steps there unseen"
+            ));
+        }
     }
 
-    fn push_pod(&mut self, p: &Pod, deleted: bool, seen: u64) {
-        let Some(r) = PodRecord::from_pod(p, deleted, seen) else {
+    /// A pod of a (re-)list. Its state may have changed in the gap before the list, at an
+    /// unknown resourceVersion up to the listed one: one that ended an active state (the pod
+    /// was demoted) is recorded at the first resourceVersion after the gap began, the earliest
+    /// the demotion can have happened, for the reason [`HistoryInner::end_pod_list`] places a
+    /// deletion there. (At its listed resourceVersion, a pod promoted in the gap would look
+    /// active together with this one.) Other states keep their listed resourceVersion.
+    fn list_pod(&mut self, p: &Pod, seen: u64) {
+        let Some(mut r) = PodRecord::from_pod(p, false, true, seen) else {
             return;
         };
+        let Some(list) = self.pod_list.as_mut() else {
+            return self.push(r);
+        };
+        list.listed.insert(r.uid.clone());
+        if let Some(prev) = self.last.get(&r.uid) {
+            if prev.same_state(&r) {
+                return;
+            }
+            list.changed += 1;
+            if prev.is_active() && !r.is_active() {
+                r.rv = r.rv.min(list.gap_start + 1);
+            }
+        }
+        self.push(r);
+    }
+
+    fn push_pod(&mut self, p: &Pod, deleted: bool, listed: bool, seen: u64) {
+        if let Some(r) = PodRecord::from_pod(p, deleted, listed, seen) {
+            self.push(r);
+        }
+    }
+
+    /// Records `r` unless it shows the same state as the pod's record before.
+    fn push(&mut self, r: PodRecord) {
         if let Some(prev) = self.last.get(&r.uid)
             && prev.same_state(&r)
         {
@@ -596,28 +656,46 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn pod_missing_from_a_relist_is_deleted() {
+    /// A history that listed `a` active (rv 10) and `b` standby (rv 11), then, after its
+    /// watch broke, re-listed `relisted`.
+    fn relisted(relisted: Vec<Pod>) -> History {
         let h = History::default();
-        for ev in [
-            watcher::Event::Init,
-            watcher::Event::InitApply(pod("a", ACTIVE, 10)),
-            watcher::Event::InitApply(pod("b", STANDBY, 11)),
-            watcher::Event::InitDone,
-            // The watch broke; meanwhile `a` was deleted and `b` promoted. The re-list only
-            // shows `b`, active.
-            watcher::Event::Init,
-            watcher::Event::InitApply(pod("b", ACTIVE, 15)),
-            watcher::Event::InitDone,
-        ] {
+        let list = |pods: Vec<Pod>| {
+            let items = pods.into_iter().map(watcher::Event::InitApply);
+            [watcher::Event::Init]
+                .into_iter()
+                .chain(items)
+                .chain([watcher::Event::InitDone])
+        };
+        let first = vec![pod("a", ACTIVE, 10), pod("b", STANDBY, 11)];
+        for ev in list(first).chain(list(relisted)) {
             h.on_pod_event(ev);
         }
+        h
+    }
+
+    #[test]
+    fn pod_missing_from_a_relist_is_deleted() {
+        // Meanwhile `a` was deleted and `b` promoted. The re-list only shows `b`, active.
+        let h = relisted(vec![pod("b", ACTIVE, 15)]);
         assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
+        assert_eq!(h.watch_restarts().len(), 1, "{:?}", h.watch_restarts());
         let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
-        assert!(a.deleted, "{a:?}");
+        assert!(a.deleted && a.listed, "{a:?}");
         assert!(a.rv > 11 && a.rv <= 15, "{a:?}");
         // A pod that is still listed stays.
         assert!(!h.pod_records().iter().any(|r| r.pod == "b" && r.deleted));
+    }
+
+    #[test]
+    fn a_demotion_a_relist_reveals_is_placed_before_the_gap_promotions() {
+        // In the gap: `a` demoted (rv 13), `b` promoted (rv 14), `a` written again (rv 16, a
+        // status update). The re-list shows only the last writes.
+        let h = relisted(vec![pod("a", STANDBY, 16), pod("b", ACTIVE, 14)]);
+        assert!(h.double_actives().is_empty(), "{:?}", h.double_actives());
+        let a = h.pod_records().into_iter().rfind(|r| r.pod == "a").unwrap();
+        assert_eq!((a.rv, a.listed), (12, true), "{a:?}");
+        assert!(h.watch_restarts()[0].contains("2 pods changed"));
     }
 
     /// Pod records from a timeline: comma-separated `RV POD ROLE [FLAG...]` entries of group
@@ -644,6 +722,7 @@ mod tests {
                     deleted: false,
                     not_running: vec![],
                     restarted: vec![],
+                    listed: false,
                 };
                 for flag in words {
                     match (flag, flag.strip_prefix("group=")) {

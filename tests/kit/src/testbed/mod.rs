@@ -50,6 +50,7 @@ pub use wait::*;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail, ensure};
@@ -156,7 +157,8 @@ pub struct Testbed {
     admin_kubeconfig: PathBuf,
     node: Option<Child>,
     tasks: Vec<JoinHandle<()>>,
-    control_plane: Option<ControlPlane>,
+    /// Shared with the blocking tasks of [`Testbed::with_control_plane`].
+    control_plane: Option<Arc<ControlPlane>>,
     verbose: bool,
 }
 
@@ -221,7 +223,7 @@ impl Testbed {
             admin_kubeconfig,
             node: None,
             tasks: Vec::new(),
-            control_plane: Some(control_plane),
+            control_plane: Some(Arc::new(control_plane)),
             verbose: opts.verbose,
         };
         // From here on, Drop stops everything on failure.
@@ -327,8 +329,21 @@ impl Testbed {
     /// The running control plane (its server address, binaries and kubeconfig).
     pub fn control_plane(&self) -> Result<&ControlPlane> {
         self.control_plane
-            .as_ref()
+            .as_deref()
             .ok_or_else(|| anyhow!("control plane stopped"))
+    }
+
+    /// Runs `f` on the control plane off the async runtime (`spawn_blocking`): for its
+    /// blocking calls, such as [`ControlPlane::restart`] of a component.
+    pub async fn with_control_plane<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ControlPlane) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let cp = self
+            .control_plane
+            .clone()
+            .ok_or_else(|| anyhow!("control plane stopped"))?;
+        tokio::task::spawn_blocking(move || f(&cp)).await?
     }
 
     /// Runs the control plane's kubectl with the admin kubeconfig; returns its stdout.
@@ -431,6 +446,13 @@ impl Testbed {
         }
         if let Some(cp) = self.control_plane.take() {
             progress(self.verbose, "stopping the control plane");
+            if Arc::strong_count(&cp) > 1 {
+                progress(
+                    self.verbose,
+                    "a blocking call on the control plane is still running; the control \
+                     plane stops when it ends",
+                );
+            }
             drop(cp);
         }
     }
