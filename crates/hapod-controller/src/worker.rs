@@ -426,6 +426,14 @@ impl Worker {
                     true,
                 )
             }
+            RecordKind::PassedOver { why } => {
+                tracing::info!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name), why, "passed over for promotion");
+                (
+                    "PassedOver",
+                    format!("not promoted although older than the pod promoted: {why}"),
+                    false,
+                )
+            }
             RecordKind::NoEligible => {
                 tracing::warn!(group = %self.key, "no eligible pod to make active");
                 (

@@ -121,6 +121,16 @@ impl PodEntry {
         }
     }
 
+    /// Why this pod cannot be promoted now (it is not [`PodEntry::eligible`], or the API
+    /// refused a write to it a moment ago).
+    pub(super) fn unfit_reason(&self, now: Instant) -> &'static str {
+        if self.eligible() && self.refused(now) {
+            "write_refused"
+        } else {
+            self.loss_reason().as_str()
+        }
+    }
+
     pub(super) fn pod_ref(&self) -> PodRef {
         PodRef {
             name: self.view.name.clone(),

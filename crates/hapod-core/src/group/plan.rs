@@ -190,6 +190,7 @@ impl GroupState {
             return true;
         };
         let reason = self.trigger.map_or(PromotionReason::Initial, |t| t.reason);
+        self.record_passed_over(&name, now, out);
         self.set_role(
             &name,
             Role::Active,
@@ -198,6 +199,25 @@ impl GroupState {
             out,
         );
         true
+    }
+
+    /// Names each pod older than `candidate` and why it is not the one promoted, so that an
+    /// operator sees why the choice was not the oldest pod.
+    fn record_passed_over(&self, candidate: &str, now: Instant, out: &mut Vec<Action>) {
+        let age = self.pods[candidate].view.age_key();
+        out.extend(
+            self.pods
+                .values()
+                .filter(|e| e.view.age_key() < age)
+                .map(|e| {
+                    Action::Record(Record {
+                        pod: Some(e.pod_ref()),
+                        kind: RecordKind::PassedOver {
+                            why: e.unfit_reason(now),
+                        },
+                    })
+                }),
+        );
     }
 
     /// Before promoting `candidate`: a promotion of another pod whose outcome is unknown is

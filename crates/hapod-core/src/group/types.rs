@@ -135,6 +135,11 @@ pub enum RecordKind {
     },
     /// The group has no active pod and no eligible one.
     NoEligible,
+    /// An older pod than the one being promoted (the choice is "the oldest eligible") could
+    /// not take the role, for this reason.
+    PassedOver {
+        why: &'static str,
+    },
     /// An active pod carries an epoch of a term above the acting one: no replica can have
     /// issued it while this one holds the Lease. Ignored for epoch allocation.
     FutureEpoch {

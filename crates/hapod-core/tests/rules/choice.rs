@@ -79,6 +79,18 @@ fn never_promotes_an_ineligible_pod_and_reports_it_once() {
         "unready",
         Role::Active
     ));
+    // The older pod it was chosen over is named, with why; the younger ones are not.
+    let passed_over: Vec<(&str, &str)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(hapod_core::Record {
+                pod: Some(pod),
+                kind: RecordKind::PassedOver { why },
+            }) => Some((pod.name.as_str(), *why)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(passed_over, [("pending", "not_ready")]);
 }
 
 #[test]
