@@ -44,6 +44,8 @@ struct Fake {
     watches: Vec<Watch>,
     /// Lease writes are held unanswered (an API server that stopped answering).
     hang_lease_writes: bool,
+    /// Pod patches fail with HTTP 503, changing nothing (etcd stopped behind the API server).
+    fail_pod_patches: bool,
     held: Vec<mock::SendResponse<Response<Body>>>,
 }
 
@@ -204,6 +206,11 @@ impl Fake {
                     respond(reply, StatusCode::OK, &obj);
                 }
             }
+            (Method::PATCH, Res::Pod, false) if self.fail_pod_patches => respond(
+                reply,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &status(503, "ServiceUnavailable"),
+            ),
             (Method::PATCH, Res::Pod, false) => {
                 let Some(mut pod) = self.pods.get(name).cloned() else {
                     return respond(reply, StatusCode::NOT_FOUND, &status(404, "NotFound"));
@@ -404,6 +411,29 @@ async fn takeover_within_milliseconds_of_observed_leader_death() {
             sleep(Duration::from_millis(1)).await;
         }
         assert!(t0.elapsed() < Duration::from_millis(100));
+    }
+}
+
+/// The leader's label write fails without changing the pod (etcd stopped behind the API
+/// server): it is tried again, not given up until the pod changes. Found by the chaos run: the
+/// acting replica stayed labeled standby for good after an etcd stop.
+#[tokio::test(start_paused = true)]
+async fn a_failed_role_label_write_is_retried() {
+    let fake = shared_with(&["icr-a"], None);
+    lock(&fake).fail_pod_patches = true;
+    let (a, _ta) = start(&fake, "icr-a");
+    leading(&a, Duration::from_secs(3)).await;
+    // Long enough for a few attempts, all refused.
+    sleep(Duration::from_secs(2)).await;
+    assert_eq!(lock(&fake).role("icr-a"), None);
+    lock(&fake).fail_pod_patches = false;
+    let t0 = Instant::now();
+    while lock(&fake).role("icr-a").as_deref() != Some("active") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the role label was never written again"
+        );
+        sleep(Duration::from_millis(10)).await;
     }
 }
 
