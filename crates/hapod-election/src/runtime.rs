@@ -616,11 +616,16 @@ impl Runner {
                     debug!(pod = %name, role = %value, "role label set");
                     self.pods.upsert(pod);
                 }
-                // 409: our view was stale; the watch brings the new version and we retry then.
-                Ok(Err(e)) => debug!(pod = %name, error = %e, "role label patch refused"),
+                // 409: our view was stale; the watch brings the new version and we retry then,
+                // not before.
+                Ok(Err(kube::Error::Api(s))) if s.code == 409 => {
+                    debug!(pod = %name, message = %s.message, "role label patch refused");
+                    self.labeled.insert(name, rv);
+                }
+                // Nothing says the pod changed: tried again at the next round.
+                Ok(Err(e)) => warn!(pod = %name, error = %e, "role label patch failed"),
                 Err(_) => warn!(pod = %name, "role label patch timed out"),
             }
-            self.labeled.insert(name, rv);
         }
     }
 }
