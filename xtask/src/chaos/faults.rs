@@ -279,10 +279,15 @@ impl<'a> Run<'a> {
         }
         let t0 = now_unix_nanos();
         if let Err(e) = self.inject(&pod, step).await {
-            // The pod may have gone between the look and the fault (its controller-side kill
-            // or its grace period ended): nothing was injected.
-            if self.tb.pod(ns, &target.pod).await?.and_then(|p| p.uid()) != Some(target.uid.clone())
-            {
+            // The pod may have gone, or started going, between the look and the fault (its
+            // controller-side kill or its grace period; the node may have removed its
+            // folders already): nothing was injected.
+            let now = self.tb.pod(ns, &target.pod).await?;
+            let leaving = now.is_none_or(|p| {
+                p.uid().as_deref() != Some(target.uid.as_str())
+                    || p.metadata.deletion_timestamp.is_some()
+            });
+            if leaving {
                 return Ok(None);
             }
             return Err(e.context(format!("{} of {ns}/{}", step.fault.name(), target.pod)));
