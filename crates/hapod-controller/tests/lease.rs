@@ -80,9 +80,11 @@ async fn leased(report_timeout: Option<Duration>) -> Leased {
     }
 }
 
-/// Acting, with one pod "b" labeled active at an epoch of this term: nothing to write while
-/// its agent agrees, so the mock API stays silent. Returns b's first order and its sender.
-async fn acting_with_active_b(leased: &Leased) -> (Order, std::net::SocketAddr) {
+/// A worker acting, with one pod "b" labeled active at an epoch of this term: nothing to
+/// write while its agent agrees, so the mock API stays silent. Returns it with b's first
+/// order and that order's sender.
+async fn acting_with_active_b() -> (Leased, Order, std::net::SocketAddr) {
+    let leased = leased(None).await;
     let mut b = pod_json("b", "6", "active", "127.0.0.1");
     b["metadata"]["annotations"] = json!({"hapod.io/epoch": epoch::compose(1, 1).to_string()});
     let pods = vec![view(b)];
@@ -94,7 +96,8 @@ async fn acting_with_active_b(leased: &Leased) -> (Order, std::net::SocketAddr) 
         .tx
         .send((Event::Leadership(Some(1)), Instant::now()))
         .unwrap();
-    next_order_for(&leased.agent, "b").await
+    let (order, from) = next_order_for(&leased.agent, "b").await;
+    (leased, order, from)
 }
 
 #[tokio::test]
@@ -209,17 +212,19 @@ async fn heartbeats_carry_a_grant_once_the_agent_reported_and_reports_reach_the_
 
 #[tokio::test]
 async fn a_pod_no_longer_ordered_loses_its_report_route_and_series() {
-    let leased = leased(None).await;
     // b's agent agrees with its label. (A disagreeing report would make the worker write a
     // fresh epoch and wait on the silent mock, racing the re-list below.)
-    let (order, controller) = acting_with_active_b(&leased).await;
-    let Leased {
-        metrics,
-        agent,
-        handle: _handle,
-        tx,
-        running,
-    } = leased;
+    let (
+        Leased {
+            metrics,
+            agent,
+            handle: _handle,
+            tx,
+            running,
+        },
+        order,
+        controller,
+    ) = acting_with_active_b().await;
     let report = Report {
         message_id: order.message_id,
         epoch: order.epoch,
@@ -348,15 +353,17 @@ async fn a_steady_agent_keeps_its_grants_and_is_not_judged_silent() {
 /// in place) it is, since the core keeps what that process gave up.
 #[tokio::test]
 async fn another_process_of_an_agent_is_reported_even_when_it_says_the_same() {
-    let leased = leased(None).await;
-    let (order, controller) = acting_with_active_b(&leased).await;
-    let Leased {
-        metrics,
-        agent,
-        handle: _handle,
-        tx,
-        running,
-    } = leased;
+    let (
+        Leased {
+            metrics,
+            agent,
+            handle: _handle,
+            tx,
+            running,
+        },
+        order,
+        controller,
+    ) = acting_with_active_b().await;
     let forwarded = || {
         let labels = ReportLabels {
             role: "active".into(),
