@@ -24,6 +24,7 @@ pub mod path_error;
 pub mod pod;
 pub mod probe;
 pub mod process;
+mod retry;
 pub mod status;
 pub mod volumes;
 

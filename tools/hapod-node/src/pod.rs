@@ -31,6 +31,7 @@ use crate::ip_allocator::IpAllocator;
 use crate::path_error::{AtPath, PathError};
 use crate::probe::ProbeKind;
 use crate::process::Spawner;
+use crate::retry::{API_WAITS, until_done};
 use crate::status::{ConditionClock, ContainerView, Kind, RunState};
 use crate::volumes::{self, VolumeContext};
 use containers::PodContainer;
@@ -349,11 +350,13 @@ impl PodWorker {
             );
         }
         let patch = json!({ "metadata": { "annotations": annotations } });
-        if let Err(e) = self
-            .api()
-            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+        let api = self.api();
+        let publish = || async {
+            api.patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop)
+        };
+        if let Err(e) = until_done(publish, &API_WAITS, &[404]).await {
             tracing::warn!(pod = %self.key(), error = %e, "could not publish the /tmp annotations");
         }
     }

@@ -9,6 +9,7 @@ use nix::sys::signal::Signal;
 
 use super::{Message, PodWorker};
 use crate::process::signal_group;
+use crate::retry::{API_WAITS, until_done};
 
 /// Why a running container is stopped: decides which grace period applies.
 #[derive(Debug, Clone, Copy)]
@@ -53,44 +54,6 @@ pub(crate) async fn delete_finished_pod(api: &Api<Pod>, name: &str, uid: &str) -
         ..Default::default()
     };
     api.delete(name, &params).await.map(drop)
-}
-
-/// Waits between attempts of the final delete. The API server may be restarting, or etcd
-/// stopped behind it: the pod would stay terminating for good after one failed attempt (a
-/// kubelet keeps trying too). Bounded (about a minute in all), so that a pod the API never
-/// lets go does not hold its worker.
-const FINAL_DELETE_WAITS: [Duration; 8] = [
-    Duration::from_millis(200),
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(15),
-    Duration::from_secs(30),
-];
-
-/// Runs `attempt` until it succeeds or the pod is gone (404) or not this one any more (409),
-/// waiting `waits` between failed attempts; the last error when they are used up.
-async fn until_deleted<F, Fut>(mut attempt: F, waits: &[Duration]) -> kube::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = kube::Result<()>>,
-{
-    let mut waits = waits.iter();
-    loop {
-        match attempt().await {
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return Ok(()),
-            Err(e) => match waits.next() {
-                Some(wait) => {
-                    tracing::debug!(error = %e, ?wait, "final delete failed; trying again");
-                    tokio::time::sleep(*wait).await;
-                }
-                None => return Err(e),
-            },
-            Ok(()) => return Ok(()),
-        }
-    }
 }
 
 impl PodWorker {
@@ -154,7 +117,7 @@ impl PodWorker {
         self.flush().await;
         let api = self.api();
         let delete = || delete_finished_pod(&api, &self.name, &self.uid);
-        match until_deleted(delete, &FINAL_DELETE_WAITS).await {
+        match until_done(delete, &API_WAITS, &[404, 409]).await {
             Ok(()) => tracing::info!(pod = %self.key(), "deletion finished"),
             Err(e) => tracing::warn!(pod = %self.key(), error = %e, "final delete failed"),
         }
@@ -167,46 +130,6 @@ mod tests {
     use k8s_openapi::api::core::v1::PodSpec;
 
     use super::*;
-
-    fn api_error(code: u16) -> kube::Error {
-        kube::Error::Api(
-            kube::core::Status::failure("test", "Test")
-                .with_code(code)
-                .boxed(),
-        )
-    }
-
-    /// The final delete fails while the API server cannot reach etcd: it is tried again
-    /// until it goes through (one attempt left the pod terminating for good), and a pod
-    /// already gone ends it; with every wait used up, the last error is returned.
-    #[tokio::test]
-    async fn the_final_delete_is_retried_until_the_pod_is_gone() {
-        for (answers, done) in [
-            (vec![503, 503, 200], true),
-            (vec![500, 404], true),
-            (vec![503; 4], false),
-        ] {
-            let mut left = answers.clone().into_iter();
-            let mut attempts = 0;
-            let result = until_deleted(
-                || {
-                    attempts += 1;
-                    let code = left.next().expect("no attempt beyond the waits");
-                    async move {
-                        if code == 200 {
-                            Ok(())
-                        } else {
-                            Err(api_error(code))
-                        }
-                    }
-                },
-                &[Duration::from_millis(1); 3],
-            )
-            .await;
-            assert_eq!(result.is_ok(), done, "{answers:?}");
-            assert_eq!(attempts, answers.len(), "{answers:?}");
-        }
-    }
 
     #[test]
     fn grace_period_follows_the_kubelet_order() {
