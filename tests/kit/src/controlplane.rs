@@ -15,6 +15,7 @@
 //! starts it again with the arguments it was first started with, [`ControlPlane::signal`]
 //! sends it a signal (SIGSTOP, SIGCONT). Both work on a shared handle.
 
+mod audit;
 mod build;
 mod cli;
 mod pki;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{target_dir, workspace_root};
 
+pub use audit::PodDeletion;
 pub use build::{
     Binaries, COMPONENTS, DEFAULT_KUBERNETES_VERSION, ensure_built, gen_gomod, is_cached,
 };
@@ -332,6 +334,12 @@ impl ControlPlane {
             .collect()
     }
 
+    /// The pod deletions the apiserver accepted so far, with who asked for each, from its
+    /// audit log (in the order logged; a restarted apiserver appends to it).
+    pub fn pod_deletions(&self) -> Result<Vec<PodDeletion>> {
+        audit::pod_deletions(&self.dir.join(audit::LOG))
+    }
+
     /// Sends `signal` to `component` (SIGSTOP to freeze it, SIGCONT to resume it).
     pub fn signal(&self, component: Component, signal: Signal) -> Result<()> {
         let running = self.running();
@@ -555,7 +563,13 @@ impl ControlPlane {
             ),
             format!("--service-account-signing-key-file={sa_key}"),
             "--profiling=false".into(),
+            // Who deleted each pod, so that a check can tell hapod's deletions from the
+            // ReplicaSet controller's (see `pod_deletions`).
+            format!("--audit-policy-file={}", path(audit::POLICY)),
+            format!("--audit-log-path={}", path(audit::LOG)),
+            "--audit-log-format=json".into(),
         ];
+        fs::write(self.dir.join(audit::POLICY), audit::POLICY_YAML)?;
         apiserver.extend(serving.iter().cloned());
         self.spawn("kube-apiserver", &apiserver)?;
         self.wait_for(

@@ -9,10 +9,15 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 
+use hapod_testkit::controlplane::PodDeletion;
 use hapod_testkit::testbed::{APP_CONTAINER, CRITICAL_CONTAINER, PodRecord, double_actives};
 
 /// The critical containers of the sample app (env `pwcriticality=critical`).
 const CRITICAL: [&str; 2] = [APP_CONTAINER, CRITICAL_CONTAINER];
+
+/// The ReplicaSet controller's identity (kube-controller-manager runs each controller as its
+/// own ServiceAccount).
+const REPLICASET_CONTROLLER: &str = "system:serviceaccount:kube-system:replicaset-controller";
 
 /// A broken invariant, with where in the history it happened.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,18 +128,18 @@ fn epochs(records: &[PodRecord]) -> Vec<Violation> {
     out
 }
 
-/// No pod is deleted (or starts terminating) unless the run deleted it (`deliberate` UIDs) or
-/// the record before showed a critical container dead. An end learned from a re-list of the
-/// watch is left out: what the pod went through in the gap was not seen (the re-list is
-/// reported as a watch restart).
-fn kills(records: &[PodRecord], deliberate: &HashSet<String>) -> Vec<Violation> {
+/// No pod is deleted (or starts terminating) unless the run or the ReplicaSet controller
+/// deleted it (`not_hapods` UIDs) or the record before showed a critical container dead. An
+/// end learned from a re-list of the watch is left out: what the pod went through in the gap
+/// was not seen (the re-list is reported as a watch restart).
+fn kills(records: &[PodRecord], not_hapods: &HashSet<String>) -> Vec<Violation> {
     let mut last: HashMap<&str, &PodRecord> = HashMap::new();
     let mut ended: HashSet<&str> = HashSet::new();
     let mut out = Vec::new();
     for r in records {
         if (r.terminating || r.deleted)
             && ended.insert(&r.uid)
-            && !deliberate.contains(&r.uid)
+            && !not_hapods.contains(&r.uid)
             && !r.listed
         {
             // A pod first seen terminating tells nothing about why.
@@ -167,8 +172,34 @@ fn violation(check: &'static str, r: &PodRecord, detail: String) -> Violation {
     }
 }
 
-/// Every safety checker over `records` (sorted by resourceVersion).
-pub fn safety(records: &[PodRecord], deliberate: &HashSet<String>) -> Vec<Violation> {
+/// The UIDs of the pods in `records` that someone else than hapod deleted: the run
+/// (`deliberate`) or, by the apiserver's audit log, the ReplicaSet controller (a surplus pod
+/// after a control plane restart). The first accepted delete of a pod is the one that ended
+/// it.
+pub fn not_hapods(
+    records: &[PodRecord],
+    deliberate: &HashSet<String>,
+    deletions: &[PodDeletion],
+) -> HashSet<String> {
+    let mut first: HashMap<(&str, &str), &str> = HashMap::new();
+    for d in deletions {
+        first
+            .entry((d.namespace.as_str(), d.pod.as_str()))
+            .or_insert(d.user.as_str());
+    }
+    let by_replicaset = records.iter().filter(|r| {
+        first.get(&(r.namespace.as_str(), r.pod.as_str())) == Some(&REPLICASET_CONTROLLER)
+    });
+    deliberate
+        .iter()
+        .cloned()
+        .chain(by_replicaset.map(|r| r.uid.clone()))
+        .collect()
+}
+
+/// Every safety checker over `records` (sorted by resourceVersion); `not_hapods` from
+/// [`not_hapods`].
+pub fn safety(records: &[PodRecord], not_hapods: &HashSet<String>) -> Vec<Violation> {
     let mut out: Vec<Violation> = double_actives(records)
         .into_iter()
         .map(|d| Violation {
@@ -188,7 +219,7 @@ pub fn safety(records: &[PodRecord], deliberate: &HashSet<String>) -> Vec<Violat
         })
         .collect();
     out.extend(epochs(records));
-    out.extend(kills(records, deliberate));
+    out.extend(kills(records, not_hapods));
     out
 }
 
@@ -297,6 +328,27 @@ mod tests {
         // Learned from a re-list: its critical container may have died in the gap.
         let relisted = "1 a active 5, 2 a standby 5, 3 a standby 5 terminating listed";
         assert!(checks(relisted, &[]).is_empty());
+    }
+
+    #[test]
+    fn a_surplus_pod_the_replicaset_deleted_is_no_kill() {
+        let t = "1 a active 5, 2 b standby -, 3 c standby -, 4 c standby - terminating";
+        let records = records(t);
+        let deleted_by = |user: &str| {
+            let deletions = [PodDeletion {
+                namespace: "ns".into(),
+                pod: "c".into(),
+                user: user.into(),
+            }];
+            let not_hapods = not_hapods(&records, &HashSet::new(), &deletions);
+            safety(&records, &not_hapods)
+                .iter()
+                .map(|v| v.check)
+                .collect::<Vec<_>>()
+        };
+        assert!(deleted_by(REPLICASET_CONTROLLER).is_empty());
+        let hapod = "system:serviceaccount:hapod-system:hapod-controller";
+        assert_eq!(deleted_by(hapod), ["kill"]);
     }
 
     #[test]

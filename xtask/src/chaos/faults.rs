@@ -39,6 +39,10 @@ pub const RECOVERY_BOUND: Duration = Duration::from_secs(60);
 /// started and Ready) before its next fault.
 pub const SETTLE_BOUND: Duration = Duration::from_secs(120);
 
+/// How long after the watch shows a pod's deletion the apiserver's audit log says by then who
+/// deleted it (the log is written as the delete request completes).
+pub const AUDIT_LAG: Duration = Duration::from_secs(2);
+
 /// One injected fault.
 #[derive(Clone, Debug)]
 pub struct FaultRecord {
@@ -107,7 +111,7 @@ impl<'a> Run<'a> {
         !self.stopped()
     }
 
-    pub fn deliberate(&self) -> HashSet<String> {
+    fn deliberate(&self) -> HashSet<String> {
         self.deliberate.lock().unwrap().clone()
     }
 
@@ -372,6 +376,32 @@ impl<'a> Run<'a> {
         }))
     }
 
+    /// After control plane faults, restarts kube-controller-manager. A restarted apiserver
+    /// refuses watches for a moment (its RBAC not loaded yet); the ReplicaSet controller then
+    /// can work from a stale pod cache: it created a surplus pod and deleted one, and once did
+    /// not replace a deleted pod for minutes. What follows checks hapod's recovery, which
+    /// needs the ReplicaSets to keep their pods.
+    pub async fn refresh_replicaset_controller(&self) -> Result<()> {
+        let plane_faults = self
+            .faults()
+            .iter()
+            .filter(|f| f.plane_ms.is_some())
+            .count();
+        if plane_faults == 0 {
+            return Ok(());
+        }
+        let took = self
+            .tb
+            .with_control_plane(|cp| cp.restart(Component::KubeControllerManager))
+            .await?;
+        println!(
+            "chaos: kube-controller-manager restarted after {plane_faults} control plane faults \
+             ({:.1} s), so that the ReplicaSets count from fresh caches",
+            took.as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// Control plane faults, `gap_ms` apart after the previous one recovered and the controller
     /// replicas settled, until the run stops; none with a gap of 0.
     pub async fn plane_worker(&self) -> Result<()> {
@@ -459,10 +489,17 @@ impl<'a> Run<'a> {
     }
 
     /// Safety checks over the history so far, recorded as violations; returns the failovers.
-    pub fn check_now(&self) -> usize {
-        let records = chaos_records(self.tb);
-        self.violate(check::safety(&records, &self.deliberate()));
-        check::failovers(&records)
+    /// A record the watch saw less than [`AUDIT_LAG`] ago waits for the next check: who
+    /// deleted its pod may not be in the audit log yet.
+    pub fn check_now(&self) -> Result<usize> {
+        let mut records = chaos_records(self.tb);
+        let deletions = self.tb.control_plane()?.pod_deletions()?;
+        let failovers = check::failovers(&records);
+        let judged_until = now_unix_nanos().saturating_sub(AUDIT_LAG.as_nanos() as u64);
+        records.retain(|r| r.seen_unix_nanos <= judged_until);
+        let not_hapods = check::not_hapods(&records, &self.deliberate(), &deletions);
+        self.violate(check::safety(&records, &not_hapods));
+        Ok(failovers)
     }
 }
 

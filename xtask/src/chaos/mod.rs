@@ -155,8 +155,10 @@ impl Cli {
         let fault_phase = faults_started.elapsed();
         // The faults are over: stopped processes were continued, the control plane serves;
         // now every group must recover.
+        run.refresh_replicaset_controller().await?;
         let recovered = self.recover(&run).await;
-        let failovers = run.check_now();
+        tokio::time::sleep(faults::AUDIT_LAG).await;
+        let failovers = run.check_now()?;
         let handovers = run.check_apps()?;
         let outcome = report::Outcome {
             machine,
@@ -207,7 +209,7 @@ impl Cli {
         let mut last_apps = Instant::now();
         while !run.stopped() {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let failovers = run.check_now();
+            let failovers = run.check_now()?;
             // The journals grow by a line every 10 ms per acting app: read less often.
             if last_apps.elapsed() >= Duration::from_secs(30) {
                 last_apps = Instant::now();
