@@ -57,6 +57,12 @@ pub fn settled(now: &[PodRecord], replicas: usize) -> Option<&PodRecord> {
     all_eligible.then(|| single_eligible_active(now)).flatten()
 }
 
+/// Fewer than `replicas` pods, each eligible, one the only active: everything hapod does for
+/// the group is done, and only the ReplicaSet controller can end the wait for a pod.
+pub fn short_of_pods(now: &[PodRecord], replicas: usize) -> bool {
+    now.len() < replicas && now.iter().all(eligible) && single_eligible_active(now).is_some()
+}
+
 /// A pod labeled active that was not in the record before (of its pod).
 struct Promotion<'a> {
     record: &'a PodRecord,
@@ -369,6 +375,11 @@ mod tests {
         assert!(settled(&now, 3).is_none());
         let unready_standby = records("1 a active 5, 2 b standby - unready");
         assert!(settled(&unready_standby, 2).is_none());
+        let alone = records("1 a active 5");
+        assert!(short_of_pods(&alone, 2));
+        assert!(!short_of_pods(&now, 2));
+        assert!(!short_of_pods(&unready_standby, 3));
+        assert!(!short_of_pods(&records("1 a standby 5"), 2));
         assert!(single_eligible_active(&unready_standby).is_some());
         assert!(single_eligible_active(&records("1 a active 5, 2 b active 6")).is_none());
         assert!(single_eligible_active(&records("1 a active 5 dead")).is_none());

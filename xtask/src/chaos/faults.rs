@@ -180,10 +180,7 @@ impl<'a> Run<'a> {
                 })
                 .await
             } else {
-                self.wait_group(&ns, "the steady state", SETTLE_BOUND, |now| {
-                    settled(now, APP_REPLICAS).map(|_| now.to_vec())
-                })
-                .await
+                self.wait_steady(&ns).await
             };
             let now = match ready {
                 Ok(now) => now,
@@ -198,6 +195,30 @@ impl<'a> Run<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for group `ns`'s steady state. A group short of a pod with nothing left for
+    /// hapod to do ([`check::short_of_pods`]) waits for the ReplicaSet controller only: that
+    /// one is refreshed once and waited for again.
+    async fn wait_steady(&self, ns: &str) -> Result<Vec<PodRecord>> {
+        let steady = |now: &[PodRecord]| settled(now, APP_REPLICAS).map(|_| now.to_vec());
+        match self
+            .wait_group(ns, "the steady state", SETTLE_BOUND, steady)
+            .await
+        {
+            Err(e)
+                if check::short_of_pods(
+                    &self.tb.history.group_now(ns, APP_GROUP),
+                    APP_REPLICAS,
+                ) =>
+            {
+                let why = format!("{ns} has waited {SETTLE_BOUND:?} for a replacement pod");
+                self.refresh_replicaset_controller(&why).await?;
+                let again = self.wait_group(ns, "the steady state", SETTLE_BOUND, steady);
+                again.await.map_err(|again| again.context(format!("{e:#}")))
+            }
+            ready => ready,
+        }
     }
 
     /// Injects `step` on group `ns` (pods `now`), waits for the recovery it needs.
@@ -376,12 +397,26 @@ impl<'a> Run<'a> {
         }))
     }
 
-    /// After control plane faults, restarts kube-controller-manager. A restarted apiserver
-    /// refuses watches for a moment (its RBAC not loaded yet); the ReplicaSet controller then
-    /// can work from a stale pod cache: it created a surplus pod and deleted one, and once did
-    /// not replace a deleted pod for minutes. What follows checks hapod's recovery, which
-    /// needs the ReplicaSets to keep their pods.
-    pub async fn refresh_replicaset_controller(&self) -> Result<()> {
+    /// Restarts kube-controller-manager, saying `why`. A restarted apiserver refuses
+    /// watches for a moment (its RBAC not loaded yet); the ReplicaSet controller then can work
+    /// from a stale pod cache: it created a surplus pod and deleted one, and once did not
+    /// replace a deleted pod for minutes. The checks are about hapod, which needs the
+    /// ReplicaSets to keep their pods.
+    async fn refresh_replicaset_controller(&self, why: &str) -> Result<()> {
+        let took = self
+            .tb
+            .with_control_plane(|cp| cp.restart(Component::KubeControllerManager))
+            .await?;
+        println!(
+            "chaos: kube-controller-manager restarted ({:.1} s): {why}",
+            took.as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// After control plane faults, before the recovery checks: a fresh ReplicaSet
+    /// controller (see [`Run::refresh_replicaset_controller`]).
+    pub async fn refresh_after_plane_faults(&self) -> Result<()> {
         let plane_faults = self
             .faults()
             .iter()
@@ -390,16 +425,8 @@ impl<'a> Run<'a> {
         if plane_faults == 0 {
             return Ok(());
         }
-        let took = self
-            .tb
-            .with_control_plane(|cp| cp.restart(Component::KubeControllerManager))
-            .await?;
-        println!(
-            "chaos: kube-controller-manager restarted after {plane_faults} control plane faults \
-             ({:.1} s), so that the ReplicaSets count from fresh caches",
-            took.as_secs_f64()
-        );
-        Ok(())
+        let why = format!("{plane_faults} control plane faults are over");
+        self.refresh_replicaset_controller(&why).await
     }
 
     /// Control plane faults, `gap_ms` apart after the previous one recovered and the controller

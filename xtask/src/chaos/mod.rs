@@ -155,7 +155,7 @@ impl Cli {
         let fault_phase = faults_started.elapsed();
         // The faults are over: stopped processes were continued, the control plane serves;
         // now every group must recover.
-        run.refresh_replicaset_controller().await?;
+        run.refresh_after_plane_faults().await?;
         let recovered = self.recover(&run).await;
         tokio::time::sleep(faults::AUDIT_LAG).await;
         let failovers = run.check_now()?;
