@@ -4,6 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use crate::PromotionReason;
+
 /// Names and values the controller matches and writes. Defaults keep the original system's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Config {
@@ -169,6 +171,25 @@ impl PodView {
         self.pod_ips.first().copied()
     }
 
+    /// Why the API's view of this pod alone rules it out of the active role, if it does: the
+    /// reason the controller gives when it takes the role from it. What only the controller
+    /// knows (a death seen before a restart, a relinquish, a silent agent) is not in it.
+    pub fn unfit_by_api(&self) -> Option<PromotionReason> {
+        if self.deleting {
+            Some(PromotionReason::Terminating)
+        } else if self.dead_container().is_some() {
+            Some(PromotionReason::CriticalDeath)
+        } else if matches!(self.phase, Phase::Failed | Phase::Succeeded) {
+            Some(PromotionReason::Finished)
+        } else if !self.ready {
+            Some(PromotionReason::NotReady)
+        } else if !self.serving() {
+            Some(PromotionReason::NotServing)
+        } else {
+            None
+        }
+    }
+
     /// Eligibility, except the critical-container rule, which is sticky (see `GroupState`).
     pub(crate) fn serving(&self) -> bool {
         self.phase == Phase::Running && self.ready && !self.deleting && !self.pod_ips.is_empty()
@@ -214,5 +235,60 @@ mod tests {
         assert_eq!(Phase::parse(Some("Running")), Phase::Running);
         assert_eq!(Phase::parse(Some("weird")), Phase::Unknown);
         assert_eq!(Phase::parse(None), Phase::Unknown);
+    }
+
+    #[test]
+    fn what_the_api_shows_rules_a_pod_out_in_the_controllers_order() {
+        let fit = PodView {
+            namespace: "ns".into(),
+            name: "a".into(),
+            uid: "u".into(),
+            resource_version: "1".into(),
+            group: "g".into(),
+            role_label: None,
+            epoch: None,
+            phase: Phase::Running,
+            ready: true,
+            deleting: false,
+            vanishing: false,
+            pod_ips: vec!["10.244.0.1".parse().unwrap()],
+            created_unix_seconds: 0,
+            critical: vec![CriticalContainer {
+                name: "app".into(),
+                terminated: false,
+                last_terminated: false,
+                restart_count: 0,
+                waiting_reason: None,
+            }],
+        };
+        assert_eq!(fit.unfit_by_api(), None);
+        let unfit = |change: fn(&mut PodView)| {
+            let mut view = fit.clone();
+            change(&mut view);
+            view.unfit_by_api().map(PromotionReason::as_str)
+        };
+        assert_eq!(unfit(|v| v.pod_ips.clear()), Some("not_serving"));
+        assert_eq!(unfit(|v| v.ready = false), Some("not_ready"));
+        assert_eq!(
+            unfit(|v| {
+                v.ready = false;
+                v.phase = Phase::Failed;
+            }),
+            Some("finished")
+        );
+        assert_eq!(
+            unfit(|v| {
+                v.phase = Phase::Failed;
+                v.critical[0].restart_count = 1;
+            }),
+            Some("critical_death")
+        );
+        assert_eq!(
+            unfit(|v| {
+                v.critical[0].terminated = true;
+                v.deleting = true;
+            }),
+            Some("terminating")
+        );
     }
 }

@@ -104,20 +104,18 @@ impl PodEntry {
 
     /// Why an active pod that is not eligible has to give up the role.
     pub(super) fn loss_reason(&self) -> PromotionReason {
+        // The sticky death and the relinquish come before what the API shows now, a
+        // deletion before them all.
         if self.view.deleting {
             PromotionReason::Terminating
         } else if self.dead_container.is_some() || self.kill_sent {
             PromotionReason::CriticalDeath
         } else if self.relinquished() {
             PromotionReason::Relinquished
-        } else if matches!(self.view.phase, Phase::Failed | Phase::Succeeded) {
-            PromotionReason::Finished
-        } else if !self.view.ready {
-            PromotionReason::NotReady
-        } else if !self.view.serving() {
-            PromotionReason::NotServing
         } else {
-            PromotionReason::Unresponsive
+            self.view
+                .unfit_by_api()
+                .unwrap_or(PromotionReason::Unresponsive)
         }
     }
 
