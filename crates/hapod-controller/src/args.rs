@@ -49,9 +49,6 @@ pub struct Args {
     /// kubeconfig search (~/.kube/config).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<String>,
-    /// Label selector of the application pods.
-    #[arg(long, env = "HAPOD_SELECTOR", default_value = "app=hapod")]
-    pub selector: String,
     /// Namespaces to watch, comma separated; empty: all namespaces.
     #[arg(
         long,
@@ -60,24 +57,8 @@ pub struct Args {
         default_value = ""
     )]
     pub namespaces: Vec<String>,
-    /// Label whose value (with the namespace) names a pod's group; pods without it are ignored.
-    #[arg(long, env = "HAPOD_GROUP_LABEL", default_value = "app")]
-    pub group_label: String,
-    /// Label key carrying the role, on application and controller pods.
-    #[arg(long, env = "HAPOD_ROLE_LABEL", default_value = "role")]
-    pub role_label: String,
-    /// Role value of the serving pod (the Service selects it).
-    #[arg(long, env = "HAPOD_ACTIVE_VALUE", default_value = "active")]
-    pub active_value: String,
-    /// Role value of every other pod.
-    #[arg(long, env = "HAPOD_STANDBY_VALUE", default_value = "standby")]
-    pub standby_value: String,
-    /// Env var name marking a critical container (exact match).
-    #[arg(long, env = "HAPOD_CRITICAL_ENV", default_value = "pwcriticality")]
-    pub critical_env: String,
-    /// Env var value marking a critical container (trimmed, ASCII case-insensitive).
-    #[arg(long, env = "HAPOD_CRITICAL_VALUE", default_value = "critical")]
-    pub critical_value: String,
+    #[command(flatten)]
+    pub matching: PodMatching,
     /// UDP port of the pods' notification receiver.
     #[arg(long, env = "HAPOD_NOTIFY_PORT", default_value_t = 10001)]
     pub notify_port: u16,
@@ -128,53 +109,48 @@ pub struct Args {
     pub election: ElectionArgs,
 }
 
-impl Args {
-    /// The keys of `--notify-key-file` (none: unauthenticated messages).
-    pub fn notify_key(&self) -> Result<Option<Key>, KeyError> {
-        Key::from_files(&self.notify_key_file, self.allow_demo_key)
-    }
+/// How hapod recognizes its pods: the flags the controller and `kubectl hapod` share.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PodMatching {
+    /// Label selector of the application pods.
+    #[arg(long, env = "HAPOD_SELECTOR", default_value = "app=hapod")]
+    pub selector: String,
+    /// Label whose value (with the namespace) names a pod's group; pods without it are ignored.
+    #[arg(long, env = "HAPOD_GROUP_LABEL", default_value = "app")]
+    pub group_label: String,
+    /// Label key carrying the role, on application and controller pods.
+    #[arg(long, env = "HAPOD_ROLE_LABEL", default_value = "role")]
+    pub role_label: String,
+    /// Role value of the serving pod (the Service selects it).
+    #[arg(long, env = "HAPOD_ACTIVE_VALUE", default_value = "active")]
+    pub active_value: String,
+    /// Role value of every other pod.
+    #[arg(long, env = "HAPOD_STANDBY_VALUE", default_value = "standby")]
+    pub standby_value: String,
+    /// Env var name marking a critical container (exact match).
+    #[arg(long, env = "HAPOD_CRITICAL_ENV", default_value = "pwcriticality")]
+    pub critical_env: String,
+    /// Env var value marking a critical container (trimmed, ASCII case-insensitive).
+    #[arg(long, env = "HAPOD_CRITICAL_VALUE", default_value = "critical")]
+    pub critical_value: String,
+}
 
-    /// The core's configuration.
-    pub fn core_config(&self) -> Config {
+impl PodMatching {
+    /// The core's configuration, with `application_lease`.
+    pub fn config(&self, application_lease: Option<ApplicationLease>) -> Config {
         Config {
             role_label: self.role_label.clone(),
             active_value: self.active_value.clone(),
             standby_value: self.standby_value.clone(),
             critical_env: self.critical_env.clone(),
             critical_value: self.critical_value.clone(),
-            application_lease: self.lease_terms().map(|terms| ApplicationLease {
-                live_span: terms.live_span(),
-                predecessor_window: Duration::from_millis(self.election.renew_deadline_ms),
-                report_timeout: self.report_timeout(),
-            }),
+            application_lease,
         }
     }
 
-    /// The application lease's terms, when it is on.
-    pub fn lease_terms(&self) -> Option<LeaseTerms> {
-        self.application_lease_ms.map(|ms| LeaseTerms {
-            lease: Duration::from_millis(ms),
-            drift_ppm: self.drift_ppm,
-        })
-    }
-
-    /// `--report-timeout-ms` with its default applied; `None` when off.
-    fn report_timeout(&self) -> Option<Duration> {
-        match self.report_timeout_ms {
-            Some(0) => None,
-            Some(ms) => Some(Duration::from_millis(ms)),
-            None => Some(Duration::from_millis(self.heartbeat_ms.saturating_mul(3))),
-        }
-    }
-
-    /// Namespaces to watch, blanks and duplicates dropped (empty: all).
-    pub fn namespace_list(&self) -> Vec<String> {
-        crate::runtime::distinct_namespaces(&self.namespaces)
-    }
-
-    /// Refuses settings that cannot work, naming the flag: a role that could never be told
+    /// Refuses names that cannot work, naming the flag: a role that could never be told
     /// apart (an endless relabel loop), a selector matching every pod, names the API would
-    /// refuse on every write or list, lease timings outside the election's safety margins.
+    /// refuse on every write or list.
     pub fn validate(&self) -> Result<(), String> {
         if self.selector.trim().is_empty() {
             return Err("--selector must not be empty (it would match every pod)".into());
@@ -218,6 +194,53 @@ impl Args {
                 self.active_value
             ));
         }
+        Ok(())
+    }
+}
+
+impl Args {
+    /// The keys of `--notify-key-file` (none: unauthenticated messages).
+    pub fn notify_key(&self) -> Result<Option<Key>, KeyError> {
+        Key::from_files(&self.notify_key_file, self.allow_demo_key)
+    }
+
+    /// The core's configuration.
+    pub fn core_config(&self) -> Config {
+        self.matching
+            .config(self.lease_terms().map(|terms| ApplicationLease {
+                live_span: terms.live_span(),
+                predecessor_window: Duration::from_millis(self.election.renew_deadline_ms),
+                report_timeout: self.report_timeout(),
+            }))
+    }
+
+    /// The application lease's terms, when it is on.
+    pub fn lease_terms(&self) -> Option<LeaseTerms> {
+        self.application_lease_ms.map(|ms| LeaseTerms {
+            lease: Duration::from_millis(ms),
+            drift_ppm: self.drift_ppm,
+        })
+    }
+
+    /// `--report-timeout-ms` with its default applied; `None` when off.
+    fn report_timeout(&self) -> Option<Duration> {
+        match self.report_timeout_ms {
+            Some(0) => None,
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => Some(Duration::from_millis(self.heartbeat_ms.saturating_mul(3))),
+        }
+    }
+
+    /// Namespaces to watch, blanks and duplicates dropped (empty: all).
+    pub fn namespace_list(&self) -> Vec<String> {
+        crate::runtime::distinct_namespaces(&self.namespaces)
+    }
+
+    /// Refuses settings that cannot work, naming the flag: a role that could never be told
+    /// apart (an endless relabel loop), a selector matching every pod, names the API would
+    /// refuse on every write or list, lease timings outside the election's safety margins.
+    pub fn validate(&self) -> Result<(), String> {
+        self.matching.validate()?;
         if let Some(ns) = self.namespace_list().iter().find(|ns| !dns_label(ns)) {
             return Err(format!(
                 "--namespaces: {ns:?} is not a namespace name (lower case letters, digits, '-', at most 63)"
@@ -255,9 +278,9 @@ impl Args {
         }
         hapod_election::ElectionConfig::new(
             &self.election,
-            &self.role_label,
-            &self.active_value,
-            &self.standby_value,
+            &self.matching.role_label,
+            &self.matching.active_value,
+            &self.matching.standby_value,
         )
         .map(drop)
         .map_err(|e| e.to_string())
@@ -317,7 +340,7 @@ mod tests {
             "n",
         ])
         .unwrap();
-        assert_eq!(a.selector, "app=hapod");
+        assert_eq!(a.matching.selector, "app=hapod");
         assert!(a.namespace_list().is_empty());
         assert_eq!(a.core_config(), Config::default());
         assert_eq!(

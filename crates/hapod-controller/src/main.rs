@@ -79,9 +79,9 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let election = ElectionConfig::new(
         &args.election,
-        &args.role_label,
-        &args.active_value,
-        &args.standby_value,
+        &args.matching.role_label,
+        &args.matching.active_value,
+        &args.matching.standby_value,
     )?;
     let (leader, elector) = LeaderElector::new(client.clone(), election, &mut registry)?;
     let registry = Arc::new(registry);
@@ -150,7 +150,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shared = Arc::new(Shared {
         config,
-        group_label: args.group_label.clone(),
+        group_label: args.matching.group_label.clone(),
         notifier,
         notify_port: args.notify_port,
         notes: notes_tx,
@@ -159,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         orders,
     });
     let settings = Settings {
-        selector: args.selector.clone(),
+        selector: args.matching.selector.clone(),
         namespaces: args.namespace_list(),
         resync: args.resync(),
         controller_pod: Some((
@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
         )),
     };
     let dispatcher = Dispatcher::new(client, settings, shared, Arc::new(leader.clone()), ready);
-    tracing::info!(selector = %args.selector, namespaces = ?args.namespace_list(), %http_addr, "hapod-controller starting");
+    tracing::info!(selector = %args.matching.selector, namespaces = ?args.namespace_list(), %http_addr, "hapod-controller starting");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -51,9 +51,9 @@ async fn exported() -> BTreeSet<String> {
         .expect("args");
     let election = ElectionConfig::new(
         &args.election,
-        &args.role_label,
-        &args.active_value,
-        &args.standby_value,
+        &args.matching.role_label,
+        &args.matching.active_value,
+        &args.matching.standby_value,
     )
     .expect("election config");
     // The election registers its metrics when built; it never runs here.
