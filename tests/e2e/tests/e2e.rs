@@ -38,6 +38,8 @@ mod rbac;
 mod relabel;
 #[path = "e2e/scale.rs"]
 mod scale;
+#[path = "e2e/status.rs"]
+mod status;
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -71,6 +73,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("steady_state_one_active", failover::steady_state),
     scenario!("rbac_controller_identity", rbac::rbac),
     scenario!("force_delete_active", failover::force_delete),
+    scenario!("kubectl_hapod_status", status::status_after_failover),
     scenario!("graceful_delete_active", failover::graceful_delete),
     scenario!("critical_container_crash", failover::critical_crash),
     scenario!("active_not_ready", failover::not_ready),

@@ -1,5 +1,6 @@
-//! Building the workspace binaries the testbed runs (the controller, the demo app, the agent
-//! and the process node), and the image map the process node uses to run them.
+//! Building the workspace binaries the testbed runs (the controller, the demo app, the agent,
+//! the process node and the kubectl plugin), and the image map the process node uses to run
+//! them.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -9,12 +10,14 @@ use anyhow::{Context as _, Result, ensure};
 use super::Profile;
 use crate::{cargo, target_dir, workspace_root};
 
-/// The binaries the testbed builds and the process node runs.
-pub const BINARIES: [&str; 4] = [
+/// The binaries the testbed builds: what the process node runs, and the kubectl plugin the
+/// tests run as an operator would.
+pub const BINARIES: [&str; 5] = [
     "hapod-controller",
     "hapod-demo",
     "hapod-agent",
     "hapod-node",
+    "kubectl-hapod",
 ];
 /// Images (last path segment, without tag) the process node maps to built binaries.
 pub const IMAGES: [&str; 3] = ["hapod-controller", "hapod-demo", "hapod-agent"];

@@ -1,0 +1,526 @@
+//! The state of hapod's groups as the API shows it, built from the pods, the controller's
+//! `Promoted` Events and its election Lease (no I/O here), and its two renderings: a table as
+//! `kubectl get` prints, and the same data as JSON or YAML.
+//!
+//! The labels are the truth: which pod the Service selects. Nothing is written to publish this
+//! view, so reading it costs the failover path nothing and it cannot lag behind the labels.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hapod_core::{Config, PodView, Role};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use serde::Serialize;
+
+use hapod_controller::podview::pod_view;
+
+/// What `kubectl hapod status` reports.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The acting controller replica; none when its Lease could not be read.
+    pub controller: Option<Controller>,
+    pub groups: Vec<Group>,
+}
+
+/// The controller replica holding the election Lease.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Controller {
+    /// `namespace/name` of the Lease.
+    pub lease: String,
+    /// The holder's pod; none while nobody holds the Lease.
+    pub pod: Option<String>,
+    /// The controller term (`hapod.io/term`), the high half of every epoch it writes.
+    pub term: Option<u32>,
+    /// Seconds since the holder last renewed.
+    pub renewed_seconds_ago: Option<f64>,
+}
+
+/// One group: the pods of one namespace sharing the group label's value.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub namespace: String,
+    pub group: String,
+    /// The pod labeled active, when exactly one is.
+    pub active: Option<Member>,
+    pub standbys: Vec<Member>,
+    /// What an operator should look at (none in the steady state).
+    pub problems: Vec<String>,
+}
+
+/// A pod of a group.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub pod: String,
+    /// The `hapod.io/epoch` of its promotion (an active pod's).
+    pub epoch: Option<u64>,
+    /// Could take (or keep) the active role as the API shows it.
+    pub eligible: bool,
+    /// Why not, in the controller's words (`not_ready`, `terminating`, `critical_death`, …).
+    pub unfit: Option<&'static str>,
+    /// Its last promotion, from the controller's `Promoted` Event (Events expire, an hour by
+    /// default).
+    pub promoted: Option<Promotion>,
+}
+
+/// One promotion, as the controller's `Promoted` Event says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Promotion {
+    pub time: Timestamp,
+    pub epoch: u64,
+    /// Why the role moved (`deleted`, `not_ready`, `initial`, …).
+    pub reason: String,
+    /// Trigger seen to the new label stored, when the promotion replaced a lost active.
+    pub failover_ms: Option<f64>,
+}
+
+/// Builds the status of the groups in `pods` (those with the group label), with the
+/// promotions of `events` and the holder of `lease` (`lease_ref` names it), at `now`.
+pub fn build(
+    pods: &[Pod],
+    events: &[Event],
+    lease: Option<(&str, &Lease)>,
+    config: &Config,
+    group_label: &str,
+    now: Timestamp,
+) -> Status {
+    let promotions = promotions_by_pod(events);
+    let mut groups: BTreeMap<(String, String), Vec<Seen>> = BTreeMap::new();
+    for pod in pods {
+        let Ok(view) = pod_view(pod, config, group_label) else {
+            continue;
+        };
+        let promoted = promotions.get(view.uid.as_str()).cloned();
+        groups
+            .entry((view.namespace.clone(), view.group.clone()))
+            .or_default()
+            .push((view, promoted));
+    }
+    Status {
+        controller: lease.map(|(lease_ref, lease)| controller(lease_ref, lease, now)),
+        groups: groups
+            .into_iter()
+            .map(|((namespace, group), members)| group_status(namespace, group, members, config))
+            .collect(),
+    }
+}
+
+/// A pod of a group, with its latest promotion.
+type Seen = (PodView, Option<Promotion>);
+
+fn group_status(
+    namespace: String,
+    group: String,
+    mut members: Vec<Seen>,
+    config: &Config,
+) -> Group {
+    members.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    let member = |(view, promoted): Seen| {
+        let unfit = view.unfit_by_api().map(|r| r.as_str());
+        Member {
+            pod: view.name,
+            epoch: view.epoch,
+            eligible: unfit.is_none(),
+            unfit,
+            // Only the promotion that gave the pod its current epoch is its own.
+            promoted: promoted.filter(|p| Some(p.epoch) == view.epoch),
+        }
+    };
+    let (labeled_active, others): (Vec<_>, Vec<_>) = members
+        .into_iter()
+        .partition(|(view, _)| view.role(config) == Role::Active);
+    let mut problems = Vec::new();
+    let active = match labeled_active.len() {
+        0 => {
+            problems.push("no pod is labeled active".to_owned());
+            None
+        }
+        1 => labeled_active.into_iter().next().map(member),
+        n => {
+            let names: Vec<&str> = labeled_active
+                .iter()
+                .map(|(v, _)| v.name.as_str())
+                .collect();
+            problems.push(format!("{n} pods labeled active: {}", names.join(", ")));
+            None
+        }
+    };
+    if let Some(why) = active.as_ref().and_then(|a| a.unfit) {
+        problems.push(format!("the active pod is not eligible ({why})"));
+    }
+    let standbys: Vec<Member> = others.into_iter().map(member).collect();
+    if !standbys.iter().any(|s| s.eligible) {
+        problems.push("no eligible standby: a failover now would have no target".to_owned());
+    }
+    Group {
+        namespace,
+        group,
+        active,
+        standbys,
+        problems,
+    }
+}
+
+fn controller(lease_ref: &str, lease: &Lease, now: Timestamp) -> Controller {
+    let annotation = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let spec = lease.spec.as_ref();
+    let held = spec.and_then(|s| s.holder_identity.as_deref()).is_some();
+    Controller {
+        lease: lease_ref.to_owned(),
+        pod: annotation(hapod_election::HOLDER_POD_ANNOTATION).filter(|_| held),
+        term: annotation(hapod_election::TERM_ANNOTATION).and_then(|t| t.parse().ok()),
+        renewed_seconds_ago: spec
+            .and_then(|s| s.renew_time.as_ref())
+            .map(|t| now.duration_since(t.0).as_secs_f64()),
+    }
+}
+
+/// The latest `Promoted` Event of each pod (by UID).
+fn promotions_by_pod(events: &[Event]) -> BTreeMap<&str, Promotion> {
+    let mut latest: BTreeMap<&str, Promotion> = BTreeMap::new();
+    for event in events {
+        if event.reason.as_deref() != Some("Promoted") {
+            continue;
+        }
+        let (Some(uid), Some(time), Some(promotion)) = (
+            event.involved_object.uid.as_deref(),
+            event_time(event),
+            event.message.as_deref().and_then(parse_promoted),
+        ) else {
+            continue;
+        };
+        let promotion = Promotion { time, ..promotion };
+        if latest.get(uid).is_none_or(|p| p.time <= promotion.time) {
+            latest.insert(uid, promotion);
+        }
+    }
+    latest
+}
+
+/// When an Event last happened: its series' last observation, its event time (events.k8s.io),
+/// or its last timestamp (core/v1), whichever it has.
+fn event_time(event: &Event) -> Option<Timestamp> {
+    event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref())
+        .map(|t| t.0)
+        .or(event.event_time.as_ref().map(|t| t.0))
+        .or(event.last_timestamp.as_ref().map(|t| t.0))
+        .or(event.first_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Reads the controller's note `promoted to active, epoch E, reason R[, failover X ms]` (the
+/// time is the Event's); none for anything else.
+fn parse_promoted(note: &str) -> Option<Promotion> {
+    let mut parts = note.split(", ");
+    if parts.next()? != "promoted to active" {
+        return None;
+    }
+    let epoch = parts.next()?.strip_prefix("epoch ")?.parse().ok()?;
+    let reason = parts.next()?.strip_prefix("reason ")?.to_owned();
+    let failover_ms = match parts.next() {
+        Some(part) => Some(
+            part.strip_prefix("failover ")?
+                .strip_suffix(" ms")?
+                .parse()
+                .ok()?,
+        ),
+        None => None,
+    };
+    Some(Promotion {
+        time: Timestamp::UNIX_EPOCH,
+        epoch,
+        reason,
+        failover_ms,
+    })
+}
+
+/// The status as a table, like `kubectl get`: the controller first, then a row per group,
+/// then each group's problems.
+pub fn table(status: &Status, now: Timestamp) -> String {
+    let mut out = String::new();
+    match &status.controller {
+        Some(c) => {
+            let _ = writeln!(
+                out,
+                "controller: {} (Lease {}, term {}, renewed {} ago)",
+                c.pod.as_deref().unwrap_or("<no holder>"),
+                c.lease,
+                c.term.map_or("-".into(), |t| t.to_string()),
+                c.renewed_seconds_ago
+                    .map_or("-".into(), |s| age(SignedDuration::from_secs_f64(s))),
+            );
+        }
+        None => out.push_str("controller: unknown (its Lease could not be read)\n"),
+    }
+    if status.groups.is_empty() {
+        out.push_str("no hapod groups found\n");
+        return out;
+    }
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "GROUP",
+            "ACTIVE",
+            "EPOCH",
+            "PROMOTED",
+            "REASON",
+            "FAILOVER",
+            "STANDBYS",
+        ]
+        .map(String::from),
+    ];
+    for g in &status.groups {
+        let promoted = g.active.as_ref().and_then(|a| a.promoted.as_ref());
+        rows.push([
+            g.namespace.clone(),
+            g.group.clone(),
+            g.active.as_ref().map_or("<none>".into(), |a| a.pod.clone()),
+            g.active
+                .as_ref()
+                .and_then(|a| a.epoch)
+                .map_or("-".into(), |e| e.to_string()),
+            promoted.map_or("-".into(), |p| {
+                format!("{} ago", age(now.duration_since(p.time)))
+            }),
+            promoted.map_or("-".into(), |p| p.reason.clone()),
+            promoted
+                .and_then(|p| p.failover_ms)
+                .map_or("-".into(), |ms| format!("{ms:.1}ms")),
+            standbys(&g.standbys),
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("   ").trim_end());
+    }
+    for g in &status.groups {
+        for p in &g.problems {
+            let _ = writeln!(out, "{}/{}: {p}", g.namespace, g.group);
+        }
+    }
+    out
+}
+
+/// `a, b (not_ready)`: the standbys, each with why it is not eligible.
+fn standbys(members: &[Member]) -> String {
+    if members.is_empty() {
+        return "<none>".into();
+    }
+    members
+        .iter()
+        .map(|m| match m.unfit {
+            Some(why) => format!("{} ({why})", m.pod),
+            None => m.pod.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A duration as `kubectl get` prints ages: `850ms`, `42s`, `5m12s`, `3h4m`, `2d5h`.
+fn age(d: SignedDuration) -> String {
+    let ms = d.as_millis().max(0);
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m{}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use k8s_openapi::api::core::v1::ObjectReference;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn pod(name: &str, role: &str, epoch: Option<u64>, ready: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
+                "labels": {"app": "db", "role": role},
+                "annotations": epoch.map(|e| serde_json::json!({"hapod.io/epoch": e.to_string()})),
+            },
+            "status": {
+                "phase": "Running", "podIP": "10.244.0.9",
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            },
+        }))
+        .unwrap()
+    }
+
+    fn promoted(name: &str, note: &str, at: Timestamp) -> Event {
+        Event {
+            reason: Some("Promoted".into()),
+            message: Some(note.into()),
+            event_time: Some(MicroTime(at)),
+            involved_object: ObjectReference {
+                uid: Some(format!("uid-{name}")),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    #[test]
+    fn a_group_shows_its_active_with_its_promotion_and_its_standbys() {
+        let pods = [
+            pod("db-b", "standby", None, false),
+            pod("db-a", "active", Some(7), true),
+        ];
+        let events = [
+            promoted("db-a", "promoted to active, epoch 5, reason initial", at(0)),
+            promoted(
+                "db-a",
+                "promoted to active, epoch 7, reason deleted, failover 12.5 ms",
+                at(30),
+            ),
+        ];
+        let status = build(&pods, &events, None, &Config::default(), "app", at(90));
+        let g = &status.groups[0];
+        let active = g.active.as_ref().unwrap();
+        assert_eq!((active.pod.as_str(), active.epoch), ("db-a", Some(7)));
+        let promotion = active.promoted.as_ref().unwrap();
+        assert_eq!(
+            (
+                promotion.reason.as_str(),
+                promotion.failover_ms,
+                promotion.time
+            ),
+            ("deleted", Some(12.5), at(30))
+        );
+        assert_eq!(g.standbys[0].unfit, Some("not_ready"));
+        assert_eq!(
+            g.problems,
+            ["no eligible standby: a failover now would have no target"]
+        );
+        let shown = table(&status, at(90));
+        assert!(shown.contains("controller: unknown"), "{shown}");
+        let row = shown.lines().nth(2).unwrap();
+        for cell in [
+            "shop",
+            "db",
+            "db-a",
+            "7",
+            "1m0s ago",
+            "deleted",
+            "12.5ms",
+            "db-b (not_ready)",
+        ] {
+            assert!(row.contains(cell), "{cell:?} not in {row:?}");
+        }
+    }
+
+    #[test]
+    fn two_actives_or_none_are_problems_and_a_stale_promotion_is_not_shown() {
+        let two = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "active", Some(8), true),
+        ];
+        let status = build(&two, &[], None, &Config::default(), "app", at(0));
+        assert!(status.groups[0].active.is_none());
+        assert_eq!(
+            status.groups[0].problems[0],
+            "2 pods labeled active: db-a, db-b"
+        );
+        let none = [pod("db-a", "standby", None, true)];
+        let status = build(&none, &[], None, &Config::default(), "app", at(0));
+        assert_eq!(status.groups[0].problems, ["no pod is labeled active"]);
+        // An Event of an earlier promotion says nothing of the current epoch.
+        let pods = [
+            pod("db-a", "active", Some(9), true),
+            pod("db-b", "standby", None, true),
+        ];
+        let events = [promoted(
+            "db-a",
+            "promoted to active, epoch 7, reason initial",
+            at(0),
+        )];
+        let status = build(&pods, &events, None, &Config::default(), "app", at(5));
+        assert!(status.groups[0].active.as_ref().unwrap().promoted.is_none());
+        assert!(status.groups[0].problems.is_empty());
+    }
+
+    #[test]
+    fn only_the_controllers_own_notes_are_read() {
+        assert_eq!(
+            parse_promoted("promoted to active, epoch 4294967297, reason not_ready").map(|p| (
+                p.epoch,
+                p.reason,
+                p.failover_ms
+            )),
+            Some((4294967297, "not_ready".into(), None))
+        );
+        for odd in [
+            "",
+            "relabeled standby",
+            "promoted to active, epoch x, reason deleted",
+            "promoted to active, epoch 3",
+            "promoted to active, epoch 3, reason deleted, failover fast",
+        ] {
+            assert_eq!(parse_promoted(odd), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn the_lease_names_the_acting_replica_and_its_term() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {
+                "hapod.io/holder-pod": "hapod-controller-0", "hapod.io/term": "12"}},
+            "spec": {"holderIdentity": "hapod-controller-0_abc", "renewTime": "2027-01-15T08:00:00.000000Z"},
+        }))
+        .unwrap();
+        let now: Timestamp = "2027-01-15T08:00:00.25Z".parse().unwrap();
+        let c = controller("hapod-system/hapod-controller", &lease, now);
+        assert_eq!(c.pod.as_deref(), Some("hapod-controller-0"));
+        assert_eq!(c.term, Some(12));
+        assert_eq!(c.renewed_seconds_ago, Some(0.25));
+        let released = Lease {
+            spec: Some(Default::default()),
+            ..lease
+        };
+        assert_eq!(controller("l", &released, now).pod, None);
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let cases = [
+            (0.85, "850ms"),
+            (42.0, "42s"),
+            (312.0, "5m12s"),
+            (11040.0, "3h4m"),
+            (190800.0, "2d5h"),
+        ];
+        for (secs, shown) in cases {
+            assert_eq!(age(SignedDuration::from_secs_f64(secs)), shown);
+        }
+    }
+}
