@@ -9,6 +9,10 @@ use k8s_openapi::api::core::v1::Pod;
 /// Annotation holding the epoch of a pod's promotion.
 pub const EPOCH_ANNOTATION: &str = "hapod.io/epoch";
 
+/// Annotation by which an operator drains the active role from a pod: `true` drains it, any
+/// other value (or none) does not.
+pub const DRAIN_ANNOTATION: &str = "hapod.io/drain";
+
 /// A pod the controller cannot place in a group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unplaceable {
@@ -29,9 +33,10 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
         .and_then(|l| l.get(group_label))
         .ok_or_else(|| Unplaceable::NoGroupLabel(group_label.to_owned()))?;
     let status = pod.status.as_ref();
-    let ready = status
+    let ready_condition = status
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"));
+    let ready = ready_condition.is_some();
     Ok(PodView {
         namespace: namespace.clone(),
         name: name.clone(),
@@ -55,6 +60,14 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
             .creation_timestamp
             .as_ref()
             .map_or(0, |t| t.0.as_second()),
+        ready_since_unix_seconds: ready_condition
+            .and_then(|c| c.last_transition_time.as_ref())
+            .map_or(i64::MAX, |t| t.0.as_second()),
+        drained: meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DRAIN_ANNOTATION))
+            .is_some_and(|v| v.trim() == "true"),
         critical: critical_containers(pod, config),
     })
 }
@@ -138,7 +151,7 @@ mod tests {
             "metadata": {
                 "name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
                 "labels": {"app": "hapod", "role": "active"},
-                "annotations": {"hapod.io/epoch": "4294967297"},
+                "annotations": {"hapod.io/epoch": "4294967297", "hapod.io/drain": "true"},
                 "creationTimestamp": "2026-01-01T00:00:10Z",
             },
             "spec": {"containers": [
@@ -149,7 +162,8 @@ mod tests {
             ]},
             "status": {
                 "phase": "Running",
-                "conditions": [{"type": "Ready", "status": "True"}],
+                "conditions": [{"type": "Ready", "status": "True",
+                                "lastTransitionTime": "2026-01-01T00:00:12Z"}],
                 "podIP": "10.0.0.1",
                 "podIPs": [{"ip": "fd00::1"}, {"ip": "10.0.0.1"}],
                 "containerStatuses": [{
@@ -177,6 +191,8 @@ mod tests {
             ]
         );
         assert_eq!(v.created_unix_seconds, 1_767_225_610);
+        assert_eq!(v.ready_since_unix_seconds, 1_767_225_612);
+        assert!(v.drained);
         assert_eq!(
             v.critical,
             [CriticalContainer {
@@ -193,7 +209,8 @@ mod tests {
     fn bare_pod_reads_as_not_eligible_without_panicking() {
         let pod = parse(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"},
-                         "annotations": {"hapod.io/epoch": "not-a-number"}},
+                         "annotations": {"hapod.io/epoch": "not-a-number",
+                                         "hapod.io/drain": "yes"}},
             "spec": {"containers": []},
         }));
         let v = pod_view(&pod, &config(), "app").unwrap();
@@ -201,6 +218,9 @@ mod tests {
         assert!(!v.ready && v.pod_ips.is_empty() && v.critical.is_empty());
         assert_eq!((v.epoch, v.role_label), (None, None));
         assert_eq!(v.created_unix_seconds, 0);
+        assert_eq!(v.ready_since_unix_seconds, i64::MAX);
+        // Only `true` drains.
+        assert!(!v.drained);
     }
 
     #[test]

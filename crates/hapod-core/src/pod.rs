@@ -157,6 +157,14 @@ pub struct PodView {
     pub pod_ips: Vec<IpAddr>,
     /// `metadata.creationTimestamp` in Unix seconds (the API's precision).
     pub created_unix_seconds: i64,
+    /// When the Ready condition last turned True, in Unix seconds (`i64::MAX` when not
+    /// ready or not known): among pods created in the same second, the one ready longest
+    /// is the older.
+    pub ready_since_unix_seconds: i64,
+    /// An operator asked that this pod not be active (annotation `hapod.io/drain=true`): the
+    /// role moves to an eligible standby the way it does off an unready active, and comes
+    /// back to this pod only once the annotation is gone.
+    pub drained: bool,
     /// Critical containers only (regular containers; init containers are not watched).
     pub critical: Vec<CriticalContainer>,
 }
@@ -185,6 +193,8 @@ impl PodView {
             Some(PromotionReason::NotReady)
         } else if !self.serving() {
             Some(PromotionReason::NotServing)
+        } else if self.drained {
+            Some(PromotionReason::Drained)
         } else {
             None
         }
@@ -203,9 +213,15 @@ impl PodView {
             .map(|c| c.name.as_str())
     }
 
-    /// Sort key for "oldest first, ties by name".
-    pub(crate) fn age_key(&self) -> (i64, &str) {
-        (self.created_unix_seconds, self.name.as_str())
+    /// Sort key for "oldest first": created first, then ready first, ties by name. A
+    /// ReplicaSet's replacement is often created within the same second as the standby it
+    /// joins; the name alone would pick either.
+    pub(crate) fn age_key(&self) -> (i64, i64, &str) {
+        (
+            self.created_unix_seconds,
+            self.ready_since_unix_seconds,
+            self.name.as_str(),
+        )
     }
 }
 
@@ -253,6 +269,8 @@ mod tests {
             vanishing: false,
             pod_ips: vec!["10.244.0.1".parse().unwrap()],
             created_unix_seconds: 0,
+            ready_since_unix_seconds: 0,
+            drained: false,
             critical: vec![CriticalContainer {
                 name: "app".into(),
                 terminated: false,
@@ -267,6 +285,7 @@ mod tests {
             change(&mut view);
             view.unfit_by_api().map(PromotionReason::as_str)
         };
+        assert_eq!(unfit(|v| v.drained = true), Some("drained"));
         assert_eq!(unfit(|v| v.pod_ips.clear()), Some("not_serving"));
         assert_eq!(unfit(|v| v.ready = false), Some("not_ready"));
         assert_eq!(

@@ -78,6 +78,7 @@ impl PodEntry {
 
     pub(super) fn eligible(&self) -> bool {
         self.view.serving()
+            && !self.view.drained
             && self.dead_container.is_none()
             && !self.kill_sent
             && !self.unresponsive

@@ -29,6 +29,9 @@ pub enum PromotionReason {
     /// The active pod's agent relinquished the role (its process is shutting down): it
     /// reported standby at the epoch the pod is labeled active with.
     Relinquished,
+    /// An operator drained the role from the active pod (`hapod.io/drain=true`, what
+    /// `kubectl hapod switchover` sets): a planned handover.
+    Drained,
 }
 
 impl PromotionReason {
@@ -43,6 +46,7 @@ impl PromotionReason {
             Self::NotServing => "not_serving",
             Self::Unresponsive => "unresponsive",
             Self::Relinquished => "relinquished",
+            Self::Drained => "drained",
         }
     }
 }

@@ -30,6 +30,8 @@ pub fn pod(name: &str, created: i64) -> PodView {
         vanishing: false,
         pod_ips: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, octet))],
         created_unix_seconds: created,
+        ready_since_unix_seconds: created,
+        drained: false,
         critical: vec![CriticalContainer {
             name: "crit".into(),
             terminated: false,

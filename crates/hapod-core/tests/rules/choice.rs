@@ -19,6 +19,20 @@ fn initial_choice_is_the_oldest_eligible_ties_by_name() {
     assert!(all.contains(&Action::Health(Health::Active)));
 }
 
+/// Two pods created in the same second (a replacement and the standby it joins): the one
+/// ready longer is the older, whatever the names say.
+#[test]
+fn among_pods_created_in_the_same_second_the_one_ready_longer_is_chosen() {
+    let mut standby = pod("warm", 3);
+    standby.ready_since_unix_seconds = 3;
+    let mut replacement = pod("fresh", 3);
+    replacement.ready_since_unix_seconds = 5;
+    let (mut ctl, first) = Ctl::acting([replacement, standby]);
+    assert!(is_set_role(&single_write(&first), "warm", Role::Active));
+    ctl.settle(first);
+    assert_eq!(ctl.api.actives(), ["warm"]);
+}
+
 #[test]
 fn promotion_write_carries_precondition_and_epoch() {
     let (_, first) = Ctl::acting([pod("a", 1)]);

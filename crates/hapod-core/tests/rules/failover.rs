@@ -71,6 +71,31 @@ fn failover_on_failed_and_succeeded_phase() {
 }
 
 #[test]
+fn failover_on_drain() {
+    failover(|p| p.drained = true, PromotionReason::Drained);
+}
+
+/// A drained pod is no candidate: with the active gone and only a drained standby, the group
+/// waits for an eligible pod; the drain lifted, that pod is promoted.
+#[test]
+fn a_drained_pod_is_not_promoted_until_the_drain_is_lifted() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.modify("b", |p| p.drained = true).unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["a"]);
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    let all = ctl.settle(actions);
+    assert!(ctl.api.actives().is_empty(), "{all:?}");
+    let ev = ctl.api.modify("b", |p| p.drained = false).unwrap();
+    let actions = ctl.feed(ev);
+    ctl.settle(actions);
+    assert_eq!(ctl.api.actives(), ["b"]);
+}
+
+#[test]
 fn failover_on_lost_ip() {
     failover(|p| p.pod_ips.clear(), PromotionReason::NotServing);
 }
