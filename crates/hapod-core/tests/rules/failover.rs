@@ -111,6 +111,35 @@ fn failover_on_delete_event_without_demote() {
     assert_eq!(promoted(&all)[0].2, PromotionReason::Deleted);
 }
 
+/// The promotion's watch event may come before the write's answer: the failover latency is
+/// still recorded (it was lost, and with it a sample of the latency histogram).
+#[test]
+fn the_latency_is_recorded_when_the_watch_echo_beats_the_answer() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let ev = ctl.api.remove("a").unwrap();
+    let actions = ctl.feed(ev);
+    let promote = single_write(&actions);
+    ctl.now += Duration::from_millis(9);
+    let (outcome, echo) = ctl.api.execute(&promote);
+    let mut all = ctl.feed(echo.expect("the promotion changes the pod"));
+    all.extend(ctl.feed(Event::Outcome {
+        op: promote.op,
+        outcome,
+    }));
+    let latencies: Vec<Option<Duration>> = all
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(hapod_core::Record {
+                kind: RecordKind::Promoted { latency, .. },
+                ..
+            }) => Some(*latency),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(latencies, [Some(Duration::from_millis(9))]);
+}
+
 #[test]
 fn missing_from_relist_counts_as_deleted() {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
