@@ -61,6 +61,9 @@ struct InFlight {
     pod: String,
     uid: String,
     kind: WriteKind,
+    /// When the failover this write is part of began: the promotion's watch event may clear
+    /// the trigger before the write's answer comes.
+    trigger_at: Option<Instant>,
 }
 
 /// Everything one replica knows about one group (namespace + group label value).
@@ -497,7 +500,11 @@ impl GroupState {
                 match purpose {
                     Purpose::Promote(reason) => {
                         let epoch = epoch.unwrap_or_default();
-                        let latency = self.trigger.take().map(|t| now.duration_since(t.at));
+                        let trigger = self.trigger.take();
+                        let latency = write
+                            .trigger_at
+                            .or(trigger.map(|t| t.at))
+                            .map(|at| now.duration_since(at));
                         self.announce(&pod, ip, epoch, now, out);
                         out.push(Action::Record(Record {
                             pod: Some(pod),

@@ -80,6 +80,7 @@ impl GroupState {
             pod: write.pod.clone(),
             uid: write.uid.clone(),
             kind: write.kind.clone(),
+            trigger_at: self.trigger.map(|t| t.at),
         });
         out.push(Action::Write(write));
     }
