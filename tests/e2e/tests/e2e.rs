@@ -73,7 +73,6 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("steady_state_one_active", failover::steady_state),
     scenario!("rbac_controller_identity", rbac::rbac),
     scenario!("force_delete_active", failover::force_delete),
-    scenario!("kubectl_hapod_status", status::status_after_failover),
     scenario!("graceful_delete_active", failover::graceful_delete),
     scenario!("critical_container_crash", failover::critical_crash),
     scenario!("active_not_ready", failover::not_ready),
@@ -109,6 +108,8 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         detection::partitioned_active_is_replaced
     ),
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
+    scenario!("kubectl_hapod_status", status::status_after_failover),
+    scenario!("kubectl_hapod_switchover", status::switchover),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 

@@ -1,9 +1,11 @@
 //! `kubectl hapod`: a kubectl plugin (any `kubectl-hapod` on the PATH is one) for operators
-//! of hapod. `kubectl hapod status` shows each group's active pod, its epoch and promotion,
-//! the standbys with why any could not take over, and the acting controller replica. It only
-//! reads: pods, Events and the controller's Lease, with the caller's own credentials.
+//! of hapod, with the caller's own credentials. `kubectl hapod status` shows each group's
+//! active pod, its epoch and promotion, the standbys with why any could not take over, and
+//! the acting controller replica; it only reads pods, Events and the controller's Lease.
+//! `kubectl hapod switchover` moves the active role to a standby without killing a pod.
 
 mod status;
+mod switchover;
 
 use std::process::ExitCode;
 
@@ -34,6 +36,30 @@ enum Command {
     /// Each group's active pod (epoch, when and why promoted, the failover's latency), its
     /// standbys (and why any is not eligible), problems, and the acting controller replica.
     Status(StatusArgs),
+    /// Moves the active role of GROUP to a standby without killing a pod (no window of two
+    /// applications acting), and waits until it moved.
+    Switchover(SwitchoverArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SwitchoverArgs {
+    /// The group (the value of the group label).
+    group: String,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    /// The standby to promote (default: the one the controller picks, the oldest eligible).
+    #[arg(long)]
+    to: Option<String>,
+    /// How long to wait for the role to move, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+    /// Keep the old active drained (not eligible) afterwards, e.g. before its node is
+    /// drained; remove the annotation hapod.io/drain to lift it.
+    #[arg(long)]
+    keep_drained: bool,
+    #[command(flatten)]
+    matching: PodMatching,
 }
 
 #[derive(clap::Args, Debug)]
@@ -77,6 +103,7 @@ async fn main() -> ExitCode {
     let cli: Cli = clap::Parser::parse();
     let result = match cli.command {
         Command::Status(args) => status(cli.kubeconfig.as_deref(), args).await,
+        Command::Switchover(args) => switchover(cli.kubeconfig.as_deref(), args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,14 +114,49 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
-    args.matching
-        .validate()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+/// The API client, and the namespace: `namespace`, else the kubeconfig context's.
+async fn connect(
+    kubeconfig: Option<&str>,
+    matching: &PodMatching,
+    namespace: Option<String>,
+) -> Result<(Client, String)> {
+    matching.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let config = hapod_controller::client::config(kubeconfig).await?;
-    let default_namespace = config.default_namespace.clone();
-    let client = Client::try_from(config).context("building the API client")?;
-    let namespace = (!args.all_namespaces).then(|| args.namespace.unwrap_or(default_namespace));
+    let namespace = namespace.unwrap_or_else(|| config.default_namespace.clone());
+    Ok((
+        Client::try_from(config).context("building the API client")?,
+        namespace,
+    ))
+}
+
+async fn switchover(kubeconfig: Option<&str>, args: SwitchoverArgs) -> Result<()> {
+    let (client, namespace) = connect(kubeconfig, &args.matching, args.namespace).await?;
+    let matching = &args.matching;
+    let selector = format!(
+        "{},{}={}",
+        matching.selector, matching.group_label, args.group
+    );
+    let request = switchover::Request {
+        group: &args.group,
+        to: args.to.as_deref(),
+        timeout: std::time::Duration::from_secs(args.timeout),
+        keep_drained: args.keep_drained,
+    };
+    let started = std::time::Instant::now();
+    let api = Api::namespaced(client, &namespace);
+    let config = matching.config(None);
+    let new = switchover::run(&api, &selector, &config, &matching.group_label, &request).await?;
+    println!(
+        "{namespace}/{}: {new} is active ({:.0} ms)",
+        args.group,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
+async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
+    let (client, default_namespace) = connect(kubeconfig, &args.matching, args.namespace).await?;
+    let namespace = (!args.all_namespaces).then_some(default_namespace);
     let (pods, events): (Api<Pod>, Api<Event>) = match &namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),

@@ -98,10 +98,18 @@ pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
     );
     // Promotion happened before the old pod's final deletion event.
     let records = tb.history.pod_records();
+    // Its last promotion: an earlier scenario may have made the same pod active before.
+    let new_uid = f.new.uid().unwrap_or_default();
     let promoted_rv = records
         .iter()
-        .find(|r| r.uid == f.new.uid().unwrap_or_default() && r.is_active())
-        .map(|r| r.rv)
+        .filter(|r| r.uid == new_uid)
+        .scan(false, |was_active, r| {
+            let promoted = r.is_active() && !*was_active;
+            *was_active = r.is_active();
+            Some(promoted.then_some(r.rv))
+        })
+        .flatten()
+        .last()
         .context("no promotion record of the new active")?;
     let old_uid = f.old.uid().unwrap_or_default();
     let terminating_rv = records

@@ -2,7 +2,7 @@
 //! after a failover it names the new active, its epoch and the promotion's reason and
 //! latency, the standby, and the acting controller replica.
 
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
@@ -13,14 +13,19 @@ use serde_json::Value;
 
 use crate::common::WAIT;
 
-/// Runs `kubectl-hapod status -n <app namespace> args...`; its standard output.
-fn plugin_status(tb: &Testbed, args: &[&str]) -> Result<String> {
-    let out = Command::new(tb.bin_dir.join("kubectl-hapod"))
-        .args(["status", "-n", APP_NAMESPACE])
+/// Runs `kubectl-hapod COMMAND -n <app namespace> args...` with the admin kubeconfig.
+fn plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<Output> {
+    Command::new(tb.bin_dir.join("kubectl-hapod"))
+        .args([command, "-n", APP_NAMESPACE])
         .args(args)
         .env("KUBECONFIG", tb.kubeconfig())
         .output()
-        .context("running kubectl-hapod")?;
+        .context("running kubectl-hapod")
+}
+
+/// Runs `kubectl-hapod status -n <app namespace> args...`; its standard output.
+fn plugin_status(tb: &Testbed, args: &[&str]) -> Result<String> {
+    let out = plugin(tb, "status", args)?;
     ensure!(
         out.status.success(),
         "kubectl-hapod status failed: {}",
@@ -107,6 +112,63 @@ pub(crate) async fn status_after_failover(tb: &Testbed) -> Result<()> {
     ensure!(
         row.contains(&active) && want.iter().all(|s| row.contains(s.as_str())),
         "the group's row does not name {active} and {want:?}:\n{table}"
+    );
+    Ok(())
+}
+
+/// `kubectl hapod switchover`: the role moves to the standby without a pod killed, the
+/// promotion says `drained`, and the old active is a standby again with its drain lifted.
+pub(crate) async fn switchover(tb: &Testbed) -> Result<()> {
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let (old, target) = (before.active.name_any(), before.standbys[0].name_any());
+    let out = plugin(tb, "switchover", &[APP_GROUP, "--to", &target])?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && said.contains(&format!("{target} is active")),
+        "switchover failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("  {}", said.trim());
+    // Both pods stay (no kill), the roles swapped, the drain lifted.
+    let after = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    ensure!(
+        after.active.name_any() == target && after.standbys[0].name_any() == old,
+        "{target} active and {old} standby expected, got {} and {:?}",
+        after.active.name_any(),
+        after
+            .standbys
+            .iter()
+            .map(|p| p.name_any())
+            .collect::<Vec<_>>()
+    );
+    ensure!(
+        !after.standbys[0]
+            .annotations()
+            .contains_key("hapod.io/drain"),
+        "the drain of {old} was not lifted"
+    );
+    let what = format!("the promotion of {target} for a drain");
+    await_condition(what, WAIT, Duration::from_millis(200), || async {
+        let status: Value = serde_json::from_str(&plugin_status(tb, &["-o", "json"])?)?;
+        let promoted = &status["groups"][0]["active"]["promoted"];
+        Ok(if promoted["reason"] == "drained" {
+            Check::Done(())
+        } else {
+            Check::NotYet(format!("{promoted:#}"))
+        })
+    })
+    .await?;
+    // A second switchover to a pod that is not a standby is refused, changing nothing.
+    let refused = plugin(tb, "switchover", &[APP_GROUP, "--to", &target])?;
+    ensure!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("is the active pod already"),
+        "a switchover to the active pod was not refused: {}",
+        String::from_utf8_lossy(&refused.stderr)
     );
     Ok(())
 }
