@@ -1,24 +1,35 @@
-//! `kubectl hapod status`, the plugin binary against the real API with the admin kubeconfig:
-//! after a failover it names the new active, its epoch and the promotion's reason and
-//! latency, the standby, and the acting controller replica.
+//! `kubectl hapod`, the plugin binary against the real API: after a failover `status` names
+//! the new active, its epoch and the promotion's reason and latency, the standby, and the
+//! acting controller replica; `switchover` moves the role without a kill; the shipped roles
+//! for its users allow what they say and no more.
 
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use hapod_testkit::poll::{Check, await_condition};
-use hapod_testkit::testbed::{APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Testbed, Trigger, pod_epoch};
+use hapod_testkit::testbed::{
+    APP_GROUP, APP_NAMESPACE, APP_REPLICAS, CONTROLLER_NAMESPACE, Testbed, Trigger, pod_epoch,
+};
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::Value;
 
 use crate::common::WAIT;
 
 /// Runs `kubectl-hapod COMMAND -n <app namespace> args...` with the admin kubeconfig.
 fn plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<Output> {
+    plugin_as(tb, tb.kubeconfig(), command, args)
+}
+
+/// Runs `kubectl-hapod COMMAND -n <app namespace> args...` with `kubeconfig`.
+fn plugin_as(tb: &Testbed, kubeconfig: &Path, command: &str, args: &[&str]) -> Result<Output> {
     Command::new(tb.bin_dir.join("kubectl-hapod"))
         .args([command, "-n", APP_NAMESPACE])
         .args(args)
-        .env("KUBECONFIG", tb.kubeconfig())
+        .env("KUBECONFIG", kubeconfig)
         .output()
         .context("running kubectl-hapod")
 }
@@ -170,5 +181,78 @@ pub(crate) async fn switchover(tb: &Testbed) -> Result<()> {
         "a switchover to the active pod was not refused: {}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    Ok(())
+}
+
+/// The shipped roles for people who run the plugin, bound to a user of their own: with
+/// `hapod-viewer`, `status` works and `switchover` is refused by the API (nothing changes);
+/// with `hapod-operator`, `switchover` works too.
+pub(crate) async fn operator_roles(tb: &Testbed) -> Result<()> {
+    let sre = tb.control_plane()?.mint_kubeconfig("sre", &[])?;
+    let controller = tb.wait_controllers_settled(WAIT).await?.active.name_any();
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    bind(tb, "hapod-viewer", true).await?;
+    let status = plugin_as(tb, &sre, "status", &["-o", "json"])?;
+    let shown: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    ensure!(
+        status.status.success()
+            && shown["controller"]["pod"] == controller.as_str()
+            && shown["groups"][0]["active"]["pod"] == before.active.name_any().as_str(),
+        "hapod-viewer cannot read the status: {shown:#} {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let refused = plugin_as(tb, &sre, "switchover", &[APP_GROUP])?;
+    let said = String::from_utf8_lossy(&refused.stderr);
+    ensure!(
+        !refused.status.success() && said.contains("forbidden"),
+        "hapod-viewer could switch over: {said}"
+    );
+    let unchanged = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+    ensure!(
+        unchanged
+            .active()
+            .iter()
+            .map(|p| p.uid())
+            .collect::<Vec<_>>()
+            == [before.active.uid()]
+            && unchanged
+                .pods
+                .iter()
+                .all(|p| !p.annotations().contains_key("hapod.io/drain")),
+        "a refused switchover changed the group"
+    );
+    bind(tb, "hapod-viewer", false).await?;
+    bind(tb, "hapod-operator", true).await?;
+    let moved = plugin_as(tb, &sre, "switchover", &[APP_GROUP])?;
+    bind(tb, "hapod-operator", false).await?;
+    ensure!(
+        moved.status.success(),
+        "hapod-operator could not switch over: {}",
+        String::from_utf8_lossy(&moved.stderr)
+    );
+    tb.wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    Ok(())
+}
+
+/// Binds (or unbinds) ClusterRole `role` to user `sre` in the app's and the controller's
+/// namespace, as the roles' own comment says to.
+async fn bind(tb: &Testbed, role: &str, bound: bool) -> Result<()> {
+    for ns in [APP_NAMESPACE, CONTROLLER_NAMESPACE] {
+        let api: Api<RoleBinding> = Api::namespaced(tb.client.clone(), ns);
+        let name = format!("sre-{role}");
+        if bound {
+            let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "sre"}],
+            }))?;
+            api.create(&PostParams::default(), &binding).await?;
+        } else {
+            api.delete(&name, &DeleteParams::default()).await?;
+        }
+    }
     Ok(())
 }
