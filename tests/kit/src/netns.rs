@@ -142,8 +142,13 @@ fn in_pod_cidr(ip: std::net::Ipv4Addr) -> bool {
     u32::from(ip) & mask == u32::from(net) & mask
 }
 
-/// Moves the local table's rule from preference 0 to [`LOCAL_PREF`], once.
+/// Moves the local table's rule from preference 0 to [`LOCAL_PREF`], once (partitions may be
+/// cut concurrently: one at a time looks and moves).
 fn move_local_rule() -> Result<()> {
+    static MOVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let shown = Command::new("ip")
         .args(["rule", "show", "pref", "0"])
         .output()

@@ -28,7 +28,7 @@ use super::schedule::{
 use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
     APP_CONTAINER, APP_GROUP, APP_REPLICAS, CRITICAL_CONTAINER, Handover, NONCRITICAL_CONTAINER,
-    PodRecord, Testbed, Trigger, monotonic_nanos, now_unix_nanos,
+    PodRecord, Testbed, Trigger, monotonic_nanos, now_unix_nanos, partition_pods,
 };
 
 /// How long a group may take to have exactly one eligible active pod again after a fault
@@ -345,7 +345,13 @@ impl<'a> Run<'a> {
                 Testbed::signal_processes(&pids, Signal::SIGKILL)?;
             }
             AppFault::Hang => {
-                stop_for(Testbed::pod_processes(pod)?, step.hang_ms).await?;
+                stop_for(Testbed::pod_processes(pod)?, step.lasts_ms).await?;
+            }
+            AppFault::Partition => {
+                let controller = self.tb.wait_controllers_settled(SETTLE_BOUND).await?.active;
+                let cut = partition_pods(&controller, pod)?;
+                tokio::time::sleep(Duration::from_millis(step.lasts_ms)).await;
+                cut.heal()?;
             }
         }
         Ok(())

@@ -38,10 +38,14 @@ pub enum AppFault {
     AgentKill,
     /// The standby pod deleted with grace 0 (the role must not move).
     StandbyDelete,
+    /// The acting controller and the active pod cut from each other (every packet between
+    /// their addresses dropped inside the testbed's network namespace), healed after a while:
+    /// the API still sees the pod Ready, only the missed reports tell.
+    Partition,
 }
 
 /// (fault, weight) of the application faults.
-const APP_FAULTS: [(AppFault, u32); 8] = [
+const APP_FAULTS: [(AppFault, u32); 9] = [
     (AppFault::ForceDelete, 3),
     (AppFault::GracefulDelete, 2),
     (AppFault::CriticalCrash, 2),
@@ -50,6 +54,7 @@ const APP_FAULTS: [(AppFault, u32); 8] = [
     (AppFault::Hang, 2),
     (AppFault::AgentKill, 1),
     (AppFault::StandbyDelete, 1),
+    (AppFault::Partition, 2),
 ];
 
 impl AppFault {
@@ -63,16 +68,18 @@ impl AppFault {
             AppFault::Hang => "hang",
             AppFault::AgentKill => "agent-kill",
             AppFault::StandbyDelete => "standby-delete",
+            AppFault::Partition => "partition",
         }
     }
 
-    /// The role must move to another pod after this fault. A hang may or may not outlast the
-    /// readiness probe; a standby's loss leaves the active alone; a crashed sidecar restarts
-    /// in place within about two seconds, and an active Ready again keeps its role.
+    /// The role must move to another pod after this fault. A hang or a partition may or may
+    /// not outlast the readiness probe or the report timeout and the grant; a standby's loss
+    /// leaves the active alone; a crashed sidecar restarts in place within about two seconds,
+    /// and an active Ready again keeps its role.
     pub fn moves_role(self) -> bool {
         !matches!(
             self,
-            AppFault::Hang | AppFault::StandbyDelete | AppFault::SidecarCrash
+            AppFault::Hang | AppFault::Partition | AppFault::StandbyDelete | AppFault::SidecarCrash
         )
     }
 }
@@ -81,8 +88,8 @@ impl AppFault {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppStep {
     pub fault: AppFault,
-    /// How long a [`AppFault::Hang`] lasts (ms).
-    pub hang_ms: u64,
+    /// How long a [`AppFault::Hang`] or a [`AppFault::Partition`] lasts (ms).
+    pub lasts_ms: u64,
     /// Injected as soon as the group has one eligible active again, without waiting for the
     /// replacement pod (a fault in the middle of the previous recovery).
     pub back_to_back: bool,
@@ -188,7 +195,7 @@ pub fn group_steps(seed: u64, group: usize) -> impl Iterator<Item = AppStep> {
             .map_or(AppFault::ForceDelete, |(f, _)| *f);
         Some(AppStep {
             fault,
-            hang_ms: rng.random_range(300..4000),
+            lasts_ms: rng.random_range(300..4000),
             back_to_back: rng.random_bool(0.15),
         })
     })

@@ -2,14 +2,13 @@
 //! between the controller and the active pod) are found from the agents' reports, and the
 //! applications' own journals show the old one stopped acting before the new one started.
 
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, ensure};
 use hapod_testkit::netns::Partition;
 use hapod_testkit::testbed::{
     APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Journals, STANDBY, StoppedProcesses, Testbed,
-    monotonic_nanos, pod_ip, pod_ready, pod_role,
+    monotonic_nanos, partition_pods, pod_ip, pod_ready, pod_role,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -40,17 +39,14 @@ pub(crate) async fn hung_active_is_replaced(tb: &Testbed) -> Result<()> {
 /// order reaches it. Healed, it rejoins as standby.
 pub(crate) async fn partitioned_active_is_replaced(tb: &Testbed) -> Result<()> {
     unresponsive_active_is_replaced(tb, &["unresponsive"], |ctrl, active| {
-        let address = |pod: &Pod| -> Result<Ipv4Addr> {
-            let ip = pod_ip(pod).with_context(|| format!("{} has no IP", pod.name_any()))?;
-            Ok(ip.parse()?)
-        };
-        let (from, to) = (address(ctrl)?, address(active)?);
         println!(
-            "  cutting the acting controller {} ({from}) from the active {} ({to})",
+            "  cutting the acting controller {} ({}) from the active {} ({})",
             ctrl.name_any(),
-            active.name_any()
+            pod_ip(ctrl).unwrap_or_default(),
+            active.name_any(),
+            pod_ip(active).unwrap_or_default()
         );
-        Ok(Fault::Cut(Partition::cut(from, to)?))
+        Ok(Fault::Cut(partition_pods(ctrl, active)?))
     })
     .await
 }

@@ -13,6 +13,7 @@ use super::names::{
     LEASE_NAME, LOG_ANNOTATION_PREFIX, NONCRITICAL_CONTAINER, ROLE_LABEL, STANDBY,
     TMP_ANNOTATION_PREFIX,
 };
+use crate::netns::Partition;
 use anyhow::{Context as _, Result, anyhow};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -359,6 +360,17 @@ pub fn pod_epoch(p: &Pod) -> Option<u64> {
 /// The pod IP.
 pub fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone().filter(|s| !s.is_empty())
+}
+
+/// Cuts pods `a` and `b` from each other inside the testbed's network namespace (see
+/// [`Partition`]).
+pub fn partition_pods(a: &Pod, b: &Pod) -> Result<Partition> {
+    let address = |p: &Pod| -> Result<std::net::Ipv4Addr> {
+        let ip = pod_ip(p).with_context(|| format!("{} has no IP", p.name_any()))?;
+        ip.parse()
+            .with_context(|| format!("{} has IP {ip}, not IPv4", p.name_any()))
+    };
+    Partition::cut(address(a)?, address(b)?)
 }
 
 /// The pod phase.
