@@ -25,13 +25,16 @@
 //! the role in a file and runs a hook command on every change ([`sidecar`]).
 //!
 //! Cargo features: `cli` (default) adds the `hapod-agent` binary and the `cli` module with its
-//! flags and logging setup; embed with `default-features = false` to leave out clap and
-//! tracing-subscriber.
+//! flags and logging setup; `metrics` (part of `cli`) the agent's Prometheus metrics
+//! ([`metrics`]); embed with `default-features = false` (and `features = ["metrics"]` if
+//! wanted) to leave out clap and tracing-subscriber.
 
 #[cfg(feature = "cli")]
 pub mod cli;
 mod epoch_file;
 pub mod lease;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod sidecar;
 mod validate;
 

@@ -2,6 +2,7 @@
 //! the controller's notifications on `POD_IP:10001`, keeps the role in a file and runs a hook
 //! command on every role change.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ struct Args {
     hook_timeout_ms: u64,
     #[arg(long, env = "HAPOD_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+    /// Serve the agent's Prometheus metrics on http://ADDR/metrics (e.g. the pod IP and a
+    /// port of its own); none when unset.
+    #[arg(long, env = "HAPOD_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -39,6 +44,11 @@ async fn main() -> anyhow::Result<()> {
     let agent = Agent::bind(config)
         .await
         .with_context(|| format!("cannot bind {bind}"))?;
+    if let Some(addr) = args.metrics_addr {
+        hapod_agent::metrics::serve(&agent, addr)
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     let sidecar = Sidecar {
         role_file: args.role_file,
         hook: args.hook.map(|command| Hook {

@@ -256,3 +256,105 @@ async fn an_unreadable_epoch_file_stops_the_agent_from_starting() {
     let error = Agent::bind(config).await.unwrap_err();
     assert!(error.to_string().contains("not a decimal epoch"), "{error}");
 }
+
+/// GET /metrics over a plain TCP connection (HTTP/1.0: the server closes when done).
+async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    response
+}
+
+/// The value of the sample `series` (name with labels, as the text format writes it).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_agents_metrics_show_its_role_its_grant_and_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = agent(&dir.path().join("epoch")).await;
+    let metrics = hapod_agent::metrics::serve(&agent, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let before = scrape(metrics).await;
+    assert_eq!(
+        sample(&before, r#"hapod_receiver_role{role="unknown"}"#),
+        1.0
+    );
+    assert_eq!(sample(&before, "hapod_receiver_acting"), 0.0);
+
+    let controller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    controller
+        .send_to(b"not a datagram of any version", agent.local_addr())
+        .await
+        .unwrap();
+    let terms = LeaseTerms {
+        lease: Duration::from_millis(400),
+        drift_ppm: 1_000,
+    };
+    let mut book = AgentReports::new(terms);
+    let epoch = (5 << 32) | 2;
+    let order = |book: &AgentReports| book.order("ns/hapod", POD, UID, Role::Active, epoch, true);
+    let first = send(&controller, agent.local_addr(), &order(&book))
+        .await
+        .expect("a report");
+    book.on_report(first, Instant::now());
+    let granted = send(&controller, agent.local_addr(), &order(&book))
+        .await
+        .expect("a report");
+    assert_eq!(granted.role, Some(AgentRole::Active));
+
+    let acting = scrape(metrics).await;
+    assert_eq!(
+        sample(&acting, r#"hapod_receiver_role{role="active"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(&acting, r#"hapod_receiver_role{role="unknown"}"#),
+        0.0
+    );
+    assert_eq!(sample(&acting, "hapod_receiver_acting"), 1.0);
+    assert_eq!(sample(&acting, "hapod_receiver_epoch"), epoch as f64);
+    let left = sample(&acting, "hapod_receiver_grant_remaining_seconds");
+    assert!(left > 0.0 && left <= 0.4, "{left}");
+    assert_eq!(
+        sample(&acting, "hapod_receiver_datagrams_received_total"),
+        3.0
+    );
+    let malformed = r#"hapod_receiver_datagrams_dropped_total{reason="malformed"}"#;
+    assert_eq!(sample(&acting, malformed), 1.0);
+    assert_eq!(sample(&acting, "hapod_receiver_replies_sent_total"), 2.0);
+
+    // Nothing more is sent: the grant lapses, and the metrics say so.
+    let mut state = agent.state();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while state.borrow_and_update().acting_until.is_some() {
+            state.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the grant lapses");
+    let lapsed = scrape(metrics).await;
+    assert_eq!(
+        sample(&lapsed, r#"hapod_receiver_role{role="standby"}"#),
+        1.0
+    );
+    assert_eq!(sample(&lapsed, "hapod_receiver_acting"), 0.0);
+    assert_eq!(
+        sample(&lapsed, "hapod_receiver_grant_remaining_seconds"),
+        0.0
+    );
+    assert_eq!(sample(&lapsed, "hapod_receiver_lapses_total"), 1.0);
+}

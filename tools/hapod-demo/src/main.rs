@@ -162,7 +162,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .route("/", get(root))
         .route("/readyz", get(readyz))
         .route("/state", get(state))
-        .with_state(app);
+        .with_state(app)
+        .merge(hapod_agent::metrics::router(&agent));
     let http_addr = SocketAddr::new(pod_ip, args.http_port);
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await

@@ -44,6 +44,12 @@ pub(crate) async fn steady_state(tb: &Testbed) -> Result<()> {
         "active app /state {st:?}, want role active epoch {epoch}"
     );
     ensure!(st.message_id.is_some(), "no message id in {st:?}");
+    // The agent's own metrics say the same: the active acts, the standbys do not.
+    let acting = |pod| tb.app_metric(pod, "hapod_receiver_acting", &[]);
+    ensure!(
+        acting(&s.active).await? == 1.0,
+        "the active's agent metrics say it does not act"
+    );
     ensure!(
         st.pod.as_deref().is_none_or(|p| p == s.active.name_any()),
         "app state names pod {:?}",
@@ -54,6 +60,13 @@ pub(crate) async fn steady_state(tb: &Testbed) -> Result<()> {
         ensure!(
             st.role.as_deref() != Some(ACTIVE),
             "standby {} app believes it is active: {st:?}",
+            sb.name_any()
+        );
+        let active = [("role", ACTIVE)];
+        ensure!(
+            acting(sb).await? == 0.0
+                && tb.app_metric(sb, "hapod_receiver_role", &active).await? == 0.0,
+            "standby {}'s agent metrics say it is active",
             sb.name_any()
         );
     }

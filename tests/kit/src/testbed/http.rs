@@ -1,6 +1,6 @@
 //! Talking HTTP to pods with the kit's client ([`crate::http`]): a bounded GET that refuses
 //! any address outside loopback and the private network namespace's pod range, the demo app's
-//! `/state`, and the controller's `/metrics`.
+//! `/state`, and the controller's and the demo app's `/metrics`.
 
 use std::time::Duration;
 
@@ -29,9 +29,23 @@ impl Testbed {
         metric: &str,
         labels: &[(&str, &str)],
     ) -> Result<f64> {
-        let body = get_ok(pod, CONTROLLER_HTTP_PORT, "/metrics").await?;
-        Ok(crate::prom::sum(&body, metric, labels))
+        pod_metric(pod, CONTROLLER_HTTP_PORT, metric, labels).await
     }
+
+    /// The same from the demo app's `/metrics` (its agent's metrics).
+    pub async fn app_metric(
+        &self,
+        pod: &Pod,
+        metric: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<f64> {
+        pod_metric(pod, APP_HTTP_PORT, metric, labels).await
+    }
+}
+
+async fn pod_metric(pod: &Pod, port: u16, metric: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let body = get_ok(pod, port, "/metrics").await?;
+    Ok(crate::prom::sum(&body, metric, labels))
 }
 
 /// The body of `GET path` on the pod's IP; fails unless it answers 200 within 2 s.
