@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use hapod_testkit::controlplane::Component;
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
@@ -302,8 +302,21 @@ impl<'a> Run<'a> {
         if pod.uid().as_deref() != Some(target.uid.as_str()) {
             return Ok(None);
         }
+        // A partition cuts the acting controller off: found before the clock starts (the
+        // replicas may take a while to settle after a controller fault).
+        let controller = if step.fault == AppFault::Partition {
+            match self.tb.wait_controllers_settled(SETTLE_BOUND).await {
+                Ok(settled) => Some(settled.active),
+                Err(e) => {
+                    self.liveness("hapod-system", e);
+                    return Ok(None);
+                }
+            }
+        } else {
+            None
+        };
         let t0 = now_unix_nanos();
-        if let Err(e) = self.inject(&pod, step).await {
+        if let Err(e) = self.inject(&pod, step, controller.as_ref()).await {
             // The pod may have gone, or started going, between the look and the fault (its
             // controller-side kill or its grace period; the node may have removed its
             // folders already): nothing was injected.
@@ -320,7 +333,13 @@ impl<'a> Run<'a> {
         Ok(Some((pod, t0)))
     }
 
-    async fn inject(&self, pod: &k8s_openapi::api::core::v1::Pod, step: AppStep) -> Result<()> {
+    /// Injects `step` on `pod`; a partition cuts it from `controller`.
+    async fn inject(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+        step: AppStep,
+        controller: Option<&k8s_openapi::api::core::v1::Pod>,
+    ) -> Result<()> {
         let deliberate = || self.deliberate.lock().unwrap().extend(pod.uid());
         match step.fault {
             AppFault::ForceDelete | AppFault::StandbyDelete => {
@@ -348,8 +367,8 @@ impl<'a> Run<'a> {
                 stop_for(Testbed::pod_processes(pod)?, step.lasts_ms).await?;
             }
             AppFault::Partition => {
-                let controller = self.tb.wait_controllers_settled(SETTLE_BOUND).await?.active;
-                let cut = partition_pods(&controller, pod)?;
+                let controller = controller.context("a partition needs the acting controller")?;
+                let cut = partition_pods(controller, pod)?;
                 tokio::time::sleep(Duration::from_millis(step.lasts_ms)).await;
                 cut.heal()?;
             }
