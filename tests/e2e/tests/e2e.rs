@@ -108,6 +108,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         detection::partitioned_active_is_replaced
     ),
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
+    scenario!("rollout_moves_role_once", scale::rollout_moves_role_once),
     scenario!("kubectl_hapod_status", status::status_after_failover),
     scenario!("kubectl_hapod_switchover", status::switchover),
     scenario!("kubectl_hapod_operator_roles", status::operator_roles),

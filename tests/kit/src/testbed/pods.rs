@@ -9,16 +9,17 @@ use std::time::SystemTime;
 
 use super::Testbed;
 use super::names::{
-    ACTIVE, APP_CONTAINER, CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, EPOCH_ANNOTATION, GROUP_LABEL,
-    LEASE_NAME, LOG_ANNOTATION_PREFIX, NONCRITICAL_CONTAINER, ROLE_LABEL, STANDBY,
-    TMP_ANNOTATION_PREFIX,
+    ACTIVE, APP_CONTAINER, APP_NAME, APP_NAMESPACE, CONTROLLER_NAMESPACE, CRITICAL_CONTAINER,
+    EPOCH_ANNOTATION, GROUP_LABEL, LEASE_NAME, LOG_ANNOTATION_PREFIX, NONCRITICAL_CONTAINER,
+    NOTIFY_SECRET, ROLE_LABEL, STANDBY, TMP_ANNOTATION_PREFIX,
 };
 use crate::netns::Partition;
 use anyhow::{Context as _, Result, anyhow};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
 
 impl Testbed {
     /// Pods of a group (label `app=<group>`) in a namespace, not yet deleted.
@@ -459,4 +460,47 @@ impl Drop for StoppedProcesses {
             let _ = Testbed::signal_processes(&self.pids, nix::sys::signal::Signal::SIGCONT);
         }
     }
+}
+
+/// Creates namespace `ns` with the sample app's notification key Secret, for another copy of
+/// the sample app (its own group of the deployed controller, which watches every namespace).
+/// Returns the sample app's ReplicaSet as the testbed deployed it, to copy (so a copy carries
+/// whatever the applied kustomization added, such as its components' env).
+pub async fn create_app_namespace(client: &Client, ns: &str) -> Result<ReplicaSet> {
+    let deployed = Api::<ReplicaSet>::namespaced(client.clone(), APP_NAMESPACE)
+        .get(APP_NAME)
+        .await
+        .with_context(|| {
+            format!("reading the sample app's ReplicaSet {APP_NAMESPACE}/{APP_NAME}")
+        })?;
+    let key = Api::<Secret>::namespaced(client.clone(), APP_NAMESPACE)
+        .get(NOTIFY_SECRET)
+        .await
+        .context("reading the notification key Secret of the sample app")?;
+    let pp = PostParams::default();
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ns.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &namespace)
+        .await
+        .with_context(|| format!("creating namespace {ns}"))?;
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(NOTIFY_SECRET.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        data: key.data,
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&pp, &secret)
+        .await
+        .with_context(|| format!("creating the key Secret in {ns}"))?;
+    Ok(deployed)
 }
