@@ -1,11 +1,12 @@
 //! Server-side validation: every render applied with `kubectl apply --dry-run=server` to a
 //! real kube-apiserver, then the RBAC installed from each source and proven.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAME, CONTROLLER_NAMESPACE};
 
@@ -64,15 +65,48 @@ impl Kubectl {
 
 pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
     // Namespaces for real: a server-side dry run of a namespaced object needs its namespace.
+    // The docs example's gets the restricted Pod Security profile, as the base's have.
+    let example_namespaces: Vec<Value> = r
+        .docs_sidecar
+        .objects
+        .iter()
+        .map(|o| str_at(o, "/metadata/namespace"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|name| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/warn": "restricted"}}})
+        })
+        .collect();
     let namespaces: Vec<&Value> = r
         .base
         .objects
         .iter()
         .filter(|o| str_at(o, "/kind") == "Namespace")
+        .chain(&example_namespaces)
         .collect();
     kubectl
         .apply(&to_yaml_stream(&namespaces)?, &[])
         .context("creating the namespaces")?;
+    // A Pod is admitted only once its ServiceAccount exists, and a dry run creates none.
+    let accounts: Vec<Value> = r
+        .all()
+        .iter()
+        .flat_map(|render| &render.objects)
+        .filter(|o| str_at(o, "/kind") == "Pod")
+        .map(|pod| {
+            let name = match str_at(pod, "/spec/serviceAccountName") {
+                "" => "default",
+                name => name,
+            };
+            json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                   "metadata": {"name": name, "namespace": str_at(pod, "/metadata/namespace")}})
+        })
+        .collect();
+    kubectl
+        .apply(&to_yaml_stream(&accounts.iter().collect::<Vec<_>>())?, &[])
+        .context("creating the ServiceAccounts of the Pods")?;
 
     let mut p = Problems::default();
     for render in r.all() {
