@@ -89,21 +89,20 @@ pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
     kubectl
         .apply(&to_yaml_stream(&namespaces)?, &[])
         .context("creating the namespaces")?;
-    // A Pod is admitted only once its ServiceAccount exists, and a dry run creates none.
-    let accounts: Vec<Value> = r
-        .all()
-        .iter()
-        .flat_map(|render| &render.objects)
-        .filter(|o| str_at(o, "/kind") == "Pod")
-        .map(|pod| {
-            let name = match str_at(pod, "/spec/serviceAccountName") {
-                "" => "default",
-                name => name,
-            };
-            json!({"apiVersion": "v1", "kind": "ServiceAccount",
-                   "metadata": {"name": name, "namespace": str_at(pod, "/metadata/namespace")}})
-        })
-        .collect();
+    // A Pod is admitted only once its ServiceAccount exists, and a dry run creates none. A
+    // namespace's `default` one comes from kube-controller-manager.
+    let mut accounts = Vec::new();
+    for pod in r.all().iter().flat_map(|render| &render.objects) {
+        if str_at(pod, "/kind") != "Pod" {
+            continue;
+        }
+        let namespace = str_at(pod, "/metadata/namespace");
+        match str_at(pod, "/spec/serviceAccountName") {
+            "" | "default" => wait_for_default_account(kubectl, namespace)?,
+            name => accounts.push(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": namespace}})),
+        }
+    }
     kubectl
         .apply(&to_yaml_stream(&accounts.iter().collect::<Vec<_>>())?, &[])
         .context("creating the ServiceAccounts of the Pods")?;
@@ -153,6 +152,21 @@ pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
             CONTROLLER_NAME,
             APP_NAMESPACE,
         )?;
+    }
+    Ok(())
+}
+
+fn wait_for_default_account(kubectl: &Kubectl, namespace: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kubectl
+        .run(&["-n", namespace, "get", "serviceaccount", "default"])
+        .is_err()
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no ServiceAccount {namespace}/default after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     Ok(())
 }
