@@ -85,6 +85,10 @@ struct StatusArgs {
     /// The controller's election Lease.
     #[arg(long, env = "HAPOD_LEASE_NAME", default_value = "hapod-controller")]
     lease_name: String,
+    /// Fail (exit 1, after the status) unless a controller replica holds the Lease and every
+    /// group shown has one pod labeled active: for `helm test` and scripts.
+    #[arg(long)]
+    require_active: bool,
     /// The controller's pod matching flags (the same defaults; change them as on the
     /// controller).
     #[command(flatten)]
@@ -215,5 +219,9 @@ async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
         Output::Yaml => serde_norway::to_string(&status)?,
     };
     print!("{shown}");
+    if args.require_active {
+        let unmet = status::unmet(&status);
+        anyhow::ensure!(unmet.is_empty(), "{}", unmet.join("; "));
+    }
     Ok(())
 }

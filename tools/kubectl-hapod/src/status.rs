@@ -111,6 +111,26 @@ pub fn build(
     }
 }
 
+/// What `--require-active` refuses: no controller replica holding the Lease (or the Lease
+/// unread), and every group without exactly one pod labeled active.
+pub fn unmet(status: &Status) -> Vec<String> {
+    let mut unmet = Vec::new();
+    if status
+        .controller
+        .as_ref()
+        .and_then(|c| c.pod.as_ref())
+        .is_none()
+    {
+        unmet.push("no controller replica holds the Lease".to_owned());
+    }
+    for g in status.groups.iter().filter(|g| g.active.is_none()) {
+        // Without an active, the first problem says why: none or several labeled active.
+        let why = g.problems.first().map_or("no active pod", String::as_str);
+        unmet.push(format!("{}/{}: {why}", g.namespace, g.group));
+    }
+    unmet
+}
+
 /// A pod of a group, with its latest promotion.
 type Seen = (PodView, Option<Promotion>);
 
@@ -508,6 +528,43 @@ mod tests {
             ..lease
         };
         assert_eq!(controller("l", &released, now).pod, None);
+    }
+
+    #[test]
+    fn require_active_wants_a_lease_holder_and_one_active_per_group() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {"hapod.io/holder-pod": "hapod-controller-0"}},
+            "spec": {"holderIdentity": "hapod-controller-0_abc"},
+        }))
+        .unwrap();
+        let held = Some(("hapod-system/hapod-controller", &lease));
+        let healthy = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "standby", None, false),
+        ];
+        let status = build(&healthy, &[], held, &Config::default(), "app", at(0));
+        assert!(unmet(&status).is_empty(), "{:?}", unmet(&status));
+        // No groups at all is not a failure: nothing to keep active.
+        assert!(unmet(&build(&[], &[], held, &Config::default(), "app", at(0))).is_empty());
+
+        let none = [pod("db-a", "standby", None, true)];
+        let status = build(&none, &[], None, &Config::default(), "app", at(0));
+        assert_eq!(
+            unmet(&status),
+            [
+                "no controller replica holds the Lease",
+                "shop/db: no pod is labeled active"
+            ]
+        );
+        let two = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "active", Some(8), true),
+        ];
+        let status = build(&two, &[], held, &Config::default(), "app", at(0));
+        assert_eq!(
+            unmet(&status),
+            ["shop/db: 2 pods labeled active: db-a, db-b"]
+        );
     }
 
     #[test]

@@ -11,11 +11,14 @@ use hapod_testkit::testbed::{
     CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, GROUP_LABEL, NOTIFY_SECRET, ROLE_LABEL, STANDBY,
 };
 
+use super::docs_example::{sidecar_example_checks, volume_of};
+use super::helm_test::test_hook;
 use super::netpol::network_policies;
 use super::observability::monitoring;
 use super::parity::parity;
 use super::problems::Problems;
-use super::render::{ALL_FLAGS_SETS, Render, Renders, object_id, str_at};
+use super::releases::{selectors_fixed, side_by_side};
+use super::render::{ALL_FLAGS_SETS, RELEASE, Render, Renders, object_id, str_at};
 
 pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
     let mut p = Problems::default();
@@ -52,6 +55,12 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
     p.wrap("helm every flag", all_flags_rendered(&r.helm_all_flags));
     p.wrap("helm minimal", minimal_render(&r.helm_minimal));
     p.wrap("helm monitoring", monitoring(&r.helm_monitoring));
+    p.wrap("helm chart defaults", no_sample_app(&r.helm_chart_defaults));
+    p.wrap("helm test", test_hook(&r.helm_chart_defaults));
+    p.wrap("helm test", test_hook(&r.helm_all_flags));
+    side_by_side(&mut p, &r.helm_side_by_side);
+    selectors_fixed(&mut p, &r.helm_default, &r.helm_renamed);
+    p.wrap("docs", sidecar_example_checks(&r.docs_sidecar));
     p.finish("offline checks")
 }
 
@@ -59,7 +68,7 @@ pub(crate) fn offline_checks(r: &Renders) -> Result<()> {
 fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     // Controller.
     let dep = r.find("Deployment", CONTROLLER_NAMESPACE, CONTROLLER_NAME)?;
-    let pod = expect_group_workload(p, "controller", dep, CONTROLLER_GROUP, "icr")?;
+    let pod = expect_group_workload(p, "controller", dep, CONTROLLER_NAME, CONTROLLER_GROUP)?;
     p.expect_eq(
         "controller serviceAccountName",
         str_at(pod, "/spec/serviceAccountName"),
@@ -125,8 +134,8 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     );
     p.expect_eq(
         "pdb selector",
-        pdb.pointer("/spec/selector/matchLabels"),
-        Some(&json!({GROUP_LABEL: CONTROLLER_GROUP})),
+        pdb.pointer("/spec/selector"),
+        dep.pointer("/spec/selector"),
     );
 
     // Sample application.
@@ -139,7 +148,7 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
                 && str_at(o, "/metadata/name") == APP_NAME
         })
         .context("no sample app workload")?;
-    let pod = expect_group_workload(p, "app", app, APP_GROUP, "hapod")?;
+    let pod = expect_group_workload(p, "app", app, APP_NAME, APP_GROUP)?;
     p.expect(
         pod.pointer("/spec/affinity/podAntiAffinity/preferredDuringSchedulingIgnoredDuringExecution/0/podAffinityTerm/labelSelector/matchLabels")
             == Some(&json!({GROUP_LABEL: APP_GROUP})),
@@ -250,32 +259,45 @@ fn shipped_invariants(r: &Render, p: &mut Problems) -> Result<()> {
     Ok(())
 }
 
-/// A workload of the shipped defaults: 2 replicas selected by `group`, a pod template
-/// labeled `app=<app_label>` and `role=standby`. Returns the pod template.
+/// A workload of the shipped defaults: 2 replicas selected by the fixed labels of `component`
+/// in the release `RELEASE` (never by labels a user changes: a selector cannot change), a pod
+/// template labeled with them, `<group label>=<group>` and `role=standby`. Returns the pod
+/// template.
 fn expect_group_workload<'a>(
     p: &mut Problems,
     who: &str,
     workload: &'a Value,
+    component: &str,
     group: &str,
-    app_label: &str,
 ) -> Result<&'a Value> {
     p.expect_eq(
         &format!("{who} replicas"),
         workload.pointer("/spec/replicas"),
         Some(&json!(2)),
     );
+    let selector = json!({
+        "app.kubernetes.io/name": component,
+        "app.kubernetes.io/instance": RELEASE,
+    });
     p.expect_eq(
         &format!("{who} selector"),
         workload.pointer("/spec/selector/matchLabels"),
-        Some(&json!({GROUP_LABEL: group})),
+        Some(&selector),
     );
     let pod = workload
         .pointer("/spec/template")
         .context("no pod template")?;
+    for (key, value) in selector.as_object().into_iter().flatten() {
+        p.expect_eq(
+            &format!("{who} pod label {key}"),
+            pod.pointer("/metadata/labels").and_then(|l| l.get(key)),
+            Some(value),
+        );
+    }
     p.expect_eq(
-        &format!("{who} pod label app"),
-        str_at(pod, "/metadata/labels/app"),
-        app_label,
+        &format!("{who} pod label {GROUP_LABEL}"),
+        str_at(pod, &format!("/metadata/labels/{GROUP_LABEL}")),
+        group,
     );
     p.expect_eq(
         &format!("{who} pod label role"),
@@ -289,7 +311,7 @@ fn expect_group_workload<'a>(
 fn pod_security_problems(r: &Render) -> Vec<String> {
     let mut p = Problems::default();
     for o in &r.objects {
-        let Some(pod) = o.pointer("/spec/template/spec") else {
+        let Some(pod) = pod_spec(o) else {
             continue;
         };
         let id = object_id(o);
@@ -344,6 +366,14 @@ fn pod_security_problems(r: &Render) -> Vec<String> {
     p.0
 }
 
+/// The pod spec of a workload's template, or of a Pod.
+pub(crate) fn pod_spec(o: &Value) -> Option<&Value> {
+    match str_at(o, "/kind") {
+        "Pod" => o.pointer("/spec"),
+        _ => o.pointer("/spec/template/spec"),
+    }
+}
+
 fn container<'a>(pod: &'a Value, name: &str) -> Result<&'a Value> {
     pod.pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -372,7 +402,7 @@ fn env_value(c: &Value, name: &str) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn expect_downward_env(p: &mut Problems, who: &str, c: &Value, names: &[&str]) {
+pub(crate) fn expect_downward_env(p: &mut Problems, who: &str, c: &Value, names: &[&str]) {
     let want = |n: &str| match n {
         "POD_NAME" => "metadata.name",
         "POD_NAMESPACE" => "metadata.namespace",
@@ -392,29 +422,25 @@ fn expect_downward_env(p: &mut Problems, who: &str, c: &Value, names: &[&str]) {
 /// The agent's epoch file (`HAPOD_EPOCH_FILE`) lies on an emptyDir mounted in the container:
 /// it must survive a container restart (not the pod), on a read-only root filesystem.
 fn expect_epoch_file_on_empty_dir(p: &mut Problems, pod: &Value, c: &Value) {
-    let Some(file) = env_value(c, "HAPOD_EPOCH_FILE") else {
-        p.0.push("app has no HAPOD_EPOCH_FILE".into());
-        return;
-    };
-    let mount = c
-        .pointer("/volumeMounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|m| {
-            let dir = str_at(m, "/mountPath").trim_end_matches('/');
-            file.strip_prefix(dir)
-                .is_some_and(|rest| rest.starts_with('/'))
-        });
-    let empty_dir = mount.and_then(|m| {
-        pod.pointer("/spec/volumes")
-            .and_then(Value::as_array)?
-            .iter()
-            .find(|v| v["name"] == m["name"])?
-            .pointer("/emptyDir")
-    });
+    match (env_value(c, "HAPOD_EPOCH_FILE"), pod.pointer("/spec")) {
+        (Some(file), Some(spec)) => {
+            expect_file_on_empty_dir(p, spec, c, "app: HAPOD_EPOCH_FILE", &file);
+        }
+        _ => p.0.push("app has no HAPOD_EPOCH_FILE".into()),
+    }
+}
+
+/// `file` lies on an emptyDir volume of the pod `spec` mounted in container `c`.
+pub(crate) fn expect_file_on_empty_dir(
+    p: &mut Problems,
+    spec: &Value,
+    c: &Value,
+    what: &str,
+    file: &str,
+) {
+    let empty_dir = volume_of(spec, c, file).and_then(|v| v.pointer("/emptyDir"));
     p.expect(empty_dir.is_some(), || {
-        format!("app: HAPOD_EPOCH_FILE {file} is not on a mounted emptyDir")
+        format!("{what} {file} is not on a mounted emptyDir")
     });
 }
 
@@ -584,6 +610,21 @@ fn all_flags_rendered(r: &Render) -> Result<()> {
         Some("500".into()),
     );
     p.finish("helm every-flag render")
+}
+
+/// The sample app is a demo: the chart installs it only when asked (deploy/base ships it).
+fn no_sample_app(r: &Render) -> Result<()> {
+    let demo: Vec<String> = r
+        .objects
+        .iter()
+        .filter(|o| str_at(o, "/metadata/namespace") == APP_NAMESPACE)
+        .map(object_id)
+        .collect();
+    ensure!(
+        demo.is_empty(),
+        "the sample app is installed by default: {demo:?}"
+    );
+    Ok(())
 }
 
 fn minimal_render(r: &Render) -> Result<()> {

@@ -16,12 +16,15 @@
 //! controller's RBAC is installed (the end-to-end tests use it after `kubectl apply -k`).
 
 mod binaries;
+mod docs_example;
+mod helm_test;
 mod invariants;
 mod netpol;
 mod observability;
 mod parity;
 mod problems;
 mod rbac;
+mod releases;
 mod render;
 mod server;
 

@@ -7,12 +7,15 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 
+use super::docs_example::sidecar_example;
 use super::observability::MONITORING_SETS;
 
 use hapod_testkit::helm;
 use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAMESPACE};
 
-const RELEASE: &str = "hapod";
+/// The release of every render but the side-by-side ones: its cluster-scoped names are
+/// deploy/base's.
+pub(crate) const RELEASE: &str = "hapod";
 
 /// One rendered set of manifests.
 pub(crate) struct Render {
@@ -116,11 +119,22 @@ fn kustomize(dir: &str) -> Result<Render> {
 }
 
 pub(crate) fn helm_template(helm: &Path, label: &str, sets: &[&str]) -> Result<Render> {
+    helm_release(helm, RELEASE, CONTROLLER_NAMESPACE, label, sets)
+}
+
+/// `helm template` of the chart as release `release` in `namespace`.
+pub(crate) fn helm_release(
+    helm: &Path,
+    release: &str,
+    namespace: &str,
+    label: &str,
+    sets: &[&str],
+) -> Result<Render> {
     let chart = hapod_testkit::workspace_root().join("deploy/helm/hapod");
     let mut cmd = Command::new(helm);
-    cmd.args(["template", RELEASE])
+    cmd.args(["template", release])
         .arg(&chart)
-        .args(["--namespace", CONTROLLER_NAMESPACE]);
+        .args(["--namespace", namespace]);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -133,6 +147,9 @@ pub(crate) struct Renders {
     pub(crate) base: Render,
     pub(crate) overlay: Render,
     pub(crate) real_cluster: Render,
+    /// The chart's own defaults: no sample app, the `helm test` hook.
+    pub(crate) helm_chart_defaults: Render,
+    /// The chart as deploy/base: the sample app on, no test hook.
     pub(crate) helm_default: Render,
     pub(crate) helm_deployment: Render,
     pub(crate) helm_all_flags: Render,
@@ -141,14 +158,22 @@ pub(crate) struct Renders {
     /// PodMonitor and PrometheusRule on: checked offline only (the control plane has no
     /// Prometheus Operator CRDs).
     pub(crate) helm_monitoring: Render,
+    /// `helm_default` with every label and name a user may change on upgrade changed.
+    pub(crate) helm_renamed: Render,
+    /// Two releases of different names and namespaces, to be installed side by side.
+    pub(crate) helm_side_by_side: [Render; 2],
+    /// The application pod with the `hapod-agent` sidecar of docs/deploy.md.
+    pub(crate) docs_sidecar: Render,
 }
 
 impl Renders {
-    pub(crate) fn all(&self) -> [&Render; 8] {
+    pub(crate) fn all(&self) -> [&Render; 10] {
         [
+            &self.docs_sidecar,
             &self.base,
             &self.overlay,
             &self.real_cluster,
+            &self.helm_chart_defaults,
             &self.helm_real_cluster,
             &self.helm_default,
             &self.helm_deployment,
@@ -160,6 +185,7 @@ impl Renders {
 
 /// Flags the all-flags render sets, and what must then appear in the controller's args.
 pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
+    ("sampleApp.enabled=true", "--listen-ip=$(POD_IP)"),
     (
         "controller.selector=app=hapod\\,tier=demo",
         "--selector=app=hapod,tier=demo",
@@ -221,12 +247,15 @@ pub(crate) fn render_all() -> Result<Renders> {
     let base = kustomize("deploy/base")?;
     let overlay = kustomize("deploy/overlays/deployment-app")?;
     let real_cluster = kustomize("deploy/overlays/real-cluster")?;
+    let helm_chart_defaults = helm_template(&helm, "chart defaults", &[])?;
     let ns = "namespace.create=true";
-    let helm_default = helm_template(&helm, "defaults", &[ns])?;
+    // deploy/base ships the sample app and no test hook.
+    let as_base = [ns, "sampleApp.enabled=true", "tests.enabled=false"];
+    let helm_default = helm_template(&helm, "as deploy/base", &as_base)?;
     let helm_deployment = helm_template(
         &helm,
         "sampleApp.kind=Deployment",
-        &[ns, "sampleApp.kind=Deployment"],
+        &[&as_base[..], &["sampleApp.kind=Deployment"]].concat(),
     )?;
     let all_sets: Vec<&str> = ALL_FLAGS_SETS.iter().map(|(s, _)| *s).collect();
     let helm_all_flags = helm_template(&helm, "every flag set", &all_sets)?;
@@ -234,22 +263,39 @@ pub(crate) fn render_all() -> Result<Renders> {
         &helm,
         "Deployment, writable /tmp",
         &[
-            ns,
-            "sampleApp.kind=Deployment",
-            "sampleApp.writableTmp=true",
-        ],
+            &as_base[..],
+            &["sampleApp.kind=Deployment", "sampleApp.writableTmp=true"],
+        ]
+        .concat(),
     )?;
     let helm_minimal = helm_template(
         &helm,
         "no sample app, no key, no application lease, no NetworkPolicy",
         &[
-            "sampleApp.enabled=false",
             "notifyKey.enabled=false",
             "controller.applicationLeaseMs=0",
             "networkPolicy.enabled=false",
         ],
     )?;
     let helm_monitoring = helm_template(&helm, "monitoring", MONITORING_SETS)?;
+    let helm_renamed = helm_template(
+        &helm,
+        "as deploy/base, labels and names changed",
+        &[&as_base[..], RENAMED_SETS].concat(),
+    )?;
+    let helm_side_by_side = SIDE_BY_SIDE.map(|(release, namespace)| {
+        let demo = format!("sampleApp.namespace={namespace}-demo");
+        let lease = format!("controller.leaseName={release}-lease");
+        helm_release(
+            &helm,
+            release,
+            namespace,
+            &format!("release {release} in {namespace}"),
+            &[ns, "sampleApp.enabled=true", &demo, &lease],
+        )
+    });
+    let [a, b] = helm_side_by_side;
+    let helm_side_by_side = [a?, b?];
     let lint = Command::new(&helm)
         .args(["lint", "--strict"])
         .arg(hapod_testkit::workspace_root().join("deploy/helm/hapod"))
@@ -265,14 +311,34 @@ pub(crate) fn render_all() -> Result<Renders> {
         base,
         overlay,
         real_cluster,
+        helm_chart_defaults,
         helm_default,
         helm_deployment,
         helm_all_flags,
         helm_minimal,
         helm_real_cluster,
         helm_monitoring,
+        helm_renamed,
+        helm_side_by_side,
+        docs_sidecar: sidecar_example()?,
     })
 }
+
+/// Values a user may change on upgrade: every label and name the workloads derive from them.
+pub(crate) const RENAMED_SETS: &[&str] = &[
+    "controller.name=hapod-ctl",
+    "controller.podLabels.app=icr2",
+    "controller.podLabels.tier=control",
+    "sampleApp.name=demo",
+    "sampleApp.podLabels.app=demo",
+    "sampleApp.podLabels.tier=web",
+    "controller.selector=app=demo",
+    "serviceAccount.name=ctl",
+];
+
+/// Releases (name, namespace) rendered to be installed side by side, each with its sample app
+/// in a namespace of its own and a Lease of its own.
+const SIDE_BY_SIDE: [(&str, &str); 2] = [("a", "hapod-a"), ("b", "hapod-b")];
 
 /// Values `values.schema.json` must refuse: a wrong type, a misspelt key, a value outside its
 /// enum, a port out of range.

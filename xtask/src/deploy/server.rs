@@ -1,11 +1,12 @@
 //! Server-side validation: every render applied with `kubectl apply --dry-run=server` to a
 //! real kube-apiserver, then the RBAC installed from each source and proven.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use hapod_testkit::testbed::{APP_NAMESPACE, CONTROLLER_NAME, CONTROLLER_NAMESPACE};
 
@@ -64,15 +65,47 @@ impl Kubectl {
 
 pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
     // Namespaces for real: a server-side dry run of a namespaced object needs its namespace.
+    // The docs example's gets the restricted Pod Security profile, as the base's have.
+    let example_namespaces: Vec<Value> = r
+        .docs_sidecar
+        .objects
+        .iter()
+        .map(|o| str_at(o, "/metadata/namespace"))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|name| {
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {
+                "pod-security.kubernetes.io/enforce": "restricted",
+                "pod-security.kubernetes.io/warn": "restricted"}}})
+        })
+        .collect();
     let namespaces: Vec<&Value> = r
         .base
         .objects
         .iter()
         .filter(|o| str_at(o, "/kind") == "Namespace")
+        .chain(&example_namespaces)
         .collect();
     kubectl
         .apply(&to_yaml_stream(&namespaces)?, &[])
         .context("creating the namespaces")?;
+    // A Pod is admitted only once its ServiceAccount exists, and a dry run creates none. A
+    // namespace's `default` one comes from kube-controller-manager.
+    let mut accounts = Vec::new();
+    for pod in r.all().iter().flat_map(|render| &render.objects) {
+        if str_at(pod, "/kind") != "Pod" {
+            continue;
+        }
+        let namespace = str_at(pod, "/metadata/namespace");
+        match str_at(pod, "/spec/serviceAccountName") {
+            "" | "default" => wait_for_default_account(kubectl, namespace)?,
+            name => accounts.push(json!({"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": name, "namespace": namespace}})),
+        }
+    }
+    kubectl
+        .apply(&to_yaml_stream(&accounts.iter().collect::<Vec<_>>())?, &[])
+        .context("creating the ServiceAccounts of the Pods")?;
 
     let mut p = Problems::default();
     for render in r.all() {
@@ -119,6 +152,21 @@ pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
             CONTROLLER_NAME,
             APP_NAMESPACE,
         )?;
+    }
+    Ok(())
+}
+
+fn wait_for_default_account(kubectl: &Kubectl, namespace: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while kubectl
+        .run(&["-n", namespace, "get", "serviceaccount", "default"])
+        .is_err()
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no ServiceAccount {namespace}/default after 30 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
     Ok(())
 }

@@ -6,6 +6,21 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
+{{/* Name of a cluster-scoped object of this release: "<release>-<suffix>", so that two
+releases install side by side (release names must then differ). The release `hapod` gets the
+names of deploy/base. Argument: (list suffix $). */}}
+{{- define "hapod.clusterName" -}}
+{{- printf "%s-%s" (index . 1).Release.Name (index . 0) -}}
+{{- end -}}
+
+{{/* The labels a workload selects its pods by, as YAML. Fixed by the chart and the release,
+never taken from values: a workload's selector cannot change, so an upgrade that changed it
+would fail. Argument: (list component $). */}}
+{{- define "hapod.selectorLabels" -}}
+app.kubernetes.io/name: {{ index . 0 }}
+app.kubernetes.io/instance: {{ (index . 1).Release.Name }}
+{{- end -}}
+
 {{/* "repository:tag", tag defaulting to the chart's appVersion. Argument: (list image $). */}}
 {{- define "hapod.image" -}}
 {{- $img := index . 0 -}}{{- $root := index . 1 -}}
