@@ -598,8 +598,20 @@ fn all_flags_rendered(r: &Render) -> Result<()> {
         str_at(svc, "/spec/selector/hapod-role"),
         "primary",
     );
-    let secret = r.find("Secret", APP_NAMESPACE, NOTIFY_SECRET)?;
-    p.expect_eq("explicit key", str_at(secret, "/data/key"), "czNjcmV0");
+    // The key reaches every watched namespace and every extra one, no copy by hand
+    // (`controller.namespaces={hapod-demo,other}`, `notifyKey.namespaces={team-c,other}`).
+    for ns in [CONTROLLER_NAMESPACE, APP_NAMESPACE, "other", "team-c"] {
+        match r.find("Secret", ns, NOTIFY_SECRET) {
+            Ok(secret) => p.expect_eq(
+                &format!("explicit key in {ns}"),
+                str_at(secret, "/data/key"),
+                "czNjcmV0",
+            ),
+            Err(e) => p.expect(false, || format!("{e:#}")),
+        }
+    }
+    let secrets = r.objects.iter().filter(|o| str_at(o, "/kind") == "Secret");
+    p.expect_eq("one key Secret per namespace", secrets.count(), 4);
     // The agents get the controller's drift allowance.
     let app_pod = app
         .pointer("/spec/template")

@@ -242,6 +242,9 @@ pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
     ),
 ];
 
+/// More namespaces for the key Secret in the all-flags render (besides `controller.namespaces`).
+pub(crate) const KEY_NAMESPACES_SET: &str = "notifyKey.namespaces={team-c,other}";
+
 pub(crate) fn render_all() -> Result<Renders> {
     let helm = helm::ensure_helm()?;
     let base = kustomize("deploy/base")?;
@@ -257,7 +260,11 @@ pub(crate) fn render_all() -> Result<Renders> {
         "sampleApp.kind=Deployment",
         &[&as_base[..], &["sampleApp.kind=Deployment"]].concat(),
     )?;
-    let all_sets: Vec<&str> = ALL_FLAGS_SETS.iter().map(|(s, _)| *s).collect();
+    let all_sets: Vec<&str> = ALL_FLAGS_SETS
+        .iter()
+        .map(|(s, _)| *s)
+        .chain([KEY_NAMESPACES_SET])
+        .collect();
     let helm_all_flags = helm_template(&helm, "every flag set", &all_sets)?;
     let helm_real_cluster = helm_template(
         &helm,

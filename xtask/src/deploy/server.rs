@@ -79,13 +79,29 @@ pub(crate) fn server_checks(r: &Renders, kubectl: &Kubectl) -> Result<()> {
                 "pod-security.kubernetes.io/warn": "restricted"}}})
         })
         .collect();
-    let namespaces: Vec<&Value> = r
+    let created: Vec<&Value> = r
         .base
         .objects
         .iter()
         .filter(|o| str_at(o, "/kind") == "Namespace")
         .chain(&example_namespaces)
         .collect();
+    // Any other namespace a render puts objects in (the all-flags render's watched ones).
+    let known: BTreeSet<&str> = created
+        .iter()
+        .map(|o| str_at(o, "/metadata/name"))
+        .collect();
+    let others: Vec<Value> = r
+        .all()
+        .iter()
+        .flat_map(|render| &render.objects)
+        .map(|o| str_at(o, "/metadata/namespace"))
+        .filter(|ns| !ns.is_empty() && !known.contains(ns))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .map(|name| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
+        .collect();
+    let namespaces: Vec<&Value> = created.into_iter().chain(&others).collect();
     kubectl
         .apply(&to_yaml_stream(&namespaces)?, &[])
         .context("creating the namespaces")?;
