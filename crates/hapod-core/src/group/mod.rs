@@ -84,7 +84,7 @@ pub struct GroupState {
     future_reported: BTreeSet<(String, u64)>,
     next_op: OpId,
     in_flight: Option<InFlight>,
-    paused_until: Option<Instant>,
+    backoff_until: Option<Instant>,
     failures: u32,
     trigger: Option<Trigger>,
     /// Active pods (UID, epoch) this replica told they are active, in this term.
@@ -107,7 +107,7 @@ impl GroupState {
             future_reported: BTreeSet::new(),
             next_op: 1,
             in_flight: None,
-            paused_until: None,
+            backoff_until: None,
             failures: 0,
             trigger: None,
             announced: BTreeSet::new(),
@@ -343,7 +343,7 @@ impl GroupState {
         if let Some(write) = self.in_flight.take() {
             self.doubt_promotion(&write);
         }
-        self.paused_until = None;
+        self.backoff_until = None;
         self.failures = 0;
         self.announced.clear();
         self.future_reported.clear();
@@ -424,7 +424,7 @@ impl GroupState {
                 let delay = RETRY_BASE
                     .saturating_mul(1u32 << self.failures.min(16))
                     .min(RETRY_MAX);
-                self.pause(delay, now, out);
+                self.back_off(delay, now, out);
             }
         }
     }
@@ -459,8 +459,8 @@ impl GroupState {
         }
     }
 
-    fn pause(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
-        self.paused_until = Some(now + delay);
+    fn back_off(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
+        self.backoff_until = Some(now + delay);
         out.push(Action::WakeAfter(delay));
     }
 

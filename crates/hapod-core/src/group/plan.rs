@@ -108,15 +108,15 @@ impl GroupState {
     /// Issues the next write the group needs, most urgent first, so a lost active is always
     /// handled before kills and label repairs. Each phase answers whether the group now waits
     /// (a write issued, or one it must wait for). Nothing while another write is in flight,
-    /// while paused, or while standby.
+    /// while backing off after a failed write, or while standby.
     pub(super) fn plan(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(term) = self.term else {
             return;
         };
-        if self.in_flight.is_some() || self.paused_until.is_some_and(|t| now < t) {
+        if self.in_flight.is_some() || self.backoff_until.is_some_and(|t| now < t) {
             return;
         }
-        self.paused_until = None;
+        self.backoff_until = None;
         let keep = self.kept_active(now).map(|e| e.view.name.clone());
         let keep = keep.as_deref();
         if self.demote_extra_active(keep, now, out)
