@@ -32,6 +32,7 @@ pub fn pod(name: &str, created: i64) -> PodView {
         created_unix_seconds: created,
         ready_since_unix_seconds: created,
         drained: false,
+        paused: false,
         critical: vec![CriticalContainer {
             name: "crit".into(),
             terminated: false,
