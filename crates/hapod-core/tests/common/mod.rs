@@ -43,6 +43,12 @@ pub fn pod(name: &str, created: i64) -> PodView {
     }
 }
 
+/// What a delete with grace 0 (no finalizers) shows before the pod is gone.
+pub fn force_deleting(view: &mut PodView) {
+    view.deleting = true;
+    view.vanishing = true;
+}
+
 pub fn active(mut view: PodView, epoch: Option<u64>) -> PodView {
     view.role_label = Some("active".into());
     view.epoch = epoch;
@@ -160,6 +166,15 @@ impl FakeApi {
             .values()
             .filter(|p| p.group == GROUP)
             .cloned()
+            .collect()
+    }
+
+    /// Names of the pods (in the group or not) carrying `hapod.io/paused=true`.
+    pub fn paused(&self) -> Vec<String> {
+        self.pods
+            .values()
+            .filter(|p| p.paused)
+            .map(|p| p.name.clone())
             .collect()
     }
 
