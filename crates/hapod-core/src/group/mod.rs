@@ -93,6 +93,9 @@ pub struct GroupState {
     /// The application lease: orders, live grants, agents' reports.
     grants: Grants,
     doubt: Option<Doubt>,
+    /// Whether the group was paused after the previous event (a member carried
+    /// `hapod.io/paused=true`).
+    paused: bool,
 }
 
 impl GroupState {
@@ -114,6 +117,7 @@ impl GroupState {
             health: None,
             grants: Grants::default(),
             doubt: None,
+            paused: false,
         }
     }
 
@@ -138,6 +142,17 @@ impl GroupState {
     /// Cached views of the group's pods, by name.
     pub fn pods(&self) -> impl Iterator<Item = &PodView> {
         self.pods.values().map(|e| &e.view)
+    }
+
+    /// Whether an operator paused the group: one of its pods carries `hapod.io/paused=true`.
+    /// Then no role changes and no pod is deleted (see `GroupState::plan`).
+    pub fn is_paused(&self) -> bool {
+        self.pods.values().any(|e| e.view.paused)
+    }
+
+    /// Whether this replica acts for the group (it holds a term).
+    pub fn is_acting(&self) -> bool {
+        self.term.is_some()
     }
 
     /// Names of the pods labeled active in this replica's view.
@@ -170,10 +185,10 @@ impl GroupState {
 
     /// The active pod that keeps the role: the eligible one; failing that, a softly
     /// ineligible one while no successor can be promoted at once (demoting it would leave the
-    /// group without any active).
+    /// group without any active). In a paused group none can be.
     fn kept_active(&self, now: Instant) -> Option<&PodEntry> {
         self.eligible_active().or_else(|| {
-            if self.successor(now).is_some_and(|e| e.writable(now)) {
+            if !self.is_paused() && self.successor(now).is_some_and(|e| e.writable(now)) {
                 None
             } else {
                 self.best_active(PodEntry::softly_ineligible)
@@ -351,6 +366,19 @@ impl GroupState {
         // Silence is judged afresh by each acting term.
         for entry in self.pods.values_mut() {
             entry.unresponsive = false;
+        }
+    }
+
+    /// After an event: note when the group was paused or resumed. A failover the pause held
+    /// back starts at the resume (its latency must not count the maintenance).
+    fn observe_pause(&mut self, now: Instant) {
+        let paused = self.is_paused();
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused && let Some(trigger) = &mut self.trigger {
+            trigger.at = now;
         }
     }
 
@@ -596,6 +624,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     }
     state.settle_doubt();
     state.observe_trigger(now);
+    state.observe_pause(now);
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);
