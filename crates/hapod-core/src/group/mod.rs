@@ -369,9 +369,11 @@ impl GroupState {
         }
     }
 
-    /// After an event: note when the group was paused or resumed. A failover the pause held
-    /// back starts at the resume (its latency must not count the maintenance).
-    fn observe_pause(&mut self, now: Instant) {
+    /// After an event: note when the group was paused or resumed, recorded once per change
+    /// by the acting replica (on the oldest pod carrying the annotation, or on the group's
+    /// oldest pod). A failover the pause held back starts at the resume (its latency must not
+    /// count the maintenance).
+    fn observe_pause(&mut self, now: Instant, out: &mut Vec<Action>) {
         let paused = self.is_paused();
         if paused == self.paused {
             return;
@@ -380,6 +382,21 @@ impl GroupState {
         if !paused && let Some(trigger) = &mut self.trigger {
             trigger.at = now;
         }
+        if self.term.is_none() {
+            return;
+        }
+        let pod = self
+            .pods
+            .values()
+            .filter(|e| e.view.paused || !paused)
+            .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+            .map(PodEntry::pod_ref);
+        let kind = if paused {
+            RecordKind::Paused
+        } else {
+            RecordKind::Resumed
+        };
+        out.push(Action::Record(Record { pod, kind }));
     }
 
     /// After an event: note the start of a failover, or its end when an eligible active is back.
@@ -624,7 +641,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     }
     state.settle_doubt();
     state.observe_trigger(now);
-    state.observe_pause(now);
+    state.observe_pause(now, &mut out);
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);

@@ -171,3 +171,53 @@ fn while_paused_the_labeled_active_keeps_its_grant() {
         "{beat:?}"
     );
 }
+
+/// The `Paused` and `Resumed` records among `actions`: the pod each is about, and which.
+fn pause_records(actions: &[Action]) -> Vec<(String, &'static str)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(r) => {
+                let which = match r.kind {
+                    RecordKind::Paused => "paused",
+                    RecordKind::Resumed => "resumed",
+                    _ => return None,
+                };
+                Some((r.pod.as_ref()?.name.clone(), which))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Changes pod `name` and returns the pause records of what the group does.
+fn pause_records_after(
+    ctl: &mut Ctl,
+    name: &str,
+    change: fn(&mut hapod_core::PodView),
+) -> Vec<(String, &'static str)> {
+    let ev = ctl.api.modify(name, change).unwrap();
+    pause_records(&ctl.feed(ev))
+}
+
+/// The acting replica records each change once: `Paused` on the pod carrying the annotation,
+/// `Resumed` on the group's oldest pod; nothing in between, nothing from a replica that does
+/// not act.
+#[test]
+fn a_pause_and_its_end_are_recorded_once_each() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
+    ctl.settle(first);
+    let paused = pause_records_after(&mut ctl, "b", |p| p.paused = true);
+    assert_eq!(paused, [("b".to_owned(), "paused")]);
+    for (name, change) in [
+        ("a", (|p| p.paused = true) as fn(&mut hapod_core::PodView)),
+        ("a", |p| p.ready = false),
+        ("b", |p| p.paused = false),
+    ] {
+        assert!(pause_records_after(&mut ctl, name, change).is_empty());
+    }
+    let resumed = pause_records_after(&mut ctl, "a", |p| p.paused = false);
+    assert_eq!(resumed, [("a".to_owned(), "resumed")]);
+    ctl.feed(Event::Leadership(None));
+    assert!(pause_records_after(&mut ctl, "b", |p| p.paused = true).is_empty());
+}
