@@ -110,6 +110,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("kubectl_hapod_status", status::status_after_failover),
     scenario!("kubectl_hapod_switchover", status::switchover),
+    scenario!("kubectl_hapod_pause", status::pause),
     scenario!("kubectl_hapod_operator_roles", status::operator_roles),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
