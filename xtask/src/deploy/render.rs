@@ -245,6 +245,13 @@ pub(crate) const ALL_FLAGS_SETS: &[(&str, &str)] = &[
 /// More namespaces for the key Secret in the all-flags render (besides `controller.namespaces`).
 pub(crate) const KEY_NAMESPACES_SET: &str = "notifyKey.namespaces={team-c,other}";
 
+/// The sample app's pods in the all-flags render carry its group label and match its selector
+/// (the app's workload selects by the group label, so the render fails without it).
+const ALL_FLAGS_APP_LABELS: [&str; 2] = [
+    "sampleApp.podLabels.group=hapod",
+    "sampleApp.podLabels.tier=demo",
+];
+
 pub(crate) fn render_all() -> Result<Renders> {
     let helm = helm::ensure_helm()?;
     let base = kustomize("deploy/base")?;
@@ -264,6 +271,7 @@ pub(crate) fn render_all() -> Result<Renders> {
         .iter()
         .map(|(s, _)| *s)
         .chain([KEY_NAMESPACES_SET])
+        .chain(ALL_FLAGS_APP_LABELS)
         .collect();
     let helm_all_flags = helm_template(&helm, "every flag set", &all_sets)?;
     let helm_real_cluster = helm_template(
@@ -331,15 +339,13 @@ pub(crate) fn render_all() -> Result<Renders> {
     })
 }
 
-/// Values a user may change on upgrade: every label and name the workloads derive from them.
+/// Values a user may change on upgrade: every label and name the workloads derive from them,
+/// but the group labels (`app`), which name the groups and which the workloads select by.
 pub(crate) const RENAMED_SETS: &[&str] = &[
     "controller.name=hapod-ctl",
-    "controller.podLabels.app=icr2",
     "controller.podLabels.tier=control",
     "sampleApp.name=demo",
-    "sampleApp.podLabels.app=demo",
     "sampleApp.podLabels.tier=web",
-    "controller.selector=app=demo",
     "serviceAccount.name=ctl",
 ];
 
@@ -348,9 +354,10 @@ pub(crate) const RENAMED_SETS: &[&str] = &[
 const SIDE_BY_SIDE: [(&str, &str); 2] = [("a", "hapod-a"), ("b", "hapod-b")];
 
 /// Values `values.schema.json` must refuse: a wrong type, a misspelt key, a value outside its
-/// enum, a port out of range.
+/// enum, a port out of range, the controller's pods without the label their Deployment selects.
 const REFUSED_SETS: &[&str] = &[
     "controller.replicas=two",
+    "controller.podLabels.app=null",
     "controller.replica=2",
     "controller.logFormat=xml",
     "sampleApp.httpPort=70000",

@@ -13,12 +13,17 @@ names of deploy/base. Argument: (list suffix $). */}}
 {{- printf "%s-%s" (index . 1).Release.Name (index . 0) -}}
 {{- end -}}
 
-{{/* The labels a workload selects its pods by, as YAML. Fixed by the chart and the release,
-never taken from values: a workload's selector cannot change, so an upgrade that changed it
-would fail. Argument: (list component $). */}}
+{{/* The label a workload selects its pods by, as YAML: `key` with its value in `podLabels`,
+the label that names the pods' group. A pod relabeled out of its group thus leaves its workload
+too, which replaces it (the usual way to take a pod aside for debugging). Never the role label,
+which changes on live pods, and no other value: a workload's selector cannot change, so an
+upgrade that changed it would fail. Argument: (list key podLabels). */}}
 {{- define "hapod.selectorLabels" -}}
-app.kubernetes.io/name: {{ index . 0 }}
-app.kubernetes.io/instance: {{ (index . 1).Release.Name }}
+{{- $key := index . 0 -}}{{- $labels := index . 1 -}}
+{{- if not (hasKey $labels $key) -}}
+{{- fail (printf "podLabels must contain the label %q: the workload selects its pods by it" $key) -}}
+{{- end -}}
+{{ $key }}: {{ index $labels $key | quote }}
 {{- end -}}
 
 {{/* "repository:tag", tag defaulting to the chart's appVersion. Argument: (list image $). */}}
