@@ -50,6 +50,14 @@ pub struct AgentLabels {
     pub role: String,
 }
 
+/// One group (`hapod_group_paused`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    /// `<namespace>/<group>`, as in `hapod_agent_role`: a label named `namespace` would clash
+    /// with the one a scrape adds (the controller pod's), and be renamed.
+    pub group: String,
+}
+
 /// What an agent said of itself in a report that changed it (application lease).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReportLabels {
@@ -115,6 +123,7 @@ pub struct Metrics {
     pub unsynced_scopes: Gauge,
     pub epoch_anomalies: Counter,
     pub agent_roles: Family<AgentLabels, Gauge>,
+    pub groups_paused: Family<GroupLabels, Gauge>,
 }
 
 impl Metrics {
@@ -136,6 +145,7 @@ impl Metrics {
             unsynced_scopes: Gauge::default(),
             epoch_anomalies: Counter::default(),
             agent_roles: Family::default(),
+            groups_paused: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("hapod");
         r.register(
@@ -213,6 +223,11 @@ impl Metrics {
             "agent_role",
             "Application lease: 1 for the role each pod's agent last reported (active, standby, lapsed, unknown)",
             m.agent_roles.clone(),
+        );
+        r.register(
+            "group_paused",
+            "1 for each group an operator paused (hapod.io/paused=true): no role changes there; exported by the acting replica",
+            m.groups_paused.clone(),
         );
         r.register(
             "build",

@@ -13,6 +13,14 @@ pub const EPOCH_ANNOTATION: &str = "hapod.io/epoch";
 /// other value (or none) does not.
 pub const DRAIN_ANNOTATION: &str = "hapod.io/drain";
 
+/// Annotation by which an operator pauses a pod's group (`kubectl hapod pause`): while any
+/// member carries `true`, the controller changes no role and deletes no pod. Any other value
+/// (or none) does not pause.
+pub const PAUSE_ANNOTATION: &str = "hapod.io/paused";
+
+/// The operator's switches: annotations of which only the value `true` counts.
+const SWITCHES: [&str; 2] = [DRAIN_ANNOTATION, PAUSE_ANNOTATION];
+
 /// A pod the controller cannot place in a group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unplaceable {
@@ -44,11 +52,7 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
         resource_version: meta.resource_version.clone().unwrap_or_default(),
         group: group.clone(),
         role_label: labels.and_then(|l| l.get(&config.role_label)).cloned(),
-        epoch: meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(EPOCH_ANNOTATION))
-            .and_then(|v| v.trim().parse().ok()),
+        epoch: annotation(pod, EPOCH_ANNOTATION).and_then(|v| v.trim().parse().ok()),
         phase: Phase::parse(status.and_then(|s| s.phase.as_deref())),
         ready,
         deleting: meta.deletion_timestamp.is_some(),
@@ -63,13 +67,41 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
         ready_since_unix_seconds: ready_condition
             .and_then(|c| c.last_transition_time.as_ref())
             .map_or(i64::MAX, |t| t.0.as_second()),
-        drained: meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(DRAIN_ANNOTATION))
-            .is_some_and(|v| v.trim() == "true"),
+        drained: annotation(pod, DRAIN_ANNOTATION).is_some_and(switched_on),
+        paused: paused(pod),
         critical: critical_containers(pod, config),
     })
+}
+
+/// Annotation `key` of `pod`, when it has one.
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()?
+        .get(key)
+        .map(String::as_str)
+}
+
+/// Whether the value of an operator's switch turns it on: only `true` does (whitespace around
+/// it ignored). Any other value reads as off, as every odd annotation value reads as absent.
+fn switched_on(value: &str) -> bool {
+    value.trim() == "true"
+}
+
+/// Whether `pod` pauses its group (annotation `hapod.io/paused=true`).
+pub fn paused(pod: &Pod) -> bool {
+    annotation(pod, PAUSE_ANNOTATION).is_some_and(switched_on)
+}
+
+/// The operator's switches on `pod` set to a value other than `true`, with that value: they
+/// read as off, which whoever set them may not have meant (`hapod.io/paused=yes` pauses
+/// nothing).
+pub fn ignored_switches(pod: &Pod) -> Vec<(&'static str, &str)> {
+    SWITCHES
+        .into_iter()
+        .filter_map(|key| Some((key, annotation(pod, key)?)))
+        .filter(|(_, value)| !switched_on(value))
+        .collect()
 }
 
 /// `status.podIPs` in order (the first is the primary), else `status.podIP`; unparseable
@@ -151,7 +183,8 @@ mod tests {
             "metadata": {
                 "name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
                 "labels": {"app": "hapod", "role": "active"},
-                "annotations": {"hapod.io/epoch": "4294967297", "hapod.io/drain": "true"},
+                "annotations": {"hapod.io/epoch": "4294967297", "hapod.io/drain": "true",
+                                "hapod.io/paused": " true\n"},
                 "creationTimestamp": "2026-01-01T00:00:10Z",
             },
             "spec": {"containers": [
@@ -192,7 +225,8 @@ mod tests {
         );
         assert_eq!(v.created_unix_seconds, 1_767_225_610);
         assert_eq!(v.ready_since_unix_seconds, 1_767_225_612);
-        assert!(v.drained);
+        assert!(v.drained && v.paused);
+        assert!(ignored_switches(&pod).is_empty());
         assert_eq!(
             v.critical,
             [CriticalContainer {
@@ -210,7 +244,8 @@ mod tests {
         let pod = parse(json!({
             "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"},
                          "annotations": {"hapod.io/epoch": "not-a-number",
-                                         "hapod.io/drain": "yes"}},
+                                         "hapod.io/drain": "yes",
+                                         "hapod.io/paused": "True"}},
             "spec": {"containers": []},
         }));
         let v = pod_view(&pod, &config(), "app").unwrap();
@@ -219,8 +254,12 @@ mod tests {
         assert_eq!((v.epoch, v.role_label), (None, None));
         assert_eq!(v.created_unix_seconds, 0);
         assert_eq!(v.ready_since_unix_seconds, i64::MAX);
-        // Only `true` drains.
-        assert!(!v.drained);
+        // Only `true` drains or pauses; the odd values are named for the operator.
+        assert!(!v.drained && !v.paused);
+        assert_eq!(
+            ignored_switches(&pod),
+            [("hapod.io/drain", "yes"), ("hapod.io/paused", "True")]
+        );
     }
 
     #[test]

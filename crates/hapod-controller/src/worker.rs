@@ -19,7 +19,7 @@ use tokio::sync::mpsc::WeakUnboundedSender;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, sleep_until};
 
-use crate::metrics::{Metrics, ReasonLabels, Stage};
+use crate::metrics::{GroupLabels, Metrics, ReasonLabels, Stage};
 use crate::orders::{OrderChannel, wire_role};
 use crate::podview::pod_view;
 use crate::router::GroupKey;
@@ -68,6 +68,8 @@ pub struct Worker {
     wake_at: Option<Instant>,
     failed_rereads: u32,
     without_active: bool,
+    /// This worker exports the group's `hapod_group_paused` series (paused while acting).
+    paused_exported: bool,
     /// This worker's own input, for the agents' reports (application lease).
     reports_to: Option<WeakUnboundedSender<Input>>,
     next_heartbeat: Option<Instant>,
@@ -89,6 +91,7 @@ impl Worker {
             wake_at: None,
             failed_rereads: 0,
             without_active: false,
+            paused_exported: false,
             reports_to: None,
             next_heartbeat: None,
             ordered: BTreeSet::new(),
@@ -143,6 +146,7 @@ impl Worker {
         }
         // Reaped: nothing of this group is ordered any more.
         self.forget_unordered(&[]);
+        self.export_paused(false);
         self.shared.metrics.groups.dec();
         if self.without_active {
             self.shared.metrics.groups_without_active.dec();
@@ -171,11 +175,30 @@ impl Worker {
             // too: the next heartbeat must see them to drop those it no longer orders.
             self.ordered.extend(ordered_uids(&actions));
         }
+        self.export_paused(self.state.is_paused() && self.state.is_acting());
         let decided = Instant::now();
         for action in actions {
             if let Some(next) = self.act(action, received, decided).await {
                 self.follow_ups.push_back(next);
             }
+        }
+    }
+
+    /// Exports (`1`) or removes the group's `hapod_group_paused` series: only the acting
+    /// replica exports group series, and only while the group is paused.
+    fn export_paused(&mut self, exported: bool) {
+        if exported == self.paused_exported {
+            return;
+        }
+        self.paused_exported = exported;
+        let labels = GroupLabels {
+            group: self.key.to_string(),
+        };
+        let family = &self.shared.metrics.groups_paused;
+        if exported {
+            family.get_or_create(&labels).set(1);
+        } else {
+            family.remove(&labels);
         }
     }
 
@@ -440,6 +463,29 @@ impl Worker {
                     "NoEligiblePod",
                     format!("group {} has no active pod and no eligible one", self.key),
                     true,
+                )
+            }
+            RecordKind::Paused => {
+                tracing::warn!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name),
+                    "group paused (hapod.io/paused=true): no role change until resumed");
+                (
+                    "Paused",
+                    format!(
+                        "group {} paused (hapod.io/paused=true): no promotion, demotion or kill until no pod carries it",
+                        self.key
+                    ),
+                    false,
+                )
+            }
+            RecordKind::Resumed => {
+                tracing::info!(group = %self.key, "group resumed: no pod carries hapod.io/paused=true");
+                (
+                    "Resumed",
+                    format!(
+                        "group {} resumed (no pod carries hapod.io/paused=true): failovers as usual",
+                        self.key
+                    ),
+                    false,
                 )
             }
             RecordKind::Rejected { delete, code } => {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use hapod_controller::args::Args;
 use hapod_controller::metrics::{
-    AgentLabels, Metrics, NotificationLabels, ReasonLabels, ReportLabels, Stage, Verb,
+    AgentLabels, GroupLabels, Metrics, NotificationLabels, ReasonLabels, ReportLabels, Stage, Verb,
 };
 use hapod_election::{ElectionConfig, LeaderElector};
 use http::{Request, Response};
@@ -47,6 +47,9 @@ async fn exported() -> BTreeSet<String> {
         pod: label(),
         role: label(),
     });
+    let _ = m
+        .groups_paused
+        .get_or_create(&GroupLabels { group: label() });
     let args = Args::try_parse_from(["hapod-controller", "--pod-name=p", "--pod-namespace=n"])
         .expect("args");
     let election = ElectionConfig::new(

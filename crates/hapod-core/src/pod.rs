@@ -165,6 +165,9 @@ pub struct PodView {
     /// role moves to an eligible standby the way it does off an unready active, and comes
     /// back to this pod only once the annotation is gone.
     pub drained: bool,
+    /// An operator paused the pod's group (annotation `hapod.io/paused=true`): while any
+    /// member carries it, the controller changes no pod's role and deletes no pod.
+    pub paused: bool,
     /// Critical containers only (regular containers; init containers are not watched).
     pub critical: Vec<CriticalContainer>,
 }
@@ -271,6 +274,7 @@ mod tests {
             created_unix_seconds: 0,
             ready_since_unix_seconds: 0,
             drained: false,
+            paused: false,
             critical: vec![CriticalContainer {
                 name: "app".into(),
                 terminated: false,

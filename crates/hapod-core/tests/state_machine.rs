@@ -8,7 +8,10 @@
 //!   brought back into the group still labeled active, until the controller resolved it;
 //! - epochs of promotions strictly increase;
 //! - no Delete is issued for a pod being deleted or in phase Failed/Succeeded;
-//! - once things settle, exactly one active pod whenever an eligible pod exists.
+//! - while a pod of the group is paused, no write but a label repair or an adoption (no
+//!   promotion, demotion or kill);
+//! - once every pause is lifted and things settle, exactly one active pod whenever an eligible
+//!   pod exists.
 //!
 //! With the application lease on, each pod also runs an agent (the rules of
 //! `hapod_agent::lease`: epoch floor kept across restarts, within an epoch only toward
@@ -25,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use common::{FakeApi, pod};
 use hapod_core::{
-    Action, ApplicationLease, Config, Event, GroupState, Phase, PodView, ReportedRole, Role,
-    RoleOrder, Write, WriteKind, WriteOutcome, epoch,
+    Action, ApplicationLease, Config, Event, GroupState, Phase, PodView, Purpose, ReportedRole,
+    Role, RoleOrder, Write, WriteKind, WriteOutcome, epoch,
 };
 use proptest::prelude::*;
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
@@ -94,6 +97,8 @@ enum Step {
     /// Application lease: an agent's process is shutting down (SIGTERM): it stands down for
     /// good and reports so unasked.
     Relinquish(usize),
+    /// An operator pauses (`hapod.io/paused=true`) or resumes a pod's group through that pod.
+    Pause(usize, bool),
 }
 
 /// The reference state is whether the application lease is on.
@@ -149,6 +154,7 @@ fn transitions() -> BoxedStrategy<Step> {
             3 => (0..6usize).prop_map(Step::DeliverReport),
             1 => slot.clone().prop_map(Step::RestartAgent),
             1 => slot.clone().prop_map(Step::Relinquish),
+            1 => (slot.clone(), any::<bool>()).prop_map(|(i, paused)| Step::Pause(i, paused)),
         ]
         .boxed()
 }
@@ -277,9 +283,22 @@ impl System {
     }
 
     fn take(&mut self, actions: Vec<Action>) {
+        // What the core planned from: its own view of the pods.
+        let paused = self.state.pods().any(|p| p.paused);
         for action in actions {
             match action {
                 Action::Write(w) => {
+                    assert!(
+                        !paused
+                            || matches!(
+                                w.kind,
+                                WriteKind::SetRole {
+                                    purpose: Purpose::Repair | Purpose::Adopt,
+                                    ..
+                                }
+                            ),
+                        "a role change or kill in a paused group: {w:?}"
+                    );
                     if let WriteKind::Delete { .. } = w.kind {
                         let view = self.state.pods().find(|p| p.name == w.pod).unwrap();
                         assert!(
@@ -381,10 +400,7 @@ impl System {
                 }
             }
             Step::ForceDelete(i) => {
-                self.modify(i, |p| {
-                    p.deleting = true;
-                    p.vanishing = true;
-                });
+                self.modify(i, common::force_deleting);
                 if let Some(name) = self.slot_name(i)
                     && let Some(event) = self.api.remove(&name)
                 {
@@ -555,6 +571,7 @@ impl System {
                     self.reports.push(report);
                 }
             }
+            Step::Pause(i, paused) => self.modify(i, |p| p.paused = paused),
             Step::FutureEpoch(i) => {
                 let actives: Vec<String> =
                     self.api.actives().into_iter().map(str::to_owned).collect();
@@ -677,6 +694,10 @@ impl System {
 
     fn teardown(self) {
         let mut state = self;
+        // Liveness is owed only to a group nobody paused.
+        for name in state.api.paused() {
+            state.modify_named(&name, |p| p.paused = false);
+        }
         state.settle();
         // Liveness assumes messages get through in the end: a restarted agent that was
         // never heard cannot be known to have come back.

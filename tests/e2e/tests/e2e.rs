@@ -111,6 +111,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("rollout_moves_role_once", scale::rollout_moves_role_once),
     scenario!("kubectl_hapod_status", status::status_after_failover),
     scenario!("kubectl_hapod_switchover", status::switchover),
+    scenario!("kubectl_hapod_pause", status::pause),
     scenario!("kubectl_hapod_operator_roles", status::operator_roles),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];

@@ -2,8 +2,11 @@
 //! of hapod, with the caller's own credentials. `kubectl hapod status` shows each group's
 //! active pod, its epoch and promotion, the standbys with why any could not take over, and
 //! the acting controller replica; it only reads pods, Events and the controller's Lease.
-//! `kubectl hapod switchover` moves the active role to a standby without killing a pod.
+//! `kubectl hapod switchover` moves the active role to a standby without killing a pod;
+//! `pause` and `resume` stop and restart a group's failovers for maintenance.
 
+mod pause;
+mod pods;
 mod status;
 mod switchover;
 
@@ -16,6 +19,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Client;
 use kube::api::{Api, ListParams};
+
+use pause::Action;
 
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -39,6 +44,23 @@ enum Command {
     /// Moves the active role of GROUP to a standby without killing a pod (no window of two
     /// applications acting), and waits until it moved.
     Switchover(SwitchoverArgs),
+    /// Stops the controller's role changes in GROUP for maintenance: no promotion, demotion
+    /// or kill until `resume` (annotates every pod of the group hapod.io/paused=true).
+    Pause(GroupArgs),
+    /// Lets the controller manage GROUP again (removes hapod.io/paused from every pod of the
+    /// group that has it).
+    Resume(GroupArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct GroupArgs {
+    /// The group (the value of the group label).
+    group: String,
+    /// The namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    matching: PodMatching,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +126,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Status(args) => status(cli.kubeconfig.as_deref(), args).await,
         Command::Switchover(args) => switchover(cli.kubeconfig.as_deref(), args).await,
+        Command::Pause(args) => pause(cli.kubeconfig.as_deref(), args, Action::Pause).await,
+        Command::Resume(args) => pause(cli.kubeconfig.as_deref(), args, Action::Resume).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -129,13 +153,15 @@ async fn connect(
     ))
 }
 
+/// The label selector of the pods of `group`.
+fn group_selector(matching: &PodMatching, group: &str) -> String {
+    format!("{},{}={group}", matching.selector, matching.group_label)
+}
+
 async fn switchover(kubeconfig: Option<&str>, args: SwitchoverArgs) -> Result<()> {
     let (client, namespace) = connect(kubeconfig, &args.matching, args.namespace).await?;
     let matching = &args.matching;
-    let selector = format!(
-        "{},{}={}",
-        matching.selector, matching.group_label, args.group
-    );
+    let selector = group_selector(matching, &args.group);
     let request = switchover::Request {
         group: &args.group,
         to: args.to.as_deref(),
@@ -154,6 +180,15 @@ async fn switchover(kubeconfig: Option<&str>, args: SwitchoverArgs) -> Result<()
     Ok(())
 }
 
+async fn pause(kubeconfig: Option<&str>, args: GroupArgs, action: Action) -> Result<()> {
+    let (client, namespace) = connect(kubeconfig, &args.matching, args.namespace).await?;
+    let api = Api::namespaced(client, &namespace);
+    let pods = pods::list(&api, &group_selector(&args.matching, &args.group)).await?;
+    let done = pause::run(&api, &args.group, &namespace, &pods, action).await?;
+    println!("{done}");
+    Ok(())
+}
+
 async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
     let (client, default_namespace) = connect(kubeconfig, &args.matching, args.namespace).await?;
     let namespace = (!args.all_namespaces).then_some(default_namespace);
@@ -165,15 +200,11 @@ async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let matching = &args.matching;
-    let mut selector = matching.selector.clone();
-    if let Some(group) = &args.group {
-        selector = format!("{selector},{}={group}", matching.group_label);
-    }
-    let pods = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .with_context(|| format!("listing the pods matching {selector:?}"))?
-        .items;
+    let selector = match &args.group {
+        Some(group) => group_selector(matching, group),
+        None => matching.selector.clone(),
+    };
+    let pods = pods::list(&pods, &selector).await?;
     // What cannot be read only leaves its part of the view out, with a warning.
     let events = match events
         .list(&ListParams::default().fields("reason=Promoted"))

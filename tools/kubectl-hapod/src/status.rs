@@ -14,7 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde::Serialize;
 
-use hapod_controller::podview::pod_view;
+use hapod_controller::podview::{PAUSE_ANNOTATION, ignored_switches, pod_view};
 
 /// What `kubectl hapod status` reports.
 #[derive(Debug, Serialize)]
@@ -33,6 +33,8 @@ pub struct Controller {
     pub lease: String,
     /// The holder's pod; none while nobody holds the Lease.
     pub pod: Option<String>,
+    /// When the holder acquired the Lease (its `acquireTime`): since when it leads.
+    pub leader_since: Option<Timestamp>,
     /// The controller term (`hapod.io/term`), the high half of every epoch it writes.
     pub term: Option<u32>,
     /// Seconds since the holder last renewed.
@@ -45,6 +47,8 @@ pub struct Controller {
 pub struct Group {
     pub namespace: String,
     pub group: String,
+    /// A pod of the group carries `hapod.io/paused=true`: the controller changes no role.
+    pub paused: bool,
     /// The pod labeled active, when exactly one is.
     pub active: Option<Member>,
     pub standbys: Vec<Member>,
@@ -97,10 +101,24 @@ pub fn build(
             continue;
         };
         let promoted = promotions.get(view.uid.as_str()).cloned();
+        // A switch set to anything but `true` is off: say so, its author may think it on.
+        let ignored = ignored_switches(pod)
+            .into_iter()
+            .map(|(key, value)| {
+                format!(
+                    "{}: {key}={value:?} is ignored (only \"true\" counts)",
+                    view.name
+                )
+            })
+            .collect();
         groups
             .entry((view.namespace.clone(), view.group.clone()))
             .or_default()
-            .push((view, promoted));
+            .push(Seen {
+                view,
+                promoted,
+                ignored,
+            });
     }
     Status {
         controller: lease.map(|(lease_ref, lease)| controller(lease_ref, lease, now)),
@@ -111,8 +129,12 @@ pub fn build(
     }
 }
 
-/// A pod of a group, with its latest promotion.
-type Seen = (PodView, Option<Promotion>);
+/// A pod of a group, with its latest promotion and what of its annotations is ignored.
+struct Seen {
+    view: PodView,
+    promoted: Option<Promotion>,
+    ignored: Vec<String>,
+}
 
 fn group_status(
     namespace: String,
@@ -120,8 +142,27 @@ fn group_status(
     mut members: Vec<Seen>,
     config: &Config,
 ) -> Group {
-    members.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    let member = |(view, promoted): Seen| {
+    members.sort_by(|a, b| a.view.name.cmp(&b.view.name));
+    let mut problems = Vec::new();
+    let pausing: Vec<&str> = members
+        .iter()
+        .filter(|m| m.view.paused)
+        .map(|m| m.view.name.as_str())
+        .collect();
+    if !pausing.is_empty() {
+        problems.push(format!(
+            "paused ({PAUSE_ANNOTATION}=true on {}): the controller changes no role until \
+             `kubectl hapod resume`",
+            pausing.join(", ")
+        ));
+    }
+    let paused = !pausing.is_empty();
+    problems.extend(
+        members
+            .iter_mut()
+            .flat_map(|m| std::mem::take(&mut m.ignored)),
+    );
+    let member = |Seen { view, promoted, .. }: Seen| {
         let unfit = view.unfit_by_api().map(|r| r.as_str());
         Member {
             pod: view.name,
@@ -134,8 +175,7 @@ fn group_status(
     };
     let (labeled_active, others): (Vec<_>, Vec<_>) = members
         .into_iter()
-        .partition(|(view, _)| view.role(config) == Role::Active);
-    let mut problems = Vec::new();
+        .partition(|m| m.view.role(config) == Role::Active);
     let active = match labeled_active.len() {
         0 => {
             problems.push("no pod is labeled active".to_owned());
@@ -145,7 +185,7 @@ fn group_status(
         n => {
             let names: Vec<&str> = labeled_active
                 .iter()
-                .map(|(v, _)| v.name.as_str())
+                .map(|m| m.view.name.as_str())
                 .collect();
             problems.push(format!("{n} pods labeled active: {}", names.join(", ")));
             None
@@ -161,6 +201,7 @@ fn group_status(
     Group {
         namespace,
         group,
+        paused,
         active,
         standbys,
         problems,
@@ -181,6 +222,10 @@ fn controller(lease_ref: &str, lease: &Lease, now: Timestamp) -> Controller {
     Controller {
         lease: lease_ref.to_owned(),
         pod: annotation(hapod_election::HOLDER_POD_ANNOTATION).filter(|_| held),
+        leader_since: spec
+            .and_then(|s| s.acquire_time.as_ref())
+            .map(|t| t.0)
+            .filter(|_| held),
         term: annotation(hapod_election::TERM_ANNOTATION).and_then(|t| t.parse().ok()),
         renewed_seconds_ago: spec
             .and_then(|s| s.renew_time.as_ref())
@@ -255,9 +300,16 @@ pub fn table(status: &Status, now: Timestamp) -> String {
     let mut out = String::new();
     match &status.controller {
         Some(c) => {
+            let since = c.leader_since.map_or("-".into(), |t| {
+                format!(
+                    "{} ({} ago)",
+                    t.round(jiff::Unit::Second).unwrap_or(t),
+                    age(now.duration_since(t))
+                )
+            });
             let _ = writeln!(
                 out,
-                "controller: {} (Lease {}, term {}, renewed {} ago)",
+                "controller: {} (leader since {since}; Lease {}, term {}, renewed {} ago)",
                 c.pod.as_deref().unwrap_or("<no holder>"),
                 c.lease,
                 c.term.map_or("-".into(), |t| t.to_string()),
@@ -275,6 +327,7 @@ pub fn table(status: &Status, now: Timestamp) -> String {
         [
             "NAMESPACE",
             "GROUP",
+            "PAUSED",
             "ACTIVE",
             "EPOCH",
             "PROMOTED",
@@ -289,6 +342,7 @@ pub fn table(status: &Status, now: Timestamp) -> String {
         rows.push([
             g.namespace.clone(),
             g.group.clone(),
+            if g.paused { "yes" } else { "no" }.into(),
             g.active.as_ref().map_or("<none>".into(), |a| a.pod.clone()),
             g.active
                 .as_ref()
@@ -371,6 +425,14 @@ mod tests {
             },
         }))
         .unwrap()
+    }
+
+    fn annotated(mut pod: Pod, key: &str, value: &str) -> Pod {
+        pod.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(key.into(), value.into());
+        pod
     }
 
     fn promoted(name: &str, note: &str, at: Timestamp) -> Event {
@@ -470,6 +532,39 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_group_says_so_and_an_ignored_pause_value_is_named() {
+        let pods = [
+            annotated(
+                pod("db-a", "active", Some(7), true),
+                PAUSE_ANNOTATION,
+                "true",
+            ),
+            annotated(pod("db-b", "standby", None, true), PAUSE_ANNOTATION, "yes"),
+        ];
+        let status = build(&pods, &[], None, &Config::default(), "app", at(0));
+        let g = &status.groups[0];
+        assert!(g.paused);
+        assert_eq!(
+            g.problems,
+            [
+                "paused (hapod.io/paused=true on db-a): the controller changes no role until \
+                 `kubectl hapod resume`",
+                "db-b: hapod.io/paused=\"yes\" is ignored (only \"true\" counts)",
+            ]
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["groups"][0]["paused"], true);
+        let shown = table(&status, at(0));
+        let mut lines = shown.lines().skip(1);
+        let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!((header[2], row[2]), ("PAUSED", "yes"), "{shown}");
+        // Not paused: the odd value alone pauses nothing.
+        let status = build(&pods[1..], &[], None, &Config::default(), "app", at(0));
+        assert!(!status.groups[0].paused);
+    }
+
+    #[test]
     fn only_the_controllers_own_notes_are_read() {
         assert_eq!(
             parse_promoted("promoted to active, epoch 4294967297, reason not_ready").map(|p| (
@@ -495,19 +590,37 @@ mod tests {
         let lease: Lease = serde_json::from_value(serde_json::json!({
             "metadata": {"annotations": {
                 "hapod.io/holder-pod": "hapod-controller-0", "hapod.io/term": "12"}},
-            "spec": {"holderIdentity": "hapod-controller-0_abc", "renewTime": "2027-01-15T08:00:00.000000Z"},
+            "spec": {"holderIdentity": "hapod-controller-0_abc",
+                     "acquireTime": "2027-01-15T06:55:59.700000Z",
+                     "renewTime": "2027-01-15T08:00:00.000000Z"},
         }))
         .unwrap();
         let now: Timestamp = "2027-01-15T08:00:00.25Z".parse().unwrap();
         let c = controller("hapod-system/hapod-controller", &lease, now);
         assert_eq!(c.pod.as_deref(), Some("hapod-controller-0"));
+        assert_eq!(
+            c.leader_since,
+            Some("2027-01-15T06:55:59.7Z".parse().unwrap())
+        );
         assert_eq!(c.term, Some(12));
         assert_eq!(c.renewed_seconds_ago, Some(0.25));
+        let status = Status {
+            controller: Some(c),
+            groups: Vec::new(),
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["controller"]["leaderSince"], "2027-01-15T06:55:59.7Z");
+        assert_eq!(
+            table(&status, now).lines().next().unwrap(),
+            "controller: hapod-controller-0 (leader since 2027-01-15T06:56:00Z (1h4m ago); \
+             Lease hapod-system/hapod-controller, term 12, renewed 250ms ago)"
+        );
         let released = Lease {
             spec: Some(Default::default()),
             ..lease
         };
-        assert_eq!(controller("l", &released, now).pod, None);
+        let c = controller("l", &released, now);
+        assert_eq!((c.pod, c.leader_since), (None, None));
     }
 
     #[test]

@@ -12,8 +12,9 @@ use anyhow::{Context as _, Result, bail};
 use hapod_controller::podview::{DRAIN_ANNOTATION, pod_view};
 use hapod_core::{Config, PodView, Role};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use serde_json::json;
+use kube::api::Api;
+
+use crate::pods::{self, Change, set_annotation};
 
 /// How often the pods are read while waiting for the role to move.
 const POLL: Duration = Duration::from_millis(100);
@@ -115,12 +116,8 @@ async fn read_group(
     config: &Config,
     group_label: &str,
 ) -> Result<Vec<PodView>> {
-    let pods = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .with_context(|| format!("listing the pods matching {selector:?}"))?;
-    Ok(pods
-        .items
+    Ok(pods::list(api, selector)
+        .await?
         .iter()
         .filter_map(|p| pod_view(p, config, group_label).ok())
         .collect())
@@ -128,9 +125,12 @@ async fn read_group(
 
 /// Sets or removes the drain annotation of exactly `pod` (its UID is a precondition).
 async fn set_drain(api: &Api<Pod>, pod: &PodView, drained: bool) -> Result<()> {
-    let value = drained.then_some("true");
-    let patch = json!({"metadata": {"uid": pod.uid, "annotations": {DRAIN_ANNOTATION: value}}});
-    api.patch(&pod.name, &PatchParams::default(), &Patch::Merge(&patch))
+    let change = if drained {
+        Change::Set("true")
+    } else {
+        Change::Remove
+    };
+    set_annotation(api, &pod.name, &pod.uid, DRAIN_ANNOTATION, change)
         .await
         .with_context(|| {
             format!(
@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     fn view(name: &str, role: &str, created: i64, ready: bool) -> PodView {
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: Pod = serde_json::from_value(serde_json::json!({
             "metadata": {
                 "name": name, "namespace": "shop", "uid": format!("uid-{name}"),
                 "labels": {"app": "db", "role": role},

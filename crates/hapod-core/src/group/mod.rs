@@ -84,7 +84,7 @@ pub struct GroupState {
     future_reported: BTreeSet<(String, u64)>,
     next_op: OpId,
     in_flight: Option<InFlight>,
-    paused_until: Option<Instant>,
+    backoff_until: Option<Instant>,
     failures: u32,
     trigger: Option<Trigger>,
     /// Active pods (UID, epoch) this replica told they are active, in this term.
@@ -93,6 +93,9 @@ pub struct GroupState {
     /// The application lease: orders, live grants, agents' reports.
     grants: Grants,
     doubt: Option<Doubt>,
+    /// Whether the group was paused after the previous event (a member carried
+    /// `hapod.io/paused=true`).
+    paused: bool,
 }
 
 impl GroupState {
@@ -107,13 +110,14 @@ impl GroupState {
             future_reported: BTreeSet::new(),
             next_op: 1,
             in_flight: None,
-            paused_until: None,
+            backoff_until: None,
             failures: 0,
             trigger: None,
             announced: BTreeSet::new(),
             health: None,
             grants: Grants::default(),
             doubt: None,
+            paused: false,
         }
     }
 
@@ -138,6 +142,17 @@ impl GroupState {
     /// Cached views of the group's pods, by name.
     pub fn pods(&self) -> impl Iterator<Item = &PodView> {
         self.pods.values().map(|e| &e.view)
+    }
+
+    /// Whether an operator paused the group: one of its pods carries `hapod.io/paused=true`.
+    /// Then no role changes and no pod is deleted (see `GroupState::plan`).
+    pub fn is_paused(&self) -> bool {
+        self.pods.values().any(|e| e.view.paused)
+    }
+
+    /// Whether this replica acts for the group (it holds a term).
+    pub fn is_acting(&self) -> bool {
+        self.term.is_some()
     }
 
     /// Names of the pods labeled active in this replica's view.
@@ -170,10 +185,10 @@ impl GroupState {
 
     /// The active pod that keeps the role: the eligible one; failing that, a softly
     /// ineligible one while no successor can be promoted at once (demoting it would leave the
-    /// group without any active).
+    /// group without any active). In a paused group none can be.
     fn kept_active(&self, now: Instant) -> Option<&PodEntry> {
         self.eligible_active().or_else(|| {
-            if self.successor(now).is_some_and(|e| e.writable(now)) {
+            if !self.is_paused() && self.successor(now).is_some_and(|e| e.writable(now)) {
                 None
             } else {
                 self.best_active(PodEntry::softly_ineligible)
@@ -343,7 +358,7 @@ impl GroupState {
         if let Some(write) = self.in_flight.take() {
             self.doubt_promotion(&write);
         }
-        self.paused_until = None;
+        self.backoff_until = None;
         self.failures = 0;
         self.announced.clear();
         self.future_reported.clear();
@@ -352,6 +367,36 @@ impl GroupState {
         for entry in self.pods.values_mut() {
             entry.unresponsive = false;
         }
+    }
+
+    /// After an event: note when the group was paused or resumed, recorded once per change
+    /// by the acting replica (on the oldest pod carrying the annotation, or on the group's
+    /// oldest pod). A failover the pause held back starts at the resume (its latency must not
+    /// count the maintenance).
+    fn observe_pause(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let paused = self.is_paused();
+        if paused == self.paused {
+            return;
+        }
+        self.paused = paused;
+        if !paused && let Some(trigger) = &mut self.trigger {
+            trigger.at = now;
+        }
+        if self.term.is_none() {
+            return;
+        }
+        let pod = self
+            .pods
+            .values()
+            .filter(|e| e.view.paused || !paused)
+            .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+            .map(PodEntry::pod_ref);
+        let kind = if paused {
+            RecordKind::Paused
+        } else {
+            RecordKind::Resumed
+        };
+        out.push(Action::Record(Record { pod, kind }));
     }
 
     /// After an event: note the start of a failover, or its end when an eligible active is back.
@@ -424,7 +469,7 @@ impl GroupState {
                 let delay = RETRY_BASE
                     .saturating_mul(1u32 << self.failures.min(16))
                     .min(RETRY_MAX);
-                self.pause(delay, now, out);
+                self.back_off(delay, now, out);
             }
         }
     }
@@ -459,8 +504,8 @@ impl GroupState {
         }
     }
 
-    fn pause(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
-        self.paused_until = Some(now + delay);
+    fn back_off(&mut self, delay: Duration, now: Instant, out: &mut Vec<Action>) {
+        self.backoff_until = Some(now + delay);
         out.push(Action::WakeAfter(delay));
     }
 
@@ -596,6 +641,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     }
     state.settle_doubt();
     state.observe_trigger(now);
+    state.observe_pause(now, &mut out);
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);

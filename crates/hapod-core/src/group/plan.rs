@@ -108,17 +108,24 @@ impl GroupState {
     /// Issues the next write the group needs, most urgent first, so a lost active is always
     /// handled before kills and label repairs. Each phase answers whether the group now waits
     /// (a write issued, or one it must wait for). Nothing while another write is in flight,
-    /// while paused, or while standby.
+    /// while backing off after a failed write, or while standby. In a paused group only what
+    /// changes no role: the kept active is announced, pods without a role labeled standby.
     pub(super) fn plan(&mut self, now: Instant, out: &mut Vec<Action>) {
         let Some(term) = self.term else {
             return;
         };
-        if self.in_flight.is_some() || self.paused_until.is_some_and(|t| now < t) {
+        if self.in_flight.is_some() || self.backoff_until.is_some_and(|t| now < t) {
             return;
         }
-        self.paused_until = None;
+        self.backoff_until = None;
         let keep = self.kept_active(now).map(|e| e.view.name.clone());
         let keep = keep.as_deref();
+        if self.is_paused() {
+            if !self.announce_kept_active(keep, term, now, out) {
+                self.repair_labels(now, out);
+            }
+            return;
+        }
         if self.demote_extra_active(keep, now, out)
             || self.promote(keep, term, now, out)
             || self.announce_kept_active(keep, term, now, out)

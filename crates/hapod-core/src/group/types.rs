@@ -153,6 +153,11 @@ pub enum RecordKind {
     Adopted {
         epoch: u64,
     },
+    /// An operator paused the group (a pod of it, the record's, carries
+    /// `hapod.io/paused=true`): no role changes until it is resumed.
+    Paused,
+    /// No pod of the group carries `hapod.io/paused=true` any more: the rules apply again.
+    Resumed,
     /// The API refused a write for good (403, 422).
     Rejected {
         delete: bool,

@@ -32,6 +32,7 @@ pub fn pod(name: &str, created: i64) -> PodView {
         created_unix_seconds: created,
         ready_since_unix_seconds: created,
         drained: false,
+        paused: false,
         critical: vec![CriticalContainer {
             name: "crit".into(),
             terminated: false,
@@ -40,6 +41,12 @@ pub fn pod(name: &str, created: i64) -> PodView {
             waiting_reason: None,
         }],
     }
+}
+
+/// What a delete with grace 0 (no finalizers) shows before the pod is gone.
+pub fn force_deleting(view: &mut PodView) {
+    view.deleting = true;
+    view.vanishing = true;
 }
 
 pub fn active(mut view: PodView, epoch: Option<u64>) -> PodView {
@@ -159,6 +166,15 @@ impl FakeApi {
             .values()
             .filter(|p| p.group == GROUP)
             .cloned()
+            .collect()
+    }
+
+    /// Names of the pods (in the group or not) carrying `hapod.io/paused=true`.
+    pub fn paused(&self) -> Vec<String> {
+        self.pods
+            .values()
+            .filter(|p| p.paused)
+            .map(|p| p.name.clone())
             .collect()
     }
 

@@ -21,13 +21,9 @@ fn failover_on_critical_container_death_then_kill() {
         .unwrap();
     let first = ctl.feed(ev);
     let all = ctl.settle(first);
-    let order: Vec<(String, bool)> = writes(&all)
-        .iter()
-        .map(|w| (w.pod.clone(), matches!(w.kind, WriteKind::Delete { .. })))
-        .collect();
     // Demote a, promote b, then delete a.
     assert_eq!(
-        order,
+        write_order(&all),
         [("a".into(), false), ("b".into(), false), ("a".into(), true)]
     );
     let Action::Write(kill) = all.iter().rfind(|a| matches!(a, Action::Write(_))).unwrap() else {

@@ -235,13 +235,7 @@ fn a_vanishing_active_that_stays_is_demoted_after_a_short_wait() {
 fn force_delete_the_active() -> (Ctl, Vec<Action>) {
     let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
-    let ev = ctl
-        .api
-        .modify("a", |p| {
-            p.deleting = true;
-            p.vanishing = true;
-        })
-        .unwrap();
+    let ev = ctl.api.modify("a", force_deleting).unwrap();
     let actions = ctl.feed(ev);
     (ctl, actions)
 }

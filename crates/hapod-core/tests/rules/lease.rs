@@ -8,7 +8,7 @@ use hapod_core::{ApplicationLease, Config, ReportedRole};
 const LIVE_SPAN: Duration = Duration::from_millis(300);
 const PREDECESSOR_WINDOW: Duration = Duration::from_secs(2);
 
-fn leased() -> Config {
+pub(super) fn leased() -> Config {
     Config {
         application_lease: Some(ApplicationLease {
             live_span: LIVE_SPAN,

@@ -9,13 +9,14 @@ mod epochs;
 mod failover;
 mod labels;
 mod lease;
+mod pause;
 mod silence;
 mod writes;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use common::{Ctl, active, pod, single_write, writes};
+use common::{Ctl, active, force_deleting, pod, single_write, writes};
 use hapod_core::{
     Action, Event, Health, Notify, Phase, PromotionReason, Purpose, RecordKind, Role, RoleOrder,
     WriteKind, WriteOutcome, epoch,
@@ -53,6 +54,14 @@ fn orders(actions: &[Action]) -> Vec<&RoleOrder> {
             Action::Order(o) => Some(o),
             _ => None,
         })
+        .collect()
+}
+
+/// The writes among `actions`, in order: the pod, and whether it is a delete.
+fn write_order(actions: &[Action]) -> Vec<(String, bool)> {
+    writes(actions)
+        .iter()
+        .map(|w| (w.pod.clone(), matches!(w.kind, WriteKind::Delete { .. })))
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! `kubectl hapod`, the plugin binary against the real API: after a failover `status` names
 //! the new active, its epoch and the promotion's reason and latency, the standby, and the
-//! acting controller replica; `switchover` moves the role without a kill; the shipped roles
-//! for its users allow what they say and no more.
+//! acting controller replica; `switchover` moves the role without a kill; `pause` stops
+//! failovers until `resume`; the shipped roles for its users allow what they say and no more.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -14,10 +14,13 @@ use hapod_testkit::testbed::{
 };
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::Value;
 
-use crate::common::WAIT;
+use crate::common::{PROMOTIONS, WAIT};
+
+/// The annotation `kubectl hapod pause` sets.
+const PAUSE_ANNOTATION: &str = "hapod.io/paused";
 
 /// Runs `kubectl-hapod COMMAND -n <app namespace> args...` with the admin kubeconfig.
 fn plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<Output> {
@@ -182,6 +185,153 @@ pub(crate) async fn switchover(tb: &Testbed) -> Result<()> {
         String::from_utf8_lossy(&refused.stderr)
     );
     Ok(())
+}
+
+/// `kubectl hapod pause`: every pod of the group is annotated, the status says paused and a
+/// `Paused` Event is published; the active pod force-deleted, no pod of the group is labeled
+/// active for 5 s and the acting controller promotes nobody (its replacement is still labeled
+/// standby). `resume`: the annotation is gone, a new active follows within the usual wait,
+/// a `Resumed` Event, the group settles.
+pub(crate) async fn pause(tb: &Testbed) -> Result<()> {
+    let result = paused_group_fails_over_on_resume(tb).await;
+    if result.is_err() {
+        // The next scenarios need a group the controller manages.
+        let _ = plugin(tb, "resume", &[APP_GROUP]);
+    }
+    result
+}
+
+async fn paused_group_fails_over_on_resume(tb: &Testbed) -> Result<()> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let old = before.active.clone();
+    let promotions_before = tb.controller_metric(&ctrl, PROMOTIONS, &[]).await?;
+    let said = run_plugin(tb, "pause", &[APP_GROUP])?;
+    ensure!(said.contains("paused"), "pause said: {said}");
+    let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+    ensure!(
+        view.pods
+            .iter()
+            .all(|p| p.annotations().get(PAUSE_ANNOTATION).map(String::as_str) == Some("true")),
+        "not every pod carries {PAUSE_ANNOTATION}=true:\n{}",
+        view.table()
+    );
+    let status: Value = serde_json::from_str(&plugin_status(tb, &["-o", "json"])?)?;
+    ensure!(
+        status["groups"][0]["paused"] == true,
+        "the status does not say paused: {status:#}"
+    );
+    wait_event(tb, "Paused").await?;
+    let gauge = paused_gauge(tb, &ctrl).await?;
+    ensure!(
+        gauge == 1.0,
+        "{PAUSED_GAUGE} of the group is {gauge}, 1 expected"
+    );
+
+    tb.trigger(&old, Trigger::ForceDelete).await?;
+    // For 5 s (the replacement pod joins meanwhile): nobody labeled active.
+    let watched = std::time::Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+        ensure!(
+            view.active().iter().all(|p| p.uid() == old.uid()),
+            "a pod was labeled active in the paused group:\n{}",
+            view.table()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let promotions = tb.controller_metric(&ctrl, PROMOTIONS, &[]).await?;
+    ensure!(
+        promotions == promotions_before,
+        "the acting controller {} promoted while paused ({PROMOTIONS} {promotions_before} -> \
+         {promotions})",
+        ctrl.name_any()
+    );
+    println!(
+        "  paused: no active for 5 s after the force delete of {}",
+        old.name_any()
+    );
+
+    let said = run_plugin(tb, "resume", &[APP_GROUP])?;
+    ensure!(said.contains("resumed"), "resume said: {said}");
+    let old_uid = old.uid().unwrap_or_default();
+    let new = tb
+        .wait_new_active(APP_NAMESPACE, APP_GROUP, &old_uid, WAIT)
+        .await
+        .context("no new active after the resume")?;
+    println!("  resumed: {} is active", new.name_any());
+    wait_event(tb, "Resumed").await?;
+    let gauge = paused_gauge(tb, &ctrl).await?;
+    ensure!(
+        gauge == 0.0,
+        "{PAUSED_GAUGE} of the group is {gauge} after the resume"
+    );
+    let settled = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    ensure!(
+        settled
+            .standbys
+            .iter()
+            .chain([&settled.active])
+            .all(|p| !p.annotations().contains_key(PAUSE_ANNOTATION)),
+        "{PAUSE_ANNOTATION} is left on a pod after the resume"
+    );
+    let status: Value = serde_json::from_str(&plugin_status(tb, &["-o", "json"])?)?;
+    ensure!(
+        status["groups"][0]["paused"] == false,
+        "the status still says paused: {status:#}"
+    );
+    Ok(())
+}
+
+/// The acting controller's gauge of paused groups.
+const PAUSED_GAUGE: &str = "hapod_group_paused";
+
+/// The sample app's group's series of [`PAUSED_GAUGE`] on controller replica `ctrl` (0 when
+/// it exports none).
+async fn paused_gauge(tb: &Testbed, ctrl: &k8s_openapi::api::core::v1::Pod) -> Result<f64> {
+    let group = format!("{APP_NAMESPACE}/{APP_GROUP}");
+    tb.controller_metric(ctrl, PAUSED_GAUGE, &[("group", &group)])
+        .await
+}
+
+/// Runs `kubectl-hapod COMMAND -n <app namespace> args...`, which must succeed; what it said.
+fn run_plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<String> {
+    let out = plugin(tb, command, args)?;
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "kubectl-hapod {command} failed: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("  {}", said.trim());
+    Ok(said)
+}
+
+/// Waits for a controller Event with `reason` in the app's namespace.
+async fn wait_event(tb: &Testbed, reason: &str) -> Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    let what = format!("an Event with reason {reason} in {APP_NAMESPACE}");
+    await_condition(what, WAIT, Duration::from_millis(200), || async {
+        let list = api
+            .list(&ListParams::default().fields(&format!("reason={reason}")))
+            .await?;
+        Ok(match list.items.first() {
+            Some(event) => {
+                println!(
+                    "  Event {reason}: {}",
+                    event.message.as_deref().unwrap_or_default()
+                );
+                Check::Done(())
+            }
+            None => Check::NotYet("none yet".into()),
+        })
+    })
+    .await
 }
 
 /// The shipped roles for people who run the plugin, bound to a user of their own: with
