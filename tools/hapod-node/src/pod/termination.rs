@@ -104,6 +104,10 @@ impl PodWorker {
 
     pub(super) fn cleanup(&mut self) {
         self.node.pod_ips.release(self.ip);
+        self.remove_folder();
+    }
+
+    fn remove_folder(&self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -111,17 +115,21 @@ impl PodWorker {
         }
     }
 
-    /// All processes are gone: the final status, then the deletion with grace 0 (UID
-    /// precondition, so that a new pod of the same name is never deleted by mistake).
+    /// All processes are gone: the final status, the pod's folder removed, then the deletion
+    /// with grace 0 (UID precondition, so that a new pod of the same name is never deleted by
+    /// mistake). The folder goes first as with the kubelet, whose final delete waits for the
+    /// pod's volumes to be reclaimed: a pod gone from the API has left no files on the node.
+    /// Its IP is released last, so that no other pod takes it while this one is listed.
     pub(super) async fn finish_deletion(&mut self) {
         self.flush().await;
+        self.remove_folder();
         let api = self.api();
         let delete = || delete_finished_pod(&api, &self.name, &self.uid);
         match until_done(delete, &API_WAITS, &[404, 409]).await {
             Ok(()) => tracing::info!(pod = %self.key(), "deletion finished"),
             Err(e) => tracing::warn!(pod = %self.key(), error = %e, "final delete failed"),
         }
-        self.cleanup();
+        self.node.pod_ips.release(self.ip);
     }
 }
 
