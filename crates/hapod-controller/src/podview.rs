@@ -2,6 +2,7 @@
 //! missing fields read as "not there" (no IP, not ready, phase Unknown).
 
 use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
 
 use hapod_core::{Config, CriticalContainer, Phase, PodView};
 use k8s_openapi::api::core::v1::Pod;
@@ -20,6 +21,15 @@ pub const PAUSE_ANNOTATION: &str = "hapod.io/paused";
 
 /// The operator's switches: annotations of which only the value `true` counts.
 const SWITCHES: [&str; 2] = [DRAIN_ANNOTATION, PAUSE_ANNOTATION];
+
+/// Annotation giving a group's not-Ready grace in milliseconds: an active pod that stops being
+/// Ready keeps the role that long before it moves (the longest of the group's members counts).
+/// Absent, `0`, or a value that is ignored: the role moves at once.
+pub const NOT_READY_GRACE_ANNOTATION: &str = "hapod.io/not-ready-grace-ms";
+
+/// The longest not-Ready grace taken: a longer one is more likely a mistake (seconds typed as
+/// milliseconds twice over) than a wish to leave a group without a Ready active for hours.
+pub const NOT_READY_GRACE_MAX: Duration = Duration::from_secs(3600);
 
 /// A pod the controller cannot place in a group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,9 +51,10 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
         .and_then(|l| l.get(group_label))
         .ok_or_else(|| Unplaceable::NoGroupLabel(group_label.to_owned()))?;
     let status = pod.status.as_ref();
-    let ready_condition = status
+    let condition = status
         .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready" && c.status == "True"));
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"));
+    let ready_condition = condition.filter(|c| c.status == "True");
     let ready = ready_condition.is_some();
     Ok(PodView {
         namespace: namespace.clone(),
@@ -69,6 +80,14 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
             .map_or(i64::MAX, |t| t.0.as_second()),
         drained: annotation(pod, DRAIN_ANNOTATION).is_some_and(switched_on),
         paused: paused(pod),
+        not_ready_grace: annotation(pod, NOT_READY_GRACE_ANNOTATION)
+            .and_then(|v| not_ready_grace(v).ok())
+            .unwrap_or_default(),
+        unready_for: condition
+            .filter(|_| !ready)
+            .and_then(|c| c.last_transition_time.as_ref())
+            // Whole seconds in the API: from the end of that second, never cutting a grace short.
+            .map(|t| since(t.0.as_millisecond() + 999)),
         critical: critical_containers(pod, config),
     })
 }
@@ -93,15 +112,47 @@ pub fn paused(pod: &Pod) -> bool {
     annotation(pod, PAUSE_ANNOTATION).is_some_and(switched_on)
 }
 
-/// The operator's switches on `pod` set to a value other than `true`, with that value: they
-/// read as off, which whoever set them may not have meant (`hapod.io/paused=yes` pauses
-/// nothing).
-pub fn ignored_switches(pod: &Pod) -> Vec<(&'static str, &str)> {
-    SWITCHES
+/// The not-Ready grace a value of `hapod.io/not-ready-grace-ms` asks for, or why it is ignored.
+pub fn not_ready_grace(value: &str) -> Result<Duration, &'static str> {
+    let value = value.trim();
+    let Ok(ms) = value.parse::<u64>() else {
+        return Err(if value.parse::<i64>().is_ok_and(i64::is_negative) {
+            "negative"
+        } else {
+            "not a whole number of milliseconds"
+        });
+    };
+    let grace = Duration::from_millis(ms);
+    if grace > NOT_READY_GRACE_MAX {
+        return Err("above the limit of 3600000 (one hour)");
+    }
+    Ok(grace)
+}
+
+/// How long ago `unix_ms` was on this host's clock; zero for a time ahead of it (the kubelet's
+/// clock may run ahead).
+fn since(unix_ms: i64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let then = Duration::from_millis(u64::try_from(unix_ms).unwrap_or(0));
+    now.saturating_sub(then)
+}
+
+/// The annotations of `pod` whose value the controller ignores, with that value and why: they
+/// read as absent, which whoever set them may not have meant (`hapod.io/paused=yes` pauses
+/// nothing, `hapod.io/not-ready-grace-ms=3s` graces nothing).
+pub fn ignored_annotations(pod: &Pod) -> Vec<(&'static str, &str, &'static str)> {
+    let switches = SWITCHES
         .into_iter()
         .filter_map(|key| Some((key, annotation(pod, key)?)))
         .filter(|(_, value)| !switched_on(value))
-        .collect()
+        .map(|(key, value)| (key, value, "only \"true\" counts"));
+    let grace = annotation(pod, NOT_READY_GRACE_ANNOTATION).and_then(|value| {
+        let why = not_ready_grace(value).err()?;
+        Some((NOT_READY_GRACE_ANNOTATION, value, why))
+    });
+    switches.chain(grace).collect()
 }
 
 /// `status.podIPs` in order (the first is the primary), else `status.podIP`; unparseable
@@ -184,7 +235,8 @@ mod tests {
                 "name": "p", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
                 "labels": {"app": "hapod", "role": "active"},
                 "annotations": {"hapod.io/epoch": "4294967297", "hapod.io/drain": "true",
-                                "hapod.io/paused": " true\n"},
+                                "hapod.io/paused": " true\n",
+                                "hapod.io/not-ready-grace-ms": "2500"},
                 "creationTimestamp": "2026-01-01T00:00:10Z",
             },
             "spec": {"containers": [
@@ -226,7 +278,9 @@ mod tests {
         assert_eq!(v.created_unix_seconds, 1_767_225_610);
         assert_eq!(v.ready_since_unix_seconds, 1_767_225_612);
         assert!(v.drained && v.paused);
-        assert!(ignored_switches(&pod).is_empty());
+        assert_eq!(v.not_ready_grace, Duration::from_millis(2500));
+        assert_eq!(v.unready_for, None);
+        assert!(ignored_annotations(&pod).is_empty());
         assert_eq!(
             v.critical,
             [CriticalContainer {
@@ -245,7 +299,8 @@ mod tests {
             "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"},
                          "annotations": {"hapod.io/epoch": "not-a-number",
                                          "hapod.io/drain": "yes",
-                                         "hapod.io/paused": "True"}},
+                                         "hapod.io/paused": "True",
+                                         "hapod.io/not-ready-grace-ms": "-300"}},
             "spec": {"containers": []},
         }));
         let v = pod_view(&pod, &config(), "app").unwrap();
@@ -256,10 +311,56 @@ mod tests {
         assert_eq!(v.ready_since_unix_seconds, i64::MAX);
         // Only `true` drains or pauses; the odd values are named for the operator.
         assert!(!v.drained && !v.paused);
+        assert_eq!(v.not_ready_grace, Duration::ZERO);
         assert_eq!(
-            ignored_switches(&pod),
-            [("hapod.io/drain", "yes"), ("hapod.io/paused", "True")]
+            ignored_annotations(&pod),
+            [
+                ("hapod.io/drain", "yes", "only \"true\" counts"),
+                ("hapod.io/paused", "True", "only \"true\" counts"),
+                ("hapod.io/not-ready-grace-ms", "-300", "negative"),
+            ]
         );
+    }
+
+    #[test]
+    fn not_ready_grace_takes_whole_milliseconds_up_to_an_hour() {
+        let ms = |v: &str| not_ready_grace(v).map(|d| d.as_millis());
+        assert_eq!(ms("0"), Ok(0));
+        assert_eq!(ms(" 3000\n"), Ok(3000));
+        assert_eq!(ms("3600000"), Ok(3_600_000));
+        assert_eq!(ms("3600001"), Err("above the limit of 3600000 (one hour)"));
+        assert_eq!(
+            ms("99999999999999999999"),
+            Err("not a whole number of milliseconds")
+        );
+        assert_eq!(ms("-1"), Err("negative"));
+        for odd in ["3s", "1.5", "", "1e3"] {
+            assert_eq!(
+                ms(odd),
+                Err("not a whole number of milliseconds"),
+                "{odd:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_not_ready_pod_says_since_when_by_its_ready_condition() {
+        let with_ready = |status: &str, at: &str| {
+            let pod = parse(json!({
+                "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"app": "g"}},
+                "status": {"conditions": [{"type": "Ready", "status": status,
+                                           "lastTransitionTime": at}]},
+            }));
+            pod_view(&pod, &config(), "app").unwrap().unready_for
+        };
+        let long_ago = with_ready("False", "2026-01-01T00:00:12Z").expect("not ready since");
+        assert!(long_ago > Duration::from_secs(3600), "{long_ago:?}");
+        // A kubelet clock ahead of this one: not ready for no time yet.
+        assert_eq!(
+            with_ready("Unknown", "2999-01-01T00:00:00Z"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(with_ready("True", "2026-01-01T00:00:12Z"), None);
     }
 
     #[test]

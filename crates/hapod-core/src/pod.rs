@@ -168,6 +168,13 @@ pub struct PodView {
     /// An operator paused the pod's group (annotation `hapod.io/paused=true`): while any
     /// member carries it, the controller changes no pod's role and deletes no pod.
     pub paused: bool,
+    /// How long an active of the pod's group may stay not Ready before the role moves
+    /// (annotation `hapod.io/not-ready-grace-ms`; zero without it or with a value the runtime
+    /// ignored). The group's grace is the longest any member asks for.
+    pub not_ready_grace: Duration,
+    /// How long the Ready condition had been other than True when the view was built (from
+    /// its lastTransitionTime); `None` when Ready or not known.
+    pub unready_for: Option<Duration>,
     /// Critical containers only (regular containers; init containers are not watched).
     pub critical: Vec<CriticalContainer>,
 }
@@ -205,7 +212,12 @@ impl PodView {
 
     /// Eligibility, except the critical-container rule, which is sticky (see `GroupState`).
     pub(crate) fn serving(&self) -> bool {
-        self.phase == Phase::Running && self.ready && !self.deleting && !self.pod_ips.is_empty()
+        self.ready && self.running_with_ip()
+    }
+
+    /// Serving but for the Ready condition: Running, not deleting, with an IP.
+    pub(crate) fn running_with_ip(&self) -> bool {
+        self.phase == Phase::Running && !self.deleting && !self.pod_ips.is_empty()
     }
 
     /// Name of a dead critical container, see [`CriticalContainer`].
@@ -275,6 +287,8 @@ mod tests {
             ready_since_unix_seconds: 0,
             drained: false,
             paused: false,
+            not_ready_grace: Duration::ZERO,
+            unready_for: None,
             critical: vec![CriticalContainer {
                 name: "app".into(),
                 terminated: false,

@@ -2,8 +2,8 @@
 //! conflicts (concurrent updates), transient and refused (403) write failures, watch gaps,
 //! delayed and reordered watch delivery, controller restarts, leadership lost and regained
 //! (writes of the old term landing late), pods leaving the group and rejoining it, and an
-//! active carrying a far-future epoch. Applying the actions in order against an API that
-//! enforces the preconditions:
+//! active carrying a far-future epoch, not-Ready graces set and removed. Applying the actions
+//! in order against an API that enforces the preconditions:
 //! - never two active pods (the fake API asserts it on every promotion), except a pod a user
 //!   brought back into the group still labeled active, until the controller resolved it;
 //! - epochs of promotions strictly increase;
@@ -99,6 +99,8 @@ enum Step {
     Relinquish(usize),
     /// An operator pauses (`hapod.io/paused=true`) or resumes a pod's group through that pod.
     Pause(usize, bool),
+    /// A pod's `hapod.io/not-ready-grace-ms` is set to this many milliseconds (0: removed).
+    NotReadyGrace(usize, u64),
 }
 
 /// The reference state is whether the application lease is on.
@@ -155,6 +157,8 @@ fn transitions() -> BoxedStrategy<Step> {
             1 => slot.clone().prop_map(Step::RestartAgent),
             1 => slot.clone().prop_map(Step::Relinquish),
             1 => (slot.clone(), any::<bool>()).prop_map(|(i, paused)| Step::Pause(i, paused)),
+            1 => (slot.clone(), prop_oneof![Just(0u64), Just(300), Just(2000)])
+                .prop_map(|(i, ms)| Step::NotReadyGrace(i, ms)),
         ]
         .boxed()
 }
@@ -572,6 +576,9 @@ impl System {
                 }
             }
             Step::Pause(i, paused) => self.modify(i, |p| p.paused = paused),
+            Step::NotReadyGrace(i, ms) => {
+                self.modify(i, |p| p.not_ready_grace = Duration::from_millis(ms));
+            }
             Step::FutureEpoch(i) => {
                 let actives: Vec<String> =
                     self.api.actives().into_iter().map(str::to_owned).collect();

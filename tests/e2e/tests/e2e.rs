@@ -76,6 +76,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("graceful_delete_active", failover::graceful_delete),
     scenario!("critical_container_crash", failover::critical_crash),
     scenario!("active_not_ready", failover::not_ready),
+    scenario!("active_not_ready_grace", failover::not_ready_grace),
     scenario!(
         "acting_controller_deleted_steady",
         controller::controller_deleted_steady

@@ -14,7 +14,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use serde::Serialize;
 
-use hapod_controller::podview::{PAUSE_ANNOTATION, ignored_switches, pod_view};
+use hapod_controller::podview::{
+    NOT_READY_GRACE_ANNOTATION, PAUSE_ANNOTATION, ignored_annotations, pod_view,
+};
 
 /// What `kubectl hapod status` reports.
 #[derive(Debug, Serialize)]
@@ -49,6 +51,9 @@ pub struct Group {
     pub group: String,
     /// A pod of the group carries `hapod.io/paused=true`: the controller changes no role.
     pub paused: bool,
+    /// How long an active may stay not Ready before the role moves, the longest
+    /// `hapod.io/not-ready-grace-ms` of the group's pods; 0: at once.
+    pub not_ready_grace_ms: u128,
     /// The pod labeled active, when exactly one is.
     pub active: Option<Member>,
     pub standbys: Vec<Member>,
@@ -101,15 +106,10 @@ pub fn build(
             continue;
         };
         let promoted = promotions.get(view.uid.as_str()).cloned();
-        // A switch set to anything but `true` is off: say so, its author may think it on.
-        let ignored = ignored_switches(pod)
+        // An ignored value reads as absent: say so, its author may think it in force.
+        let ignored = ignored_annotations(pod)
             .into_iter()
-            .map(|(key, value)| {
-                format!(
-                    "{}: {key}={value:?} is ignored (only \"true\" counts)",
-                    view.name
-                )
-            })
+            .map(|(key, value, why)| format!("{}: {key}={value:?} is ignored ({why})", view.name))
             .collect();
         groups
             .entry((view.namespace.clone(), view.group.clone()))
@@ -177,6 +177,11 @@ fn group_status(
         ));
     }
     let paused = !pausing.is_empty();
+    let not_ready_grace_ms = members
+        .iter()
+        .map(|m| m.view.not_ready_grace.as_millis())
+        .max()
+        .unwrap_or_default();
     problems.extend(
         members
             .iter_mut()
@@ -222,6 +227,7 @@ fn group_status(
         namespace,
         group,
         paused,
+        not_ready_grace_ms,
         active,
         standbys,
         problems,
@@ -389,6 +395,14 @@ pub fn table(status: &Status, now: Timestamp) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("   ").trim_end());
     }
+    for g in status.groups.iter().filter(|g| g.not_ready_grace_ms > 0) {
+        let _ = writeln!(
+            out,
+            "{}/{}: not-Ready grace {}ms ({NOT_READY_GRACE_ANNOTATION}): an active not Ready keeps \
+             the role that long",
+            g.namespace, g.group, g.not_ready_grace_ms
+        );
+    }
     for g in &status.groups {
         for p in &g.problems {
             let _ = writeln!(out, "{}/{}: {p}", g.namespace, g.group);
@@ -453,6 +467,14 @@ mod tests {
             .get_or_insert_default()
             .insert(key.into(), value.into());
         pod
+    }
+
+    /// Active "db-a" (epoch 7) and standby "db-b", Ready, annotated `key` with a value each.
+    fn annotated_pair(key: &str, active: &str, standby: &str) -> [Pod; 2] {
+        [
+            annotated(pod("db-a", "active", Some(7), true), key, active),
+            annotated(pod("db-b", "standby", None, true), key, standby),
+        ]
     }
 
     fn promoted(name: &str, note: &str, at: Timestamp) -> Event {
@@ -553,14 +575,7 @@ mod tests {
 
     #[test]
     fn a_paused_group_says_so_and_an_ignored_pause_value_is_named() {
-        let pods = [
-            annotated(
-                pod("db-a", "active", Some(7), true),
-                PAUSE_ANNOTATION,
-                "true",
-            ),
-            annotated(pod("db-b", "standby", None, true), PAUSE_ANNOTATION, "yes"),
-        ];
+        let pods = annotated_pair(PAUSE_ANNOTATION, "true", "yes");
         let status = build(&pods, &[], None, &Config::default(), "app", at(0));
         let g = &status.groups[0];
         assert!(g.paused);
@@ -582,6 +597,32 @@ mod tests {
         // Not paused: the odd value alone pauses nothing.
         let status = build(&pods[1..], &[], None, &Config::default(), "app", at(0));
         assert!(!status.groups[0].paused);
+    }
+
+    #[test]
+    fn the_not_ready_grace_is_shown_and_an_ignored_value_named() {
+        let pods = annotated_pair(NOT_READY_GRACE_ANNOTATION, "3000", "5s");
+        let status = build(&pods, &[], None, &Config::default(), "app", at(0));
+        let g = &status.groups[0];
+        assert_eq!(g.not_ready_grace_ms, 3000);
+        assert_eq!(
+            g.problems,
+            [
+                "db-b: hapod.io/not-ready-grace-ms=\"5s\" is ignored (not a whole number of \
+                 milliseconds)"
+            ]
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["groups"][0]["notReadyGraceMs"], 3000);
+        let shown = table(&status, at(0));
+        assert!(
+            shown.contains("shop/db: not-Ready grace 3000ms (hapod.io/not-ready-grace-ms)"),
+            "{shown}"
+        );
+        // Without it, no line about it.
+        let status = build(&pods[1..], &[], None, &Config::default(), "app", at(0));
+        assert_eq!(status.groups[0].not_ready_grace_ms, 0);
+        assert!(!table(&status, at(0)).contains("not-Ready grace"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What a group remembers about each of its pods, and about pods that left it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::PodRef;
 use super::PromotionReason;
@@ -27,6 +27,10 @@ pub(super) struct PodEntry {
     /// more, whatever it is told. A new label epoch, or another agent process reporting,
     /// ends it.
     pub(super) relinquished: Option<Relinquished>,
+    /// Since when the pod has not been Ready, on this replica's clock: first seen so, or
+    /// earlier when the Ready condition's lastTransitionTime says so (a restarted replica must
+    /// not grant a fresh grace; without that time, one grace per restart at most).
+    pub(super) not_ready_since: Option<Instant>,
 }
 
 /// Which agent process gave the role up, and at which label epoch.
@@ -37,9 +41,9 @@ pub(super) struct Relinquished {
 }
 
 impl PodEntry {
-    pub(super) fn new(view: PodView) -> Self {
+    pub(super) fn new(view: PodView, now: Instant) -> Self {
         let dead_container = view.dead_container().map(str::to_owned);
-        Self {
+        let mut entry = Self {
             view,
             dead_container,
             kill_sent: false,
@@ -47,15 +51,29 @@ impl PodEntry {
             refused_until: None,
             unresponsive: false,
             relinquished: None,
-        }
+            not_ready_since: None,
+        };
+        entry.track_readiness(now);
+        entry
     }
 
-    /// Takes a newer version of the same pod; a death seen once stays.
-    pub(super) fn observe(&mut self, view: PodView) {
+    /// Takes a newer version of the same pod, seen at `now`; a death seen once stays.
+    pub(super) fn observe(&mut self, view: PodView, now: Instant) {
         if self.dead_container.is_none() {
             self.dead_container = view.dead_container().map(str::to_owned);
         }
         self.view = view;
+        self.track_readiness(now);
+    }
+
+    fn track_readiness(&mut self, now: Instant) {
+        if self.view.ready {
+            self.not_ready_since = None;
+            return;
+        }
+        let seen = self.not_ready_since.unwrap_or(now);
+        let transition = self.view.unready_for.and_then(|d| now.checked_sub(d));
+        self.not_ready_since = Some(transition.map_or(seen, |t| t.min(seen)));
     }
 
     pub(super) fn role(&self, config: &Config) -> Role {
@@ -77,7 +95,12 @@ impl PodEntry {
     }
 
     pub(super) fn eligible(&self) -> bool {
-        self.view.serving()
+        self.view.ready && self.eligible_but_for_readiness()
+    }
+
+    /// Everything eligibility asks but the Ready condition.
+    fn eligible_but_for_readiness(&self) -> bool {
+        self.view.running_with_ip()
             && !self.view.drained
             && self.dead_container.is_none()
             && !self.kill_sent
@@ -89,6 +112,17 @@ impl PodEntry {
     pub(super) fn relinquished(&self) -> bool {
         self.relinquished
             .is_some_and(|r| Some(r.epoch) == self.view.epoch)
+    }
+
+    /// Until when this active, not Ready and otherwise eligible, keeps the role for the
+    /// group's not-Ready `grace`, if that is still ahead of `now`. Nothing else is graced:
+    /// a deletion, a dead critical container, a drain or a silent agent move the role at once.
+    pub(super) fn not_ready_grace_until(&self, grace: Duration, now: Instant) -> Option<Instant> {
+        if self.view.ready || !self.eligible_but_for_readiness() {
+            return None;
+        }
+        let until = self.not_ready_since? + grace;
+        (now < until).then_some(until)
     }
 
     /// Ineligible, but only for a reason that may pass (not Ready, no IP, phase Pending or

@@ -183,17 +183,40 @@ impl GroupState {
             })
     }
 
-    /// The active pod that keeps the role: the eligible one; failing that, a softly
-    /// ineligible one while no successor can be promoted at once (demoting it would leave the
-    /// group without any active). In a paused group none can be.
+    /// The group's not-Ready grace: the longest any member asks for (`PodView::not_ready_grace`),
+    /// as one member's `hapod.io/paused=true` pauses the whole group.
+    fn not_ready_grace(&self) -> Duration {
+        self.pods
+            .values()
+            .map(|e| e.view.not_ready_grace)
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The active pod that is not Ready but within the group's grace, and when that ends.
+    fn graced_active(&self, now: Instant) -> Option<(&PodEntry, Instant)> {
+        let grace = self.not_ready_grace();
+        if grace.is_zero() {
+            return None;
+        }
+        let entry = self.best_active(|e| e.not_ready_grace_until(grace, now).is_some())?;
+        Some((entry, entry.not_ready_grace_until(grace, now)?))
+    }
+
+    /// The active pod that keeps the role: the eligible one; failing that, one not Ready
+    /// within the group's grace; failing that, a softly ineligible one while no successor can
+    /// be promoted at once (demoting it would leave the group without any active). In a
+    /// paused group none can be.
     fn kept_active(&self, now: Instant) -> Option<&PodEntry> {
-        self.eligible_active().or_else(|| {
-            if !self.is_paused() && self.successor(now).is_some_and(|e| e.writable(now)) {
-                None
-            } else {
-                self.best_active(PodEntry::softly_ineligible)
-            }
-        })
+        self.eligible_active()
+            .or_else(|| self.graced_active(now).map(|(entry, _)| entry))
+            .or_else(|| {
+                if !self.is_paused() && self.successor(now).is_some_and(|e| e.writable(now)) {
+                    None
+                } else {
+                    self.best_active(PodEntry::softly_ineligible)
+                }
+            })
     }
 
     fn upsert(&mut self, view: PodView, now: Instant) {
@@ -208,17 +231,18 @@ impl GroupState {
             Some(entry) if entry.view.uid == view.uid => {
                 if at_least_as_recent(&view.resource_version, &entry.view.resource_version) {
                     entry.stale = false;
-                    entry.observe(view);
+                    entry.observe(view, now);
                 }
             }
             Some(_) => {
                 // The name was reused by a new pod: the old one is gone.
                 let name = view.name.clone();
                 self.forget(&name, None, now);
-                self.pods.insert(name, PodEntry::new(view));
+                self.pods.insert(name, PodEntry::new(view, now));
             }
             None => {
-                self.pods.insert(view.name.clone(), PodEntry::new(view));
+                self.pods
+                    .insert(view.name.clone(), PodEntry::new(view, now));
             }
         }
     }
@@ -400,12 +424,14 @@ impl GroupState {
     }
 
     /// After an event: note the start of a failover, or its end when an eligible active is back.
+    /// A not-Ready active within its grace has not been lost yet: the failover, if any, starts
+    /// when the grace is over.
     fn observe_trigger(&mut self, now: Instant) {
         if self.eligible_active().is_some() {
             self.trigger = None;
             return;
         }
-        if self.trigger.is_some() {
+        if self.trigger.is_some() || self.graced_active(now).is_some() {
             return;
         }
         let lost = self

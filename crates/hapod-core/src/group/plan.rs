@@ -126,6 +126,10 @@ impl GroupState {
             }
             return;
         }
+        // Looked at again when the grace of a not-Ready active is over.
+        if let Some((_, until)) = self.graced_active(now) {
+            out.push(Action::WakeAfter(until - now));
+        }
         if self.demote_extra_active(keep, now, out)
             || self.promote(keep, term, now, out)
             || self.announce_kept_active(keep, term, now, out)

@@ -33,6 +33,8 @@ pub fn pod(name: &str, created: i64) -> PodView {
         ready_since_unix_seconds: created,
         drained: false,
         paused: false,
+        not_ready_grace: std::time::Duration::ZERO,
+        unready_for: None,
         critical: vec![CriticalContainer {
             name: "crit".into(),
             terminated: false,

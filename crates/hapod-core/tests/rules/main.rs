@@ -7,6 +7,7 @@ mod choice;
 mod critical;
 mod epochs;
 mod failover;
+mod grace;
 mod labels;
 mod lease;
 mod pause;

@@ -31,7 +31,7 @@ fn report(ctl: &mut Ctl, pod: &str, role: ReportedRole, epoch: u64) -> Vec<Actio
 
 /// Active "a" at epoch 3 holding a grant, standby "b", past the predecessor's window; both
 /// agents answered the last heartbeat.
-fn steady() -> Ctl {
+pub(super) fn steady() -> Ctl {
     let (mut ctl, first) = Ctl::acting_with(config(), [active(pod("a", 1), Some(3)), pod("b", 2)]);
     ctl.settle(first);
     ctl.now += LIVE_SPAN;
@@ -49,7 +49,7 @@ fn steady() -> Ctl {
 }
 
 /// `count` heartbeats, each answered by the pods in `answering` only; returns every action.
-fn beats(ctl: &mut Ctl, count: u32, answering: &[&str]) -> Vec<Action> {
+pub(super) fn beats(ctl: &mut Ctl, count: u32, answering: &[&str]) -> Vec<Action> {
     let mut all = Vec::new();
     for _ in 0..count {
         ctl.now += HEARTBEAT;

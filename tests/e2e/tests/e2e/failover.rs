@@ -7,7 +7,7 @@ use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
     self, ACTIVE, APP_CONTAINER, APP_GROUP, APP_HTTP_PORT, APP_NAMESPACE, APP_REPLICAS,
     APP_SERVICE, CONTROLLER_NAMESPACE, CRITICAL_CONTAINER, EPOCH_ANNOTATION, NONCRITICAL_CONTAINER,
-    Testbed, Trigger, pod_epoch, pod_ip, pod_role, restart_count,
+    Testbed, Trigger, pod_epoch, pod_ip, pod_ready, pod_role, restart_count,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -215,6 +215,117 @@ pub(crate) async fn not_ready(tb: &Testbed) -> Result<()> {
             .map(|p| p.name_any())
             .collect::<Vec<_>>()
     );
+    Ok(())
+}
+
+/// The annotation giving a group its not-Ready grace, in milliseconds.
+const NOT_READY_GRACE_ANNOTATION: &str = "hapod.io/not-ready-grace-ms";
+/// The grace `active_not_ready_grace` gives the group.
+const NOT_READY_GRACE: Duration = Duration::from_millis(3000);
+
+/// Every pod of the group annotated with a not-Ready grace of 3 s, the active made not Ready
+/// (as in `active_not_ready`): it keeps the role for 1.5 s after the API shows it not Ready,
+/// then the role moves to the standby (not before 2.5 s, reason `not_ready`). The pod recovers
+/// and rejoins as standby; the annotation is removed, also when the scenario fails.
+pub(crate) async fn not_ready_grace(tb: &Testbed) -> Result<()> {
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
+        .await?;
+    let old = before.active.clone();
+    let failed_over = graced_failover(tb, &ctrl, before).await;
+    // Whatever happened, for the next scenarios: the pod recovers, no pod keeps the grace.
+    let recovered = Testbed::remove_in_container(&old, APP_CONTAINER, "unready");
+    let cleared = set_not_ready_grace(tb, None).await;
+    let f = failed_over?;
+    recovered?;
+    cleared?;
+    check_failover(tb, &f).await?;
+    Ok(())
+}
+
+/// The failover of [`not_ready_grace`], from the settled group `before`.
+async fn graced_failover(
+    tb: &Testbed,
+    ctrl: &Pod,
+    before: testbed::Settled,
+) -> Result<testbed::Failover> {
+    let old = before.active.clone();
+    let promoted_before = promotions(tb, ctrl, &["not_ready"]).await?;
+    let grace_ms = NOT_READY_GRACE.as_millis().to_string();
+    set_not_ready_grace(tb, Some(&grace_ms)).await?;
+    let t = tb.trigger(&old, Trigger::Unready).await?;
+    let unready_seen = await_condition(
+        format!("{} not Ready", old.name_any()),
+        WAIT,
+        Duration::from_millis(50),
+        || async {
+            Ok(match tb.pod(APP_NAMESPACE, &old.name_any()).await? {
+                Some(p) if !pod_ready(&p) => Check::Done(std::time::Instant::now()),
+                _ => Check::NotYet("still Ready".into()),
+            })
+        },
+    )
+    .await?;
+    while unready_seen.elapsed() < NOT_READY_GRACE / 2 {
+        let view = tb.group_view(APP_NAMESPACE, APP_GROUP).await?;
+        let active = view.active();
+        ensure!(
+            active.len() == 1 && active[0].uid() == old.uid(),
+            "the role moved {:?} after the API showed the active not Ready, within the grace \
+             of {NOT_READY_GRACE:?}:\n{}",
+            unready_seen.elapsed(),
+            view.table()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "  {} not Ready, still active {:?} later",
+        old.name_any(),
+        unready_seen.elapsed()
+    );
+    let (new, app_state, timeline) = tb.await_failover(&old, t, WAIT).await?;
+    let moved_after = unready_seen.elapsed();
+    ensure!(
+        moved_after >= NOT_READY_GRACE - Duration::from_millis(500),
+        "the role moved {moved_after:?} after the API showed the active not Ready, before \
+         the grace of {NOT_READY_GRACE:?} was over"
+    );
+    let promoted = promotions(tb, ctrl, &["not_ready"]).await?;
+    ensure!(
+        promoted > promoted_before,
+        "the acting controller counted no promotion for the not-Ready active \
+         ({PROMOTIONS}{{reason=\"not_ready\"}} stayed at {promoted_before})"
+    );
+    println!(
+        "  role moved to {} {moved_after:?} after {} was seen not Ready",
+        new.name_any(),
+        old.name_any()
+    );
+    Ok(testbed::Failover {
+        trigger: Trigger::Unready,
+        old,
+        new,
+        standby_before: before.standbys,
+        app_state,
+        timeline,
+    })
+}
+
+/// Annotates every pod of the group with the not-Ready grace `ms`, or removes the annotation
+/// (`None`).
+async fn set_not_ready_grace(tb: &Testbed, ms: Option<&str>) -> Result<()> {
+    let api: Api<Pod> = Api::namespaced(tb.client.clone(), APP_NAMESPACE);
+    let patch = serde_json::json!({"metadata": {"annotations": {NOT_READY_GRACE_ANNOTATION: ms}}});
+    for pod in tb.group_view(APP_NAMESPACE, APP_GROUP).await?.pods {
+        api.patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .with_context(|| format!("annotating {}", pod.name_any()))?;
+    }
     Ok(())
 }
 
