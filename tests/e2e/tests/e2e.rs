@@ -28,6 +28,8 @@ mod controller;
 mod detection;
 #[path = "e2e/failover.rs"]
 mod failover;
+#[path = "e2e/helm.rs"]
+mod helm;
 #[path = "e2e/history.rs"]
 mod history;
 #[path = "e2e/lease.rs"]
@@ -114,6 +116,10 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("kubectl_hapod_switchover", status::switchover),
     scenario!("kubectl_hapod_pause", status::pause),
     scenario!("kubectl_hapod_operator_roles", status::operator_roles),
+    scenario!(
+        "helm_release_installs_and_tests",
+        helm::release_installs_and_tests
+    ),
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 

@@ -34,11 +34,22 @@ pub fn command_line(
 }
 
 /// A command's program: the image's binary when named by its file name (or as the image's
-/// entrypoint path), an absolute path as is, anything else through the container's PATH.
+/// entrypoint path); another program of the image when named by an absolute path that does not
+/// exist on the host but a file of that name lies next to the image's binary (the controller
+/// image's `/usr/local/bin/kubectl-hapod`, run by the Helm chart's test Pod); any other
+/// absolute path as is; anything else through the container's PATH.
 pub fn resolve_program(name: &str, binary: &Path) -> PathBuf {
     let named = Path::new(name);
-    if named.file_name() == binary.file_name() && !named.exists() {
-        return binary.to_path_buf();
+    if !named.exists() {
+        if named.file_name() == binary.file_name() {
+            return binary.to_path_buf();
+        }
+        if let (true, Some(file), Some(dir)) =
+            (named.is_absolute(), named.file_name(), binary.parent())
+            && dir.join(file).is_file()
+        {
+            return dir.join(file);
+        }
     }
     named.to_path_buf()
 }
@@ -85,5 +96,30 @@ mod tests {
             resolve_program("cat", Path::new("/bin/sleep")),
             Path::new("cat")
         );
+    }
+
+    #[test]
+    fn other_programs_of_the_image() {
+        let dir = std::env::temp_dir().join(format!("hapod-node-programs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (bin, plugin) = (dir.join("hapod-controller"), dir.join("kubectl-hapod"));
+        std::fs::write(&bin, "").unwrap();
+        std::fs::write(&plugin, "").unwrap();
+        // The image's path of a program next to the mapped binary: that program.
+        assert_eq!(
+            resolve_program("/usr/local/bin/kubectl-hapod", &bin),
+            plugin
+        );
+        // No such program in the image: the path as is (the start fails like a runtime's).
+        assert_eq!(
+            resolve_program("/usr/local/bin/kubectl-other", &bin),
+            Path::new("/usr/local/bin/kubectl-other")
+        );
+        // A bare name still goes through PATH.
+        assert_eq!(
+            resolve_program("kubectl-hapod", &bin),
+            Path::new("kubectl-hapod")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -60,8 +60,13 @@ impl Testbed {
     /// The pod name of the election Lease's holder (the holder identity is
     /// `<pod name>_<instance>`; pod names never contain `_`).
     pub async fn lease_holder(&self) -> Result<Option<String>> {
+        self.lease_holder_of(CONTROLLER_NAMESPACE, LEASE_NAME).await
+    }
+
+    /// The same for Lease `ns/name` (another controller's, e.g. a second Helm release's).
+    pub async fn lease_holder_of(&self, ns: &str, name: &str) -> Result<Option<String>> {
         Ok(self
-            .lease_holder_identity()
+            .lease_holder_identity_of(ns, name)
             .await?
             .map(|h| h.split('_').next().unwrap_or_default().to_string()))
     }
@@ -69,7 +74,7 @@ impl Testbed {
     /// When the election Lease was last acquired (its `acquireTime`).
     pub async fn lease_acquired_at(&self) -> Result<Option<std::time::SystemTime>> {
         Ok(self
-            .lease_spec()
+            .lease_spec(CONTROLLER_NAMESPACE, LEASE_NAME)
             .await?
             .and_then(|s| s.acquire_time)
             .map(|t| std::time::SystemTime::from(t.0)))
@@ -77,17 +82,27 @@ impl Testbed {
 
     /// The election Lease's holder identity, as written by the controller.
     pub async fn lease_holder_identity(&self) -> Result<Option<String>> {
+        self.lease_holder_identity_of(CONTROLLER_NAMESPACE, LEASE_NAME)
+            .await
+    }
+
+    /// The holder identity of Lease `ns/name`.
+    async fn lease_holder_identity_of(&self, ns: &str, name: &str) -> Result<Option<String>> {
         Ok(self
-            .lease_spec()
+            .lease_spec(ns, name)
             .await?
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty()))
     }
 
-    async fn lease_spec(&self) -> Result<Option<k8s_openapi::api::coordination::v1::LeaseSpec>> {
+    async fn lease_spec(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<k8s_openapi::api::coordination::v1::LeaseSpec>> {
         let api: Api<k8s_openapi::api::coordination::v1::Lease> =
-            Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
-        Ok(api.get_opt(LEASE_NAME).await?.and_then(|l| l.spec))
+            Api::namespaced(self.client.clone(), ns);
+        Ok(api.get_opt(name).await?.and_then(|l| l.spec))
     }
 
     /// Host path of a container's private /tmp (annotation published by the process node).
