@@ -7,11 +7,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
-    ACTIVE, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, STANDBY, Testbed, Trigger, monotonic_nanos,
-    now_unix_nanos, partition_pods, pod_epoch, pod_ip, pod_role,
+    ACTIVE, APP_CONTAINER, APP_GROUP, APP_NAME, APP_NAMESPACE, APP_REPLICAS, STANDBY, Testbed,
+    Trigger, create_app_namespace, monotonic_nanos, now_unix_nanos, partition_pods, pod_epoch,
+    pod_ip, pod_ready, pod_role, restart_count,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 use crate::common::{PROMOTIONS, WAIT, failover_acked, promotions};
 use crate::detection::handover_after;
@@ -209,16 +212,7 @@ pub(crate) async fn agent_restart_in_standby(tb: &Testbed) -> Result<()> {
     tb.wait_app_role(APP_NAMESPACE, &replacement.name_any(), STANDBY, WAIT)
         .await?;
     wait_agent_reported(tb, &ctrl, replacement, STANDBY).await?;
-    // Never unlabeled: every record of the active pod since the kill says active.
-    let demoted = tb
-        .history
-        .pod_records()
-        .into_iter()
-        .find(|r| r.uid == active_uid && r.seen_unix_nanos >= since && !r.is_active());
-    ensure!(
-        demoted.is_none(),
-        "the active pod lost its label after the standby's agent was killed: {demoted:?}"
-    );
+    stayed_active(tb, &active_uid, since)?;
     let promoted = tb.controller_metric(&ctrl, PROMOTIONS, &[]).await?;
     ensure!(
         promoted == promotions_before,
@@ -334,7 +328,10 @@ pub(crate) async fn lost_standby_order(tb: &Testbed) -> Result<()> {
 /// The acting controller's `hapod_agent_role`: whether the agent of `pod` last reported
 /// `role`.
 async fn agent_reported(tb: &Testbed, ctrl: &Pod, pod: &Pod, role: &str) -> Result<bool> {
-    let group = format!("{APP_NAMESPACE}/{APP_GROUP}");
+    let group = format!(
+        "{}/{APP_GROUP}",
+        pod.namespace().as_deref().unwrap_or(APP_NAMESPACE)
+    );
     let name = pod.name_any();
     let labels = [("group", group.as_str()), ("pod", &name), ("role", role)];
     Ok(tb.controller_metric(ctrl, AGENT_ROLE, &labels).await? == 1.0)
@@ -356,4 +353,122 @@ async fn wait_agent_reported(tb: &Testbed, ctrl: &Pod, pod: &Pod, role: &str) ->
         })
     })
     .await
+}
+
+/// Every record of the pod `uid` the label history saw since `since` (UNIX nanoseconds) says
+/// active.
+fn stayed_active(tb: &Testbed, uid: &str, since: u64) -> Result<()> {
+    let demoted = tb
+        .history
+        .pod_records()
+        .into_iter()
+        .find(|r| r.uid == uid && r.seen_unix_nanos >= since && !r.is_active());
+    ensure!(
+        demoted.is_none(),
+        "the active pod lost its label after the standby's agent was killed: {demoted:?}"
+    );
+    Ok(())
+}
+
+/// Namespace of the copy of the sample app whose agent's container is not critical.
+const IN_PLACE_NAMESPACE: &str = "hapod-agent-restart";
+
+/// The agent restarted in place: a copy of the sample app in a namespace of its own, whose
+/// `app` container (which carries the agent) is not critical, so the node restarts it in the
+/// same pod, with its epoch file on the pod's `emptyDir`. The standby's agent is killed: the
+/// restarted process (same pod UID, the container's restartCount up) has applied nothing, and
+/// the controller's heartbeat must bring it to standby within the wait (its `/state`, and the
+/// acting controller's `hapod_agent_role`), while the active pod keeps its label and epoch.
+/// The namespace is deleted afterwards, also on failure.
+pub(crate) async fn agent_restart_in_place_standby(tb: &Testbed) -> Result<()> {
+    let result = restarted_standby_agent_repaired(tb).await;
+    let namespaces = Api::<Namespace>::all(tb.client.clone());
+    let _ = namespaces
+        .delete(IN_PLACE_NAMESPACE, &DeleteParams::default())
+        .await;
+    result
+}
+
+async fn restarted_standby_agent_repaired(tb: &Testbed) -> Result<()> {
+    let ns = IN_PLACE_NAMESPACE;
+    let deployed = create_app_namespace(&tb.client, ns).await?;
+    let mut spec = deployed
+        .spec
+        .context("the sample app's ReplicaSet has no spec")?;
+    let app = spec
+        .template
+        .as_mut()
+        .and_then(|t| t.spec.as_mut())
+        .and_then(|s| s.containers.iter_mut().find(|c| c.name == APP_CONTAINER))
+        .context("the sample app has no app container")?;
+    let criticality = app
+        .env
+        .iter_mut()
+        .flatten()
+        .find(|e| e.name == "pwcriticality")
+        .context("the app container has no pwcriticality")?;
+    criticality.value = Some("noncritical".into());
+    let rs = ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(APP_NAME.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(spec),
+        status: None,
+    };
+    Api::<ReplicaSet>::namespaced(tb.client.clone(), ns)
+        .create(&PostParams::default(), &rs)
+        .await
+        .context("creating the ReplicaSet")?;
+    let settled = tb.wait_settled(ns, APP_GROUP, APP_REPLICAS, WAIT).await?;
+    let ctrl = tb.wait_controllers_settled(WAIT).await?.active;
+    let active = settled.active;
+    let active_uid = active.uid().context("the active pod has no UID")?;
+    let epoch = pod_epoch(&active).context("the active pod has no epoch")?;
+    let standby = settled.standbys[0].clone();
+    let name = standby.name_any();
+    tb.wait_app_role(ns, &name, STANDBY, WAIT).await?;
+    let restarts_before = restart_count(&standby, APP_CONTAINER).unwrap_or_default();
+    println!("  killing the agent of the standby {ns}/{name} (not critical)");
+    let since = now_unix_nanos();
+    tb.trigger(&standby, Trigger::KillAgent).await?;
+    let what = format!("{ns}/{name} to run its app container again, restarted in place");
+    let restarted = await_condition(what, WAIT, Duration::from_millis(50), || async {
+        let Some(pod) = tb.pod(ns, &name).await? else {
+            anyhow::bail!("{ns}/{name} is gone: it was not restarted in place");
+        };
+        ensure!(pod.uid() == standby.uid(), "{ns}/{name} was replaced");
+        let restarts = restart_count(&pod, APP_CONTAINER).unwrap_or_default();
+        Ok(if restarts > restarts_before && pod_ready(&pod) {
+            Check::Done(pod)
+        } else {
+            Check::NotYet(format!(
+                "restartCount {restarts}, ready {}",
+                pod_ready(&pod)
+            ))
+        })
+    })
+    .await?;
+    let state = tb
+        .wait_app_role(ns, &name, STANDBY, WAIT)
+        .await
+        .context("the restarted agent of the standby did not become standby")?;
+    wait_agent_reported(tb, &ctrl, &restarted, STANDBY).await?;
+    let view = tb.group_view(ns, APP_GROUP).await?;
+    ensure!(
+        matches!(view.active()[..], [one] if one.uid() == active.uid()
+            && pod_epoch(one) == Some(epoch)),
+        "the role moved after the standby's agent restarted:\n{}",
+        view.table()
+    );
+    stayed_active(tb, &active_uid, since)?;
+    let overlaps = tb.journals()?.overlaps();
+    ensure!(
+        overlaps.is_empty(),
+        "applications acted at once: {}",
+        overlaps[0]
+    );
+    println!("  the restarted agent of {name} is standby again: {state:?}");
+    Ok(())
 }
