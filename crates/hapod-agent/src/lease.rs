@@ -126,8 +126,13 @@ impl LeaseHolder {
         match order.epoch {
             e if e > self.epoch => OrderVerdict::NewEpoch,
             e if e == self.epoch && self.ordered.is_some() => OrderVerdict::SameEpoch,
-            // The floor read back from the state file: the order that set it was applied by a
-            // previous incarnation and is not taken again.
+            // The floor read back from the state file, nothing applied since: an order to stand
+            // by at it is taken (within an epoch the role only moves toward standby, so no later
+            // order of the epoch can make this agent act), or a restarted standby would refuse
+            // every order its controller sends it and stay without a role.
+            e if e == self.epoch && order.role == Role::Standby => OrderVerdict::SameEpoch,
+            // An order to act at the floor: the order that set it was applied by a previous
+            // incarnation and is not taken again.
             _ => OrderVerdict::Stale,
         }
     }
@@ -329,6 +334,23 @@ mod tests {
         );
         assert_eq!(h.role(t0), Some(Role::Standby));
         assert_eq!(h.report(0, t0).epoch, 2);
+    }
+
+    #[test]
+    fn a_restarted_agent_stands_by_at_its_floor_but_does_not_act_on_it() {
+        let t0 = Instant::now();
+        let mut h = LeaseHolder::new(Some(UID.into()), 5, DEFAULT_DRIFT_PPM, t0);
+        assert_eq!(h.agent_role(t0), None);
+        assert_eq!(
+            take(&mut h, &order(Role::Standby, 5, None)),
+            OrderVerdict::SameEpoch
+        );
+        assert_eq!(h.agent_role(t0), Some(AgentRole::Standby));
+        assert_eq!(h.epoch(), 5);
+        // an order to act at that epoch, even with this incarnation's grant, does not
+        let g = grant(&h, t0, 300);
+        take(&mut h, &order(Role::Active, 5, Some(g)));
+        assert_eq!(h.role(t0), Some(Role::Standby));
     }
 
     #[test]

@@ -110,6 +110,13 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
         "partitioned_active_app_replaced",
         detection::partitioned_active_is_replaced
     ),
+    scenario!("agent_restart_in_active", lease::agent_restart_in_active),
+    scenario!("agent_restart_in_standby", lease::agent_restart_in_standby),
+    scenario!("lost_standby_order", lease::lost_standby_order),
+    scenario!(
+        "agent_restart_in_place_standby",
+        lease::agent_restart_in_place_standby
+    ),
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("rollout_moves_role_once", scale::rollout_moves_role_once),
     scenario!("kubectl_hapod_status", status::status_after_failover),

@@ -542,13 +542,10 @@ impl GroupState {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let Some(entry) = self
+        let entry = self
             .pods
             .get_mut(&write.pod)
-            .filter(|e| e.view.uid == write.uid)
-        else {
-            return;
-        };
+            .filter(|e| e.view.uid == write.uid);
         match write.kind {
             WriteKind::SetRole {
                 role,
@@ -556,6 +553,9 @@ impl GroupState {
                 purpose,
                 ..
             } => {
+                let Some(entry) = entry else {
+                    return;
+                };
                 if let Some(rv) = resource_version {
                     entry.view.resource_version = rv;
                 }
@@ -612,9 +612,17 @@ impl GroupState {
                 }
             }
             WriteKind::Delete { container } => {
-                entry.kill_sent = true;
+                // With grace period 0 the pod is gone at once: the watch may have delivered
+                // its deletion (and the pod been forgotten) before this answer. Killed all
+                // the same.
+                if let Some(entry) = entry {
+                    entry.kill_sent = true;
+                }
                 out.push(Action::Record(Record {
-                    pod: Some(entry.pod_ref()),
+                    pod: Some(PodRef {
+                        name: write.pod,
+                        uid: write.uid,
+                    }),
                     kind: RecordKind::Killed { container },
                 }));
             }

@@ -114,6 +114,31 @@ fn crash_of_a_standby_kills_it_without_touching_the_active() {
     assert_eq!(writes(&all).len(), 1);
 }
 
+/// A delete with grace period 0 removes the pod at once, so the watch may deliver its
+/// deletion before the delete's answer comes: the kill is recorded all the same (the metric,
+/// the log line and the Event of a killed standby were lost that way).
+#[test]
+fn a_kill_is_recorded_when_the_deletion_is_seen_before_the_answer() {
+    let (mut ctl, first) = Ctl::acting([active(pod("a", 1), Some(1)), pod("s", 2)]);
+    ctl.settle(first);
+    let ev = ctl
+        .api
+        .modify("s", |p| p.critical[0].terminated = true)
+        .unwrap();
+    let kill = single_write(&ctl.feed(ev));
+    let (outcome, echo) = ctl.api.execute(&kill);
+    let mut actions = ctl.feed(echo.expect("the delete's watch event"));
+    actions.extend(ctl.feed(Event::Outcome {
+        op: kill.op,
+        outcome,
+    }));
+    let killed = actions.iter().any(|a| {
+        matches!(a, Action::Record(r) if r.kind == RecordKind::Killed { container: "crit".into() }
+            && r.pod.as_ref().is_some_and(|p| (p.name.as_str(), p.uid.as_str()) == ("s", "s-uid")))
+    });
+    assert!(killed, "{actions:?}");
+}
+
 #[test]
 fn non_critical_restarts_are_ignored() {
     let mut p = pod("s", 2);

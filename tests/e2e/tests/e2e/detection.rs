@@ -138,7 +138,11 @@ async fn unresponsive_active_is_replaced(
 
 /// The old pod's last step and the first step of another pod of its group after `since`;
 /// fails on any overlap in the group.
-fn handover_after(journals: &Journals, old_uid: &str, since: i128) -> Result<(i128, i128)> {
+pub(crate) fn handover_after(
+    journals: &Journals,
+    old_uid: &str,
+    since: i128,
+) -> Result<(i128, i128)> {
     let overlaps = journals.overlaps();
     ensure!(
         overlaps.is_empty(),
@@ -158,7 +162,7 @@ fn handover_after(journals: &Journals, old_uid: &str, since: i128) -> Result<(i1
         .flatten()
         .find(|s| s.uid != old_uid && s.at_nanos > since)
         .map(|s| s.at_nanos)
-        .context("no other app of the group acted after the hang")?;
+        .context("no other app of the group acted after the fault")?;
     ensure!(
         last_old < first_new,
         "the old app acted at {last_old} ns, after the new one started at {first_new} ns"

@@ -496,7 +496,11 @@ async fn all_service_addresses(tb: &Testbed) -> Result<Vec<String>> {
 
 /// [`check_failover`], and the old active pod (`what`: how it went) did not rejoin the
 /// group.
-async fn check_failover_old_gone(tb: &Testbed, f: &testbed::Failover, what: &str) -> Result<()> {
+pub(crate) async fn check_failover_old_gone(
+    tb: &Testbed,
+    f: &testbed::Failover,
+    what: &str,
+) -> Result<()> {
     let settled = check_failover(tb, f).await?;
     ensure!(
         settled.standbys.iter().all(|p| p.uid() != f.old.uid()),
@@ -506,7 +510,7 @@ async fn check_failover_old_gone(tb: &Testbed, f: &testbed::Failover, what: &str
 }
 
 /// Waits until a pod is gone (by name and UID).
-async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
+pub(crate) async fn wait_gone(tb: &Testbed, ns: &str, pod: &Pod, timeout: Duration) -> Result<()> {
     let what = format!("pod {ns}/{} to be gone", pod.name_any());
     await_condition(what, timeout, Duration::from_millis(100), || async {
         Ok(match tb.pod(ns, &pod.name_any()).await? {

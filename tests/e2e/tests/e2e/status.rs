@@ -299,7 +299,7 @@ async fn paused_gauge(tb: &Testbed, ctrl: &k8s_openapi::api::core::v1::Pod) -> R
 }
 
 /// Runs `kubectl-hapod COMMAND -n <app namespace> args...`, which must succeed; what it said.
-fn run_plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<String> {
+pub(crate) fn run_plugin(tb: &Testbed, command: &str, args: &[&str]) -> Result<String> {
     let out = plugin(tb, command, args)?;
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     ensure!(

@@ -238,6 +238,14 @@ impl Testbed {
             Trigger::Unready => {
                 Self::touch_in_container(pod, APP_CONTAINER, "unready")?;
             }
+            Trigger::KillAgent => {
+                let pids = Self::container_processes(pod, APP_CONTAINER)?;
+                anyhow::ensure!(
+                    !pids.is_empty(),
+                    "no process runs in the {APP_CONTAINER} container of {name}"
+                );
+                Self::signal_processes(&pids, nix::sys::signal::Signal::SIGKILL)?;
+            }
         }
         Ok(t)
     }
@@ -257,15 +265,20 @@ pub enum Trigger {
     KillNonCritical,
     /// `/tmp/unready` in the app container (its readiness probe fails).
     Unready,
+    /// SIGKILL to the process of the app container, which embeds the agent: the agent dies
+    /// without relinquishing its role (no report), and the node restarts the container in
+    /// place, a critical container's death.
+    KillAgent,
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 5] = [
+    pub const ALL: [Trigger; 6] = [
         Trigger::ForceDelete,
         Trigger::GracefulDelete,
         Trigger::KillCritical,
         Trigger::KillNonCritical,
         Trigger::Unready,
+        Trigger::KillAgent,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -274,6 +287,7 @@ impl Trigger {
             Trigger::KillCritical => "critical-crash",
             Trigger::KillNonCritical => "noncritical-crash",
             Trigger::Unready => "not-ready",
+            Trigger::KillAgent => "agent-kill",
         }
     }
 }
