@@ -5,10 +5,9 @@
 use std::time::Instant;
 
 use anyhow::{Context as _, Result, ensure};
-use hapod_testkit::netns::Partition;
 use hapod_testkit::testbed::{
-    APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Journals, STANDBY, StoppedProcesses, Testbed,
-    monotonic_nanos, partition_pods, pod_ip, pod_ready, pod_role,
+    APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Fault, Journals, STANDBY, Testbed, monotonic_nanos,
+    pod_ip, pod_ready, pod_role,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -22,12 +21,15 @@ use crate::common::{PROMOTIONS, WAIT, promotions};
 /// rejoins as standby; the journals show no overlap.
 pub(crate) async fn hung_active_is_replaced(tb: &Testbed) -> Result<()> {
     unresponsive_active_is_replaced(tb, &["unresponsive", "not_ready"], |_, active| {
-        let pids = Testbed::pod_processes(active)?;
-        println!(
-            "  stopping every process of the active {} (pids {pids:?})",
-            active.name_any()
-        );
-        Ok(Fault::Hang(Testbed::stop_processes(pids)?))
+        let fault = Fault::hang(active)?;
+        if let Fault::Hang { stopped, .. } = &fault {
+            println!(
+                "  stopped every process of the active {} (pids {:?})",
+                active.name_any(),
+                stopped.pids()
+            );
+        }
+        Ok(fault)
     })
     .await
 }
@@ -46,24 +48,9 @@ pub(crate) async fn partitioned_active_is_replaced(tb: &Testbed) -> Result<()> {
             active.name_any(),
             pod_ip(active).unwrap_or_default()
         );
-        Ok(Fault::Cut(partition_pods(ctrl, active)?))
+        Fault::cut(ctrl, active)
     })
     .await
-}
-
-/// A fault that keeps the active's agent from reporting, until it ends.
-enum Fault {
-    Hang(StoppedProcesses),
-    Cut(Partition),
-}
-
-impl Fault {
-    fn end(self) -> Result<()> {
-        match self {
-            Fault::Hang(stopped) => stopped.resume(),
-            Fault::Cut(partition) => partition.heal(),
-        }
-    }
 }
 
 /// Inflicts a fault on the active app pod (given the acting controller and that pod), checks

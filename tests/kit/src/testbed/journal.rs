@@ -167,6 +167,32 @@ impl Journals {
         found
     }
 
+    /// When two applications of a group acted at once, per group (merged spans, in time
+    /// order): each [`Overlap`] spans from the first step its `early` pod took under its epoch
+    /// to the `late` step. Empty when [`Journals::overlaps`] is.
+    pub fn overlap_spans(&self) -> Vec<(String, i128, i128)> {
+        let mut spans: Vec<(String, i128, i128)> = self
+            .overlaps()
+            .into_iter()
+            .map(|o| {
+                let start = self.groups[&o.group]
+                    .iter()
+                    .find(|s| s.uid == o.early.uid && s.epoch == o.early.epoch)
+                    .map_or(o.early.at_nanos, |s| s.at_nanos);
+                (o.group, start, o.late.at_nanos)
+            })
+            .collect();
+        spans.sort();
+        let mut merged: Vec<(String, i128, i128)> = Vec::new();
+        for (group, start, end) in spans {
+            match merged.last_mut() {
+                Some(last) if last.0 == group && start <= last.2 => last.2 = last.2.max(end),
+                _ => merged.push((group, start, end)),
+            }
+        }
+        merged
+    }
+
     /// Every change of the acting application, per group in time order.
     pub fn handovers(&self) -> Vec<Handover> {
         let mut out = Vec::new();
@@ -231,6 +257,7 @@ mod tests {
         write(dir.path(), "ns_b_uidb.acts", &[(45, 2), (55, 2)]);
         let journals = Journals::read(dir.path()).unwrap();
         assert!(journals.overlaps().is_empty());
+        assert!(journals.overlap_spans().is_empty());
         let handovers = journals.handovers();
         assert_eq!(handovers.len(), 1);
         assert_eq!(
@@ -254,6 +281,8 @@ mod tests {
             ),
             ("b", "a")
         );
+        let journals = Journals::read(dir.path()).unwrap();
+        assert_eq!(journals.overlap_spans(), vec![("demo".to_owned(), 40, 50)]);
     }
 
     #[test]

@@ -477,6 +477,11 @@ pub struct StoppedProcesses {
 }
 
 impl StoppedProcesses {
+    /// The processes stopped.
+    pub fn pids(&self) -> &[i32] {
+        &self.pids
+    }
+
     pub fn resume(mut self) -> Result<()> {
         self.resumed = true;
         Testbed::signal_processes(&self.pids, nix::sys::signal::Signal::SIGCONT)
@@ -487,6 +492,53 @@ impl Drop for StoppedProcesses {
     fn drop(&mut self) {
         if !self.resumed {
             let _ = Testbed::signal_processes(&self.pids, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+}
+
+/// A fault that keeps an active app pod's agent from reporting while the API still sees the
+/// pod as it was (failures the API learns of late), until it ends (or is dropped).
+pub enum Fault {
+    /// Every process of the pod stopped (SIGSTOP) at `at` (right before the first signal).
+    Hang {
+        stopped: StoppedProcesses,
+        at: SystemTime,
+    },
+    /// The acting controller and the pod cut from each other at `at` (right before the cut).
+    Cut {
+        partition: Partition,
+        at: SystemTime,
+    },
+}
+
+impl Fault {
+    /// Stops every process of `pod` (see [`Testbed::pod_processes`]).
+    pub fn hang(pod: &Pod) -> Result<Fault> {
+        let pids = Testbed::pod_processes(pod)?;
+        let at = SystemTime::now();
+        let stopped = Testbed::stop_processes(pids)?;
+        Ok(Fault::Hang { stopped, at })
+    }
+
+    /// Cuts the acting controller `controller` from `pod` (see [`partition_pods`]).
+    pub fn cut(controller: &Pod, pod: &Pod) -> Result<Fault> {
+        let at = SystemTime::now();
+        let partition = partition_pods(controller, pod)?;
+        Ok(Fault::Cut { partition, at })
+    }
+
+    /// When the fault started (wall clock).
+    pub fn started(&self) -> SystemTime {
+        match self {
+            Fault::Hang { at, .. } | Fault::Cut { at, .. } => *at,
+        }
+    }
+
+    /// Ends the fault: continues the processes or heals the partition.
+    pub fn end(self) -> Result<()> {
+        match self {
+            Fault::Hang { stopped, .. } => stopped.resume(),
+            Fault::Cut { partition, .. } => partition.heal(),
         }
     }
 }
