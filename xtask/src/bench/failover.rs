@@ -12,7 +12,7 @@ use kube::{Api, ResourceExt};
 
 use hapod_testkit::testbed::{
     self, APP_CONTAINER, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, CONTROLLER_NAMESPACE,
-    CRITICAL_CONTAINER, Testbed, Timeline, Trigger,
+    CRITICAL_CONTAINER, Fault, Testbed, Timeline, Trigger,
 };
 
 /// The failure kinds the benchmark injects.
@@ -22,17 +22,21 @@ pub enum Kind {
     GracefulDelete,
     Crash,
     NotReady,
+    Hang,
+    Partition,
     ControllerKill,
 }
 
 impl Kind {
     /// Order of a run: the controller kill last, so that the controller-side metrics of the
     /// other kinds come from one replica.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ForceDelete,
         Kind::GracefulDelete,
         Kind::Crash,
         Kind::NotReady,
+        Kind::Hang,
+        Kind::Partition,
         Kind::ControllerKill,
     ];
 
@@ -42,6 +46,8 @@ impl Kind {
             Kind::GracefulDelete => "graceful-delete",
             Kind::Crash => "critical-crash",
             Kind::NotReady => "not-ready",
+            Kind::Hang => "hang",
+            Kind::Partition => "partition",
             Kind::ControllerKill => "controller-killed",
         }
     }
@@ -64,11 +70,27 @@ impl Kind {
                 "active app's readiness probe fails (trigger: /tmp/unready written in the app's \
                  /tmp; the probe runs every 2 s)"
             }
+            Kind::Hang => {
+                "every process of the active app pod stopped with SIGSTOP, continued once the \
+                 failover is measured; the API still shows the pod Ready until its probe times \
+                 out (trigger: the first SIGSTOP)"
+            }
+            Kind::Partition => {
+                "acting controller and active app pod cut from each other (every packet between \
+                 their addresses dropped), healed once the failover is measured; the API still \
+                 shows the pod Ready (trigger: the cut)"
+            }
             Kind::ControllerKill => {
                 "acting controller replica SIGKILLed and its pod force-deleted while the active \
                  app pod is force-deleted (trigger: the app pod's DELETE call)"
             }
         }
+    }
+
+    /// Whether the API shows the failure (a watch event the controller acts on); a hang or
+    /// a partition is found from the missing reports instead.
+    pub fn api_sees_failure(self) -> bool {
+        !matches!(self, Kind::Hang | Kind::Partition)
     }
 
     fn trigger(self) -> Option<Trigger> {
@@ -77,7 +99,7 @@ impl Kind {
             Kind::GracefulDelete => Some(Trigger::GracefulDelete),
             Kind::Crash => Some(Trigger::KillCritical),
             Kind::NotReady => Some(Trigger::Unready),
-            Kind::ControllerKill => None,
+            Kind::Hang | Kind::Partition | Kind::ControllerKill => None,
         }
     }
 }
@@ -87,7 +109,10 @@ pub const STAGES: [&str; 5] = ["event", "demoted", "labeled", "applied", "slice"
 
 pub fn stage_describe(stage: &str) -> &'static str {
     match stage {
-        "event" => "first watch event showing the failure on the old active",
+        "event" => {
+            "first watch event showing the failure on the old active (a hang or a partition may \
+             show none: not observed)"
+        }
         "demoted" => "old active no longer labeled active (relabeled or gone), watch",
         "labeled" => "new active labeled, watch",
         "applied" => "new active's app applied the notification (its `/state` applied_at)",
@@ -107,10 +132,47 @@ pub struct Record {
     pub timeline: Timeline,
     /// when the acting controller was SIGKILLed (controller-killed kind)
     pub controller_killed: Option<u64>,
+    /// the trigger on the host's CLOCK_MONOTONIC, the applications' journals' clock
+    pub trigger_monotonic_nanos: i128,
+    /// time two applications of the group acted at once after this trigger, from their
+    /// journals (None: not read)
+    pub overlap_ms: Option<f64>,
     pub note: String,
 }
 
 impl Record {
+    fn new(kind: Kind, iter: usize, old: &Pod, new: &Pod, timeline: Timeline) -> Record {
+        Record {
+            kind,
+            iter,
+            old_pod: old.name_any(),
+            new_pod: new.name_any(),
+            epoch: testbed::pod_epoch(new),
+            timeline,
+            controller_killed: None,
+            trigger_monotonic_nanos: 0,
+            overlap_ms: None,
+            note: String::new(),
+        }
+    }
+
+    /// A record of pods `a` → `b` with no overlap, for the report's tests.
+    #[cfg(test)]
+    pub fn synthetic(kind: Kind, iter: usize, timeline: Timeline) -> Record {
+        Record {
+            kind,
+            iter,
+            old_pod: "a".into(),
+            new_pod: "b".into(),
+            epoch: None,
+            trigger_monotonic_nanos: i128::from(timeline.trigger_unix_nanos),
+            timeline,
+            controller_killed: None,
+            overlap_ms: Some(0.0),
+            note: String::new(),
+        }
+    }
+
     pub fn stage_ns(&self, i: usize) -> Option<u64> {
         let t = &self.timeline;
         [
@@ -144,26 +206,59 @@ fn cleanup(old: &Pod) {
 
 /// Runs one failover of `kind` on the sample app and measures it.
 pub async fn run_one(tb: &Testbed, kind: Kind, iter: usize, timeout: Duration) -> Result<Record> {
-    if let Some(trigger) = kind.trigger() {
-        let f = tb.failover(trigger, timeout).await;
-        if let Ok(f) = &f {
-            cleanup(&f.old);
-        }
-        let f = f.with_context(|| format!("{} #{iter}", kind.name()))?;
-        return Ok(Record {
-            kind,
-            iter,
-            old_pod: f.old.name_any(),
-            new_pod: f.new.name_any(),
-            epoch: testbed::pod_epoch(&f.new),
-            timeline: f.timeline,
-            controller_killed: None,
-            note: String::new(),
-        });
+    let rec = match kind.trigger() {
+        Some(trigger) => triggered(tb, kind, trigger, iter, timeout).await,
+        None if kind == Kind::ControllerKill => controller_kill(tb, iter, timeout).await,
+        None => unresponsive(tb, kind, iter, timeout).await,
+    };
+    let mut rec = rec.with_context(|| format!("{} #{iter}", kind.name()))?;
+    // the trigger on the journals' clock: now on both clocks, less the time since the trigger
+    let since = testbed::now_unix_nanos() as i128 - rec.timeline.trigger_unix_nanos as i128;
+    rec.trigger_monotonic_nanos = testbed::monotonic_nanos() - since;
+    Ok(rec)
+}
+
+/// A failover through one of the testbed's [`Trigger`]s.
+async fn triggered(
+    tb: &Testbed,
+    kind: Kind,
+    trigger: Trigger,
+    iter: usize,
+    timeout: Duration,
+) -> Result<Record> {
+    let f = tb.failover(trigger, timeout).await;
+    if let Ok(f) = &f {
+        cleanup(&f.old);
     }
-    controller_kill(tb, iter, timeout)
+    let f = f?;
+    Ok(Record::new(kind, iter, &f.old, &f.new, f.timeline))
+}
+
+/// A failure the API learns of late (hang, partition): the [`Fault`] lasts until the failover
+/// is measured, then ends (the processes continue, the partition heals) and the old pod
+/// rejoins as standby before the next iteration.
+async fn unresponsive(tb: &Testbed, kind: Kind, iter: usize, timeout: Duration) -> Result<Record> {
+    let ctrl = tb
+        .wait_controllers_settled(timeout)
         .await
-        .with_context(|| format!("{} #{iter}", kind.name()))
+        .context("controllers not settled")?
+        .active;
+    let before = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, timeout)
+        .await
+        .context("group not settled before the failover")?;
+    let old = before.active.clone();
+    let fault = match kind {
+        Kind::Hang => Fault::hang(&old)?,
+        _ => Fault::cut(&ctrl, &old)?,
+    };
+    let t_trigger = fault.started();
+    let measured = tb.await_failover(&old, t_trigger, timeout).await;
+    let ended = fault.end();
+    let (new, _, timeline) = measured
+        .with_context(|| format!("no failover while {} was {}", old.name_any(), kind.name()))?;
+    ended.context("ending the fault")?;
+    Ok(Record::new(kind, iter, &old, &new, timeline))
 }
 
 /// The acting controller replica dies at the moment a failover starts: it is SIGKILLed (its
@@ -207,18 +302,13 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
         .await
         .with_context(|| format!("no failover after killing controller {ctl_name}"))?;
     Ok(Record {
-        kind: Kind::ControllerKill,
-        iter,
-        old_pod: old.name_any(),
-        new_pod: new.name_any(),
-        epoch: testbed::pod_epoch(&new),
-        timeline,
         controller_killed: Some(t_kill),
         note: if pid.is_none() {
             format!("process of {ctl_name} not found: pod force-deleted only")
         } else {
             format!("killed {ctl_name}")
         },
+        ..Record::new(Kind::ControllerKill, iter, &old, &new, timeline)
     })
 }
 

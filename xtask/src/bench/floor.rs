@@ -261,7 +261,7 @@ async fn watch(
 pub fn writes_needed(kind: Kind) -> usize {
     match kind {
         Kind::ForceDelete | Kind::ControllerKill => 1,
-        Kind::GracefulDelete | Kind::Crash | Kind::NotReady => 2,
+        Kind::GracefulDelete | Kind::Crash | Kind::NotReady | Kind::Hang | Kind::Partition => 2,
     }
 }
 
@@ -523,16 +523,11 @@ mod tests {
             });
         }
         for (kind, ms) in [(Kind::ForceDelete, 12.0), (Kind::GracefulDelete, 30.0)] {
-            r.records.push(crate::bench::failover::Record {
+            r.records.push(crate::bench::failover::Record::synthetic(
                 kind,
-                iter: 0,
-                old_pod: "a".into(),
-                new_pod: "b".into(),
-                epoch: None,
-                timeline: Default::default(),
-                controller_killed: None,
-                note: String::new(),
-            });
+                0,
+                Default::default(),
+            ));
             r.controller_log_stages
                 .push((kind, "promoted.latency".into(), vec![ms]));
         }

@@ -32,11 +32,12 @@ pub struct Cli {
     /// A few failovers of each kind and a small scale point (CI; a couple of minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Failovers per kind (default 20, quick 2).
+    /// Failovers per kind (default 20; quick 2, and 1 of hang and partition, which wait for a
+    /// grant to run out).
     #[arg(long)]
     pub iterations: Option<usize>,
     /// Failure kinds (comma list): force-delete, graceful-delete, critical-crash, not-ready,
-    /// controller-killed. Default: all.
+    /// hang, partition, controller-killed. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
     /// Scale points in groups of 2 pods (comma list; default 1,100,1000; quick 10; 0 = none).
@@ -105,6 +106,17 @@ impl Cli {
                 v.sort();
                 Ok(v)
             }
+        }
+    }
+
+    /// Failovers of `kind`: a quick run measures one hang and one partition, each of which
+    /// waits for the old active's grant to run out.
+    fn iterations_of(&self, kind: Kind) -> usize {
+        match self.iterations {
+            Some(n) => n,
+            None if !self.quick => 20,
+            None if kind.api_sees_failure() => 2,
+            None => 1,
         }
     }
 
@@ -183,7 +195,6 @@ impl Cli {
             etcd_fsync: self.etcd_fsync,
             ..Default::default()
         };
-        let iterations = self.iterations.unwrap_or(if self.quick { 2 } else { 20 });
         let timeout = Duration::from_secs(self.timeout_s);
         if !self.no_failover {
             // controller logs are read after every kind: a killed replica's log goes with its pod
@@ -197,6 +208,7 @@ impl Cli {
                 }
             };
             for kind in self.kinds()? {
+                let iterations = self.iterations_of(kind);
                 println!("bench: {} × {iterations}", kind.name());
                 let before = failover::scrape_controller(tb).await.ok();
                 let measured = r.records.len();
@@ -255,6 +267,36 @@ impl Cli {
                         r.controller.push((kind, d));
                     }
                 }
+            }
+            // The applications' own evidence, once the last fault is over and its old active
+            // has rejoined as standby (an app acting late would do it by then).
+            if let Err(e) = tb
+                .wait_settled(
+                    testbed::APP_NAMESPACE,
+                    testbed::APP_GROUP,
+                    testbed::APP_REPLICAS,
+                    timeout,
+                )
+                .await
+            {
+                r.notes.push(format!(
+                    "the group did not settle after the last failover: {e:#}"
+                ));
+            }
+            match tb.journals() {
+                Ok(j) => {
+                    let group = format!("{}/{}", testbed::APP_NAMESPACE, testbed::APP_GROUP);
+                    let outside = attribute_overlaps(&mut r.records, &j.overlap_spans(), &group);
+                    if outside > 0.0 {
+                        r.notes.push(format!(
+                            "applications acted at once for {} ms before the first failover",
+                            fmt_ms(outside)
+                        ));
+                    }
+                }
+                Err(e) => r
+                    .notes
+                    .push(format!("application overlap not measured: {e:#}")),
             }
             log_samples.sort_by(|a, b| (a.t, &a.stage).cmp(&(b.t, &b.stage)));
             log_samples.dedup();
@@ -327,6 +369,31 @@ fn attribute(
     by.into_iter().map(|((k, s), v)| (k, s, v)).collect()
 }
 
+/// Sets every record's application overlap: each of the group's merged overlap `spans`
+/// (host CLOCK_MONOTONIC) goes to the last record triggered before it began (0 ms for a
+/// record without one). Returns the overlap that began before the first trigger (ms).
+fn attribute_overlaps(
+    records: &mut [failover::Record],
+    spans: &[(String, i128, i128)],
+    group: &str,
+) -> f64 {
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.sort_by_key(|&i| records[i].trigger_monotonic_nanos);
+    let mut outside = 0.0;
+    for &i in &order {
+        records[i].overlap_ms = Some(0.0);
+    }
+    for (_, start, end) in spans.iter().filter(|(g, _, _)| g == group) {
+        let ms = (end - start) as f64 / 1e6;
+        let at = order.partition_point(|&i| records[i].trigger_monotonic_nanos <= *start);
+        match at.checked_sub(1) {
+            Some(k) => *records[order[k]].overlap_ms.get_or_insert(0.0) += ms,
+            None => outside += ms,
+        }
+    }
+    outside
+}
+
 /// A short note on one perf report: the file and its top symbols.
 fn profile_note(groups: usize, path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
@@ -392,7 +459,43 @@ fn print_summary(r: &Results) {
             }
         }
     }
+    for kind in r.kinds() {
+        if let Some(line) = r.overlap_line(kind) {
+            println!("{:>18} {line}", kind.name());
+        }
+    }
     for t in report::targets(r) {
         println!("target: {t}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hapod_testkit::testbed::Timeline;
+
+    fn record(kind: Kind, trigger_monotonic_nanos: i128) -> failover::Record {
+        failover::Record {
+            trigger_monotonic_nanos,
+            overlap_ms: None,
+            ..failover::Record::synthetic(kind, 0, Timeline::default())
+        }
+    }
+
+    #[test]
+    fn overlaps_go_to_the_failover_before_them() {
+        let mut records = vec![
+            record(Kind::Partition, 3_000_000),
+            record(Kind::Hang, 1_000_000),
+        ];
+        let spans = vec![
+            ("ns/demo".to_owned(), 500_000, 1_500_000),
+            ("ns/demo".to_owned(), 2_000_000, 2_250_000),
+            ("ns/other".to_owned(), 2_000_000, 9_000_000),
+        ];
+        let outside = attribute_overlaps(&mut records, &spans, "ns/demo");
+        assert_eq!(outside, 1.0);
+        assert_eq!(records[1].overlap_ms, Some(0.25));
+        assert_eq!(records[0].overlap_ms, Some(0.0));
     }
 }

@@ -55,6 +55,32 @@ impl Results {
             .collect()
     }
 
+    /// Application overlap of each failover of `kind` whose journals were read (ms).
+    pub fn overlaps(&self, kind: Kind) -> Vec<f64> {
+        self.records
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter_map(|r| r.overlap_ms)
+            .collect()
+    }
+
+    /// One line on the application overlap of `kind`, if measured.
+    pub fn overlap_line(&self, kind: Kind) -> Option<String> {
+        let v = self.overlaps(kind);
+        if v.is_empty() {
+            return None;
+        }
+        let with = v.iter().filter(|x| **x > 0.0).count();
+        let total: f64 = v.iter().sum();
+        Some(format!(
+            "application overlap (the apps' journals: two applications acting at once, must be \
+             0): {} ms in {with} of {} failovers (max {} ms)",
+            fmt_ms(total),
+            v.len(),
+            fmt_ms(v.iter().copied().fold(0.0, f64::max))
+        ))
+    }
+
     /// Derived per-failover intervals between stages (ms).
     pub fn between(&self, kind: Kind, from: usize, to: usize) -> Vec<f64> {
         self.records
@@ -111,12 +137,12 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
 
     // raw failover samples
     let mut csv = String::from(
-        "kind,iter,old_pod,new_pod,epoch,trigger_unix_ns,event_ms,demoted_ms,labeled_ms,applied_ms,slice_ms,controller_killed_ms,note\n",
+        "kind,iter,old_pod,new_pod,epoch,trigger_unix_ns,event_ms,demoted_ms,labeled_ms,applied_ms,slice_ms,controller_killed_ms,overlap_ms,note\n",
     );
     for rec in &r.records {
         let _ = writeln!(
             csv,
-            "{},{},{},{},{},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
             rec.kind.name(),
             rec.iter,
             csv_field(&rec.old_pod),
@@ -131,6 +157,7 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
             rec.controller_killed
                 .map(|t| ms_opt((t as f64 - rec.timeline.trigger_unix_nanos as f64) / 1e6))
                 .unwrap_or_default(),
+            rec.overlap_ms.map(ms_opt).unwrap_or_default(),
             csv_field(&rec.note),
         );
     }
@@ -324,6 +351,9 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             row("applied − labeled", summarize(&r.between(kind, 2, 3)))
         );
         let _ = writeln!(md);
+        if let Some(line) = r.overlap_line(kind) {
+            let _ = writeln!(md, "{}: {line}.\n", kind.name());
+        }
         if let Some(w) = r.writes.iter().find(|w| w.kind == kind) {
             let _ = writeln!(md, "{}\n", w.describe());
         }
@@ -497,7 +527,7 @@ pub fn targets(r: &Results) -> Vec<String> {
     let ctl: Vec<&super::promhist::Hist> = r
         .controller
         .iter()
-        .filter(|(k, _)| *k != Kind::ControllerKill)
+        .filter(|(k, _)| *k != Kind::ControllerKill && k.api_sees_failure())
         .filter_map(|(_, s)| {
             find_series(s, &["failover_latency"])
                 .or_else(|| find_series(s, &["event", "ack"]))
@@ -507,7 +537,9 @@ pub fn targets(r: &Results) -> Vec<String> {
     let log_ack: Vec<f64> = r
         .controller_log_stages
         .iter()
-        .filter(|(k, s, _)| *k != Kind::ControllerKill && s == "promoted.latency")
+        .filter(|(k, s, _)| {
+            *k != Kind::ControllerKill && k.api_sees_failure() && s == "promoted.latency"
+        })
         .flat_map(|(_, _, v)| v.iter().copied())
         .collect();
     let name = "promoted.latency";
@@ -578,6 +610,16 @@ pub fn targets(r: &Results) -> Vec<String> {
             s.count
         ));
     }
+    let overlaps: Vec<f64> = r.records.iter().filter_map(|x| x.overlap_ms).collect();
+    if !overlaps.is_empty() {
+        let total: f64 = overlaps.iter().sum();
+        out.push(format!(
+            "no two applications act at once: {} (the apps' journals: {} ms of overlap over {} failovers, all kinds)",
+            verdict(total == 0.0),
+            fmt_ms(total),
+            overlaps.len()
+        ));
+    }
     if let Some(s) = r.scale.iter().find(|s| s.groups >= 1000) {
         out.push(format!(
             "1,000 groups in ≤ 64 MiB RSS: {} (peak {:.1} MiB, idle {:.1} MiB at {} groups)",
@@ -624,22 +666,23 @@ mod tests {
                 let t0 = 1_000_000_000_000 + i * 10_000_000_000;
                 let at = |ms: f64| Some(t0 + (ms * 1e6) as u64);
                 let base = 2.0 + k as f64 * 300.0 + (i as f64) * 0.7;
+                // a hang or a partition may show no watch event
+                let seen = if kind.api_sees_failure() {
+                    at(base)
+                } else {
+                    None
+                };
+                let timeline = Timeline {
+                    trigger_unix_nanos: t0,
+                    seen_unix_nanos: seen,
+                    demoted_unix_nanos: at(base + 4.0),
+                    promoted_unix_nanos: at(base + 6.0),
+                    app_applied_unix_nanos: at(base + 5.5),
+                    endpoints_unix_nanos: at(base + 40.0),
+                };
                 r.records.push(Record {
-                    kind,
-                    iter: i as usize,
-                    old_pod: "a".into(),
-                    new_pod: "b".into(),
                     epoch: Some(i),
-                    timeline: Timeline {
-                        trigger_unix_nanos: t0,
-                        seen_unix_nanos: at(base),
-                        demoted_unix_nanos: at(base + 4.0),
-                        promoted_unix_nanos: at(base + 6.0),
-                        app_applied_unix_nanos: at(base + 5.5),
-                        endpoints_unix_nanos: at(base + 40.0),
-                    },
-                    controller_killed: None,
-                    note: String::new(),
+                    ..Record::synthetic(kind, i as usize, timeline)
                 });
             }
         }
@@ -673,9 +716,16 @@ mod tests {
             assert!(dir.join(f).is_file(), "{f} missing");
         }
         let csv = std::fs::read_to_string(dir.join("failovers.csv")).unwrap();
-        assert_eq!(csv.lines().count(), 1 + 60);
+        assert_eq!(csv.lines().count(), 1 + 12 * Kind::ALL.len());
         let md = std::fs::read_to_string(dir.join("README.md")).unwrap();
         assert!(md.contains("| labeled | 12 |"));
+        // the hang's and the partition's missing event: not observed, not a failure
+        assert!(md.contains("| event | 0 | – | – | – | – |"), "{md}");
+        assert!(md.contains("hang: application overlap"), "{md}");
+        assert!(
+            md.contains("no two applications act at once: **met**"),
+            "{md}"
+        );
         assert!(md.contains("100-group storm"));
         if std::env::var_os("BENCH_REPORT_DIR").is_none() {
             std::fs::remove_dir_all(&dir).ok();
