@@ -37,6 +37,6 @@ pub use leadership::{
 };
 pub use lease::{
     HOLDER_CONTAINER_ANNOTATION, HOLDER_POD_ANNOTATION, HOLDER_POD_UID_ANNOTATION,
-    LEASE_DURATION_ANNOTATION, TERM_ANNOTATION,
+    LEASE_DURATION_ANNOTATION, ParsedLease, TERM_ANNOTATION,
 };
 pub use runtime::{LeaderElector, LeaderHandle, LeaderState, NotLeader};

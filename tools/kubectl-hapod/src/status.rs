@@ -41,6 +41,9 @@ pub struct Controller {
     pub term: Option<u32>,
     /// Seconds since the holder last renewed.
     pub renewed_seconds_ago: Option<f64>,
+    /// The holder's last renewal is older than the Lease's duration: it stopped renewing
+    /// (killed, its node lost) without releasing the Lease, and no replica acts on it.
+    pub expired: bool,
 }
 
 /// One group: the pods of one namespace sharing the group label's value.
@@ -130,16 +133,19 @@ pub fn build(
 }
 
 /// What `--require-active` refuses: no controller replica holding the Lease (or the Lease
-/// unread), and every group without exactly one pod labeled active.
+/// unread, or expired), and every group without exactly one pod labeled active.
 pub fn unmet(status: &Status) -> Vec<String> {
     let mut unmet = Vec::new();
-    if status
-        .controller
-        .as_ref()
-        .and_then(|c| c.pod.as_ref())
-        .is_none()
-    {
-        unmet.push("no controller replica holds the Lease".to_owned());
+    match &status.controller {
+        Some(Controller {
+            pod: Some(pod),
+            expired: true,
+            ..
+        }) => unmet.push(format!(
+            "the Lease of {pod} expired: no controller replica renews it"
+        )),
+        Some(Controller { pod: Some(_), .. }) => {}
+        _ => unmet.push("no controller replica holds the Lease".to_owned()),
     }
     for g in status.groups.iter().filter(|g| g.active.is_none()) {
         // Without an active, the first problem says why: none or several labeled active.
@@ -245,6 +251,10 @@ fn controller(lease_ref: &str, lease: &Lease, now: Timestamp) -> Controller {
     };
     let spec = lease.spec.as_ref();
     let held = spec.and_then(|s| s.holder_identity.as_deref()).is_some();
+    let renewed_ago = spec
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| now.duration_since(t.0));
+    let duration = hapod_election::ParsedLease::from_lease(lease).lease_duration_ms;
     Controller {
         lease: lease_ref.to_owned(),
         pod: annotation(hapod_election::HOLDER_POD_ANNOTATION).filter(|_| held),
@@ -253,9 +263,11 @@ fn controller(lease_ref: &str, lease: &Lease, now: Timestamp) -> Controller {
             .map(|t| t.0)
             .filter(|_| held),
         term: annotation(hapod_election::TERM_ANNOTATION).and_then(|t| t.parse().ok()),
-        renewed_seconds_ago: spec
-            .and_then(|s| s.renew_time.as_ref())
-            .map(|t| now.duration_since(t.0).as_secs_f64()),
+        renewed_seconds_ago: renewed_ago.map(|d| d.as_secs_f64()),
+        expired: held
+            && renewed_ago.zip(duration).is_some_and(|(ago, ms)| {
+                ago > SignedDuration::from_millis(i64::try_from(ms).unwrap_or(i64::MAX))
+            }),
     }
 }
 
@@ -335,12 +347,13 @@ pub fn table(status: &Status, now: Timestamp) -> String {
             });
             let _ = writeln!(
                 out,
-                "controller: {} (leader since {since}; Lease {}, term {}, renewed {} ago)",
+                "controller: {} (leader since {since}; Lease {}, term {}, renewed {} ago{})",
                 c.pod.as_deref().unwrap_or("<no holder>"),
                 c.lease,
                 c.term.map_or("-".into(), |t| t.to_string()),
                 c.renewed_seconds_ago
                     .map_or("-".into(), |s| age(SignedDuration::from_secs_f64(s))),
+                if c.expired { ", EXPIRED" } else { "" },
             );
         }
         None => out.push_str("controller: unknown (its Lease could not be read)\n"),
@@ -718,6 +731,46 @@ mod tests {
         assert_eq!(
             unmet(&status),
             ["shop/db: 2 pods labeled active: db-a, db-b"]
+        );
+    }
+
+    #[test]
+    fn a_lease_its_holder_stopped_renewing_is_expired_and_fails_require_active() {
+        let lease: Lease = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {
+                "hapod.io/holder-pod": "hapod-controller-0", "hapod.io/lease-duration-ms": "2000"}},
+            "spec": {"holderIdentity": "hapod-controller-0_abc", "leaseDurationSeconds": 2,
+                     "renewTime": "2027-01-15T08:00:00.000000Z"},
+        }))
+        .unwrap();
+        let renewed: Timestamp = "2027-01-15T08:00:00Z".parse().unwrap();
+        let healthy = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "standby", None, true),
+        ];
+        let at = |ms: i64| renewed + SignedDuration::from_millis(ms);
+        let status_at = |now: Timestamp| {
+            let held = Some(("hapod-system/hapod-controller", &lease));
+            build(&healthy, &[], held, &Config::default(), "app", now)
+        };
+        // Within its duration: held.
+        let fresh = status_at(at(1999));
+        assert!(unmet(&fresh).is_empty(), "{:?}", unmet(&fresh));
+        assert!(!table(&fresh, at(1999)).contains("EXPIRED"));
+        // Past it, the holder killed without releasing it: nobody acts.
+        let stale = status_at(at(2001));
+        assert_eq!(
+            unmet(&stale),
+            ["the Lease of hapod-controller-0 expired: no controller replica renews it"]
+        );
+        let shown = table(&stale, at(2001));
+        assert!(
+            shown
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with("renewed 2s ago, EXPIRED)"),
+            "{shown}"
         );
     }
 
