@@ -488,6 +488,18 @@ impl Worker {
                     false,
                 )
             }
+            RecordKind::Acknowledged { epoch, round_trip } => {
+                let round_trip_ms = round_trip.map(|d| d.as_secs_f64() * 1e3);
+                tracing::info!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name),
+                    epoch, ?round_trip_ms, "the active's application acknowledged its role");
+                let note = match round_trip_ms {
+                    Some(ms) => {
+                        format!("application acts active, epoch {epoch}, round trip {ms:.1} ms")
+                    }
+                    None => format!("application acts active, epoch {epoch}"),
+                };
+                ("Acknowledged", note, false)
+            }
             RecordKind::Rejected { delete, code } => {
                 let verb = if *delete { "delete" } else { "patch" };
                 tracing::error!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name), verb, code, "write refused by the API; retried after a pause");

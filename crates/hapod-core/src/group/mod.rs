@@ -299,7 +299,8 @@ impl GroupState {
         }
     }
 
-    /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
+    /// An agent's report: the lease's book, a pod judged unresponsive is heard again, and the
+    /// active's application taking the role is recorded.
     fn reported(
         &mut self,
         uid: &str,
@@ -307,6 +308,7 @@ impl GroupState {
         epoch: u64,
         incarnation: u64,
         now: Instant,
+        out: &mut Vec<Action>,
     ) {
         // Standby at the very epoch this replica granted it, and told it nothing since: no
         // order says that, so its agent gave the role up (its process is shutting down). A
@@ -314,10 +316,24 @@ impl GroupState {
         // kept active's epoch, a demotion comes with a fresh one).
         let gave_up_grant = role == Some(ReportedRole::Standby)
             && self.grants.told.get(uid) == Some(&(Role::Active, epoch));
+        let newly_acting = self.term.is_some()
+            && role == Some(ReportedRole::Active)
+            && self.grants.reported.get(uid) != Some(&(role, epoch));
+        let granted_at = self.grants.awaiting_report.get(uid).copied();
         self.grants.report(uid, role, epoch, now);
         let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
+            if newly_acting && entry.role(config) == Role::Active && entry.view.epoch == Some(epoch)
+            {
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::Acknowledged {
+                        epoch,
+                        round_trip: granted_at.map(|at| now.saturating_duration_since(at)),
+                    },
+                }));
+            }
             let another_process = entry
                 .relinquished
                 .is_some_and(|r| r.incarnation != incarnation);
@@ -671,7 +687,7 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
             role,
             epoch,
             incarnation,
-        } => state.reported(&uid, role, epoch, incarnation, now),
+        } => state.reported(&uid, role, epoch, incarnation, now, &mut out),
     }
     state.settle_doubt();
     state.observe_trigger(now);

@@ -158,6 +158,14 @@ pub enum RecordKind {
     Paused,
     /// No pod of the group carries `hapod.io/paused=true` any more: the rules apply again.
     Resumed,
+    /// The agent of the pod labeled active reported acting at the pod's epoch, for the first
+    /// time since it said anything else: the application took the role.
+    /// `round_trip`: from the first grant of that epoch sent to the report received, when
+    /// this replica sent it.
+    Acknowledged {
+        epoch: u64,
+        round_trip: Option<Duration>,
+    },
     /// The API refused a write for good (403, 422).
     Rejected {
         delete: bool,

@@ -3,7 +3,7 @@
 //! grants waited out, and agents that lost their role reconciled.
 
 use super::*;
-use hapod_core::{ApplicationLease, Config, ReportedRole};
+use hapod_core::{ApplicationLease, Config, Record, ReportedRole};
 
 const LIVE_SPAN: Duration = Duration::from_millis(300);
 const PREDECESSOR_WINDOW: Duration = Duration::from_secs(2);
@@ -478,4 +478,61 @@ fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
     let tick = ctl.feed(Event::Tick);
     all.extend(ctl.settle(tick));
     assert_eq!(ctl.api.actives(), ["a"], "{all:?}");
+}
+
+/// The `Acknowledged` records among `actions`: the pod, the epoch and the round trip.
+fn acknowledged(actions: &[Action]) -> Vec<(String, u64, Option<Duration>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Record(Record {
+                pod: Some(pod),
+                kind: RecordKind::Acknowledged { epoch, round_trip },
+            }) => Some((pod.name.clone(), *epoch, *round_trip)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn report(ctl: &mut Ctl, uid: &str, role: ReportedRole, epoch: u64) -> Vec<Action> {
+    ctl.feed(Event::Reported {
+        uid: uid.into(),
+        role: Some(role),
+        epoch,
+        incarnation: 1,
+    })
+}
+
+#[test]
+fn the_actives_application_taking_its_role_is_recorded_once_with_the_round_trip() {
+    let mut ctl = steady();
+    // a's agent answers the grant sent with the heartbeat 2 ms ago.
+    ctl.now += Duration::from_millis(2);
+    assert_eq!(
+        acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 3)),
+        [("a".to_owned(), 3, Some(Duration::from_millis(2)))]
+    );
+    // Saying the same again records nothing.
+    ctl.feed(Event::Heartbeat { heard: Vec::new() });
+    ctl.now += Duration::from_millis(1);
+    assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 3)).is_empty());
+    // Its grant lapsed, then taken again: the application took the role anew.
+    assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Lapsed, 3)).is_empty());
+    assert_eq!(
+        acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 3))
+            .into_iter()
+            .map(|(pod, epoch, _)| (pod, epoch))
+            .collect::<Vec<_>>(),
+        [("a".to_owned(), 3)]
+    );
+}
+
+#[test]
+fn acting_at_another_epoch_or_on_a_standby_is_no_acknowledgement() {
+    let mut ctl = steady();
+    // a's agent still acts on an older promotion; b's believes it is active.
+    assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 2)).is_empty());
+    assert!(acknowledged(&report(&mut ctl, "b-uid", ReportedRole::Active, 3)).is_empty());
+    // Standing by is no acknowledgement of the active role either.
+    assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Standby, 3)).is_empty());
 }
