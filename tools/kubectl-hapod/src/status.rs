@@ -78,6 +78,9 @@ pub struct Member {
     /// Its last promotion, from the controller's `Promoted` Event (Events expire, an hour by
     /// default).
     pub promoted: Option<Promotion>,
+    /// Its application took the active role at its epoch, from the controller's
+    /// `Acknowledged` Event (with the application lease only).
+    pub acknowledged: Option<Acknowledgement>,
 }
 
 /// One promotion, as the controller's `Promoted` Event says.
@@ -92,6 +95,17 @@ pub struct Promotion {
     pub failover_ms: Option<f64>,
 }
 
+/// The active's application acting at its epoch, as the controller's `Acknowledged` Event
+/// says.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledgement {
+    pub time: Timestamp,
+    pub epoch: u64,
+    /// From the controller's first grant at that epoch sent to the agent's report received.
+    pub round_trip_ms: Option<f64>,
+}
+
 /// Builds the status of the groups in `pods` (those with the group label), with the
 /// promotions of `events` and the holder of `lease` (`lease_ref` names it), at `now`.
 pub fn build(
@@ -102,13 +116,15 @@ pub fn build(
     group_label: &str,
     now: Timestamp,
 ) -> Status {
-    let promotions = promotions_by_pod(events);
+    let promotions = latest_by_pod(events, "Promoted", parse_promoted);
+    let acknowledgements = latest_by_pod(events, "Acknowledged", parse_acknowledged);
     let mut groups: BTreeMap<(String, String), Vec<Seen>> = BTreeMap::new();
     for pod in pods {
         let Ok(view) = pod_view(pod, config, group_label) else {
             continue;
         };
         let promoted = promotions.get(view.uid.as_str()).cloned();
+        let acknowledged = acknowledgements.get(view.uid.as_str()).cloned();
         // An ignored value reads as absent: say so, its author may think it in force.
         let ignored = ignored_annotations(pod)
             .into_iter()
@@ -120,6 +136,7 @@ pub fn build(
             .push(Seen {
                 view,
                 promoted,
+                acknowledged,
                 ignored,
             });
     }
@@ -155,10 +172,12 @@ pub fn unmet(status: &Status) -> Vec<String> {
     unmet
 }
 
-/// A pod of a group, with its latest promotion and what of its annotations is ignored.
+/// A pod of a group, with its latest promotion and acknowledgement, and what of its
+/// annotations is ignored.
 struct Seen {
     view: PodView,
     promoted: Option<Promotion>,
+    acknowledged: Option<Acknowledgement>,
     ignored: Vec<String>,
 }
 
@@ -193,15 +212,22 @@ fn group_status(
             .iter_mut()
             .flat_map(|m| std::mem::take(&mut m.ignored)),
     );
-    let member = |Seen { view, promoted, .. }: Seen| {
+    let member = |Seen {
+                      view,
+                      promoted,
+                      acknowledged,
+                      ..
+                  }: Seen| {
         let unfit = view.unfit_by_api().map(|r| r.as_str());
         Member {
             pod: view.name,
             epoch: view.epoch,
             eligible: unfit.is_none(),
             unfit,
-            // Only the promotion that gave the pod its current epoch is its own.
+            // Only the promotion that gave the pod its current epoch is its own, and only an
+            // acknowledgement of that epoch.
             promoted: promoted.filter(|p| Some(p.epoch) == view.epoch),
+            acknowledged: acknowledged.filter(|a| Some(a.epoch) == view.epoch),
         }
     };
     let (labeled_active, others): (Vec<_>, Vec<_>) = members
@@ -271,26 +297,30 @@ fn controller(lease_ref: &str, lease: &Lease, now: Timestamp) -> Controller {
     }
 }
 
-/// The latest `Promoted` Event of each pod (by UID).
-fn promotions_by_pod(events: &[Event]) -> BTreeMap<&str, Promotion> {
-    let mut latest: BTreeMap<&str, Promotion> = BTreeMap::new();
+/// Of the Events with `reason`, the latest of each pod (by UID) whose note `parse` reads (it
+/// is given the Event's time).
+fn latest_by_pod<'a, T>(
+    events: &'a [Event],
+    reason: &str,
+    parse: fn(&str, Timestamp) -> Option<T>,
+) -> BTreeMap<&'a str, T> {
+    let mut latest: BTreeMap<&str, (Timestamp, T)> = BTreeMap::new();
     for event in events {
-        if event.reason.as_deref() != Some("Promoted") {
+        if event.reason.as_deref() != Some(reason) {
             continue;
         }
-        let (Some(uid), Some(time), Some(promotion)) = (
-            event.involved_object.uid.as_deref(),
-            event_time(event),
-            event.message.as_deref().and_then(parse_promoted),
-        ) else {
+        let (Some(uid), Some(time)) = (event.involved_object.uid.as_deref(), event_time(event))
+        else {
             continue;
         };
-        let promotion = Promotion { time, ..promotion };
-        if latest.get(uid).is_none_or(|p| p.time <= promotion.time) {
-            latest.insert(uid, promotion);
+        let Some(parsed) = event.message.as_deref().and_then(|note| parse(note, time)) else {
+            continue;
+        };
+        if latest.get(uid).is_none_or(|(seen, _)| *seen <= time) {
+            latest.insert(uid, (time, parsed));
         }
     }
-    latest
+    latest.into_iter().map(|(uid, (_, t))| (uid, t)).collect()
 }
 
 /// When an Event last happened: its series' last observation, its event time (events.k8s.io),
@@ -306,30 +336,48 @@ fn event_time(event: &Event) -> Option<Timestamp> {
         .or(event.first_timestamp.as_ref().map(|t| t.0))
 }
 
-/// Reads the controller's note `promoted to active, epoch E, reason R[, failover X ms]` (the
-/// time is the Event's); none for anything else.
-fn parse_promoted(note: &str) -> Option<Promotion> {
+/// Reads the controller's note `promoted to active, epoch E, reason R[, failover X ms]`; none
+/// for anything else.
+fn parse_promoted(note: &str, time: Timestamp) -> Option<Promotion> {
     let mut parts = note.split(", ");
     if parts.next()? != "promoted to active" {
         return None;
     }
     let epoch = parts.next()?.strip_prefix("epoch ")?.parse().ok()?;
     let reason = parts.next()?.strip_prefix("reason ")?.to_owned();
-    let failover_ms = match parts.next() {
-        Some(part) => Some(
-            part.strip_prefix("failover ")?
-                .strip_suffix(" ms")?
-                .parse()
-                .ok()?,
-        ),
-        None => None,
-    };
+    let failover_ms = optional_ms(parts.next(), "failover ")?;
     Some(Promotion {
-        time: Timestamp::UNIX_EPOCH,
+        time,
         epoch,
         reason,
         failover_ms,
     })
+}
+
+/// Reads the controller's note `application acts active, epoch E[, round trip X ms]`; none for
+/// anything else.
+fn parse_acknowledged(note: &str, time: Timestamp) -> Option<Acknowledgement> {
+    let mut parts = note.split(", ");
+    if parts.next()? != "application acts active" {
+        return None;
+    }
+    let epoch = parts.next()?.strip_prefix("epoch ")?.parse().ok()?;
+    let round_trip_ms = optional_ms(parts.next(), "round trip ")?;
+    Some(Acknowledgement {
+        time,
+        epoch,
+        round_trip_ms,
+    })
+}
+
+/// A note's optional last part `<name>X ms`: `Some(None)` when absent, `None` when malformed.
+fn optional_ms(part: Option<&str>, name: &str) -> Option<Option<f64>> {
+    match part {
+        Some(part) => Some(Some(
+            part.strip_prefix(name)?.strip_suffix(" ms")?.parse().ok()?,
+        )),
+        None => Some(None),
+    }
 }
 
 /// The status as a table, like `kubectl get`: the controller first, then a row per group,
@@ -372,6 +420,7 @@ pub fn table(status: &Status, now: Timestamp) -> String {
             "PROMOTED",
             "REASON",
             "FAILOVER",
+            "ACKED",
             "STANDBYS",
         ]
         .map(String::from),
@@ -394,6 +443,13 @@ pub fn table(status: &Status, now: Timestamp) -> String {
             promoted
                 .and_then(|p| p.failover_ms)
                 .map_or("-".into(), |ms| format!("{ms:.1}ms")),
+            g.active
+                .as_ref()
+                .and_then(|a| a.acknowledged.as_ref())
+                .map_or("-".into(), |a| {
+                    a.round_trip_ms
+                        .map_or("yes".into(), |ms| format!("yes ({ms:.1}ms)"))
+                }),
             standbys(&g.standbys),
         ]);
     }
@@ -491,8 +547,12 @@ mod tests {
     }
 
     fn promoted(name: &str, note: &str, at: Timestamp) -> Event {
+        event("Promoted", name, note, at)
+    }
+
+    fn event(reason: &str, name: &str, note: &str, at: Timestamp) -> Event {
         Event {
-            reason: Some("Promoted".into()),
+            reason: Some(reason.into()),
             message: Some(note.into()),
             event_time: Some(MicroTime(at)),
             involved_object: ObjectReference {
@@ -641,12 +701,17 @@ mod tests {
     #[test]
     fn only_the_controllers_own_notes_are_read() {
         assert_eq!(
-            parse_promoted("promoted to active, epoch 4294967297, reason not_ready").map(|p| (
-                p.epoch,
-                p.reason,
-                p.failover_ms
-            )),
+            parse_promoted(
+                "promoted to active, epoch 4294967297, reason not_ready",
+                at(0)
+            )
+            .map(|p| (p.epoch, p.reason, p.failover_ms)),
             Some((4294967297, "not_ready".into(), None))
+        );
+        assert_eq!(
+            parse_acknowledged("application acts active, epoch 9, round trip 0.8 ms", at(0))
+                .map(|a| (a.epoch, a.round_trip_ms)),
+            Some((9, Some(0.8)))
         );
         for odd in [
             "",
@@ -655,8 +720,67 @@ mod tests {
             "promoted to active, epoch 3",
             "promoted to active, epoch 3, reason deleted, failover fast",
         ] {
-            assert_eq!(parse_promoted(odd), None, "{odd:?}");
+            assert_eq!(parse_promoted(odd, at(0)), None, "{odd:?}");
+            assert_eq!(parse_acknowledged(odd, at(0)), None, "{odd:?}");
         }
+        for odd in [
+            "application acts active",
+            "application acts active, epoch 3, round trip quick",
+            "application acts standby, epoch 3",
+        ] {
+            assert_eq!(parse_acknowledged(odd, at(0)), None, "{odd:?}");
+        }
+    }
+
+    #[test]
+    fn the_active_shows_an_acknowledgement_of_its_own_epoch_only() {
+        let pods = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "standby", None, true),
+        ];
+        let ack = |epoch: u64, at: Timestamp| {
+            event(
+                "Acknowledged",
+                "db-a",
+                &format!("application acts active, epoch {epoch}, round trip 1.5 ms"),
+                at,
+            )
+        };
+        let acked = |events: &[Event]| {
+            let status = build(&pods, events, None, &Config::default(), "app", at(60));
+            let shown = table(&status, at(60));
+            let acknowledged = status.groups[0]
+                .active
+                .as_ref()
+                .unwrap()
+                .acknowledged
+                .clone();
+            (
+                acknowledged.map(|a| (a.epoch, a.round_trip_ms, a.time)),
+                shown,
+            )
+        };
+        // Only an older epoch's acknowledgement: the current one is not acknowledged.
+        let (none, shown) = acked(&[ack(5, at(10))]);
+        assert_eq!(none, None);
+        let cells = |line: usize| -> Vec<String> {
+            shown
+                .lines()
+                .nth(line)
+                .unwrap()
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        };
+        let column = cells(1).iter().position(|h| h == "ACKED").unwrap();
+        assert_eq!(cells(2)[column], "-", "{shown}");
+        // The latest of the current epoch's.
+        let (seen, shown) = acked(&[ack(5, at(10)), ack(7, at(20)), ack(7, at(30))]);
+        assert_eq!(seen, Some((7, Some(1.5), at(30))));
+        assert!(
+            shown.lines().nth(2).unwrap().contains("yes (1.5ms)"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -60,12 +60,15 @@ pub(crate) async fn status_after_failover(tb: &Testbed) -> Result<()> {
         "the group moved on after the failover"
     );
     let epoch = pod_epoch(&settled.active).context("the new active has no epoch")?;
-    // The controller publishes its Events off the failover path: wait for the promotion's.
-    let what = format!("kubectl hapod status to show the promotion of {active}");
+    // The controller publishes its Events off the failover path: wait for the promotion's,
+    // and for the one saying the new active's application took the role (the application
+    // lease is on in deploy/base).
+    let what = format!("kubectl hapod status to show the promotion of {active}, acknowledged");
     let status: Value = await_condition(what, WAIT, Duration::from_millis(200), || async {
         let status: Value = serde_json::from_str(&plugin_status(tb, &["-o", "json"])?)?;
+        let active = &status["groups"][0]["active"];
         Ok(
-            if status["groups"][0]["active"]["promoted"]["epoch"] == epoch {
+            if active["promoted"]["epoch"] == epoch && active["acknowledged"]["epoch"] == epoch {
                 Check::Done(status)
             } else {
                 Check::NotYet(format!("{status:#}"))
@@ -126,6 +129,10 @@ pub(crate) async fn status_after_failover(tb: &Testbed) -> Result<()> {
     ensure!(
         row.contains(&active) && want.iter().all(|s| row.contains(s.as_str())),
         "the group's row does not name {active} and {want:?}:\n{table}"
+    );
+    ensure!(
+        row.contains("yes ("),
+        "the group's row does not say the active's application acknowledged:\n{table}"
     );
     Ok(())
 }
