@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
-    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, RoleOrder, Write,
+    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Write,
     WriteOutcome, decide,
 };
 use hapod_protocol::Notification;
@@ -488,15 +488,20 @@ impl Worker {
                     false,
                 )
             }
-            RecordKind::Acknowledged { epoch, round_trip } => {
+            RecordKind::Acknowledged {
+                role,
+                epoch,
+                round_trip,
+            } => {
                 let round_trip_ms = round_trip.map(|d| d.as_secs_f64() * 1e3);
-                tracing::info!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name),
-                    epoch, ?round_trip_ms, "the active's application acknowledged its role");
-                let note = match round_trip_ms {
-                    Some(ms) => {
+                tracing::debug!(group = %self.key, pod = ?record.pod.as_ref().map(|p| &p.name),
+                    ?role, epoch, ?round_trip_ms, "the application acknowledged its role");
+                let note = match (role, round_trip_ms) {
+                    (Role::Active, Some(ms)) => {
                         format!("application acts active, epoch {epoch}, round trip {ms:.1} ms")
                     }
-                    None => format!("application acts active, epoch {epoch}"),
+                    (Role::Active, None) => format!("application acts active, epoch {epoch}"),
+                    _ => format!("application stands by, epoch {epoch}"),
                 };
                 ("Acknowledged", note, false)
             }

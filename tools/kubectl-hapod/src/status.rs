@@ -78,8 +78,8 @@ pub struct Member {
     /// Its last promotion, from the controller's `Promoted` Event (Events expire, an hour by
     /// default).
     pub promoted: Option<Promotion>,
-    /// Its application took the active role at its epoch, from the controller's
-    /// `Acknowledged` Event (with the application lease only).
+    /// Its application took the role it has now (the active's epoch, for a standby), from the
+    /// controller's `Acknowledged` Event (with the application lease only).
     pub acknowledged: Option<Acknowledgement>,
 }
 
@@ -95,12 +95,14 @@ pub struct Promotion {
     pub failover_ms: Option<f64>,
 }
 
-/// The active's application acting at its epoch, as the controller's `Acknowledged` Event
-/// says.
+/// A pod's application took the role its label says, as the controller's `Acknowledged`
+/// Event says: the active acting at its epoch, a standby standing by at the active's.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Acknowledgement {
     pub time: Timestamp,
+    /// `active` or `standby`.
+    pub role: String,
     pub epoch: u64,
     /// From the controller's first grant at that epoch sent to the agent's report received.
     pub round_trip_ms: Option<f64>,
@@ -212,12 +214,14 @@ fn group_status(
             .iter_mut()
             .flat_map(|m| std::mem::take(&mut m.ignored)),
     );
+    // `acknowledges`: the role and epoch the pod's application should have taken.
     let member = |Seen {
                       view,
                       promoted,
                       acknowledged,
                       ..
-                  }: Seen| {
+                  }: Seen,
+                  acknowledges: Option<(&str, u64)>| {
         let unfit = view.unfit_by_api().map(|r| r.as_str());
         Member {
             pod: view.name,
@@ -225,9 +229,9 @@ fn group_status(
             eligible: unfit.is_none(),
             unfit,
             // Only the promotion that gave the pod its current epoch is its own, and only an
-            // acknowledgement of that epoch.
+            // acknowledgement of the role it has now.
             promoted: promoted.filter(|p| Some(p.epoch) == view.epoch),
-            acknowledged: acknowledged.filter(|a| Some(a.epoch) == view.epoch),
+            acknowledged: acknowledged.filter(|a| acknowledges == Some((a.role.as_str(), a.epoch))),
         }
     };
     let (labeled_active, others): (Vec<_>, Vec<_>) = members
@@ -238,7 +242,10 @@ fn group_status(
             problems.push("no pod is labeled active".to_owned());
             None
         }
-        1 => labeled_active.into_iter().next().map(member),
+        1 => labeled_active.into_iter().next().map(|m| {
+            let epoch = m.view.epoch;
+            member(m, epoch.map(|e| ("active", e)))
+        }),
         n => {
             let names: Vec<&str> = labeled_active
                 .iter()
@@ -251,7 +258,12 @@ fn group_status(
     if let Some(why) = active.as_ref().and_then(|a| a.unfit) {
         problems.push(format!("the active pod is not eligible ({why})"));
     }
-    let standbys: Vec<Member> = others.into_iter().map(member).collect();
+    // A standby is told to stand by at the active's epoch.
+    let active_epoch = active.as_ref().and_then(|a| a.epoch);
+    let standbys: Vec<Member> = others
+        .into_iter()
+        .map(|m| member(m, active_epoch.map(|e| ("standby", e))))
+        .collect();
     if !standbys.iter().any(|s| s.eligible) {
         problems.push("no eligible standby: a failover now would have no target".to_owned());
     }
@@ -354,17 +366,20 @@ fn parse_promoted(note: &str, time: Timestamp) -> Option<Promotion> {
     })
 }
 
-/// Reads the controller's note `application acts active, epoch E[, round trip X ms]`; none for
-/// anything else.
+/// Reads the controller's note `application acts active, epoch E[, round trip X ms]` or
+/// `application stands by, epoch E`; none for anything else.
 fn parse_acknowledged(note: &str, time: Timestamp) -> Option<Acknowledgement> {
     let mut parts = note.split(", ");
-    if parts.next()? != "application acts active" {
-        return None;
-    }
+    let role = match parts.next()? {
+        "application acts active" => "active",
+        "application stands by" => "standby",
+        _ => return None,
+    };
     let epoch = parts.next()?.strip_prefix("epoch ")?.parse().ok()?;
     let round_trip_ms = optional_ms(parts.next(), "round trip ")?;
     Some(Acknowledgement {
         time,
+        role: role.to_owned(),
         epoch,
         round_trip_ms,
     })
@@ -781,6 +796,29 @@ mod tests {
             shown.lines().nth(2).unwrap().contains("yes (1.5ms)"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn a_standby_shows_its_acknowledgement_of_the_actives_epoch_only() {
+        let pods = [
+            pod("db-a", "active", Some(7), true),
+            pod("db-b", "standby", Some(5), true),
+        ];
+        let standby_ack = |note: &str| {
+            let events = [event("Acknowledged", "db-b", note, at(10))];
+            let status = build(&pods, &events, None, &Config::default(), "app", at(60));
+            status.groups[0].standbys[0]
+                .acknowledged
+                .clone()
+                .map(|a| (a.role, a.epoch))
+        };
+        assert_eq!(
+            standby_ack("application stands by, epoch 7"),
+            Some(("standby".to_owned(), 7))
+        );
+        // Standing by at its own old epoch, or acting: not what it was told.
+        assert_eq!(standby_ack("application stands by, epoch 5"), None);
+        assert_eq!(standby_ack("application acts active, epoch 7"), None);
     }
 
     #[test]

@@ -316,21 +316,36 @@ impl GroupState {
         // kept active's epoch, a demotion comes with a fresh one).
         let gave_up_grant = role == Some(ReportedRole::Standby)
             && self.grants.told.get(uid) == Some(&(Role::Active, epoch));
-        let newly_acting = self.term.is_some()
-            && role == Some(ReportedRole::Active)
-            && self.grants.reported.get(uid) != Some(&(role, epoch));
+        let said_anew =
+            self.term.is_some() && self.grants.reported.get(uid) != Some(&(role, epoch));
+        let told = self.grants.told.get(uid).copied();
         let granted_at = self.grants.awaiting_report.get(uid).copied();
         self.grants.report(uid, role, epoch, now);
         let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
-            if newly_acting && entry.role(config) == Role::Active && entry.view.epoch == Some(epoch)
-            {
+            // The application took the role its label says: the active at the pod's epoch,
+            // a standby at the epoch this replica told it.
+            let labeled = entry.role(config);
+            let acknowledged = match role {
+                Some(ReportedRole::Active) => {
+                    (labeled == Role::Active && entry.view.epoch == Some(epoch)).then_some((
+                        Role::Active,
+                        granted_at.map(|at| now.saturating_duration_since(at)),
+                    ))
+                }
+                Some(ReportedRole::Standby) => (labeled == Role::Standby
+                    && told == Some((Role::Standby, epoch)))
+                .then_some((Role::Standby, None)),
+                _ => None,
+            };
+            if said_anew && let Some((role, round_trip)) = acknowledged {
                 out.push(Action::Record(Record {
                     pod: Some(entry.pod_ref()),
                     kind: RecordKind::Acknowledged {
+                        role,
                         epoch,
-                        round_trip: granted_at.map(|at| now.saturating_duration_since(at)),
+                        round_trip,
                     },
                 }));
             }

@@ -158,11 +158,13 @@ pub enum RecordKind {
     Paused,
     /// No pod of the group carries `hapod.io/paused=true` any more: the rules apply again.
     Resumed,
-    /// The agent of the pod labeled active reported acting at the pod's epoch, for the first
-    /// time since it said anything else: the application took the role.
-    /// `round_trip`: from the first grant of that epoch sent to the report received, when
-    /// this replica sent it.
+    /// A pod's agent reported the role its label says, the first time since it said anything
+    /// else: acting at the pod's epoch when labeled active, standing by at the epoch this
+    /// replica told it when labeled standby. The application took the role.
+    /// `round_trip` (active only): from the first grant of that epoch sent to the report
+    /// received, when this replica sent it.
     Acknowledged {
+        role: Role,
         epoch: u64,
         round_trip: Option<Duration>,
     },

@@ -480,15 +480,20 @@ fn a_restarted_agent_of_a_relinquished_pod_makes_it_a_candidate_again() {
     assert_eq!(ctl.api.actives(), ["a"], "{all:?}");
 }
 
-/// The `Acknowledged` records among `actions`: the pod, the epoch and the round trip.
-fn acknowledged(actions: &[Action]) -> Vec<(String, u64, Option<Duration>)> {
+/// The `Acknowledged` records among `actions`: the pod, its role, the epoch and the round trip.
+fn acknowledged(actions: &[Action]) -> Vec<(String, Role, u64, Option<Duration>)> {
     actions
         .iter()
         .filter_map(|a| match a {
             Action::Record(Record {
                 pod: Some(pod),
-                kind: RecordKind::Acknowledged { epoch, round_trip },
-            }) => Some((pod.name.clone(), *epoch, *round_trip)),
+                kind:
+                    RecordKind::Acknowledged {
+                        role,
+                        epoch,
+                        round_trip,
+                    },
+            }) => Some((pod.name.clone(), *role, *epoch, *round_trip)),
             _ => None,
         })
         .collect()
@@ -510,7 +515,12 @@ fn the_actives_application_taking_its_role_is_recorded_once_with_the_round_trip(
     ctl.now += Duration::from_millis(2);
     assert_eq!(
         acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 3)),
-        [("a".to_owned(), 3, Some(Duration::from_millis(2)))]
+        [(
+            "a".to_owned(),
+            Role::Active,
+            3,
+            Some(Duration::from_millis(2))
+        )]
     );
     // Saying the same again records nothing.
     ctl.feed(Event::Heartbeat { heard: Vec::new() });
@@ -521,18 +531,31 @@ fn the_actives_application_taking_its_role_is_recorded_once_with_the_round_trip(
     assert_eq!(
         acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 3))
             .into_iter()
-            .map(|(pod, epoch, _)| (pod, epoch))
+            .map(|(pod, _, epoch, _)| (pod, epoch))
             .collect::<Vec<_>>(),
         [("a".to_owned(), 3)]
     );
 }
 
 #[test]
-fn acting_at_another_epoch_or_on_a_standby_is_no_acknowledgement() {
+fn a_standby_standing_by_at_the_epoch_it_was_told_is_recorded_once() {
     let mut ctl = steady();
-    // a's agent still acts on an older promotion; b's believes it is active.
+    // The heartbeat told b to stand by at the active's epoch 3.
+    assert_eq!(
+        acknowledged(&report(&mut ctl, "b-uid", ReportedRole::Standby, 3)),
+        [("b".to_owned(), Role::Standby, 3, None)]
+    );
+    assert!(acknowledged(&report(&mut ctl, "b-uid", ReportedRole::Standby, 3)).is_empty());
+}
+
+#[test]
+fn a_role_other_than_the_label_or_at_another_epoch_is_no_acknowledgement() {
+    let mut ctl = steady();
+    // a's agent still acts on an older promotion; b's believes it is active, or stands by at
+    // an epoch it was not told.
     assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 2)).is_empty());
     assert!(acknowledged(&report(&mut ctl, "b-uid", ReportedRole::Active, 3)).is_empty());
-    // Standing by is no acknowledgement of the active role either.
+    assert!(acknowledged(&report(&mut ctl, "b-uid", ReportedRole::Standby, 2)).is_empty());
+    // The labeled active standing by acknowledges nothing.
     assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Standby, 3)).is_empty());
 }

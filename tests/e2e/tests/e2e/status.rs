@@ -61,14 +61,23 @@ pub(crate) async fn status_after_failover(tb: &Testbed) -> Result<()> {
     );
     let epoch = pod_epoch(&settled.active).context("the new active has no epoch")?;
     // The controller publishes its Events off the failover path: wait for the promotion's,
-    // and for the one saying the new active's application took the role (the application
-    // lease is on in deploy/base).
-    let what = format!("kubectl hapod status to show the promotion of {active}, acknowledged");
+    // and for those saying the applications took their roles at the new epoch (the
+    // application lease is on in deploy/base).
+    let what = format!(
+        "kubectl hapod status to show the promotion of {active}, acknowledged by every app"
+    );
     let status: Value = await_condition(what, WAIT, Duration::from_millis(200), || async {
         let status: Value = serde_json::from_str(&plugin_status(tb, &["-o", "json"])?)?;
-        let active = &status["groups"][0]["active"];
+        let group = &status["groups"][0];
+        let active = &group["active"];
+        let acked = |member: &Value, role: &str| {
+            member["acknowledged"]["epoch"] == epoch && member["acknowledged"]["role"] == role
+        };
+        let standbys_acked = group["standbys"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty() && s.iter().all(|s| acked(s, "standby")));
         Ok(
-            if active["promoted"]["epoch"] == epoch && active["acknowledged"]["epoch"] == epoch {
+            if active["promoted"]["epoch"] == epoch && acked(active, "active") && standbys_acked {
                 Check::Done(status)
             } else {
                 Check::NotYet(format!("{status:#}"))
