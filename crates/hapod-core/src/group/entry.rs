@@ -31,6 +31,11 @@ pub(super) struct PodEntry {
     /// earlier when the Ready condition's lastTransitionTime says so (a restarted replica must
     /// not grant a fresh grace; without that time, one grace per restart at most).
     pub(super) not_ready_since: Option<Instant>,
+    /// The role and epoch its application was last recorded taking (`Acknowledged`), while
+    /// its agent's latest report still says so.
+    pub(super) acknowledged: Option<(Role, u64)>,
+    /// From this replica's first grant at an epoch to its agent's report of acting there.
+    pub(super) grant_round_trip: Option<Duration>,
 }
 
 /// Which agent process gave the role up, and at which label epoch.
@@ -52,6 +57,8 @@ impl PodEntry {
             unresponsive: false,
             relinquished: None,
             not_ready_since: None,
+            acknowledged: None,
+            grant_round_trip: None,
         };
         entry.track_readiness(now);
         entry

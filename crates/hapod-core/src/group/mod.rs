@@ -299,8 +299,7 @@ impl GroupState {
         }
     }
 
-    /// An agent's report: the lease's book, a pod judged unresponsive is heard again, and the
-    /// active's application taking the role is recorded.
+    /// An agent's report: the lease's book, and a pod judged unresponsive is heard again.
     fn reported(
         &mut self,
         uid: &str,
@@ -308,7 +307,6 @@ impl GroupState {
         epoch: u64,
         incarnation: u64,
         now: Instant,
-        out: &mut Vec<Action>,
     ) {
         // Standby at the very epoch this replica granted it, and told it nothing since: no
         // order says that, so its agent gave the role up (its process is shutting down). A
@@ -316,38 +314,13 @@ impl GroupState {
         // kept active's epoch, a demotion comes with a fresh one).
         let gave_up_grant = role == Some(ReportedRole::Standby)
             && self.grants.told.get(uid) == Some(&(Role::Active, epoch));
-        let said_anew =
-            self.term.is_some() && self.grants.reported.get(uid) != Some(&(role, epoch));
-        let told = self.grants.told.get(uid).copied();
         let granted_at = self.grants.awaiting_report.get(uid).copied();
         self.grants.report(uid, role, epoch, now);
         let config = &self.config;
         if let Some(entry) = self.pods.values_mut().find(|e| e.view.uid == uid) {
             entry.unresponsive = false;
-            // The application took the role its label says: the active at the pod's epoch,
-            // a standby at the epoch this replica told it.
-            let labeled = entry.role(config);
-            let acknowledged = match role {
-                Some(ReportedRole::Active) => {
-                    (labeled == Role::Active && entry.view.epoch == Some(epoch)).then_some((
-                        Role::Active,
-                        granted_at.map(|at| now.saturating_duration_since(at)),
-                    ))
-                }
-                Some(ReportedRole::Standby) => (labeled == Role::Standby
-                    && told == Some((Role::Standby, epoch)))
-                .then_some((Role::Standby, None)),
-                _ => None,
-            };
-            if said_anew && let Some((role, round_trip)) = acknowledged {
-                out.push(Action::Record(Record {
-                    pod: Some(entry.pod_ref()),
-                    kind: RecordKind::Acknowledged {
-                        role,
-                        epoch,
-                        round_trip,
-                    },
-                }));
+            if role == Some(ReportedRole::Active) {
+                entry.grant_round_trip = granted_at.map(|at| now.saturating_duration_since(at));
             }
             let another_process = entry
                 .relinquished
@@ -452,6 +425,49 @@ impl GroupState {
             RecordKind::Resumed
         };
         out.push(Action::Record(Record { pod, kind }));
+    }
+
+    /// Records each pod whose agent's latest report says the role its label says (acting at
+    /// the pod's epoch when labeled active, standing by at the epoch this replica told it
+    /// when labeled standby), once until its report or label says otherwise: its application
+    /// took the role. Checked after every event, since a report may come before the watch
+    /// shows the label it answers.
+    fn record_acknowledgements(&mut self, out: &mut Vec<Action>) {
+        if self.term.is_none() {
+            return;
+        }
+        for entry in self.pods.values_mut() {
+            let uid = entry.view.uid.as_str();
+            let labeled = entry.role(&self.config);
+            let taken = match self.grants.reported.get(uid) {
+                Some(&(Some(ReportedRole::Active), epoch))
+                    if labeled == Role::Active && entry.view.epoch == Some(epoch) =>
+                {
+                    Some((Role::Active, epoch))
+                }
+                Some(&(Some(ReportedRole::Standby), epoch))
+                    if labeled == Role::Standby
+                        && self.grants.told.get(uid) == Some(&(Role::Standby, epoch)) =>
+                {
+                    Some((Role::Standby, epoch))
+                }
+                _ => None,
+            };
+            if taken == entry.acknowledged {
+                continue;
+            }
+            entry.acknowledged = taken;
+            if let Some((role, epoch)) = taken {
+                out.push(Action::Record(Record {
+                    pod: Some(entry.pod_ref()),
+                    kind: RecordKind::Acknowledged {
+                        role,
+                        epoch,
+                        round_trip: entry.grant_round_trip.filter(|_| role == Role::Active),
+                    },
+                }));
+            }
+        }
     }
 
     /// After an event: note the start of a failover, or its end when an eligible active is back.
@@ -702,11 +718,12 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
             role,
             epoch,
             incarnation,
-        } => state.reported(&uid, role, epoch, incarnation, now, &mut out),
+        } => state.reported(&uid, role, epoch, incarnation, now),
     }
     state.settle_doubt();
     state.observe_trigger(now);
     state.observe_pause(now, &mut out);
+    state.record_acknowledgements(&mut out);
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);

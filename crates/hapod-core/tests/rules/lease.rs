@@ -538,6 +538,24 @@ fn the_actives_application_taking_its_role_is_recorded_once_with_the_round_trip(
 }
 
 #[test]
+fn a_report_of_acting_before_the_watch_shows_its_epoch_is_recorded_once_the_label_is_seen() {
+    let mut ctl = steady();
+    // a's agent acts at epoch 4 before the watch shows a labeled with it (the report of the
+    // grant that followed the promotion can beat the promotion's watch event).
+    assert!(acknowledged(&report(&mut ctl, "a-uid", ReportedRole::Active, 4)).is_empty());
+    let ev = ctl.api.modify("a", |p| p.epoch = Some(4)).unwrap();
+    assert_eq!(
+        acknowledged(&ctl.feed(ev))
+            .into_iter()
+            .map(|(pod, role, epoch, _)| (pod, role, epoch))
+            .collect::<Vec<_>>(),
+        [("a".to_owned(), Role::Active, 4)]
+    );
+    // Once.
+    assert!(acknowledged(&ctl.feed(Event::Heartbeat { heard: Vec::new() })).is_empty());
+}
+
+#[test]
 fn a_standby_standing_by_at_the_epoch_it_was_told_is_recorded_once() {
     let mut ctl = steady();
     // The heartbeat told b to stand by at the active's epoch 3.
