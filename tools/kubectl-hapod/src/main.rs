@@ -209,17 +209,22 @@ async fn status(kubeconfig: Option<&str>, args: StatusArgs) -> Result<()> {
         None => matching.selector.clone(),
     };
     let pods = pods::list(&pods, &selector).await?;
-    // What cannot be read only leaves its part of the view out, with a warning.
-    let events = match events
-        .list(&ListParams::default().fields("reason=Promoted"))
-        .await
-    {
-        Ok(list) => list.items,
-        Err(e) => {
-            eprintln!("warning: no promotion times (listing Events: {e})");
-            Vec::new()
+    // What cannot be read only leaves its part of the view out, with a warning. A field
+    // selector matches one reason: one list per reason the view reads.
+    let mut notes = Vec::new();
+    for (reason, what) in [
+        ("Promoted", "promotion times"),
+        ("Acknowledged", "acknowledgements"),
+    ] {
+        match events
+            .list(&ListParams::default().fields(&format!("reason={reason}")))
+            .await
+        {
+            Ok(list) => notes.extend(list.items),
+            Err(e) => eprintln!("warning: no {what} (listing Events: {e})"),
         }
-    };
+    }
+    let events = notes;
     let lease_ref = format!("{}/{}", args.controller_namespace, args.lease_name);
     let lease = match Api::<Lease>::namespaced(client, &args.controller_namespace)
         .get_opt(&args.lease_name)
