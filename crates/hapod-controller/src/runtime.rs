@@ -335,10 +335,26 @@ pub fn distinct_namespaces(namespaces: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// How long repeats of one note count into one Event (a series) rather than a new one: the
+/// window of kube's `Recorder` cache and of client-go's.
+const EVENT_SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
+
 /// Publishes Kubernetes Events about pods, one at a time, away from the workers.
+///
+/// A repeated note counts up its Event (an events.k8s.io series); a new note on the same pod
+/// and reason is an Event of its own. kube's `Recorder` keys its series on everything but the
+/// note (client-go keys on the note too), so a pod promoted twice within its window would
+/// keep the first promotion's note, and `kubectl hapod status` the old epoch: one `Recorder`
+/// per distinct note, dropped once its window has passed.
 pub async fn publish_notes(client: Client, reporter: Reporter, mut notes: mpsc::Receiver<PodNote>) {
-    let recorder = Recorder::new(client, reporter);
+    let mut recorders: HashMap<PodNote, (Recorder, Instant)> = HashMap::new();
     while let Some(note) = notes.recv().await {
+        let now = Instant::now();
+        recorders.retain(|_, (_, used)| now.duration_since(*used) < EVENT_SERIES_WINDOW);
+        let (recorder, used) = recorders
+            .entry(note.clone())
+            .or_insert_with(|| (Recorder::new(client.clone(), reporter.clone()), now));
+        *used = now;
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Pod".into()),

@@ -29,7 +29,7 @@ use crate::writer::Writer;
 pub type Input = (Event, Instant);
 
 /// A Kubernetes Event to publish about a pod, off the hot path.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodNote {
     pub namespace: String,
     pub pod: String,
