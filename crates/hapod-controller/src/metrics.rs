@@ -118,6 +118,8 @@ pub struct Metrics {
     pub rejected_writes: Counter,
     pub notifications: Family<NotificationLabels, Counter>,
     pub reports: Family<ReportLabels, Counter>,
+    pub orders_sent: Counter,
+    pub reports_received: Counter,
     pub unplaceable_pods: Counter,
     pub acting: Gauge,
     pub unsynced_scopes: Gauge,
@@ -140,6 +142,8 @@ impl Metrics {
             rejected_writes: Counter::default(),
             notifications: Family::default(),
             reports: Family::default(),
+            orders_sent: Counter::default(),
+            reports_received: Counter::default(),
             unplaceable_pods: Counter::default(),
             acting: Gauge::default(),
             unsynced_scopes: Gauge::default(),
@@ -198,6 +202,16 @@ impl Metrics {
             "agent_reports",
             "Application lease: agent reports that changed what an agent says of itself (role or epoch), by the role reported",
             m.reports.clone(),
+        );
+        r.register(
+            "lease_orders_sent",
+            "Application lease: order datagrams sent (every heartbeat sends one to each pod of a group), the cost of the heartbeat with hapod_lease_reports_received",
+            m.orders_sent.clone(),
+        );
+        r.register(
+            "lease_reports_received",
+            "Application lease: authentic agent reports received (an agent answers every order)",
+            m.reports_received.clone(),
         );
         r.register(
             "unplaceable_pods",

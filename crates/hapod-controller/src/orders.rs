@@ -128,8 +128,9 @@ impl OrderChannel {
         socket
             .send_to(&datagram, to)
             .await
-            .map(drop)
-            .map_err(|e| format!("sending to {to}: {e}"))
+            .map_err(|e| format!("sending to {to}: {e}"))?;
+        self.inner.metrics.orders_sent.inc();
+        Ok(())
     }
 
     /// When each of `uids`' agents was last heard (those heard at all).
@@ -189,6 +190,7 @@ async fn receive(socket: Arc<UdpSocket>, inner: std::sync::Weak<Inner>) {
                 continue;
             }
         };
+        inner.metrics.reports_received.inc();
         let now = Instant::now();
         let said = Said {
             role: report.role,

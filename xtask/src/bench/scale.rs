@@ -57,6 +57,10 @@ pub struct ScaleResult {
     pub rss_idle_mib: f64,
     pub cpu_converge_s: f64,
     pub cpu_idle_pct: f64,
+    /// The heartbeat's traffic while idle: order datagrams sent and agent reports received
+    /// per second (the controller's counters over the idle window).
+    pub heartbeat_orders_per_s: Option<f64>,
+    pub heartbeat_reports_per_s: Option<f64>,
     pub storm_groups: usize,
     pub storm_ms: Vec<f64>,
     /// the scale controller's own `promoted` latency (its watch event → write acked) for the
@@ -482,14 +486,33 @@ async fn run_inner(
         "  {groups} groups: converged {:.2} s after the controller was created ({:?} s after its process started)",
         r.converge_s, r.converge_from_process_s
     );
-    // idle: 5 s with nothing happening
-    let a = proc_sample(pid);
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let b = proc_sample(pid);
+    // idle: 5 s with nothing happening but the heartbeat
+    let ctl_pod = cpods
+        .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| find_pid("hapod-controller", &p.name_any()) == Some(pid))
+        .context("the scale controller's pod")?;
+    let lease_counters = || heartbeat_counters(pods.tb, &ctl_pod);
+    let (a, counted_a) = (proc_sample(pid), lease_counters().await);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let (b, counted_b) = (proc_sample(pid), lease_counters().await);
     if let (Some(a), Some(b)) = (a, b) {
-        r.cpu_idle_pct = (b.cpu_seconds - a.cpu_seconds) / 5.0 * 100.0;
+        r.cpu_idle_pct = (b.cpu_seconds - a.cpu_seconds) / IDLE_WINDOW.as_secs_f64() * 100.0;
         r.rss_idle_mib = b.rss_kib as f64 / 1024.0;
         peak = peak.max(b.rss_kib);
+    }
+    if let (Some(a), Some(b)) = (counted_a, counted_b) {
+        let per_s = |from: f64, to: f64| Some((to - from) / IDLE_WINDOW.as_secs_f64());
+        r.heartbeat_orders_per_s = per_s(a.0, b.0);
+        r.heartbeat_reports_per_s = per_s(a.1, b.1);
+        println!(
+            "  {groups} groups idle: {:.0} orders/s sent, {:.0} reports/s received, CPU {:.1} %",
+            (b.0 - a.0) / IDLE_WINDOW.as_secs_f64(),
+            (b.1 - a.1) / IDLE_WINDOW.as_secs_f64(),
+            r.cpu_idle_pct
+        );
     }
 
     // storm
@@ -583,6 +606,25 @@ async fn run_inner(
         );
     }
     Ok(r)
+}
+
+/// The idle window: nothing happens but the application lease's heartbeat.
+const IDLE_WINDOW: Duration = Duration::from_secs(5);
+
+/// The controller's heartbeat counters (orders sent, reports received); `None` when its
+/// `/metrics` cannot be read (the idle figures then stay empty, the run goes on).
+async fn heartbeat_counters(tb: &Testbed, controller: &Pod) -> Option<(f64, f64)> {
+    let read = |metric| tb.controller_metric(controller, metric, &[]);
+    match (
+        read("hapod_lease_orders_sent_total").await,
+        read("hapod_lease_reports_received_total").await,
+    ) {
+        (Ok(sent), Ok(received)) => Some((sent, received)),
+        (Err(error), _) | (_, Err(error)) => {
+            println!("  heartbeat counters not read: {error:#}");
+            None
+        }
+    }
 }
 
 struct Perf {
