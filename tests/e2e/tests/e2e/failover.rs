@@ -84,6 +84,49 @@ pub(crate) async fn steady_state(tb: &Testbed) -> Result<()> {
         c.active.name_any(),
         c.standbys.iter().map(|p| p.name_any()).collect::<Vec<_>>()
     );
+    heartbeat_counted(tb, &c.active, &c.standbys).await
+}
+
+/// The application lease's heartbeat, on the controllers' counters: the acting replica sends
+/// an order to each pod of the group per heartbeat and hears a report for each; a standby
+/// replica sends none.
+async fn heartbeat_counted(tb: &Testbed, acting: &Pod, standbys: &[Pod]) -> Result<()> {
+    const SENT: &str = "hapod_lease_orders_sent_total";
+    const RECEIVED: &str = "hapod_lease_reports_received_total";
+    let counters = |pod: &Pod| {
+        let pod = pod.clone();
+        async move {
+            let sent = tb.controller_metric(&pod, SENT, &[]).await?;
+            let received = tb.controller_metric(&pod, RECEIVED, &[]).await?;
+            anyhow::Ok((sent, received))
+        }
+    };
+    let before = counters(acting).await?;
+    let idle_before = futures::future::try_join_all(standbys.iter().map(counters)).await?;
+    // Two heartbeats' worth (deploy/base beats every 100 ms) to every pod, each answered.
+    let want = 2.0 * APP_REPLICAS as f64;
+    let what = format!(
+        "{SENT} and {RECEIVED} of {} to grow by {want}",
+        acting.name_any()
+    );
+    let after = await_condition(what, WAIT, Duration::from_millis(100), || async {
+        let now = counters(acting).await?;
+        Ok(if now.0 - before.0 >= want && now.1 - before.1 >= want {
+            Check::Done(now)
+        } else {
+            Check::NotYet(format!("{now:?} from {before:?}"))
+        })
+    })
+    .await?;
+    println!(
+        "  heartbeat: {:?} -> {after:?} (orders sent, reports received)",
+        before
+    );
+    let idle_after = futures::future::try_join_all(standbys.iter().map(counters)).await?;
+    ensure!(
+        idle_after.iter().zip(&idle_before).all(|(a, b)| a.0 == b.0),
+        "a standby controller replica sent orders: {idle_before:?} -> {idle_after:?}"
+    );
     Ok(())
 }
 
