@@ -102,7 +102,7 @@ impl Partition {
             bail!("partitions are made only inside the private network namespace");
         }
         for ip in [a, b] {
-            if !in_pod_cidr(ip) {
+            if !is_pod_address(ip) {
                 bail!("{ip} is not a pod address ({})", POD_CIDRS.join(", "));
             }
         }
@@ -136,7 +136,7 @@ impl Drop for Partition {
 }
 
 /// Whether `ip` is in one of [`POD_CIDRS`].
-fn in_pod_cidr(ip: std::net::Ipv4Addr) -> bool {
+pub fn is_pod_address(ip: std::net::Ipv4Addr) -> bool {
     POD_CIDRS.iter().any(|cidr| {
         let Some((net, len)) = cidr.split_once('/') else {
             return false;
@@ -186,9 +186,9 @@ mod tests {
 
     #[test]
     fn only_pod_addresses_can_be_partitioned() {
-        assert!(in_pod_cidr("10.244.3.7".parse().unwrap()));
-        assert!(in_pod_cidr("10.245.0.9".parse().unwrap()));
-        assert!(!in_pod_cidr("10.246.0.1".parse().unwrap()));
-        assert!(!in_pod_cidr("127.0.0.1".parse().unwrap()));
+        assert!(is_pod_address("10.244.3.7".parse().unwrap()));
+        assert!(is_pod_address("10.245.0.9".parse().unwrap()));
+        assert!(!is_pod_address("10.246.0.1".parse().unwrap()));
+        assert!(!is_pod_address("127.0.0.1".parse().unwrap()));
     }
 }
