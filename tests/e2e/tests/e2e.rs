@@ -2,9 +2,10 @@
 //! EndpointSlice, garbage collector) and kube-scheduler, with the process node running the
 //! controller (2 replicas, in-cluster, under the ServiceAccount and RBAC of `deploy/`) and the
 //! sample app of `deploy/` as local processes. It all runs inside a private network namespace
-//! whose only interface is `lo`: the API server on 127.0.0.1, pod IPs from 10.244.0.0/16 on
-//! that `lo` (kube-apiserver refuses loopback pod IPs as EndpointSlice endpoints), no route
-//! out. The testbed is `hapod_testkit::testbed` (`tests/kit`).
+//! whose only interface is `lo`: the API server on 127.0.0.1, pod IPs from 10.244.0.0/16 (and
+//! 10.245.0.0/16 on the second node some scenarios start) on that `lo` (kube-apiserver refuses
+//! loopback pod IPs as EndpointSlice endpoints), no route out. The testbed is
+//! `hapod_testkit::testbed` (`tests/kit`).
 //!
 //! One testbed is shared by every scenario (starting a control plane takes seconds, building
 //! it the first time takes many minutes), so the scenarios run one after another in one
@@ -109,6 +110,14 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!(
         "partitioned_active_app_replaced",
         detection::partitioned_active_is_replaced
+    ),
+    scenario!(
+        "node_lost_active_is_replaced",
+        detection::node_lost_active_is_replaced
+    ),
+    scenario!(
+        "node_network_lost_active_is_replaced",
+        detection::node_network_lost_active_is_replaced
     ),
     scenario!("agent_restart_in_active", lease::agent_restart_in_active),
     scenario!("agent_restart_in_standby", lease::agent_restart_in_standby),

@@ -21,11 +21,11 @@ use tokio_rustls::TlsConnector;
 
 /// Whether the kit may send a packet to `addr`: a loopback address, or (inside the testbed's
 /// private network namespace, whose only interface is `lo`) a pod IP of
-/// [`crate::netns::POD_CIDR`].
+/// [`crate::netns::POD_CIDRS`].
 pub fn allowed_address(addr: IpAddr) -> bool {
     addr.is_loopback()
         || (crate::netns::inside()
-            && matches!(addr, IpAddr::V4(v4) if v4.octets()[0] == 10 && v4.octets()[1] == 244))
+            && matches!(addr, IpAddr::V4(v4) if crate::netns::is_pod_address(v4)))
 }
 
 /// The URL of `path` on `ip:port` (brackets around an IPv6 address).

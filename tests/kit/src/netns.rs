@@ -2,8 +2,8 @@
 //!
 //! kube-apiserver refuses loopback addresses (127.0.0.0/8, ::1) as EndpointSlice endpoints, so
 //! pods with 127.x.y.z IPs can never be listed by a Service. The testbed therefore runs in a
-//! network namespace that it creates itself: its loopback interface carries [`POD_CIDR`] as
-//! well, pods take their IPs from it, the EndpointSlice controller accepts them, and every
+//! network namespace that it creates itself: its loopback interface carries [`POD_CIDRS`] as
+//! well, pods take their IPs from them, the EndpointSlice controller accepts them, and every
 //! packet to them stays on that namespace's `lo` (it has no other interface and no route out).
 //! Anything that needs the package registries (Go and cargo builds) runs before entering.
 
@@ -14,10 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 
-/// Pod IPs inside the private namespace. Local to its `lo`, reachable from nowhere else.
-pub const POD_CIDR: &str = "10.244.0.0/16";
-/// The namespace's own address in [`POD_CIDR`].
-const LO_ADDRESS: &str = "10.244.0.1/16";
+/// Pod IPs inside the private namespace, one range per process node of the testbed (the
+/// first node's, then a second node's). Local to its `lo`, reachable from nowhere else.
+pub const POD_CIDRS: [&str; 2] = ["10.244.0.0/16", "10.245.0.0/16"];
+/// The first node's pod IPs.
+pub const POD_CIDR: &str = POD_CIDRS[0];
+/// The namespace's own address in each of [`POD_CIDRS`] (what makes the range local on `lo`).
+const LO_ADDRESSES: [&str; 2] = ["10.244.0.1/16", "10.245.0.1/16"];
 /// Set in the environment of the process re-run inside the namespace.
 const MARKER: &str = "HAPOD_PRIVATE_NETNS";
 
@@ -36,10 +39,9 @@ pub fn inside() -> bool {
 pub fn enter_here() -> Result<()> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
         .context("unshare(CLONE_NEWNET): creating the test network namespace needs root")?;
-    for args in [
-        &["link", "set", "lo", "up"][..],
-        &["addr", "add", LO_ADDRESS, "dev", "lo"],
-    ] {
+    let lo_up = ["link", "set", "lo", "up"];
+    let addresses = LO_ADDRESSES.map(|address| ["addr", "add", address, "dev", "lo"]);
+    for args in std::iter::once(&lo_up[..]).chain(addresses.iter().map(|a| &a[..])) {
         let status = Command::new("ip")
             .args(args)
             .status()
@@ -51,7 +53,7 @@ pub fn enter_here() -> Result<()> {
 }
 
 /// Runs this same command again inside a fresh network namespace with `lo` up and
-/// [`POD_CIDR`] on it, and exits with its status. Needs root (the project's machines and CI
+/// [`POD_CIDRS`] on it, and exits with its status. Needs root (the project's machines and CI
 /// run as root) and `unshare`/`ip` (util-linux, iproute2).
 pub fn reexec_inside() -> Result<Infallible> {
     if inside() {
@@ -64,8 +66,11 @@ pub fn reexec_inside() -> Result<Infallible> {
         .to_str()
         .and_then(|path| path.strip_suffix(" (deleted)"))
         .map_or(exe.clone(), Into::into);
-    let setup =
-        format!("ip link set lo up && ip addr add {LO_ADDRESS} dev lo && exec \"$0\" \"$@\"");
+    let addresses: String = LO_ADDRESSES
+        .iter()
+        .map(|address| format!(" && ip addr add {address} dev lo"))
+        .collect();
+    let setup = format!("ip link set lo up{addresses} && exec \"$0\" \"$@\"");
     let error = Command::new("unshare")
         .args(["--net", "--", "sh", "-c", &setup])
         .arg(exe)
@@ -91,14 +96,14 @@ const PARTITION_PREF: u32 = 10;
 const LOCAL_PREF: u32 = 100;
 
 impl Partition {
-    /// Cuts `a` from `b`. Both must be addresses of [`POD_CIDR`], inside the namespace.
+    /// Cuts `a` from `b`. Both must be addresses of [`POD_CIDRS`], inside the namespace.
     pub fn cut(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr) -> Result<Partition> {
         if !inside() {
             bail!("partitions are made only inside the private network namespace");
         }
         for ip in [a, b] {
-            if !in_pod_cidr(ip) {
-                bail!("{ip} is not a pod address ({POD_CIDR})");
+            if !is_pod_address(ip) {
+                bail!("{ip} is not a pod address ({})", POD_CIDRS.join(", "));
             }
         }
         move_local_rule()?;
@@ -130,16 +135,18 @@ impl Drop for Partition {
     }
 }
 
-/// Whether `ip` is in [`POD_CIDR`].
-fn in_pod_cidr(ip: std::net::Ipv4Addr) -> bool {
-    let Some((net, len)) = POD_CIDR.split_once('/') else {
-        return false;
-    };
-    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
-        return false;
-    };
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    u32::from(ip) & mask == u32::from(net) & mask
+/// Whether `ip` is in one of [`POD_CIDRS`].
+pub fn is_pod_address(ip: std::net::Ipv4Addr) -> bool {
+    POD_CIDRS.iter().any(|cidr| {
+        let Some((net, len)) = cidr.split_once('/') else {
+            return false;
+        };
+        let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+            return false;
+        };
+        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(net) & mask
+    })
 }
 
 /// Moves the local table's rule from preference 0 to [`LOCAL_PREF`], once (partitions may be
@@ -179,8 +186,9 @@ mod tests {
 
     #[test]
     fn only_pod_addresses_can_be_partitioned() {
-        assert!(in_pod_cidr("10.244.3.7".parse().unwrap()));
-        assert!(!in_pod_cidr("10.245.0.1".parse().unwrap()));
-        assert!(!in_pod_cidr("127.0.0.1".parse().unwrap()));
+        assert!(is_pod_address("10.244.3.7".parse().unwrap()));
+        assert!(is_pod_address("10.245.0.9".parse().unwrap()));
+        assert!(!is_pod_address("10.246.0.1".parse().unwrap()));
+        assert!(!is_pod_address("127.0.0.1".parse().unwrap()));
     }
 }

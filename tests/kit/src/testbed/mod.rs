@@ -5,6 +5,8 @@
 //! - [`names`]: the namespaces, groups, labels, annotations, Services and containers of
 //!   `deploy/base` (shared with the deploy checks and the benchmark);
 //! - `build`: the workspace binaries the process node runs;
+//! - `nodes`: the process nodes (the first one; a second one a scenario starts and removes),
+//!   cordoning, the pods bound to a node;
 //! - `pods`: pod accessors (role, epoch, IP, readiness), a group's view, failure triggers;
 //! - `wait`: the bounded waits for a state (one active, settled, endpoints, a failover);
 //! - `http`: the bounded HTTP client for pods (`/state`, `/metrics`);
@@ -26,16 +28,17 @@
 //! Everything it started is stopped when the [`Testbed`] is dropped, also on failure.
 //!
 //! Network rule: the testbed runs inside its own network namespace ([`crate::netns`]), whose
-//! only interface is `lo`. The API server listens on 127.0.0.1; the process node gives pods
-//! IPs from [`crate::netns::POD_CIDR`] (10.244.0.0/16) on that `lo`, so nothing reaches
-//! them from outside and no packet leaves the namespace. No ClusterIP is ever contacted: "the
-//! Service" is reached through its EndpointSlice.
+//! only interface is `lo`. The API server listens on 127.0.0.1; the process nodes give pods
+//! IPs from [`crate::netns::POD_CIDRS`] (10.244.0.0/16; 10.245.0.0/16 on a second node) on
+//! that `lo`, so nothing reaches them from outside and no packet leaves the namespace. No
+//! ClusterIP is ever contacted: "the Service" is reached through its EndpointSlice.
 
 mod build;
 mod history;
 mod http;
 mod journal;
 pub mod names;
+mod nodes;
 mod pods;
 mod wait;
 
@@ -44,24 +47,25 @@ pub use history::*;
 pub use http::*;
 pub use journal::*;
 pub use names::*;
+pub use nodes::*;
 pub use pods::*;
 pub use wait::*;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use anyhow::{Context as _, Result, anyhow, ensure};
 use k8s_openapi::api::core::v1::ServiceAccount;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, ResourceExt};
 use tokio::task::JoinHandle;
 
 use crate::controlplane::ControlPlane;
-use crate::poll::{Check, await_condition};
 use crate::{target_dir, workspace_root};
 
 /// Cargo profile of the binaries under test.
@@ -155,7 +159,12 @@ pub struct Testbed {
     /// Every pod and EndpointSlice change of the run.
     pub history: History,
     admin_kubeconfig: PathBuf,
+    /// The first process node.
     node: Option<Child>,
+    /// Extra arguments of every process node.
+    node_args: Vec<String>,
+    /// Second nodes started so far (each gets its own folder).
+    second_nodes_started: AtomicUsize,
     tasks: Vec<JoinHandle<()>>,
     /// Shared with the blocking tasks of [`Testbed::with_control_plane`].
     control_plane: Option<Arc<ControlPlane>>,
@@ -222,6 +231,8 @@ impl Testbed {
             history: History::default(),
             admin_kubeconfig,
             node: None,
+            node_args: opts.node_args.clone(),
+            second_nodes_started: AtomicUsize::new(0),
             tasks: Vec::new(),
             control_plane: Some(Arc::new(control_plane)),
             verbose: opts.verbose,
@@ -229,8 +240,7 @@ impl Testbed {
         // From here on, Drop stops everything on failure.
         tb.tasks = tb.history.start(tb.client.clone());
         progress(opts.verbose, "starting the process node");
-        tb.start_node(&opts.node_args)?;
-        tb.wait_node_ready(Duration::from_secs(60)).await?;
+        tb.start_first_node().await?;
 
         progress(
             opts.verbose,
@@ -265,62 +275,6 @@ impl Testbed {
         Ok(tb)
     }
 
-    fn start_node(&mut self, extra_args: &[String]) -> Result<()> {
-        let node_bin = self.bin_dir.join("hapod-node");
-        let log = std::fs::File::create(self.run_dir.join("node.log"))?;
-        let mut cmd = Command::new(&node_bin);
-        cmd.arg("--kubeconfig").arg(&self.admin_kubeconfig);
-        for image in IMAGES {
-            cmd.arg("--image")
-                .arg(format!("{image}={}", self.bin_dir.join(image).display()));
-        }
-        cmd.arg("--state-dir").arg(self.run_dir.join("node"));
-        cmd.arg("--pod-cidr").arg(crate::netns::POD_CIDR);
-        cmd.arg("--container-env")
-            .arg(format!("{JOURNAL_ENV}={}", self.journal_dir().display()));
-        cmd.args(extra_args);
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            );
-        {
-            use std::os::unix::process::CommandExt;
-            cmd.process_group(0);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", node_bin.display()))?;
-        self.node = Some(child);
-        Ok(())
-    }
-
-    async fn wait_node_ready(&mut self, timeout: Duration) -> Result<()> {
-        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
-        let log = self.run_dir.join("node.log");
-        let node = &mut self.node;
-        let waited = await_condition("a Ready node", timeout, Duration::from_millis(200), || {
-            // The node process is looked at here, the API in the future below.
-            let exited = node.as_mut().map(Child::try_wait).transpose();
-            let nodes = nodes.clone();
-            async move {
-                if let Some(status) = exited?.flatten() {
-                    bail!("hapod-node exited early ({status})");
-                }
-                let list = nodes.list(&ListParams::default()).await?;
-                Ok(if list.items.iter().any(node_ready) {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(format!("{} nodes, none Ready", list.items.len()))
-                })
-            }
-        })
-        .await;
-        waited.with_context(|| format!("node log:\n{}", tail(&log, 40)))
-    }
-
     /// Path of the admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
@@ -339,28 +293,21 @@ impl Testbed {
         &self,
         f: impl FnOnce(&ControlPlane) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let cp = self
-            .control_plane
-            .clone()
-            .ok_or_else(|| anyhow!("control plane stopped"))?;
+        let cp = self.control_plane_arc()?;
         tokio::task::spawn_blocking(move || f(&cp)).await?
+    }
+
+    /// A share of the running control plane, for what must outlive a borrow of the testbed
+    /// (guards that undo a change when dropped).
+    fn control_plane_arc(&self) -> Result<Arc<ControlPlane>> {
+        self.control_plane
+            .clone()
+            .ok_or_else(|| anyhow!("control plane stopped"))
     }
 
     /// Runs the control plane's kubectl with the admin kubeconfig; returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
-        let out = control_plane_kubectl(self.control_plane()?)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running kubectl")?;
-        ensure!(
-            out.status.success(),
-            "kubectl {} failed: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        run_kubectl(self.control_plane()?, args)
     }
 
     /// A client that authenticates as a ServiceAccount (token from the TokenRequest API).
@@ -494,14 +441,6 @@ fn stop_child(child: &mut Child, what: &str, grace: Duration) {
     let _ = child.wait();
 }
 
-/// Ready condition True on a node.
-fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Links (or copies) the binaries under test into `to`: a build in another work tree sharing
 /// the target folder replaces cargo's copies, and must not change what a running testbed
 /// starts (the process node starts every replacement pod from these paths).
@@ -547,9 +486,4 @@ fn start_control_plane(dir: &Path, etcd_fsync: bool) -> Result<ControlPlane> {
 
 fn control_plane_kubeconfig(cp: &ControlPlane) -> PathBuf {
     cp.kubeconfig()
-}
-
-/// The control plane's kubectl (already pointed at the admin kubeconfig).
-fn control_plane_kubectl(cp: &ControlPlane) -> Command {
-    cp.kubectl()
 }

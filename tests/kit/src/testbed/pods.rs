@@ -499,14 +499,16 @@ impl Drop for StoppedProcesses {
 /// A fault that keeps an active app pod's agent from reporting while the API still sees the
 /// pod as it was (failures the API learns of late), until it ends (or is dropped).
 pub enum Fault {
-    /// Every process of the pod stopped (SIGSTOP) at `at` (right before the first signal).
+    /// Every process of the pod (or of a whole node) stopped (SIGSTOP) at `at` (right before
+    /// the first signal).
     Hang {
         stopped: StoppedProcesses,
         at: SystemTime,
     },
-    /// The acting controller and the pod cut from each other at `at` (right before the cut).
+    /// The acting controller and the pod (or every pod of a node) cut from each other at `at`
+    /// (right before the first cut).
     Cut {
-        partition: Partition,
+        partitions: Vec<Partition>,
         at: SystemTime,
     },
 }
@@ -514,7 +516,21 @@ pub enum Fault {
 impl Fault {
     /// Stops every process of `pod` (see [`Testbed::pod_processes`]).
     pub fn hang(pod: &Pod) -> Result<Fault> {
-        let pids = Testbed::pod_processes(pod)?;
+        Self::stop(Testbed::pod_processes(pod)?)
+    }
+
+    /// A lost node: stops the node's process `node_pid` and every process of `pods`, the pods
+    /// bound to it. The node first, so that it reports nothing (such as a failed probe) about
+    /// pods stopped before it.
+    pub fn node_lost(node_pid: i32, pods: &[Pod]) -> Result<Fault> {
+        let mut pids = vec![node_pid];
+        for pod in pods {
+            pids.extend(Testbed::pod_processes(pod)?);
+        }
+        Self::stop(pids)
+    }
+
+    fn stop(pids: Vec<i32>) -> Result<Fault> {
         let at = SystemTime::now();
         let stopped = Testbed::stop_processes(pids)?;
         Ok(Fault::Hang { stopped, at })
@@ -522,9 +538,19 @@ impl Fault {
 
     /// Cuts the acting controller `controller` from `pod` (see [`partition_pods`]).
     pub fn cut(controller: &Pod, pod: &Pod) -> Result<Fault> {
+        Self::cut_from(controller, std::slice::from_ref(pod))
+    }
+
+    /// Cuts the acting controller `controller` from every pod of `pods` (those of a node: its
+    /// agent-facing network lost).
+    pub fn cut_from(controller: &Pod, pods: &[Pod]) -> Result<Fault> {
         let at = SystemTime::now();
-        let partition = partition_pods(controller, pod)?;
-        Ok(Fault::Cut { partition, at })
+        // On a partial failure, the drops heal what was cut.
+        let partitions = pods
+            .iter()
+            .map(|pod| partition_pods(controller, pod))
+            .collect::<Result<_>>()?;
+        Ok(Fault::Cut { partitions, at })
     }
 
     /// When the fault started (wall clock).
@@ -534,11 +560,11 @@ impl Fault {
         }
     }
 
-    /// Ends the fault: continues the processes or heals the partition.
+    /// Ends the fault: continues the processes or heals the partitions.
     pub fn end(self) -> Result<()> {
         match self {
             Fault::Hang { stopped, .. } => stopped.resume(),
-            Fault::Cut { partition, .. } => partition.heal(),
+            Fault::Cut { partitions, .. } => partitions.into_iter().try_for_each(Partition::heal),
         }
     }
 }
