@@ -101,9 +101,9 @@ impl Worker {
     /// Routes the agents' reports of this group's pods to `input` (the worker's own input)
     /// and starts the heartbeat, when the application lease is on.
     pub fn with_reports_to(mut self, input: WeakUnboundedSender<Input>) -> Self {
-        if self.shared.orders.is_some() {
+        if let Some((_, every)) = &self.shared.orders {
             self.reports_to = Some(input);
-            self.next_heartbeat = Some(Instant::now());
+            self.next_heartbeat = Some(Instant::now() + heartbeat_phase(&self.key, *every));
         }
         self
     }
@@ -551,4 +551,43 @@ fn ordered_uids(actions: &[Action]) -> impl Iterator<Item = String> + '_ {
         Action::Order(order) => Some(order.uid.clone()),
         _ => None,
     })
+}
+
+/// Where in each heartbeat interval a group's heartbeat falls: spread over the interval by
+/// the group's key, so that the orders of many groups (and their agents' reports) do not
+/// all go out in one burst, which overflows the controller's socket receive buffer. Stable
+/// per group, so a group's beat does not shift when its worker restarts.
+fn heartbeat_phase(key: &GroupKey, every: Duration) -> Duration {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    // The hash's top 32 bits as a fraction of the interval, below 1.
+    let nanos = (every.as_nanos() * u128::from(hasher.finish() >> 32)) >> 32;
+    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_of_many_groups_spread_over_the_interval() {
+        let every = Duration::from_millis(100);
+        let mut per_tenth = [0usize; 10];
+        for i in 0..1_000 {
+            let key = GroupKey {
+                namespace: format!("ns-{}", i % 7),
+                group: format!("app-{i}"),
+            };
+            let phase = heartbeat_phase(&key, every);
+            assert!(phase < every, "{phase:?} is not within the interval");
+            assert_eq!(phase, heartbeat_phase(&key, every), "not stable per group");
+            per_tenth[(phase.as_nanos() * 10 / every.as_nanos()) as usize] += 1;
+        }
+        // A uniform spread puts 100 in each tenth; a burst puts most in one.
+        assert!(
+            per_tenth.iter().all(|n| (50..=150).contains(n)),
+            "heartbeats per tenth of the interval: {per_tenth:?}"
+        );
+    }
 }
