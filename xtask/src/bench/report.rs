@@ -199,14 +199,14 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
 
     // scale
     let mut csv = String::from(
-        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
+        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,heartbeat_reports_lost_pct,udp_buffer_drops_per_s,idle_promotions,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
     );
     let mut storm_csv = String::from("groups,storm_ms\n");
     for s in &r.scale {
         let st = s.storm_summary();
         let _ = writeln!(
             csv,
-            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{:.3},{}",
+            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
             s.groups,
             s.pods_ready_s,
             s.converge_s,
@@ -217,11 +217,21 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
             s.rss_idle_mib,
             s.cpu_converge_s,
             s.cpu_idle_pct,
-            s.heartbeat_orders_per_s
+            s.heartbeat
+                .map(|h| format!("{:.0}", h.orders_per_s))
+                .unwrap_or_default(),
+            s.heartbeat
+                .map(|h| format!("{:.0}", h.reports_per_s))
+                .unwrap_or_default(),
+            s.heartbeat
+                .map(|h| format!("{:.1}", h.reports_lost() * 100.0))
+                .unwrap_or_default(),
+            s.heartbeat
+                .and_then(|h| h.buffer_drops_per_s)
                 .map(|x| format!("{x:.0}"))
                 .unwrap_or_default(),
-            s.heartbeat_reports_per_s
-                .map(|x| format!("{x:.0}"))
+            s.heartbeat
+                .map(|h| format!("{:.0}", h.promotions))
                 .unwrap_or_default(),
             s.storm_groups,
             st.map(|x| ms_opt(x.p50)).unwrap_or_default(),
@@ -460,23 +470,27 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
              controller process (sampled every 100 ms). Storm: the actives of up to 100 groups \
              force-deleted at once; per group, the time from the first DELETE to its new \
              active labeled (watch). Idle: 5 s after convergence with only the application \
-             lease's heartbeat going on; heartbeat packets/s are the controller's order \
-             datagrams sent plus agent reports received per second \
-             (`hapod_lease_orders_sent_total`, `hapod_lease_reports_received_total`).\n"
+             lease's heartbeat going on: the controller's order datagrams sent and agent reports \
+             received per second (`hapod_lease_orders_sent_total`, \
+             `hapod_lease_reports_received_total`; every order is answered by one report, so \
+             the difference was lost), the datagrams dropped for a full socket receive buffer \
+             in the pods' network namespace (`Udp: RcvbufErrors`), and the promotions counted \
+             meanwhile (`hapod_promotions_total`: with nothing failing, each is a pod wrongly \
+             judged unresponsive).\n"
         );
         let _ = writeln!(
             md,
-            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat packets/s | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
+            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat orders/s sent, reports/s received (lost) | buffer drops/s | idle promotions | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
         );
         let _ = writeln!(
             md,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &r.scale {
             let st = s.storm_summary();
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 s.groups,
                 s.pods_ready_s,
                 s.converge_s,
@@ -484,10 +498,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
                     .map_or("–".into(), |x| format!("{x:.2}")),
                 s.cpu_converge_s,
                 s.cpu_idle_pct,
-                match (s.heartbeat_orders_per_s, s.heartbeat_reports_per_s) {
-                    (Some(sent), Some(received)) => format!("{:.0}", sent + received),
-                    _ => "–".into(),
-                },
+                s.heartbeat.map_or("–".into(), |h| format!(
+                    "{:.0}, {:.0} ({:.1} %)",
+                    h.orders_per_s,
+                    h.reports_per_s,
+                    h.reports_lost() * 100.0
+                )),
+                s.heartbeat
+                    .and_then(|h| h.buffer_drops_per_s)
+                    .map_or("–".into(), |d| format!("{d:.0}")),
+                s.heartbeat
+                    .map_or("–".into(), |h| format!("{:.0}", h.promotions)),
                 s.rss_peak_mib,
                 s.rss_idle_mib,
                 s.storm_groups,
@@ -679,7 +700,7 @@ mod tests {
                 let t0 = 1_000_000_000_000 + i * 10_000_000_000;
                 let at = |ms: f64| Some(t0 + (ms * 1e6) as u64);
                 let base = 2.0 + k as f64 * 300.0 + (i as f64) * 0.7;
-                // a hang or a partition may show no watch event
+                // a hang, a partition or a lost node may show no watch event
                 let seen = if kind.api_sees_failure() {
                     at(base)
                 } else {

@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::stats::{Summary, summarize};
-use super::sysinfo::{ProcSample, find_pid, proc_sample};
+use super::sysinfo::{ProcSample, find_pid, proc_sample, udp_receive_buffer_drops};
 use hapod_testkit::testbed::{
     GROUP_LABEL, PodRecord, ROLE_LABEL, STANDBY, Testbed, now_unix_nanos as now_ns,
 };
@@ -57,10 +57,8 @@ pub struct ScaleResult {
     pub rss_idle_mib: f64,
     pub cpu_converge_s: f64,
     pub cpu_idle_pct: f64,
-    /// The heartbeat's traffic while idle: order datagrams sent and agent reports received
-    /// per second (the controller's counters over the idle window).
-    pub heartbeat_orders_per_s: Option<f64>,
-    pub heartbeat_reports_per_s: Option<f64>,
+    /// The heartbeat while idle (`None`: the controller's counters could not be read).
+    pub heartbeat: Option<IdleHeartbeat>,
     pub storm_groups: usize,
     pub storm_ms: Vec<f64>,
     /// the scale controller's own `promoted` latency (its watch event → write acked) for the
@@ -72,6 +70,31 @@ pub struct ScaleResult {
     /// perf reports written (cold start, storm)
     pub profiles: Vec<String>,
     pub note: String,
+}
+
+/// The application lease's heartbeat over the idle window, when nothing fails.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdleHeartbeat {
+    /// order datagrams the controller sent per second
+    pub orders_per_s: f64,
+    /// agent reports the controller received per second
+    pub reports_per_s: f64,
+    /// datagrams dropped per second for a full receive buffer, over every socket of the
+    /// pods' network namespace (the controller's and the agents'); `None`: not read
+    pub buffer_drops_per_s: Option<f64>,
+    /// promotions counted while nothing failed: pods wrongly judged unresponsive
+    pub promotions: f64,
+}
+
+impl IdleHeartbeat {
+    /// The share of reports that did not arrive (one report answers each order).
+    pub fn reports_lost(&self) -> f64 {
+        if self.orders_per_s > 0.0 {
+            (1.0 - self.reports_per_s / self.orders_per_s).max(0.0)
+        } else {
+            0.0
+        }
+    }
 }
 
 impl ScaleResult {
@@ -495,24 +518,42 @@ async fn run_inner(
         .find(|p| find_pid("hapod-controller", &p.name_any()) == Some(pid))
         .context("the scale controller's pod")?;
     let lease_counters = || heartbeat_counters(pods.tb, &ctl_pod);
-    let (a, counted_a) = (proc_sample(pid), lease_counters().await);
+    let (a, counted_a, drops_a) = (
+        proc_sample(pid),
+        lease_counters().await,
+        udp_receive_buffer_drops(pid),
+    );
     tokio::time::sleep(IDLE_WINDOW).await;
-    let (b, counted_b) = (proc_sample(pid), lease_counters().await);
+    let (b, counted_b, drops_b) = (
+        proc_sample(pid),
+        lease_counters().await,
+        udp_receive_buffer_drops(pid),
+    );
     if let (Some(a), Some(b)) = (a, b) {
         r.cpu_idle_pct = (b.cpu_seconds - a.cpu_seconds) / IDLE_WINDOW.as_secs_f64() * 100.0;
         r.rss_idle_mib = b.rss_kib as f64 / 1024.0;
         peak = peak.max(b.rss_kib);
     }
     if let (Some(a), Some(b)) = (counted_a, counted_b) {
-        let per_s = |from: f64, to: f64| Some((to - from) / IDLE_WINDOW.as_secs_f64());
-        r.heartbeat_orders_per_s = per_s(a.0, b.0);
-        r.heartbeat_reports_per_s = per_s(a.1, b.1);
+        let per_s = |from: f64, to: f64| (to - from) / IDLE_WINDOW.as_secs_f64();
+        let idle = IdleHeartbeat {
+            orders_per_s: per_s(a.orders, b.orders),
+            reports_per_s: per_s(a.reports, b.reports),
+            buffer_drops_per_s: drops_a.zip(drops_b).map(|(a, b)| per_s(a as f64, b as f64)),
+            promotions: b.promotions - a.promotions,
+        };
         println!(
-            "  {groups} groups idle: {:.0} orders/s sent, {:.0} reports/s received, CPU {:.1} %",
-            (b.0 - a.0) / IDLE_WINDOW.as_secs_f64(),
-            (b.1 - a.1) / IDLE_WINDOW.as_secs_f64(),
+            "  {groups} groups idle: {:.0} orders/s sent, {:.0} reports/s received ({:.1} % \
+             lost), {} datagrams/s dropped for full receive buffers, {} promotions, CPU {:.1} %",
+            idle.orders_per_s,
+            idle.reports_per_s,
+            idle.reports_lost() * 100.0,
+            idle.buffer_drops_per_s
+                .map_or("?".into(), |d| format!("{d:.0}")),
+            idle.promotions,
             r.cpu_idle_pct
         );
+        r.heartbeat = Some(idle);
     }
 
     // storm
@@ -611,16 +652,28 @@ async fn run_inner(
 /// The idle window: nothing happens but the application lease's heartbeat.
 const IDLE_WINDOW: Duration = Duration::from_secs(5);
 
-/// The controller's heartbeat counters (orders sent, reports received); `None` when its
-/// `/metrics` cannot be read (the idle figures then stay empty, the run goes on).
-async fn heartbeat_counters(tb: &Testbed, controller: &Pod) -> Option<(f64, f64)> {
+/// The controller's counters that the idle window compares.
+struct LeaseCounters {
+    orders: f64,
+    reports: f64,
+    promotions: f64,
+}
+
+/// The controller's heartbeat and promotion counters; `None` when its `/metrics` cannot be
+/// read (the idle figures then stay empty, the run goes on).
+async fn heartbeat_counters(tb: &Testbed, controller: &Pod) -> Option<LeaseCounters> {
     let read = |metric| tb.controller_metric(controller, metric, &[]);
     match (
         read("hapod_lease_orders_sent_total").await,
         read("hapod_lease_reports_received_total").await,
+        read("hapod_promotions_total").await,
     ) {
-        (Ok(sent), Ok(received)) => Some((sent, received)),
-        (Err(error), _) | (_, Err(error)) => {
+        (Ok(orders), Ok(reports), Ok(promotions)) => Some(LeaseCounters {
+            orders,
+            reports,
+            promotions,
+        }),
+        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
             println!("  heartbeat counters not read: {error:#}");
             None
         }

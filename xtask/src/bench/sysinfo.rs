@@ -124,6 +124,23 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
     })
 }
 
+/// Datagrams dropped for a full socket receive buffer (`Udp: RcvbufErrors`), summed over
+/// every socket of the network namespace that process `pid` is in.
+pub fn udp_receive_buffer_drops(pid: u32) -> Option<u64> {
+    snmp_udp_field(
+        &std::fs::read_to_string(format!("/proc/{pid}/net/snmp")).ok()?,
+        "RcvbufErrors",
+    )
+}
+
+/// A field of the `Udp:` table of /proc/net/snmp (a header line, then a line of values).
+fn snmp_udp_field(snmp: &str, field: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == field)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Finds the PID of a local process whose environment has `POD_NAME=<pod>` or whose command
 /// line has `--pod-name <pod>` / `--pod-name=<pod>` and whose command line mentions `binary`.
 pub fn find_pid(binary: &str, pod: &str) -> Option<u32> {
@@ -173,6 +190,19 @@ mod tests {
         let s = proc_sample(std::process::id()).expect("own /proc entry");
         assert!(s.rss_kib > 0);
         assert!(s.cpu_seconds >= 0.0);
+    }
+
+    #[test]
+    fn reads_a_udp_counter_by_name() {
+        let snmp = "Tcp: RtoAlgorithm RtoMin\nTcp: 1 200\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 1000 2 37 990 35 0\n\
+                    UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\n\
+                    UdpLite: 0 0 0 0 9\n";
+        assert_eq!(snmp_udp_field(snmp, "RcvbufErrors"), Some(35));
+        assert_eq!(snmp_udp_field(snmp, "InDatagrams"), Some(1000));
+        assert_eq!(snmp_udp_field(snmp, "Missing"), None);
+        assert!(udp_receive_buffer_drops(std::process::id()).is_some());
     }
 
     #[test]
