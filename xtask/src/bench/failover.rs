@@ -5,14 +5,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use kube::{Api, ResourceExt};
 
 use hapod_testkit::testbed::{
     self, APP_CONTAINER, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, CONTROLLER_NAMESPACE,
-    CRITICAL_CONTAINER, Fault, Testbed, Timeline, Trigger,
+    CRITICAL_CONTAINER, Fault, SECOND_NODE, Testbed, Timeline, Trigger, pod_node,
 };
 
 /// The failure kinds the benchmark injects.
@@ -24,19 +24,21 @@ pub enum Kind {
     NotReady,
     Hang,
     Partition,
+    NodeLoss,
     ControllerKill,
 }
 
 impl Kind {
     /// Order of a run: the controller kill last, so that the controller-side metrics of the
     /// other kinds come from one replica.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::ForceDelete,
         Kind::GracefulDelete,
         Kind::Crash,
         Kind::NotReady,
         Kind::Hang,
         Kind::Partition,
+        Kind::NodeLoss,
         Kind::ControllerKill,
     ];
 
@@ -48,6 +50,7 @@ impl Kind {
             Kind::NotReady => "not-ready",
             Kind::Hang => "hang",
             Kind::Partition => "partition",
+            Kind::NodeLoss => "node-loss",
             Kind::ControllerKill => "controller-killed",
         }
     }
@@ -80,6 +83,12 @@ impl Kind {
                  their addresses dropped), healed once the failover is measured; the API still \
                  shows the pod Ready (trigger: the cut)"
             }
+            Kind::NodeLoss => {
+                "the active app pod alone on a second node, whose node process and every \
+                 process of its pods are stopped with SIGSTOP, continued once the failover is \
+                 measured; the API still shows the node and the pod Ready (trigger: the first \
+                 SIGSTOP)"
+            }
             Kind::ControllerKill => {
                 "acting controller replica SIGKILLed and its pod force-deleted while the active \
                  app pod is force-deleted (trigger: the app pod's DELETE call)"
@@ -87,10 +96,10 @@ impl Kind {
         }
     }
 
-    /// Whether the API shows the failure (a watch event the controller acts on); a hang or
-    /// a partition is found from the missing reports instead.
+    /// Whether the API shows the failure (a watch event the controller acts on); a hang, a
+    /// partition or a lost node is found from the missing reports instead.
     pub fn api_sees_failure(self) -> bool {
-        !matches!(self, Kind::Hang | Kind::Partition)
+        !matches!(self, Kind::Hang | Kind::Partition | Kind::NodeLoss)
     }
 
     fn trigger(self) -> Option<Trigger> {
@@ -99,7 +108,7 @@ impl Kind {
             Kind::GracefulDelete => Some(Trigger::GracefulDelete),
             Kind::Crash => Some(Trigger::KillCritical),
             Kind::NotReady => Some(Trigger::Unready),
-            Kind::Hang | Kind::Partition | Kind::ControllerKill => None,
+            Kind::Hang | Kind::Partition | Kind::NodeLoss | Kind::ControllerKill => None,
         }
     }
 }
@@ -234,10 +243,54 @@ async fn triggered(
     Ok(Record::new(kind, iter, &f.old, &f.new, f.timeline))
 }
 
-/// A failure the API learns of late (hang, partition): the [`Fault`] lasts until the failover
-/// is measured, then ends (the processes continue, the partition heals) and the old pod
-/// rejoins as standby before the next iteration.
+/// A failure the API learns of late (hang, partition, node loss): the [`Fault`] lasts until
+/// the failover is measured, then ends (the processes continue, the partition heals) and the
+/// old pod rejoins as standby before the next iteration. A lost node is a second process
+/// node, started for the iteration with the active alone on it, Ready again after the fault
+/// and then removed: the group settles on the first node again.
 async fn unresponsive(tb: &Testbed, kind: Kind, iter: usize, timeout: Duration) -> Result<Record> {
+    if kind != Kind::NodeLoss {
+        return faulted(tb, kind, iter, timeout, |ctrl, old| match kind {
+            Kind::Hang => Fault::hang(old),
+            _ => Fault::cut(ctrl, old),
+        })
+        .await
+        .map(|(record, _)| record);
+    }
+    let mut node = tb.start_second_node().await?;
+    let measured = async {
+        tb.place_active_on_second_node(timeout).await?;
+        let pods = tb.node_pods(SECOND_NODE).await?;
+        let (record, ended_at) = faulted(tb, kind, iter, timeout, |ctrl, _| {
+            ensure!(
+                pod_node(ctrl) != Some(SECOND_NODE),
+                "the acting controller {} is on the node to be lost",
+                ctrl.name_any()
+            );
+            Fault::node_lost(node.pid(), &pods)
+        })
+        .await?;
+        node.wait_ready_since(ended_at)
+            .await
+            .with_context(|| format!("{SECOND_NODE} is not Ready again after the fault"))?;
+        Ok::<_, anyhow::Error>(record)
+    }
+    .await;
+    let removed = node.remove();
+    let record = measured?;
+    removed.with_context(|| format!("removing {SECOND_NODE}"))?;
+    Ok(record)
+}
+
+/// Inflicts `fault` (given the acting controller and the active app pod) on a settled group,
+/// measures the failover and ends the fault; returns the record and when the fault ended.
+async fn faulted(
+    tb: &Testbed,
+    kind: Kind,
+    iter: usize,
+    timeout: Duration,
+    fault: impl FnOnce(&Pod, &Pod) -> Result<Fault>,
+) -> Result<(Record, SystemTime)> {
     let ctrl = tb
         .wait_controllers_settled(timeout)
         .await
@@ -248,17 +301,15 @@ async fn unresponsive(tb: &Testbed, kind: Kind, iter: usize, timeout: Duration) 
         .await
         .context("group not settled before the failover")?;
     let old = before.active.clone();
-    let fault = match kind {
-        Kind::Hang => Fault::hang(&old)?,
-        _ => Fault::cut(&ctrl, &old)?,
-    };
+    let fault = fault(&ctrl, &old)?;
     let t_trigger = fault.started();
     let measured = tb.await_failover(&old, t_trigger, timeout).await;
+    let ended_at = SystemTime::now();
     let ended = fault.end();
     let (new, _, timeline) = measured
         .with_context(|| format!("no failover while {} was {}", old.name_any(), kind.name()))?;
     ended.context("ending the fault")?;
-    Ok(Record::new(kind, iter, &old, &new, timeline))
+    Ok((Record::new(kind, iter, &old, &new, timeline), ended_at))
 }
 
 /// The acting controller replica dies at the moment a failover starts: it is SIGKILLed (its

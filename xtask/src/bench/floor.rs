@@ -261,7 +261,12 @@ async fn watch(
 pub fn writes_needed(kind: Kind) -> usize {
     match kind {
         Kind::ForceDelete | Kind::ControllerKill => 1,
-        Kind::GracefulDelete | Kind::Crash | Kind::NotReady | Kind::Hang | Kind::Partition => 2,
+        Kind::GracefulDelete
+        | Kind::Crash
+        | Kind::NotReady
+        | Kind::Hang
+        | Kind::Partition
+        | Kind::NodeLoss => 2,
     }
 }
 

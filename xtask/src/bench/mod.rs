@@ -32,12 +32,12 @@ pub struct Cli {
     /// A few failovers of each kind and a small scale point (CI; a couple of minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Failovers per kind (default 20; quick 2, and 1 of hang and partition, which wait for a
-    /// grant to run out).
+    /// Failovers per kind (default 20; quick 2, and 1 of hang, partition and node-loss, which
+    /// wait for a grant to run out).
     #[arg(long)]
     pub iterations: Option<usize>,
     /// Failure kinds (comma list): force-delete, graceful-delete, critical-crash, not-ready,
-    /// hang, partition, controller-killed. Default: all.
+    /// hang, partition, node-loss, controller-killed. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub kinds: Option<Vec<String>>,
     /// Scale points in groups of 2 pods (comma list; default 1,100,1000; quick 10; 0 = none).
@@ -109,8 +109,8 @@ impl Cli {
         }
     }
 
-    /// Failovers of `kind`: a quick run measures one hang and one partition, each of which
-    /// waits for the old active's grant to run out.
+    /// Failovers of `kind`: a quick run measures one of each kind the API does not see (hang,
+    /// partition, node loss), each of which waits for the old active's grant to run out.
     fn iterations_of(&self, kind: Kind) -> usize {
         match self.iterations {
             Some(n) => n,

@@ -8,8 +8,7 @@ use std::time::SystemTime;
 use anyhow::{Context as _, Result, ensure};
 use hapod_testkit::testbed::{
     APP_GROUP, APP_NAMESPACE, APP_REPLICAS, FIRST_NODE, Fault, Journals, SECOND_NODE, STANDBY,
-    SecondNode, Testbed, Trigger, monotonic_nanos, pod_ip, pod_names, pod_node, pod_ready,
-    pod_role,
+    SecondNode, Testbed, monotonic_nanos, pod_ip, pod_names, pod_node, pod_ready, pod_role,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -111,7 +110,12 @@ async fn active_on_lost_node_is_replaced(
 ) -> Result<()> {
     let mut node = tb.start_second_node().await?;
     let checked = async {
-        place_active_on_second_node(tb).await?;
+        let placed = tb.place_active_on_second_node(WAIT).await?;
+        println!(
+            "  placed: the active {} on {SECOND_NODE}, the standby {:?} on {FIRST_NODE}",
+            placed.active.name_any(),
+            pod_names(&placed.standbys)
+        );
         let ended = unresponsive_active_is_replaced(tb, &["unresponsive"], async |ctrl, active| {
             ensure!(
                 pod_node(ctrl) != Some(SECOND_NODE),
@@ -150,54 +154,6 @@ async fn active_on_lost_node_is_replaced(
     ensure!(
         elsewhere.is_empty(),
         "pods {elsewhere:?} are not on {FIRST_NODE} once {SECOND_NODE} was removed"
-    );
-    Ok(())
-}
-
-/// Makes the sample app's active pod the only pod of its group on the second node, the
-/// standby on the first: the standby is deleted while the first node is cordoned (its
-/// replacement can only go to the second), then the active is deleted while the second node
-/// is cordoned (the standby there is promoted, the replacement goes to the first).
-async fn place_active_on_second_node(tb: &Testbed) -> Result<()> {
-    let settled = tb
-        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
-        .await?;
-    let standby = settled
-        .standbys
-        .first()
-        .context("the group has no standby")?;
-    let cordoned = tb.cordon(FIRST_NODE)?;
-    tb.trigger(standby, Trigger::ForceDelete).await?;
-    let replaced = tb
-        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
-        .await;
-    cordoned.end()?;
-    replaced.with_context(|| format!("no standby joined on {SECOND_NODE}"))?;
-
-    let cordoned = tb.cordon(SECOND_NODE)?;
-    let moved = tb.failover(Trigger::GracefulDelete, WAIT).await;
-    let replaced = tb
-        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
-        .await;
-    cordoned.end()?;
-    let moved = moved.context("moving the active role to the standby")?;
-    let placed = replaced.context("the group did not settle after the role moved")?;
-    ensure!(
-        pod_node(&placed.active) == Some(SECOND_NODE)
-            && placed
-                .standbys
-                .iter()
-                .all(|p| pod_node(p) == Some(FIRST_NODE)),
-        "want the active on {SECOND_NODE} and the standbys on {FIRST_NODE}, got {} on {:?} \
-         (the active before: {})",
-        placed.active.name_any(),
-        pod_node(&placed.active),
-        moved.old.name_any()
-    );
-    println!(
-        "  placed: the active {} on {SECOND_NODE}, the standby {:?} on {FIRST_NODE}",
-        placed.active.name_any(),
-        pod_names(&placed.standbys)
     );
     Ok(())
 }

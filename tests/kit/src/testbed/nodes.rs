@@ -9,12 +9,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
-use super::{IMAGES, JOURNAL_ENV, Testbed, stop_child, tail};
+use super::{
+    APP_GROUP, APP_NAMESPACE, APP_REPLICAS, IMAGES, JOURNAL_ENV, Settled, Testbed, Trigger,
+    stop_child, tail,
+};
 use crate::controlplane::ControlPlane;
 use crate::poll::{Check, await_condition};
 
@@ -119,6 +122,50 @@ impl Testbed {
         };
         self.kubectl(&["cordon", node])?;
         Ok(cordoned)
+    }
+
+    /// Makes the sample app's active pod the only pod of its group on the second node, the
+    /// standbys on the first, and returns the group so placed: the standby is deleted while
+    /// the first node is cordoned (its replacement can only go to the second), then the
+    /// active is deleted gracefully while the second node is cordoned (the standby there is
+    /// promoted, the replacement goes to the first).
+    pub async fn place_active_on_second_node(&self, timeout: Duration) -> Result<Settled> {
+        let settled = self
+            .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, timeout)
+            .await?;
+        let standby = settled
+            .standbys
+            .first()
+            .context("the group has no standby")?;
+        let cordoned = self.cordon(FIRST_NODE)?;
+        self.trigger(standby, Trigger::ForceDelete).await?;
+        let replaced = self
+            .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, timeout)
+            .await;
+        cordoned.end()?;
+        replaced.with_context(|| format!("no standby joined on {SECOND_NODE}"))?;
+
+        let cordoned = self.cordon(SECOND_NODE)?;
+        let moved = self.failover(Trigger::GracefulDelete, timeout).await;
+        let replaced = self
+            .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, timeout)
+            .await;
+        cordoned.end()?;
+        let moved = moved.context("moving the active role to the standby")?;
+        let placed = replaced.context("the group did not settle after the role moved")?;
+        ensure!(
+            pod_node(&placed.active) == Some(SECOND_NODE)
+                && placed
+                    .standbys
+                    .iter()
+                    .all(|p| pod_node(p) == Some(FIRST_NODE)),
+            "want the active on {SECOND_NODE} and the standbys on {FIRST_NODE}, got {} on {:?} \
+             (the active before: {})",
+            placed.active.name_any(),
+            pod_node(&placed.active),
+            moved.old.name_any()
+        );
+        Ok(placed)
     }
 
     /// Pods bound to `node`, in every namespace.
