@@ -141,35 +141,46 @@ pub(crate) async fn duplicate_namespaces(tb: &Testbed) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the acting controller replica (grace 0): the standby replica takes over, which
-/// restarts and re-lists its watches. The app's active pod stays the same, alone, and the new
-/// acting replica promotes nobody.
+/// Deletes the acting controller replica (grace 0): another replica takes over, which
+/// (re-)lists its watches. The app's active pod stays the same, alone, and the new acting
+/// replica promotes nobody.
 async fn takeover_keeps_active(tb: &Testbed) -> Result<()> {
     let ctrl = tb.wait_controllers_settled(WAIT).await?;
-    let standby = ctrl.standbys.first().context("no standby controller")?;
-    let promotions_before = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    let mut promotions_before = Vec::new();
+    for standby in &ctrl.standbys {
+        let counted = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+        promotions_before.push((standby.name_any(), counted));
+    }
     let app = tb
         .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
         .await?;
-    let holder = delete_acting_controller(tb, &ctrl, &DeleteParams::default().grace_period(0))
+    let acting = delete_acting_controller(tb, &ctrl, &DeleteParams::default().grace_period(0))
         .await?
-        .active
-        .name_any();
+        .active;
     assert_active_stays(tb, &app.active, Duration::from_secs(3))
         .await
         .context("the takeover moved the app's active pod")?;
-    let promotions = tb.controller_metric(standby, PROMOTIONS, &[]).await?;
+    let holder = acting.name_any();
+    // A replica started after the deletion counts from 0.
+    let before = promotions_before
+        .iter()
+        .find_map(|(name, counted)| (*name == holder).then_some(*counted))
+        .unwrap_or(0.0);
+    let promotions = tb.controller_metric(&acting, PROMOTIONS, &[]).await?;
     ensure!(
-        promotions == promotions_before,
+        promotions == before,
         "the new acting replica {holder} promoted a pod after re-listing \
-         ({PROMOTIONS} {promotions_before} -> {promotions})"
+         ({PROMOTIONS} {before} -> {promotions})"
     );
     Ok(())
 }
 
 /// Deletes the acting controller replica's pod (`params`: grace 0, or graceful) and waits
-/// until one of the standby replicas of `before` holds the Lease and acts; returns the
-/// replicas settled after that takeover.
+/// until another replica holds the Lease and acts; returns the replicas settled after that
+/// takeover. That replica is usually the standby of `before`, but may be the deleted one's
+/// replacement: when the deleted replica releases the Lease while the standby's takeover
+/// write is in flight, the standby's write conflicts, and a replacement that has just started
+/// may take the released Lease first. Either is a correct takeover.
 async fn delete_acting_controller(
     tb: &Testbed,
     before: &testbed::Settled,
@@ -179,10 +190,9 @@ async fn delete_acting_controller(
     let api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
     api.delete(&acting, params).await?;
     let holder = wait_lease_moved(tb, &acting, WAIT).await?;
-    ensure!(
-        before.standbys.iter().any(|p| p.name_any() == holder),
-        "the Lease went to {holder}, not to the standby replica"
-    );
+    if !before.standbys.iter().any(|p| p.name_any() == holder) {
+        println!("  the Lease went to {holder}, a replica started after the deletion");
+    }
     let after = tb.wait_controllers_settled(WAIT).await?;
     ensure!(
         after.active.name_any() == holder,
