@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use hapod_testkit::poll::{Check, await_condition};
 use hapod_testkit::testbed::{
-    self, ACTIVE, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE, CONTROLLER_NAMESPACE,
-    Testbed, Trigger, pod_ip,
+    self, ACTIVE, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE, CONTROLLER_NAME,
+    CONTROLLER_NAMESPACE, Testbed, Trigger, pod_ip,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -202,9 +202,6 @@ async fn delete_acting_controller(
     Ok(after)
 }
 
-/// The controller's Deployment in `deploy/base`.
-const CONTROLLER_DEPLOYMENT: &str = "hapod-controller";
-
 /// Sets (`Some`) or removes (`None`) an environment variable of the controller Deployment's
 /// container and waits until the rollout finished and the replicas settled again.
 async fn set_controller_env(tb: &Testbed, name: &str, value: Option<&str>) -> Result<()> {
@@ -212,8 +209,7 @@ async fn set_controller_env(tb: &Testbed, name: &str, value: Option<&str>) -> Re
         Some(v) => format!("{name}={v}"),
         None => format!("{name}-"),
     };
-    let deployment = format!("deployment/{CONTROLLER_DEPLOYMENT}");
-    let rollout_timeout = format!("--timeout={}s", (2 * WAIT).as_secs());
+    let deployment = format!("deployment/{CONTROLLER_NAME}");
     tokio::task::block_in_place(|| {
         tb.kubectl(&[
             "-n",
@@ -222,18 +218,10 @@ async fn set_controller_env(tb: &Testbed, name: &str, value: Option<&str>) -> Re
             "env",
             &deployment,
             &assignment,
-        ])?;
-        tb.kubectl(&[
-            "-n",
-            CONTROLLER_NAMESPACE,
-            "rollout",
-            "status",
-            &deployment,
-            &rollout_timeout,
         ])
     })
-    .with_context(|| format!("rolling out the controller with {assignment}"))?;
-    let settled = tb.wait_controllers_settled(2 * WAIT).await?;
+    .with_context(|| format!("setting the controller's {assignment}"))?;
+    let settled = tb.roll_out_controller(2 * WAIT).await?;
     for p in std::iter::once(&settled.active).chain(&settled.standbys) {
         let got = p
             .spec

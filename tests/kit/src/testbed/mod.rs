@@ -34,6 +34,7 @@
 //! ClusterIP is ever contacted: "the Service" is reached through its EndpointSlice.
 
 mod build;
+mod controller;
 mod history;
 mod http;
 mod journal;
