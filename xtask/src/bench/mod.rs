@@ -72,6 +72,11 @@ pub struct Cli {
     /// Timeout of one failover (seconds).
     #[arg(long, default_value_t = 60)]
     pub timeout_s: u64,
+    /// A flag for the controller in place of deploy/'s (repeatable, `--name=value`): set on
+    /// its Deployment before anything is measured, and so on the scale controller too. For
+    /// example `--controller-arg=--application-lease-ms=300`.
+    #[arg(long = "controller-arg", allow_hyphen_values = true)]
+    pub controller_args: Vec<String>,
     /// etcd syncs every commit to disk, as in production (`--etcd-fsync=false`: off, as in
     /// the tests).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
@@ -193,9 +198,16 @@ impl Cli {
             profile: self.profile().dir().into(),
             started_utc: utc_now(),
             etcd_fsync: self.etcd_fsync,
+            controller_args: self.controller_args.clone(),
             ..Default::default()
         };
         let timeout = Duration::from_secs(self.timeout_s);
+        if !self.controller_args.is_empty() {
+            println!("bench: the controller with {:?}", self.controller_args);
+            tb.set_controller_args(&self.controller_args, timeout)
+                .await
+                .context("setting the controller's flags")?;
+        }
         if !self.no_failover {
             // controller logs are read after every kind: a killed replica's log goes with its pod
             let mut log_samples: Vec<logs::LogSample> = Vec::new();

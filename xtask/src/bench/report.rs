@@ -36,6 +36,8 @@ pub struct Results {
     pub writes: Vec<super::writes::Writes>,
     /// etcd synced every commit to disk
     pub etcd_fsync: bool,
+    /// the controller's flags set in place of deploy/'s
+    pub controller_args: Vec<String>,
 }
 
 impl Results {
@@ -199,14 +201,14 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
 
     // scale
     let mut csv = String::from(
-        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,heartbeat_reports_lost_pct,udp_buffer_drops_per_s,idle_promotions,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
+        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,heartbeat_reports_lost_pct,udp_buffer_drops_per_s,idle_promotions,idle_lapses,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
     );
     let mut storm_csv = String::from("groups,storm_ms\n");
     for s in &r.scale {
         let st = s.storm_summary();
         let _ = writeln!(
             csv,
-            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
+            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
             s.groups,
             s.pods_ready_s,
             s.converge_s,
@@ -232,6 +234,9 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
                 .unwrap_or_default(),
             s.heartbeat
                 .map(|h| format!("{:.0}", h.promotions))
+                .unwrap_or_default(),
+            s.heartbeat
+                .map(|h| format!("{:.0}", h.lapses))
                 .unwrap_or_default(),
             s.storm_groups,
             st.map(|x| ms_opt(x.p50)).unwrap_or_default(),
@@ -337,6 +342,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             "ran without fsync (`--unsafe-no-fsync`, as in the tests)"
         }
     );
+    if !r.controller_args.is_empty() {
+        let _ = writeln!(
+            md,
+            "The controller ran with these flags in place of `deploy/base`'s: {}.\n",
+            r.controller_args
+                .iter()
+                .map(|a| format!("`{a}`"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
     let _ = writeln!(
         md,
         "Files: `failovers.csv` (raw samples), `controller-stages.csv`, `controller-log-stages.csv`, `floor.csv`, `floor-ratios.csv`, `scale.csv`, `storm.csv`, `profile-*.txt` (perf), `failover.png`, `machine.txt`. Re-run: `cargo xtask bench` (full) or `cargo xtask bench --quick`.\n"
@@ -476,21 +492,22 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
              the difference was lost), the datagrams dropped for a full socket receive buffer \
              in the pods' network namespace (`Udp: RcvbufErrors`), and the promotions counted \
              meanwhile (`hapod_promotions_total`: with nothing failing, each is a pod wrongly \
-             judged unresponsive).\n"
+             judged unresponsive) and the agents that reported their grant lapsed \
+             (`hapod_agent_reports_total{{role=\"lapsed\"}}`: renewals that came too late).\n"
         );
         let _ = writeln!(
             md,
-            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat orders/s sent, reports/s received (lost) | buffer drops/s | idle promotions | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
+            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat orders/s sent, reports/s received (lost) | buffer drops/s | idle promotions | idle lapses | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
         );
         let _ = writeln!(
             md,
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &r.scale {
             let st = s.storm_summary();
             let _ = writeln!(
                 md,
-                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} | {} |",
                 s.groups,
                 s.pods_ready_s,
                 s.converge_s,
@@ -509,6 +526,8 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
                     .map_or("–".into(), |d| format!("{d:.0}")),
                 s.heartbeat
                     .map_or("–".into(), |h| format!("{:.0}", h.promotions)),
+                s.heartbeat
+                    .map_or("–".into(), |h| format!("{:.0}", h.lapses)),
                 s.rss_peak_mib,
                 s.rss_idle_mib,
                 s.storm_groups,
@@ -725,8 +744,16 @@ mod tests {
             storm_groups: 100,
             storm_ms: (0..100).map(|i| 20.0 + i as f64 * 2.5).collect(),
             rss_peak_mib: 30.0,
+            heartbeat: Some(crate::bench::scale::IdleHeartbeat {
+                orders_per_s: 2000.0,
+                reports_per_s: 1500.0,
+                buffer_drops_per_s: Some(480.0),
+                promotions: 0.0,
+                lapses: 3.0,
+            }),
             ..Default::default()
         });
+        r.controller_args = vec!["--heartbeat-ms=50".into()];
         r
     }
 
@@ -761,6 +788,13 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("100-group storm"));
+        assert!(md.contains("| 2000, 1500 (25.0 %) | 480 | 0 | 3 |"), "{md}");
+        assert!(
+            md.contains("flags in place of `deploy/base`'s: `--heartbeat-ms=50`."),
+            "{md}"
+        );
+        let scale = std::fs::read_to_string(dir.join("scale.csv")).unwrap();
+        assert!(scale.contains(",2000,1500,25.0,480,0,3,"), "{scale}");
         if std::env::var_os("BENCH_REPORT_DIR").is_none() {
             std::fs::remove_dir_all(&dir).ok();
         }

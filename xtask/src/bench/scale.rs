@@ -84,6 +84,8 @@ pub struct IdleHeartbeat {
     pub buffer_drops_per_s: Option<f64>,
     /// promotions counted while nothing failed: pods wrongly judged unresponsive
     pub promotions: f64,
+    /// agents that reported their grant lapsed while nothing failed (renewals came too late)
+    pub lapses: f64,
 }
 
 impl IdleHeartbeat {
@@ -541,16 +543,19 @@ async fn run_inner(
             reports_per_s: per_s(a.reports, b.reports),
             buffer_drops_per_s: drops_a.zip(drops_b).map(|(a, b)| per_s(a as f64, b as f64)),
             promotions: b.promotions - a.promotions,
+            lapses: b.lapses - a.lapses,
         };
         println!(
             "  {groups} groups idle: {:.0} orders/s sent, {:.0} reports/s received ({:.1} % \
-             lost), {} datagrams/s dropped for full receive buffers, {} promotions, CPU {:.1} %",
+             lost), {} datagrams/s dropped for full receive buffers, {} promotions, {} lapses, \
+             CPU {:.1} %",
             idle.orders_per_s,
             idle.reports_per_s,
             idle.reports_lost() * 100.0,
             idle.buffer_drops_per_s
                 .map_or("?".into(), |d| format!("{d:.0}")),
             idle.promotions,
+            idle.lapses,
             r.cpu_idle_pct
         );
         r.heartbeat = Some(idle);
@@ -657,27 +662,25 @@ struct LeaseCounters {
     orders: f64,
     reports: f64,
     promotions: f64,
+    lapses: f64,
 }
 
-/// The controller's heartbeat and promotion counters; `None` when its `/metrics` cannot be
+/// The controller's heartbeat, promotion and lapse counters; `None` when its `/metrics` cannot be
 /// read (the idle figures then stay empty, the run goes on).
 async fn heartbeat_counters(tb: &Testbed, controller: &Pod) -> Option<LeaseCounters> {
-    let read = |metric| tb.controller_metric(controller, metric, &[]);
-    match (
-        read("hapod_lease_orders_sent_total").await,
-        read("hapod_lease_reports_received_total").await,
-        read("hapod_promotions_total").await,
-    ) {
-        (Ok(orders), Ok(reports), Ok(promotions)) => Some(LeaseCounters {
-            orders,
-            reports,
-            promotions,
-        }),
-        (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
-            println!("  heartbeat counters not read: {error:#}");
-            None
-        }
-    }
+    let read = |metric, labels| tb.controller_metric(controller, metric, labels);
+    let counters = async {
+        Ok::<_, anyhow::Error>(LeaseCounters {
+            orders: read("hapod_lease_orders_sent_total", &[]).await?,
+            reports: read("hapod_lease_reports_received_total", &[]).await?,
+            promotions: read("hapod_promotions_total", &[]).await?,
+            lapses: read("hapod_agent_reports_total", &[("role", "lapsed")]).await?,
+        })
+    };
+    counters
+        .await
+        .inspect_err(|error| println!("  heartbeat counters not read: {error:#}"))
+        .ok()
 }
 
 struct Perf {
