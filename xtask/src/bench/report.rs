@@ -201,14 +201,14 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
 
     // scale
     let mut csv = String::from(
-        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,heartbeat_reports_lost_pct,udp_buffer_drops_per_s,idle_promotions,idle_lapses,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
+        "groups,pods_ready_s,converge_s,converge_from_process_s,rss_peak_mib,rss_idle_mib,cpu_converge_s,cpu_idle_pct,heartbeat_orders_per_s,heartbeat_reports_per_s,heartbeat_reports_lost_pct,udp_buffer_drops_per_s,controller_udp_buffer_drops_per_s,idle_promotions,idle_lapses,storm_groups,storm_p50_ms,storm_p99_ms,storm_max_ms,storm_unresolved,storm_cpu_s,note\n",
     );
     let mut storm_csv = String::from("groups,storm_ms\n");
     for s in &r.scale {
         let st = s.storm_summary();
         let _ = writeln!(
             csv,
-            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
+            "{},{:.2},{:.3},{},{:.1},{:.1},{:.2},{:.2},{},{},{},{},{},{},{},{},{},{},{},{},{:.3},{}",
             s.groups,
             s.pods_ready_s,
             s.converge_s,
@@ -230,6 +230,10 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
                 .unwrap_or_default(),
             s.heartbeat
                 .and_then(|h| h.buffer_drops_per_s)
+                .map(|x| format!("{x:.0}"))
+                .unwrap_or_default(),
+            s.heartbeat
+                .and_then(|h| h.controller_drops_per_s)
                 .map(|x| format!("{x:.0}"))
                 .unwrap_or_default(),
             s.heartbeat
@@ -490,14 +494,16 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
              received per second (`hapod_lease_orders_sent_total`, \
              `hapod_lease_reports_received_total`; every order is answered by one report, so \
              the difference was lost), the datagrams dropped for a full socket receive buffer \
-             in the pods' network namespace (`Udp: RcvbufErrors`), and the promotions counted \
+             in the pods' network namespace (`Udp: RcvbufErrors`; in brackets those of the \
+             controller's own sockets, from the `drops` column of `/proc/PID/net/udp`), and the \
+             promotions counted \
              meanwhile (`hapod_promotions_total`: with nothing failing, each is a pod wrongly \
              judged unresponsive) and the agents that reported their grant lapsed \
              (`hapod_agent_reports_total{{role=\"lapsed\"}}`: renewals that came too late).\n"
         );
         let _ = writeln!(
             md,
-            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat orders/s sent, reports/s received (lost) | buffer drops/s | idle promotions | idle lapses | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
+            "| groups | pods ready (s) | converge from create (s) | from process start (s) | CPU to converge (s) | idle CPU % | heartbeat orders/s sent, reports/s received (lost) | buffer drops/s (controller's) | idle promotions | idle lapses | RSS peak (MiB) | RSS idle (MiB) | storm groups | storm p50 (ms) | storm p99 (ms) | storm max (ms) | unresolved | controller's own event → acked in the storm, p50 / p99 (ms) |"
         );
         let _ = writeln!(
             md,
@@ -523,7 +529,12 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
                 )),
                 s.heartbeat
                     .and_then(|h| h.buffer_drops_per_s)
-                    .map_or("–".into(), |d| format!("{d:.0}")),
+                    .map_or("–".into(), |d| format!(
+                        "{d:.0} ({})",
+                        s.heartbeat
+                            .and_then(|h| h.controller_drops_per_s)
+                            .map_or("?".into(), |c| format!("{c:.0}"))
+                    )),
                 s.heartbeat
                     .map_or("–".into(), |h| format!("{:.0}", h.promotions)),
                 s.heartbeat
@@ -748,6 +759,7 @@ mod tests {
                 orders_per_s: 2000.0,
                 reports_per_s: 1500.0,
                 buffer_drops_per_s: Some(480.0),
+                controller_drops_per_s: Some(400.0),
                 promotions: 0.0,
                 lapses: 3.0,
             }),
@@ -788,13 +800,16 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("100-group storm"));
-        assert!(md.contains("| 2000, 1500 (25.0 %) | 480 | 0 | 3 |"), "{md}");
+        assert!(
+            md.contains("| 2000, 1500 (25.0 %) | 480 (400) | 0 | 3 |"),
+            "{md}"
+        );
         assert!(
             md.contains("flags in place of `deploy/base`'s: `--heartbeat-ms=50`."),
             "{md}"
         );
         let scale = std::fs::read_to_string(dir.join("scale.csv")).unwrap();
-        assert!(scale.contains(",2000,1500,25.0,480,0,3,"), "{scale}");
+        assert!(scale.contains(",2000,1500,25.0,480,400,0,3,"), "{scale}");
         if std::env::var_os("BENCH_REPORT_DIR").is_none() {
             std::fs::remove_dir_all(&dir).ok();
         }

@@ -19,7 +19,9 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::stats::{Summary, summarize};
-use super::sysinfo::{ProcSample, find_pid, proc_sample, udp_receive_buffer_drops};
+use super::sysinfo::{
+    ProcSample, find_pid, proc_sample, udp_receive_buffer_drops, udp_socket_drops,
+};
 use hapod_testkit::testbed::{
     GROUP_LABEL, PodRecord, ROLE_LABEL, STANDBY, Testbed, now_unix_nanos as now_ns,
 };
@@ -82,6 +84,8 @@ pub struct IdleHeartbeat {
     /// datagrams dropped per second for a full receive buffer, over every socket of the
     /// pods' network namespace (the controller's and the agents'); `None`: not read
     pub buffer_drops_per_s: Option<f64>,
+    /// the part of those dropped by the controller's own sockets (the agents' reports)
+    pub controller_drops_per_s: Option<f64>,
     /// promotions counted while nothing failed: pods wrongly judged unresponsive
     pub promotions: f64,
     /// agents that reported their grant lapsed while nothing failed (renewals came too late)
@@ -520,17 +524,10 @@ async fn run_inner(
         .find(|p| find_pid("hapod-controller", &p.name_any()) == Some(pid))
         .context("the scale controller's pod")?;
     let lease_counters = || heartbeat_counters(pods.tb, &ctl_pod);
-    let (a, counted_a, drops_a) = (
-        proc_sample(pid),
-        lease_counters().await,
-        udp_receive_buffer_drops(pid),
-    );
+    let drops = || (udp_receive_buffer_drops(pid), udp_socket_drops(pid));
+    let (a, counted_a, drops_a) = (proc_sample(pid), lease_counters().await, drops());
     tokio::time::sleep(IDLE_WINDOW).await;
-    let (b, counted_b, drops_b) = (
-        proc_sample(pid),
-        lease_counters().await,
-        udp_receive_buffer_drops(pid),
-    );
+    let (b, counted_b, drops_b) = (proc_sample(pid), lease_counters().await, drops());
     if let (Some(a), Some(b)) = (a, b) {
         r.cpu_idle_pct = (b.cpu_seconds - a.cpu_seconds) / IDLE_WINDOW.as_secs_f64() * 100.0;
         r.rss_idle_mib = b.rss_kib as f64 / 1024.0;
@@ -541,18 +538,22 @@ async fn run_inner(
         let idle = IdleHeartbeat {
             orders_per_s: per_s(a.orders, b.orders),
             reports_per_s: per_s(a.reports, b.reports),
-            buffer_drops_per_s: drops_a.zip(drops_b).map(|(a, b)| per_s(a as f64, b as f64)),
+            buffer_drops_per_s: (drops_a.0.zip(drops_b.0)).map(|(a, b)| per_s(a as f64, b as f64)),
+            controller_drops_per_s: (drops_a.1.zip(drops_b.1))
+                .map(|(a, b)| per_s(a as f64, b as f64)),
             promotions: b.promotions - a.promotions,
             lapses: b.lapses - a.lapses,
         };
         println!(
             "  {groups} groups idle: {:.0} orders/s sent, {:.0} reports/s received ({:.1} % \
-             lost), {} datagrams/s dropped for full receive buffers, {} promotions, {} lapses, \
-             CPU {:.1} %",
+             lost), {} datagrams/s dropped for full receive buffers ({} by the controller), {} \
+             promotions, {} lapses, CPU {:.1} %",
             idle.orders_per_s,
             idle.reports_per_s,
             idle.reports_lost() * 100.0,
             idle.buffer_drops_per_s
+                .map_or("?".into(), |d| format!("{d:.0}")),
+            idle.controller_drops_per_s
                 .map_or("?".into(), |d| format!("{d:.0}")),
             idle.promotions,
             idle.lapses,

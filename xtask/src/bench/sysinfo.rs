@@ -133,6 +133,45 @@ pub fn udp_receive_buffer_drops(pid: u32) -> Option<u64> {
     )
 }
 
+/// Datagrams dropped by the UDP sockets that process `pid` holds (the `drops` column of
+/// /proc/PID/net/udp and udp6, for the socket inodes among its file descriptors): tells the
+/// controller's losses from its agents'.
+pub fn udp_socket_drops(pid: u32) -> Option<u64> {
+    let inodes: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            target
+                .to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let mut drops = 0;
+    for table in ["udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        drops += udp_table_drops(&text, &inodes);
+    }
+    Some(drops)
+}
+
+/// Sum of the `drops` column of a /proc/net/udp table over the sockets with these inodes.
+fn udp_table_drops(table: &str, inodes: &[u64]) -> u64 {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let inode: u64 = fields.get(9)?.parse().ok()?;
+            let drops: u64 = fields.last()?.parse().ok()?;
+            inodes.contains(&inode).then_some(drops)
+        })
+        .sum()
+}
+
 /// A field of the `Udp:` table of /proc/net/snmp (a header line, then a line of values).
 fn snmp_udp_field(snmp: &str, field: &str) -> Option<u64> {
     let mut udp = snmp.lines().filter_map(|l| l.strip_prefix("Udp:"));
@@ -203,6 +242,18 @@ mod tests {
         assert_eq!(snmp_udp_field(snmp, "InDatagrams"), Some(1000));
         assert_eq!(snmp_udp_field(snmp, "Missing"), None);
         assert!(udp_receive_buffer_drops(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn udp_table_drops_sum_the_sockets_asked_for() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            \x20 12: 00000000:2711 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 17\n\
+            \x20 13: 0100007F:9C40 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4243 2 0000000000000000 5\n\
+            \x20 14: 0100007F:9C41 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 9999 2 0000000000000000 100\n";
+        assert_eq!(udp_table_drops(table, &[4242, 4243]), 22);
+        assert_eq!(udp_table_drops(table, &[1]), 0);
+        // this process holds no UDP socket, and its tables are readable
+        assert_eq!(udp_socket_drops(std::process::id()), Some(0));
     }
 
     #[test]
