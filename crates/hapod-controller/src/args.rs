@@ -93,6 +93,10 @@ pub struct Args {
     /// three heartbeats; 0: off (pods are judged by the API's view alone).
     #[arg(long, env = "HAPOD_REPORT_TIMEOUT_MS")]
     pub report_timeout_ms: Option<u64>,
+    /// Requests of all groups to the API server in flight at once (writes and re-reads; each
+    /// holds a connection). More wait for a free one, within the write's deadline.
+    #[arg(long, env = "HAPOD_MAX_API_REQUESTS", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_api_requests: u32,
     /// Period of the re-planning of every group from its full cached state, in seconds.
     #[arg(long, env = "HAPOD_RESYNC_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,

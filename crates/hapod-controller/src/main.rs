@@ -157,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         epoch_floor: AtomicU64::new(0),
         orders,
+        api_requests: Arc::new(tokio::sync::Semaphore::new(args.max_api_requests as usize)),
     });
     let settings = Settings {
         selector: args.matching.selector.clone(),

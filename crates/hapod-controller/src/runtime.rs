@@ -306,6 +306,7 @@ impl Dispatcher {
             Arc::clone(&self.shared.config),
             Arc::clone(&self.fence),
             self.shared.metrics.clone(),
+            Arc::clone(&self.shared.api_requests),
         );
         let worker = Worker::new(key.clone(), writer, Arc::clone(&self.shared))
             .with_reports_to(tx.downgrade());

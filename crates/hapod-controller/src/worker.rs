@@ -52,6 +52,8 @@ pub struct Shared {
     pub epoch_floor: AtomicU64,
     /// The application lease's orders and their heartbeat interval; `None`: version 1.
     pub orders: Option<(OrderChannel, Duration)>,
+    /// Requests of all groups to the API server in flight at once (`Writer`).
+    pub api_requests: Arc<tokio::sync::Semaphore>,
 }
 
 /// First retry delay after a failed re-read; doubles per failure up to `REREAD_MAX`.

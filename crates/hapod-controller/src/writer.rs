@@ -8,6 +8,7 @@ use hapod_core::{Config, Role, Write, WriteKind, WriteOutcome, epoch};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::metrics::{Metrics, Verb};
@@ -102,6 +103,11 @@ pub struct Writer {
     config: Arc<Config>,
     fence: Arc<dyn Fence>,
     metrics: Metrics,
+    /// Requests to the API server in flight at once, shared by every group: each one
+    /// outstanding holds an HTTP/1 connection of its own (a TLS session and its buffers,
+    /// kept in the pool afterwards), so a thousand groups converging at once would open a
+    /// thousand.
+    requests: Arc<Semaphore>,
 }
 
 impl Writer {
@@ -110,12 +116,14 @@ impl Writer {
         config: Arc<Config>,
         fence: Arc<dyn Fence>,
         metrics: Metrics,
+        requests: Arc<Semaphore>,
     ) -> Self {
         Self {
             pods,
             config,
             fence,
             metrics,
+            requests,
         }
     }
 
@@ -146,7 +154,7 @@ impl Writer {
                 let body = role_patch(&self.config, resource_version, *role, *stamped);
                 let (params, patch) = (PatchParams::default(), Patch::Merge(&body));
                 let call = self.pods.patch(&write.pod, &params, &patch);
-                let result = timeout_at(until, call)
+                let result = timeout_at(until, self.limited(call))
                     .await
                     .map(|r| r.map(|pod| pod.metadata.resource_version));
                 (Verb::patch, result)
@@ -154,7 +162,9 @@ impl Writer {
             WriteKind::Delete { .. } => {
                 let params = kill_params(&write.uid);
                 let call = self.pods.delete(&write.pod, &params);
-                let result = timeout_at(until, call).await.map(|r| r.map(|_| None));
+                let result = timeout_at(until, self.limited(call))
+                    .await
+                    .map(|r| r.map(|_| None));
                 (Verb::delete, result)
             }
         };
@@ -178,9 +188,17 @@ impl Writer {
         }
     }
 
+    /// Runs `request` once one of the shared request slots is free (a wait that counts
+    /// against the caller's deadline).
+    async fn limited<T>(&self, request: impl Future<Output = T>) -> T {
+        // The semaphore is never closed.
+        let _slot = self.requests.acquire().await;
+        request.await
+    }
+
     /// Reads a pod again after a conflict; `Ok(None)` when it is gone.
     pub async fn read(&self, name: &str) -> Result<Option<Pod>, ReadError> {
-        match timeout(READ_TIMEOUT, self.pods.get_opt(name)).await {
+        match timeout(READ_TIMEOUT, self.limited(self.pods.get_opt(name))).await {
             Ok(Ok(pod)) => Ok(pod),
             Ok(Err(error)) => {
                 self.metrics.api_error(Verb::get, status_code(&error));

@@ -554,6 +554,7 @@ async fn a_write_is_given_up_at_the_renew_deadline() {
         Arc::new(Config::default()),
         Arc::new(HeldUntil(until)),
         metrics(),
+        Arc::new(tokio::sync::Semaphore::new(32)),
     );
     let write = tokio::spawn(async move { writer.execute(&promote_write(1)).await });
     // The API server takes the request and never answers.
@@ -564,6 +565,41 @@ async fn a_write_is_given_up_at_the_renew_deadline() {
         .unwrap();
     assert_eq!(outcome, WriteOutcome::Failed);
     assert!(Instant::now() >= until);
+}
+
+#[tokio::test]
+async fn requests_beyond_the_limit_wait_for_a_free_slot() {
+    let (client, mut handle) = mock();
+    let until = Instant::now() + Duration::from_secs(30);
+    let one_slot = Arc::new(tokio::sync::Semaphore::new(1));
+    let writer = Writer::new(
+        Api::namespaced(client, "ns"),
+        Arc::new(Config::default()),
+        Arc::new(HeldUntil(until)),
+        metrics(),
+        one_slot,
+    );
+    let first = tokio::spawn({
+        let writer = writer.clone();
+        async move { writer.execute(&promote_write(1)).await }
+    });
+    let (_request, send) = handle.next_request().await.unwrap();
+    let second = tokio::spawn(async move { writer.execute(&promote_write(2)).await });
+    // The second write of another group waits while the first holds the only slot.
+    assert!(
+        timeout(Duration::from_millis(300), handle.next_request())
+            .await
+            .is_err(),
+        "a second request went out beside the first"
+    );
+    send.send_response(ok(&pod_json("a", "8", "active", "10.0.0.1")));
+    assert!(matches!(first.await.unwrap(), WriteOutcome::Done { .. }));
+    let (_request, send) = timeout(Duration::from_secs(3), handle.next_request())
+        .await
+        .expect("the second request goes out once the slot is free")
+        .unwrap();
+    send.send_response(ok(&pod_json("a", "9", "active", "10.0.0.1")));
+    assert!(matches!(second.await.unwrap(), WriteOutcome::Done { .. }));
 }
 
 fn with_dead_critical_container(mut pod: Value) -> Value {

@@ -51,6 +51,7 @@ pub fn writer(client: kube::Client, term: Option<u32>, metrics: Metrics) -> Writ
         Arc::new(Config::default()),
         Arc::new(FixedTerm(term)),
         metrics,
+        Arc::new(tokio::sync::Semaphore::new(32)),
     )
 }
 
@@ -145,6 +146,7 @@ pub async fn shared_with(
         metrics,
         epoch_floor: Default::default(),
         orders,
+        api_requests: Arc::new(tokio::sync::Semaphore::new(32)),
     });
     (shared, notes, agent)
 }
