@@ -554,7 +554,7 @@ async fn a_write_is_given_up_at_the_renew_deadline() {
         Arc::new(Config::default()),
         Arc::new(HeldUntil(until)),
         metrics(),
-        Arc::new(tokio::sync::Semaphore::new(32)),
+        request_slots(),
     );
     let write = tokio::spawn(async move { writer.execute(&promote_write(1)).await });
     // The API server takes the request and never answers.

@@ -535,12 +535,14 @@ async fn run_inner(
     }
     if let (Some(a), Some(b)) = (counted_a, counted_b) {
         let per_s = |from: f64, to: f64| (to - from) / IDLE_WINDOW.as_secs_f64();
+        let count_per_s = |from: Option<u64>, to: Option<u64>| {
+            from.zip(to).map(|(from, to)| per_s(from as f64, to as f64))
+        };
         let idle = IdleHeartbeat {
             orders_per_s: per_s(a.orders, b.orders),
             reports_per_s: per_s(a.reports, b.reports),
-            buffer_drops_per_s: (drops_a.0.zip(drops_b.0)).map(|(a, b)| per_s(a as f64, b as f64)),
-            controller_drops_per_s: (drops_a.1.zip(drops_b.1))
-                .map(|(a, b)| per_s(a as f64, b as f64)),
+            buffer_drops_per_s: count_per_s(drops_a.0, drops_b.0),
+            controller_drops_per_s: count_per_s(drops_a.1, drops_b.1),
             promotions: b.promotions - a.promotions,
             lapses: b.lapses - a.lapses,
         };

@@ -51,8 +51,13 @@ pub fn writer(client: kube::Client, term: Option<u32>, metrics: Metrics) -> Writ
         Arc::new(Config::default()),
         Arc::new(FixedTerm(term)),
         metrics,
-        Arc::new(tokio::sync::Semaphore::new(32)),
+        request_slots(),
     )
+}
+
+/// The API request slots of a test's writers (the controller's default count).
+pub fn request_slots() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(32))
 }
 
 pub fn pod_json(name: &str, rv: &str, role: &str, ip: &str) -> Value {
@@ -146,7 +151,7 @@ pub async fn shared_with(
         metrics,
         epoch_floor: Default::default(),
         orders,
-        api_requests: Arc::new(tokio::sync::Semaphore::new(32)),
+        api_requests: request_slots(),
     });
     (shared, notes, agent)
 }
