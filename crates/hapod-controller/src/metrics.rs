@@ -24,6 +24,8 @@ pub enum Verb {
     delete,
     get,
     list,
+    create,
+    update,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +81,15 @@ pub enum Stage {
     notify,
     /// Notification sent -> the pod's ACK.
     notify_ack,
+    /// EndpointSlice mode: the route decided -> the slice write acknowledged.
+    route,
+}
+
+/// How a group's EndpointSlice write ended (EndpointSlice mode).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SliceLabels {
+    /// `written`, `removed`, `refused` (the Service cannot take it: see the log), `failed`.
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,6 +137,7 @@ pub struct Metrics {
     pub epoch_anomalies: Counter,
     pub agent_roles: Family<AgentLabels, Gauge>,
     pub groups_paused: Family<GroupLabels, Gauge>,
+    pub slice_writes: Family<SliceLabels, Counter>,
 }
 
 impl Metrics {
@@ -150,6 +162,7 @@ impl Metrics {
             epoch_anomalies: Counter::default(),
             agent_roles: Family::default(),
             groups_paused: Family::default(),
+            slice_writes: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("hapod");
         r.register(
@@ -242,6 +255,11 @@ impl Metrics {
             "group_paused",
             "1 for each group an operator paused (hapod.io/paused=true): no role changes there; exported by the acting replica",
             m.groups_paused.clone(),
+        );
+        r.register(
+            "endpoint_slice_writes",
+            "EndpointSlice mode: the groups' slice writes and removals, by outcome",
+            m.slice_writes.clone(),
         );
         r.register(
             "build",

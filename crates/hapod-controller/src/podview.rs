@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
-use hapod_core::{Config, CriticalContainer, Phase, PodView};
+use hapod_core::{Config, CriticalContainer, Phase, PodView, Routing};
 use k8s_openapi::api::core::v1::Pod;
 
 /// Annotation holding the epoch of a pod's promotion.
@@ -26,6 +26,10 @@ const SWITCHES: [&str; 2] = [DRAIN_ANNOTATION, PAUSE_ANNOTATION];
 /// Ready keeps the role that long before it moves (the longest of the group's members counts).
 /// Absent, `0`, or a value that is ignored: the role moves at once.
 pub const NOT_READY_GRACE_ANNOTATION: &str = "hapod.io/not-ready-grace-ms";
+
+/// Annotation naming the Service whose EndpointSlice the controller maintains for the pod's
+/// group (docs/endpoints.md): a selector-less Service of the pod's namespace.
+pub const SERVICE_ANNOTATION: &str = "hapod.io/service";
 
 /// The longest not-Ready grace taken: a longer one is more likely a mistake (seconds typed as
 /// milliseconds twice over) than a wish to leave a group without a Ready active for hours.
@@ -89,6 +93,14 @@ pub fn pod_view(pod: &Pod, config: &Config, group_label: &str) -> Result<PodView
             // Whole seconds in the API: from the end of that second, never cutting a grace short.
             .map(|t| since(t.0.as_millisecond() + 999)),
         critical: critical_containers(pod, config),
+        routing: annotation(pod, SERVICE_ANNOTATION)
+            .and_then(|v| service_name(v).ok())
+            .map(|service| {
+                Box::new(Routing {
+                    service: service.to_owned(),
+                    node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                })
+            }),
     })
 }
 
@@ -129,6 +141,27 @@ pub fn not_ready_grace(value: &str) -> Result<Duration, &'static str> {
     Ok(grace)
 }
 
+/// The Service a value of `hapod.io/service` names, or why it is ignored: a Service name is
+/// a DNS label (RFC 1035: lower case letters, digits and '-', starting with a letter, at most
+/// 63 characters).
+pub fn service_name(value: &str) -> Result<&str, &'static str> {
+    let name = value.trim();
+    let bytes = name.as_bytes();
+    let valid = (1..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if valid {
+        Ok(name)
+    } else {
+        Err(
+            "not a Service name (lower case letters, digits and '-', starting with a letter, at most 63)",
+        )
+    }
+}
+
 /// How long ago `unix_ms` was on this host's clock; zero for a time ahead of it (the kubelet's
 /// clock may run ahead).
 fn since(unix_ms: i64) -> Duration {
@@ -152,7 +185,11 @@ pub fn ignored_annotations(pod: &Pod) -> Vec<(&'static str, &str, &'static str)>
         let why = not_ready_grace(value).err()?;
         Some((NOT_READY_GRACE_ANNOTATION, value, why))
     });
-    switches.chain(grace).collect()
+    let service = annotation(pod, SERVICE_ANNOTATION).and_then(|value| {
+        let why = service_name(value).err()?;
+        Some((SERVICE_ANNOTATION, value, why))
+    });
+    switches.chain(grace).chain(service).collect()
 }
 
 /// `status.podIPs` in order (the first is the primary), else `status.podIP`; unparseable

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hapod_core::{
-    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Write,
-    WriteOutcome, decide,
+    Action, Config, Event, GroupState, Health, Notify, Record, RecordKind, Role, RoleOrder, Route,
+    Write, WriteOutcome, decide,
 };
 use hapod_protocol::Notification;
 use hapod_protocol::sender::Notifier;
@@ -19,6 +19,7 @@ use tokio::sync::mpsc::WeakUnboundedSender;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::{Instant, sleep_until};
 
+use crate::endpoints::SliceTask;
 use crate::metrics::{GroupLabels, Metrics, ReasonLabels, Stage};
 use crate::orders::{OrderChannel, wire_role};
 use crate::podview::pod_view;
@@ -79,6 +80,8 @@ pub struct Worker {
     /// (gone, its grant over, or this replica no longer acting) loses its report route and
     /// series.
     ordered: BTreeSet<String>,
+    /// The group's EndpointSlice writer, from its first route naming a Service on.
+    slices: Option<SliceTask>,
 }
 
 impl Worker {
@@ -97,6 +100,7 @@ impl Worker {
             reports_to: None,
             next_heartbeat: None,
             ordered: BTreeSet::new(),
+            slices: None,
         }
     }
 
@@ -265,6 +269,27 @@ impl Worker {
                 self.health(health);
                 None
             }
+            Action::Route(route) => {
+                self.route(route, decided);
+                None
+            }
+        }
+    }
+
+    /// Hands the route to the group's slice task (started by the first route that names a
+    /// Service): the slice is written beside the next label writes, not before them.
+    fn route(&mut self, route: Route, decided: Instant) {
+        match &self.slices {
+            Some(task) => task.route(route, decided),
+            None if route.service.is_some() => {
+                self.slices = Some(SliceTask::start(
+                    self.key.clone(),
+                    self.writer.clone(),
+                    self.shared.metrics.clone(),
+                    (route, decided),
+                ));
+            }
+            None => {}
         }
     }
 

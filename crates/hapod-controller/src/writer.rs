@@ -132,6 +132,32 @@ impl Writer {
         self.fence.lease().is_some()
     }
 
+    /// The current controller term and the instant until which its leadership is certain,
+    /// while this replica may write.
+    pub fn lease(&self) -> Option<(u32, Instant)> {
+        self.fence.lease()
+    }
+
+    /// The API of another namespaced kind, in this writer's namespace and client.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let namespace = self.pods.namespace().unwrap_or_default().to_owned();
+        Api::namespaced(self.pods.clone().into_client(), &namespace)
+    }
+
+    /// Runs `request` in one of the shared request slots, given up at `until` (the renew
+    /// deadline of the leadership that allowed it).
+    pub async fn within<T>(
+        &self,
+        until: Instant,
+        request: impl Future<Output = kube::Result<T>>,
+    ) -> Result<kube::Result<T>, tokio::time::error::Elapsed> {
+        timeout_at(until, self.limited(request)).await
+    }
+
     /// Fences, then performs `write`, given up when the leadership stops being certain: no
     /// write of this replica is waited for past its renew deadline (the API client does not
     /// retry on its own either). A write whose epoch belongs to another term than the one held
@@ -154,7 +180,8 @@ impl Writer {
                 let body = role_patch(&self.config, resource_version, *role, *stamped);
                 let (params, patch) = (PatchParams::default(), Patch::Merge(&body));
                 let call = self.pods.patch(&write.pod, &params, &patch);
-                let result = timeout_at(until, self.limited(call))
+                let result = self
+                    .within(until, call)
                     .await
                     .map(|r| r.map(|pod| pod.metadata.resource_version));
                 (Verb::patch, result)
@@ -162,9 +189,7 @@ impl Writer {
             WriteKind::Delete { .. } => {
                 let params = kill_params(&write.uid);
                 let call = self.pods.delete(&write.pod, &params);
-                let result = timeout_at(until, self.limited(call))
-                    .await
-                    .map(|r| r.map(|_| None));
+                let result = self.within(until, call).await.map(|r| r.map(|_| None));
                 (Verb::delete, result)
             }
         };

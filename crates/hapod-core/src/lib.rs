@@ -10,7 +10,7 @@ mod group;
 mod pod;
 
 pub use group::{
-    Action, Event, GroupState, Health, Notify, OpId, PodRef, PromotionReason, Purpose, Record,
-    RecordKind, ReportedRole, RoleOrder, Write, WriteKind, WriteOutcome, decide,
+    Action, Endpoint, Event, GroupState, Health, Notify, OpId, PodRef, PromotionReason, Purpose,
+    Record, RecordKind, ReportedRole, RoleOrder, Route, Write, WriteKind, WriteOutcome, decide,
 };
-pub use pod::{ApplicationLease, Config, CriticalContainer, Phase, PodView, Role};
+pub use pod::{ApplicationLease, Config, CriticalContainer, Phase, PodView, Role, Routing};

@@ -177,6 +177,19 @@ pub struct PodView {
     pub unready_for: Option<Duration>,
     /// Critical containers only (regular containers; init containers are not watched).
     pub critical: Vec<CriticalContainer>,
+    /// The EndpointSlice mode: what the slice of the pod's group needs from it. `None`
+    /// without `hapod.io/service` (or with a value that is no Service name). Boxed: most
+    /// pods go without, and every event carries a view.
+    pub routing: Option<Box<Routing>>,
+}
+
+/// A pod of a group whose traffic follows the role through the controller's own EndpointSlice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Routing {
+    /// The Service the pod names (annotation `hapod.io/service`).
+    pub service: String,
+    /// `spec.nodeName`, for the endpoint's `nodeName`.
+    pub node: Option<String>,
 }
 
 impl PodView {
@@ -296,6 +309,7 @@ mod tests {
                 restart_count: 0,
                 waiting_reason: None,
             }],
+            routing: None,
         };
         assert_eq!(fit.unfit_by_api(), None);
         let unfit = |change: fn(&mut PodView)| {

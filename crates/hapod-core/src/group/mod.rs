@@ -34,8 +34,8 @@ mod types;
 use entry::{PodEntry, Relinquished, Tombstone, after_floor, at_least_as_recent};
 use grants::Grants;
 pub use types::{
-    Action, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind,
-    ReportedRole, RoleOrder, Write, WriteKind, WriteOutcome,
+    Action, Endpoint, Event, Health, Notify, PodRef, PromotionReason, Purpose, Record, RecordKind,
+    ReportedRole, RoleOrder, Route, Write, WriteKind, WriteOutcome,
 };
 /// When a failover started and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -90,6 +90,8 @@ pub struct GroupState {
     /// Active pods (UID, epoch) this replica told they are active, in this term.
     announced: BTreeSet<(String, u64)>,
     health: Option<Health>,
+    /// The route last emitted in this term (`None`: none yet).
+    route: Option<Route>,
     /// The application lease: orders, live grants, agents' reports.
     grants: Grants,
     doubt: Option<Doubt>,
@@ -115,6 +117,7 @@ impl GroupState {
             trigger: None,
             announced: BTreeSet::new(),
             health: None,
+            route: None,
             grants: Grants::default(),
             doubt: None,
             paused: false,
@@ -391,6 +394,7 @@ impl GroupState {
         self.announced.clear();
         self.future_reported.clear();
         self.health = None;
+        self.route = None;
         // Silence is judged afresh by each acting term.
         for entry in self.pods.values_mut() {
             entry.unresponsive = false;
@@ -727,5 +731,6 @@ pub fn decide(state: &mut GroupState, event: Event, now: Instant) -> Vec<Action>
     state.report_future_epochs(&mut out);
     state.plan(now, &mut out);
     state.report_health(&mut out);
+    state.report_route(&mut out);
     out
 }

@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use super::grants::LiveGrant;
 use super::{
-    Action, GroupState, Health, InFlight, Notify, PodEntry, PodRef, PromotionReason, Purpose,
-    Record, RecordKind, RoleOrder, VANISH_WAIT, Write, WriteKind,
+    Action, Endpoint, GroupState, Health, InFlight, Notify, PodEntry, PodRef, PromotionReason,
+    Purpose, Record, RecordKind, RoleOrder, Route, VANISH_WAIT, Write, WriteKind,
 };
 use crate::epoch;
-use crate::pod::Role;
+use crate::pod::{Phase, Role};
 
 impl GroupState {
     /// Next epoch for the group in `term`: above every epoch of `term` issued by this process
@@ -508,6 +508,46 @@ impl GroupState {
                 pod,
                 kind: RecordKind::NoEligible,
             }));
+        }
+    }
+
+    /// Emits where the group's traffic goes when that changed, while acting: the pod labeled
+    /// active (the kept one of two), after this replica's own acknowledged writes, so the
+    /// slice moves in the same step as the promotion's answer. Groups whose pods never named
+    /// a Service emit nothing.
+    pub(super) fn report_route(&mut self, out: &mut Vec<Action>) {
+        if self.term.is_none() {
+            return;
+        }
+        let service = self
+            .pods
+            .values()
+            .filter(|e| e.view.routing.is_some())
+            .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
+            .and_then(|e| Some(e.view.routing.as_ref()?.service.clone()));
+        let endpoint = self
+            .eligible_active()
+            .or_else(|| self.best_active(|_| true))
+            .filter(|entry| !entry.view.pod_ips.is_empty())
+            .map(|entry| {
+                let view = &entry.view;
+                Endpoint {
+                    pod: entry.pod_ref(),
+                    ips: view.pod_ips.clone(),
+                    node: view.routing.as_ref().and_then(|r| r.node.clone()),
+                    ready: view.serving() && entry.dead_container.is_none(),
+                    serving: view.ready && view.phase == Phase::Running,
+                    terminating: view.deleting,
+                }
+            });
+        let route = Route { service, endpoint };
+        let unchanged = match &self.route {
+            Some(last) => *last == route,
+            None => route.service.is_none(),
+        };
+        if !unchanged {
+            self.route = Some(route.clone());
+            out.push(Action::Route(route));
         }
     }
 }

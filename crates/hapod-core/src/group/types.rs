@@ -182,10 +182,37 @@ pub struct Record {
     pub kind: RecordKind,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PodRef {
     pub name: String,
     pub uid: String,
+}
+
+/// Where the group's Service sends traffic, in the EndpointSlice mode (`docs/endpoints.md`):
+/// the Service its pods name, and the endpoint that slice lists.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Route {
+    /// The Service named by the group's oldest pod carrying `hapod.io/service`; `None`: no
+    /// pod names one (the label mode), and a slice written before is to be removed.
+    pub service: Option<String>,
+    /// The pod labeled active as this replica sees it after its own acknowledged writes, as
+    /// the slice's only endpoint; `None`: no pod is labeled active (or it has no IP).
+    pub endpoint: Option<Endpoint>,
+}
+
+/// The one endpoint of a group's slice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub pod: PodRef,
+    /// The pod's IPs, primary first (the slice takes those of the Service's IP family).
+    pub ips: Vec<IpAddr>,
+    pub node: Option<String>,
+    /// The API shows nothing that rules the pod out of the role (`PodView::unfit_by_api`).
+    pub ready: bool,
+    /// Ready, Running and with an IP, terminating or not (EndpointSlice `serving`).
+    pub serving: bool,
+    /// `deletionTimestamp` is set.
+    pub terminating: bool,
 }
 
 /// Whether the group has an eligible pod labeled active.
@@ -216,6 +243,9 @@ pub enum Action {
     WakeAfter(Duration),
     /// The group's health changed.
     Health(Health),
+    /// Where the group's traffic goes changed (EndpointSlice mode; emitted only for groups
+    /// whose pods name a Service, or did).
+    Route(Route),
 }
 
 /// How a write ended.

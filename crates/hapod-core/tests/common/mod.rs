@@ -42,6 +42,7 @@ pub fn pod(name: &str, created: i64) -> PodView {
             restart_count: 0,
             waiting_reason: None,
         }],
+        routing: None,
     }
 }
 

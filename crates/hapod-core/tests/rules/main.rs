@@ -11,6 +11,7 @@ mod grace;
 mod labels;
 mod lease;
 mod pause;
+mod route;
 mod silence;
 mod writes;
 
