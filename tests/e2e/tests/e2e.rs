@@ -27,6 +27,8 @@ mod common;
 mod controller;
 #[path = "e2e/detection.rs"]
 mod detection;
+#[path = "e2e/endpoints.rs"]
+mod endpoints;
 #[path = "e2e/failover.rs"]
 mod failover;
 #[path = "e2e/helm.rs"]
@@ -125,6 +127,10 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!(
         "agent_restart_in_place_standby",
         lease::agent_restart_in_place_standby
+    ),
+    scenario!(
+        "endpoint_slice_mode_failover",
+        endpoints::slice_mode_failover
     ),
     scenario!("scale_down_keeps_active", scale::scale_down_keeps_active),
     scenario!("rollout_moves_role_once", scale::rollout_moves_role_once),

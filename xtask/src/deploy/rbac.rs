@@ -66,6 +66,14 @@ fn rbac_expectations(controller_ns: &str, app_ns: &str) -> Vec<Can> {
         Some(controller_ns),
         true,
     );
+    // EndpointSlice mode.
+    add(&["get"], "services", Some(app_ns), true);
+    add(
+        &["get", "create", "update", "delete"],
+        "endpointslices.discovery.k8s.io",
+        Some(app_ns),
+        true,
+    );
     let lease_verbs = ["get", "list", "watch", "create", "update", "patch"];
     add(
         &lease_verbs,
@@ -80,8 +88,14 @@ fn rbac_expectations(controller_ns: &str, app_ns: &str) -> Vec<Can> {
     add(&["create"], "pods/eviction", Some(app_ns), false);
     add(&["patch", "update"], "pods/status", Some(app_ns), false);
     add(
-        &["delete", "create", "patch"],
+        &["delete", "create", "patch", "update", "list"],
         "services",
+        Some(app_ns),
+        false,
+    );
+    add(
+        &["list", "watch", "patch"],
+        "endpointslices.discovery.k8s.io",
         Some(app_ns),
         false,
     );

@@ -41,6 +41,7 @@ mod journal;
 pub mod names;
 mod nodes;
 mod pods;
+mod traffic;
 mod wait;
 
 pub use build::*;
@@ -50,6 +51,7 @@ pub use journal::*;
 pub use names::*;
 pub use nodes::*;
 pub use pods::*;
+pub use traffic::*;
 pub use wait::*;
 
 use std::fmt::Write as _;
@@ -247,13 +249,7 @@ impl Testbed {
             opts.verbose,
             &format!("applying {}", opts.kustomize_dir.display()),
         );
-        tb.kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-k",
-            &opts.kustomize_dir.to_string_lossy(),
-        ])?;
+        tb.apply_kustomization(&opts.kustomize_dir)?;
         if opts.wait_settled {
             progress(opts.verbose, "waiting for the controller replicas");
             tb.wait_controllers_settled(Duration::from_secs(120))

@@ -458,7 +458,7 @@ pub fn restart_count(p: &Pod, container: &str) -> Option<i32> {
         .map(|c| c.restart_count)
 }
 
-pub(super) fn ready_slice_addresses(slice: &EndpointSlice) -> Vec<String> {
+pub fn ready_slice_addresses(slice: &EndpointSlice) -> Vec<String> {
     slice
         .endpoints
         .iter()
