@@ -81,6 +81,10 @@ pub struct Cli {
     /// the tests).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub etcd_fsync: bool,
+    /// Run the failovers with the sample app in the EndpointSlice mode (docs/endpoints.md):
+    /// hapod's controller writes the Service's slice, not kube-controller-manager.
+    #[arg(long)]
+    pub endpoint_slices: bool,
 }
 
 /// Floor samples taken before each failover: enough for a p99 over a full run, a few seconds
@@ -199,6 +203,7 @@ impl Cli {
             started_utc: utc_now(),
             etcd_fsync: self.etcd_fsync,
             controller_args: self.controller_args.clone(),
+            endpoint_slices: self.endpoint_slices,
             ..Default::default()
         };
         let timeout = Duration::from_secs(self.timeout_s);
@@ -207,6 +212,12 @@ impl Cli {
             tb.set_controller_args(&self.controller_args, timeout)
                 .await
                 .context("setting the controller's flags")?;
+        }
+        if self.endpoint_slices && !self.no_failover {
+            println!("bench: the sample app in the EndpointSlice mode");
+            tb.use_endpoint_slices(timeout)
+                .await
+                .context("switching the sample app to the EndpointSlice mode")?;
         }
         if !self.no_failover {
             // controller logs are read after every kind: a killed replica's log goes with its pod

@@ -38,6 +38,8 @@ pub struct Results {
     pub etcd_fsync: bool,
     /// the controller's flags set in place of deploy/'s
     pub controller_args: Vec<String>,
+    /// the sample app ran in the EndpointSlice mode (hapod wrote its Service's slice)
+    pub endpoint_slices: bool,
 }
 
 impl Results {
@@ -344,6 +346,18 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             "synced every commit to disk (fsync on, as in production)"
         } else {
             "ran without fsync (`--unsafe-no-fsync`, as in the tests)"
+        }
+    );
+    let _ = writeln!(
+        md,
+        "{}\n",
+        if r.endpoint_slices {
+            "The sample app ran in the EndpointSlice mode (`deploy/overlays/endpoint-slices`, \
+             docs/endpoints.md): its Service has no selector and hapod's controller wrote its \
+             slice, so \"slice\" is hapod's own write."
+        } else {
+            "The sample app's Service selects `role=active`: kube-controller-manager's \
+             EndpointSlice controller wrote its slice after seeing the label."
         }
     );
     if !r.controller_args.is_empty() {
