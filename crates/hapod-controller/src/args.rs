@@ -31,6 +31,10 @@ The promoted pod gets annotation hapod.io/epoch=<epoch>, epoch = (controller ter
 sequence, the term coming from the election Lease (annotation hapod.io/term). After each
 label write the pod is notified over UDP at <pod IP>:<notify-port>.
 
+A group whose pods carry the annotation hapod.io/service=<name> gets the EndpointSlice
+<name>-hapod of the selector-less Service <name> written by the controller, listing the pod
+labeled active alone, as soon as its promotion is acknowledged (docs/endpoints.md).
+
 Only the replica holding the Lease (--lease-name in --pod-namespace) writes; it labels the
 controller pods (--controller-selector) <role-label>=<active-value>|<standby-value>.
 
