@@ -229,7 +229,10 @@ struct Written {
 
 /// How one attempt ended.
 enum Attempt {
-    Done,
+    /// The API holds what the route says; `wrote`: a request of this attempt made it so.
+    Done {
+        wrote: bool,
+    },
     /// Not acting: the next acting term hands a route over again.
     NotLeading,
     Unroutable(Unroutable),
@@ -253,9 +256,11 @@ impl Slices {
         loop {
             let (route, decided) = routes.borrow_and_update().clone();
             let retry = match self.apply(&route).await {
-                Attempt::Done => {
+                Attempt::Done { wrote } => {
                     failures = 0;
-                    self.metrics.stage(Stage::route, decided.elapsed());
+                    if wrote {
+                        self.metrics.stage(Stage::route, decided.elapsed());
+                    }
                     None
                 }
                 Attempt::NotLeading => None,
@@ -309,7 +314,7 @@ impl Slices {
             return attempt;
         }
         let Some(service) = &route.service else {
-            return Attempt::Done;
+            return Attempt::Done { wrote: false };
         };
         let facts = match self.service_facts(service, until).await {
             Ok(facts) => facts,
@@ -322,7 +327,7 @@ impl Slices {
             .as_ref()
             .is_some_and(|w| w.service == *service && w.slice == wanted)
         {
-            return Attempt::Done;
+            return Attempt::Done { wrote: false };
         }
         // A conflict (another writer, or a slice this task did not know) is met by reading
         // the slice again; twice in a row means something else keeps writing it.
@@ -360,7 +365,7 @@ impl Slices {
                         resource_version: stored.metadata.resource_version.unwrap_or_default(),
                         slice: wanted,
                     });
-                    return Attempt::Done;
+                    return Attempt::Done { wrote: true };
                 }
                 Ok(Err(error)) if matches!(status_code(&error), 404 | 409) => {
                     self.metrics.api_error(verb, status_code(&error));
