@@ -62,7 +62,12 @@ pub struct ScaleResult {
     /// The heartbeat while idle (`None`: the controller's counters could not be read).
     pub heartbeat: Option<IdleHeartbeat>,
     pub storm_groups: usize,
+    /// per group: the storm's first DELETE sent → its new active labeled (watch)
     pub storm_ms: Vec<f64>,
+    /// per group, in the order of `storm_ms`: its old active's deletion seen (watch) → its
+    /// new active labeled (watch), the failover alone without the time the API took to carry
+    /// out the other deletions (`None`: the watch showed no deletion before the new active)
+    pub storm_from_deletion_ms: Vec<Option<f64>>,
     /// the scale controller's own `promoted` latency (its watch event → write acked) for the
     /// storm, from its JSON log
     pub storm_ctl_ms: Vec<f64>,
@@ -106,6 +111,17 @@ impl IdleHeartbeat {
 impl ScaleResult {
     pub fn storm_summary(&self) -> Option<Summary> {
         summarize(&self.storm_ms)
+    }
+
+    pub fn storm_from_deletion_summary(&self) -> Option<Summary> {
+        summarize(
+            &self
+                .storm_from_deletion_ms
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<Vec<_>>(),
+        )
     }
 }
 
@@ -613,21 +629,27 @@ async fn run_inner(
         r.profiles
             .extend(finish_perf(p, &o.profile_dir, &format!("storm-{groups}")));
     }
-    // per group: first watch event labeling a new (other) pod active
+    // per group: first watch event labeling a new (other) pod active, and the first showing
+    // its old active deleted or terminating
     let mut first: BTreeMap<String, u64> = BTreeMap::new();
+    let mut deleted: BTreeMap<String, u64> = BTreeMap::new();
     for ob in pods.log().into_iter().filter(|r| r.seen_unix_nanos >= ts) {
-        if let Some(g) = &ob.group
-            && stormed.contains(g)
-            && alive(&ob)
-            && ob.is_active()
-            && !uids.contains(&ob.uid)
-        {
+        let Some(g) = ob.group.as_ref().filter(|g| stormed.contains(*g)) else {
+            continue;
+        };
+        if uids.contains(&ob.uid) {
+            if ob.deleted || ob.terminating {
+                deleted.entry(g.clone()).or_insert(ob.seen_unix_nanos);
+            }
+        } else if alive(&ob) && ob.is_active() {
             first.entry(g.clone()).or_insert(ob.seen_unix_nanos);
         }
     }
-    r.storm_ms = first
-        .values()
-        .map(|t| (t.saturating_sub(ts)) as f64 / 1e6)
+    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+    r.storm_ms = first.values().map(|t| ms(ts, *t)).collect();
+    r.storm_from_deletion_ms = first
+        .iter()
+        .map(|(g, t)| Some(ms(*deleted.get(g)?, *t)))
         .collect();
     r.storm_unresolved = stormed.len() - first.len();
     // the controller's own view of the storm, from its log (before teardown removes it)
