@@ -355,18 +355,20 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
             "ran without fsync (`--unsafe-no-fsync`, as in the tests)"
         }
     );
-    let _ = writeln!(
-        md,
-        "{}\n",
-        if r.endpoint_slices {
-            "The sample app ran in the EndpointSlice mode (`deploy/overlays/endpoint-slices`, \
+    if !r.records.is_empty() {
+        let _ = writeln!(
+            md,
+            "{}\n",
+            if r.endpoint_slices {
+                "The sample app ran in the EndpointSlice mode (`deploy/overlays/endpoint-slices`, \
              docs/endpoints.md): its Service has no selector and hapod's controller wrote its \
              slice, so \"slice\" is hapod's own write."
-        } else {
-            "The sample app's Service selects `role=active`: kube-controller-manager's \
+            } else {
+                "The sample app's Service selects `role=active`: kube-controller-manager's \
              EndpointSlice controller wrote its slice after seeing the label."
-        }
-    );
+            }
+        );
+    }
     if !r.controller_args.is_empty() {
         let _ = writeln!(
             md,
