@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
 use common::*;
+use hapod_controller::metrics::Metrics;
 
 const SLICE_PATH: &str = "/apis/discovery.k8s.io/v1/namespaces/ns/endpointslices/web-hapod";
 
@@ -71,6 +72,19 @@ async fn answer_reads(handle: &mut Handle, slice_rv: &str, manager: &str) {
     send.send_response(ok(&stored_slice(slice_rv, manager)));
 }
 
+/// A slice task for route `a` under a replica holding `term` (`None`: not acting).
+fn started(term: Option<u32>) -> (SliceTask, Handle, Metrics) {
+    let (client, handle) = mock();
+    let metrics = metrics();
+    let task = SliceTask::start(
+        key(),
+        writer(client, term, metrics.clone()),
+        metrics.clone(),
+        (route(Some("a")), Instant::now()),
+    );
+    (task, handle, metrics)
+}
+
 fn addresses(body: &Value) -> Vec<String> {
     body["endpoints"]
         .as_array()
@@ -82,14 +96,7 @@ fn addresses(body: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn a_conflict_is_met_by_reading_the_slice_again_and_the_next_route_reuses_its_version() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let task = SliceTask::start(
-        key(),
-        writer(client, Some(1), metrics.clone()),
-        metrics.clone(),
-        (route(Some("a")), Instant::now()),
-    );
+    let (task, mut handle, _) = started(Some(1));
     answer_reads(&mut handle, "5", MANAGED_BY).await;
     // The update carries the version read; another writer got there first.
     let (parts, body, send) = next(&mut handle).await;
@@ -117,14 +124,7 @@ async fn a_conflict_is_met_by_reading_the_slice_again_and_the_next_route_reuses_
 
 #[tokio::test]
 async fn a_slice_of_another_manager_is_never_overwritten() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let _task = SliceTask::start(
-        key(),
-        writer(client, Some(1), metrics.clone()),
-        metrics.clone(),
-        (route(Some("a")), Instant::now()),
-    );
+    let (_task, mut handle, metrics) = started(Some(1));
     answer_reads(&mut handle, "5", "endpointslice-controller.k8s.io").await;
     // Refused: the next request is the retry's reading of the Service, not a write.
     let (parts, _, send) = next(&mut handle).await;
@@ -142,14 +142,7 @@ async fn a_slice_of_another_manager_is_never_overwritten() {
 
 #[tokio::test]
 async fn a_replica_that_does_not_act_sends_nothing() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let _task = SliceTask::start(
-        key(),
-        writer(client, None, metrics.clone()),
-        metrics,
-        (route(Some("a")), Instant::now()),
-    );
+    let (_task, mut handle, _) = started(None);
     assert!(
         timeout(Duration::from_millis(300), handle.next_request())
             .await
@@ -160,14 +153,7 @@ async fn a_replica_that_does_not_act_sends_nothing() {
 
 #[tokio::test]
 async fn a_service_no_longer_named_loses_its_slice_with_the_version_written() {
-    let (client, mut handle) = mock();
-    let metrics = metrics();
-    let task = SliceTask::start(
-        key(),
-        writer(client, Some(1), metrics.clone()),
-        metrics.clone(),
-        (route(Some("a")), Instant::now()),
-    );
+    let (task, mut handle, _) = started(Some(1));
     answer_reads(&mut handle, "5", MANAGED_BY).await;
     let (_, _, send) = next(&mut handle).await;
     send.send_response(ok(&stored_slice("6", MANAGED_BY)));
