@@ -16,23 +16,24 @@ impl Testbed {
     /// replicas to settle.
     pub async fn set_controller_args(&self, flags: &[String], timeout: Duration) -> Result<()> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), CONTROLLER_NAMESPACE);
-        let mut deployment = api.get(CONTROLLER_NAME).await?;
-        let container = deployment
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.spec.as_mut())
-            .and_then(|s| s.containers.first_mut())
-            .context("the controller Deployment has no container")?;
-        let args = container.args.get_or_insert_with(Vec::new);
-        for flag in flags {
-            let name = flag_name(flag)
-                .with_context(|| format!("controller flag {flag:?} is not --name=value"))?;
-            args.retain(|a| flag_name(a) != Some(name));
-            args.push(flag.clone());
+        // The Deployment's own controller updates it too (its status, right after an apply):
+        // a conflict is met by reading it again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut deployment = api.get(CONTROLLER_NAME).await?;
+            with_flags(&mut deployment, flags)?;
+            match api
+                .replace(CONTROLLER_NAME, &PostParams::default(), &deployment)
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.code == 409 && attempts < 5 => continue,
+                result => {
+                    result.context("updating the controller Deployment's flags")?;
+                    break;
+                }
+            }
         }
-        api.replace(CONTROLLER_NAME, &PostParams::default(), &deployment)
-            .await
-            .context("updating the controller Deployment's flags")?;
         let settled = self.roll_out_controller(timeout).await?;
         for pod in std::iter::once(&settled.active).chain(&settled.standbys) {
             let args = pod
@@ -74,6 +75,25 @@ impl Testbed {
 fn flag_name(flag: &str) -> Option<&str> {
     let (name, _) = flag.split_once('=')?;
     (name.starts_with("--") && name.len() > 2).then_some(name)
+}
+
+/// Sets `flags` on the controller container of `deployment` (each `--name=value`, replacing
+/// any given with the same `--name`, else appended).
+fn with_flags(deployment: &mut Deployment, flags: &[String]) -> Result<()> {
+    let container = deployment
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|s| s.containers.first_mut())
+        .context("the controller Deployment has no container")?;
+    let args = container.args.get_or_insert_with(Vec::new);
+    for flag in flags {
+        let name = flag_name(flag)
+            .with_context(|| format!("controller flag {flag:?} is not --name=value"))?;
+        args.retain(|a| flag_name(a) != Some(name));
+        args.push(flag.clone());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
