@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use hapod_controller::args::Args;
 use hapod_controller::metrics::{
-    AgentLabels, GroupLabels, Metrics, NotificationLabels, ReasonLabels, ReportLabels, Stage, Verb,
+    AgentLabels, GroupLabels, Metrics, NotificationLabels, ReasonLabels, ReportLabels, SliceLabels,
+    Stage, Verb,
 };
 use hapod_election::{ElectionConfig, LeaderElector};
 use http::{Request, Response};
@@ -50,6 +51,9 @@ async fn exported() -> BTreeSet<String> {
     let _ = m
         .groups_paused
         .get_or_create(&GroupLabels { group: label() });
+    let _ = m
+        .slice_writes
+        .get_or_create(&SliceLabels { outcome: "refused" });
     let args = Args::try_parse_from(["hapod-controller", "--pod-name=p", "--pod-namespace=n"])
         .expect("args");
     let election = ElectionConfig::new(
