@@ -525,29 +525,39 @@ impl GroupState {
             .filter(|e| e.view.routing.is_some())
             .min_by(|a, b| a.view.age_key().cmp(&b.view.age_key()))
             .and_then(|e| Some(e.view.routing.as_ref()?.service.clone()));
-        let endpoint = self
-            .eligible_active()
-            .or_else(|| self.best_active(|_| true))
-            .filter(|entry| !entry.view.pod_ips.is_empty())
-            .map(|entry| {
-                let view = &entry.view;
-                Endpoint {
-                    pod: entry.pod_ref(),
-                    ips: view.pod_ips.clone(),
-                    node: view.routing.as_ref().and_then(|r| r.node.clone()),
-                    ready: view.serving() && entry.dead_container.is_none(),
-                    serving: view.ready && view.phase == Phase::Running,
-                    terminating: view.deleting,
-                }
-            });
-        let route = Route { service, endpoint };
-        let unchanged = match &self.route {
-            Some(last) => *last == route,
-            None => route.service.is_none(),
+        let route = match service {
+            // Nothing to route (the label mode), or the removal already said: the endpoint
+            // is not built on every event of every group.
+            None if self.route.as_ref().is_none_or(|r| r.service.is_none()) => return,
+            None => Route {
+                service: None,
+                endpoint: None,
+            },
+            Some(service) => Route {
+                service: Some(service),
+                endpoint: self.endpoint(),
+            },
         };
-        if !unchanged {
+        if self.route.as_ref() != Some(&route) {
             self.route = Some(route.clone());
             out.push(Action::Route(route));
         }
+    }
+
+    /// The slice's one endpoint: the pod labeled active (the kept one of two), if it has an IP.
+    fn endpoint(&self) -> Option<Endpoint> {
+        let entry = self
+            .eligible_active()
+            .or_else(|| self.best_active(|_| true))
+            .filter(|entry| !entry.view.pod_ips.is_empty())?;
+        let view = &entry.view;
+        Some(Endpoint {
+            pod: entry.pod_ref(),
+            ips: view.pod_ips.clone(),
+            node: view.routing.as_ref().and_then(|r| r.node.clone()),
+            ready: view.serving() && entry.dead_container.is_none(),
+            serving: view.ready && view.phase == Phase::Running,
+            terminating: view.deleting,
+        })
     }
 }

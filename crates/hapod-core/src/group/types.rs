@@ -207,7 +207,7 @@ pub struct Endpoint {
     /// The pod's IPs, primary first (the slice takes those of the Service's IP family).
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
-    /// The API shows nothing that rules the pod out of the role (`PodView::unfit_by_api`).
+    /// Ready, Running with an IP, not terminating, and no critical container dead.
     pub ready: bool,
     /// Ready, Running and with an IP, terminating or not (EndpointSlice `serving`).
     pub serving: bool,
