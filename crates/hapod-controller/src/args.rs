@@ -306,8 +306,8 @@ const MIN_APPLICATION_LEASE_MS: u64 = 30;
 const MAX_APPLICATION_LEASE_MS: u64 = 60_000;
 const MAX_NOTIFY_DEADLINE_MS: u64 = 60_000;
 
-/// A DNS-1123 label (namespace names).
-fn dns_label(s: &str) -> bool {
+/// A DNS-1123 label (namespace names; a Service name is one that starts with a letter).
+pub(crate) fn dns_label(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')

@@ -146,14 +146,7 @@ pub fn not_ready_grace(value: &str) -> Result<Duration, &'static str> {
 /// 63 characters).
 pub fn service_name(value: &str) -> Result<&str, &'static str> {
     let name = value.trim();
-    let bytes = name.as_bytes();
-    let valid = (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
-    if valid {
+    if crate::args::dns_label(name) && name.starts_with(|c: char| c.is_ascii_lowercase()) {
         Ok(name)
     } else {
         Err(
