@@ -320,8 +320,7 @@ impl Slices {
             Ok(facts) => facts,
             Err(attempt) => return attempt,
         };
-        let namespace = self.key.namespace.clone();
-        let wanted = slice(&namespace, &facts, route.endpoint.as_ref());
+        let wanted = slice(&self.key.namespace, &facts, route.endpoint.as_ref());
         if self
             .written
             .as_ref()
@@ -371,10 +370,7 @@ impl Slices {
                     self.metrics.api_error(verb, status_code(&error));
                     self.written = None;
                 }
-                Ok(Err(error)) => {
-                    self.metrics.api_error(verb, status_code(&error));
-                    return Attempt::Failed(error.to_string());
-                }
+                Ok(Err(error)) => return self.failed(verb, &error),
                 Err(_elapsed) => return self.abandoned(verb),
             }
         }
@@ -389,6 +385,12 @@ impl Slices {
         Attempt::Failed("abandoned at the renew deadline".into())
     }
 
+    /// A request the API answered with an error: counted, and retried later.
+    fn failed(&self, verb: Verb, error: &kube::Error) -> Attempt {
+        self.metrics.api_error(verb, status_code(error));
+        Attempt::Failed(error.to_string())
+    }
+
     /// The Service's facts, read again when older than `SERVICE_MAX_AGE` or of another name.
     async fn service_facts(&mut self, name: &str, until: Instant) -> Result<ServiceFacts, Attempt> {
         if let Some((facts, at)) = &self.service
@@ -400,10 +402,7 @@ impl Slices {
         let service = match self.writer.within(until, self.services.get_opt(name)).await {
             Ok(Ok(Some(service))) => service,
             Ok(Ok(None)) => return Err(Attempt::Unroutable(Unroutable::NoService(name.into()))),
-            Ok(Err(error)) => {
-                self.metrics.api_error(Verb::get, status_code(&error));
-                return Err(Attempt::Failed(error.to_string()));
-            }
+            Ok(Err(error)) => return Err(self.failed(Verb::get, &error)),
             Err(_elapsed) => return Err(self.abandoned(Verb::get)),
         };
         let facts = ServiceFacts::read(&service).map_err(Attempt::Unroutable)?;
@@ -428,10 +427,7 @@ impl Slices {
                 }
                 Ok(found.metadata.resource_version)
             }
-            Ok(Err(error)) => {
-                self.metrics.api_error(Verb::get, status_code(&error));
-                Err(Attempt::Failed(error.to_string()))
-            }
+            Ok(Err(error)) => Err(self.failed(Verb::get, &error)),
             Err(_elapsed) => Err(self.abandoned(Verb::get)),
         }
     }
@@ -457,10 +453,7 @@ impl Slices {
                 Ok(())
             }
             Ok(Err(error)) if matches!(status_code(&error), 404 | 409) => Ok(()),
-            Ok(Err(error)) => {
-                self.metrics.api_error(Verb::delete, status_code(&error));
-                Err(Attempt::Failed(error.to_string()))
-            }
+            Ok(Err(error)) => Err(self.failed(Verb::delete, &error)),
             Err(_elapsed) => Err(self.abandoned(Verb::delete)),
         }
     }
