@@ -46,15 +46,20 @@ impl Testbed {
     /// Ready endpoint addresses of a Service, merged over its EndpointSlices (sorted): what
     /// the real EndpointSlice controller published.
     pub async fn service_endpoints(&self, ns: &str, service: &str) -> Result<Vec<String>> {
+        let mut ips = BTreeSet::new();
+        for slice in &self.service_slices(ns, service).await? {
+            ips.extend(ready_slice_addresses(slice));
+        }
+        Ok(ips.into_iter().collect())
+    }
+
+    /// Every EndpointSlice of a Service, whoever manages it.
+    pub async fn service_slices(&self, ns: &str, service: &str) -> Result<Vec<EndpointSlice>> {
         let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), ns);
         let list = api
             .list(&ListParams::default().labels(&format!("kubernetes.io/service-name={service}")))
             .await?;
-        let mut ips = BTreeSet::new();
-        for slice in &list.items {
-            ips.extend(ready_slice_addresses(slice));
-        }
-        Ok(ips.into_iter().collect())
+        Ok(list.items)
     }
 
     /// The pod name of the election Lease's holder (the holder identity is

@@ -8,9 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
-use kube::api::{Api, ListParams};
 
 use super::Testbed;
 use super::names::{APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE};
@@ -40,11 +38,9 @@ pub struct SliceSummary {
 impl Testbed {
     /// The sample app's Service's EndpointSlices, sorted.
     pub async fn app_slices(&self) -> Result<Vec<SliceSummary>> {
-        let api: Api<EndpointSlice> = Api::namespaced(self.client.clone(), APP_NAMESPACE);
-        let selector = format!("kubernetes.io/service-name={APP_SERVICE}");
-        let list = api.list(&ListParams::default().labels(&selector)).await?;
-        let mut slices: Vec<SliceSummary> = list
-            .items
+        let mut slices: Vec<SliceSummary> = self
+            .service_slices(APP_NAMESPACE, APP_SERVICE)
+            .await?
             .iter()
             .map(|s| SliceSummary {
                 manager: s
