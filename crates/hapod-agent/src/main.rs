@@ -35,7 +35,7 @@ struct Args {
     metrics_addr: Option<SocketAddr>,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
