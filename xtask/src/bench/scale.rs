@@ -213,7 +213,7 @@ async fn ensure_namespace(client: &Client) -> Result<()> {
 }
 
 /// Deletes every scale pod and the scale controller, and waits until they are gone.
-pub async fn teardown(client: &Client, ctl_ns: &str, pods: &Pods<'_>) -> Result<()> {
+pub async fn teardown(client: &Client, ctl_ns: &str, pods: &Pods<'_>, count: usize) -> Result<()> {
     let dapi: Api<Deployment> = Api::namespaced(client.clone(), ctl_ns);
     let _ = dapi
         .delete(CONTROLLER, &DeleteParams::default().grace_period(0))
@@ -232,9 +232,10 @@ pub async fn teardown(client: &Client, ctl_ns: &str, pods: &Pods<'_>) -> Result<
             &ListParams::default().labels(&format!("{SELECTOR_KEY}=scale")),
         )
         .await;
-    pods.wait_state(Duration::from_secs(300), |c| c.is_empty())
+    let timeout = teardown_timeout(count);
+    pods.wait_state(timeout, |c| c.is_empty())
         .await
-        .ok_or_else(|| anyhow!("scale pods not gone after 300 s"))?;
+        .ok_or_else(|| anyhow!("scale pods not gone after {timeout:?}"))?;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !cpods
         .list(&ListParams::default().labels(CONTROLLER_SELECTOR))
@@ -412,10 +413,29 @@ pub async fn run(tb: &Testbed, groups: usize, o: &ScaleOpts) -> Result<ScaleResu
     ensure_namespace(client).await?;
     let pods = Pods { tb };
     let out = run_inner(client, groups, o, &pods).await;
-    let td = teardown(client, &o.controller_namespace, &pods).await;
-    let r = out?;
-    td?;
+    let td = teardown(client, &o.controller_namespace, &pods, groups * 2).await;
+    measured_despite_teardown(out, td)
+}
+
+/// A teardown that fails (the API still deleting pods, say) keeps what the point measured:
+/// the failure becomes its note (the next point then starts with those pods left).
+fn measured_despite_teardown(out: Result<ScaleResult>, td: Result<()>) -> Result<ScaleResult> {
+    let mut r = out?;
+    if let Err(e) = td {
+        let note = format!("teardown: {e:#}");
+        r.note = if r.note.is_empty() {
+            note
+        } else {
+            format!("{}; {note}", r.note)
+        };
+    }
     Ok(r)
+}
+
+/// How long the API may take to delete `pods` scale pods: it deleted ~20 a second at
+/// 10,000 on a 2-core machine.
+fn teardown_timeout(pods: usize) -> Duration {
+    Duration::from_millis(100 * pods as u64).max(Duration::from_secs(300))
 }
 
 async fn run_inner(
@@ -429,7 +449,7 @@ async fn run_inner(
         ..Default::default()
     };
     // clean slate
-    teardown(client, &o.controller_namespace, pods).await?;
+    teardown(client, &o.controller_namespace, pods, pods.current().len()).await?;
     let api: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let t_create = Instant::now();
     let t_start = now_ns();
@@ -766,4 +786,37 @@ fn finish_perf(mut p: Perf, dir: &std::path::Path, what: &str) -> Option<String>
     let path = dir.join(format!("profile-{what}.txt"));
     std::fs::write(&path, &text).ok()?;
     Some(path.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_teardown_keeps_the_measurement_as_a_note() {
+        let measured = || {
+            Ok(ScaleResult {
+                groups: 5000,
+                rss_peak_mib: 216.6,
+                ..Default::default()
+            })
+        };
+        let r = measured_despite_teardown(measured(), Err(anyhow!("pods not gone"))).unwrap();
+        assert_eq!((r.groups, r.rss_peak_mib), (5000, 216.6));
+        assert_eq!(r.note, "teardown: pods not gone");
+        assert!(
+            measured_despite_teardown(measured(), Ok(()))
+                .unwrap()
+                .note
+                .is_empty()
+        );
+        let failed = measured_despite_teardown(Err(anyhow!("no convergence")), Ok(()));
+        assert!(failed.is_err());
+    }
+
+    #[test]
+    fn the_teardown_waits_longer_for_more_pods() {
+        assert_eq!(teardown_timeout(200), Duration::from_secs(300));
+        assert_eq!(teardown_timeout(10_000), Duration::from_secs(1000));
+    }
 }
