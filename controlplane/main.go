@@ -1,7 +1,7 @@
 // Command controlplane is one multi-call binary holding the Kubernetes control plane that
 // hapod's tests run against: linking kube-apiserver, kube-controller-manager, kube-scheduler,
-// etcd and kubectl together builds their large shared dependency graph once instead of five
-// times.
+// etcd, kubectl and a real node's kubelet and kube-proxy together builds their large shared
+// dependency graph once instead of seven times.
 //
 // The component is chosen by the name the binary was called by (the xtask cache holds
 // symlinks named after each component) or, when called under any other name, by the first
@@ -9,6 +9,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,7 +28,9 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 var components = map[string]func(args []string) int{
@@ -39,6 +42,12 @@ var components = map[string]func(args []string) int{
 	},
 	"kube-scheduler": func(args []string) int {
 		return runCobra(scheduler.NewSchedulerCommand(), args)
+	},
+	"kubelet": func(args []string) int {
+		return runCobra(kubelet.NewKubeletCommand(context.Background()), args)
+	},
+	"kube-proxy": func(args []string) int {
+		return runCobra(proxy.NewProxyCommand(), args)
 	},
 	"etcd": func(args []string) int {
 		// etcdmain parses args[1:] and exits the process itself on failure.
@@ -71,7 +80,7 @@ func main() {
 		run, ok = components[name]
 	}
 	if !ok {
-		fmt.Fprintf(os.Stderr, "usage: %s COMPONENT [ARGS...] (or call it through a symlink named COMPONENT)\ncomponents: kube-apiserver kube-controller-manager kube-scheduler etcd kubectl\n", filepath.Base(os.Args[0]))
+		fmt.Fprintf(os.Stderr, "usage: %s COMPONENT [ARGS...] (or call it through a symlink named COMPONENT)\ncomponents: kube-apiserver kube-controller-manager kube-scheduler etcd kubectl kubelet kube-proxy\n", filepath.Base(os.Args[0]))
 		os.Exit(2)
 	}
 	os.Exit(run(args))

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use kube::ResourceExt;
 
 use hapod_testkit::testbed::{
-    self, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, Options, Profile, Testbed, Trigger,
+    self, APP_GROUP, APP_NAMESPACE, APP_REPLICAS, NodeKind, Options, Profile, Testbed, Trigger,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +25,10 @@ pub struct Cli {
     /// Build and run release binaries.
     #[arg(long)]
     pub release: bool,
+    /// What runs the pods: the process node, or a kubelet with containerd, runc, CNI and
+    /// kube-proxy built from their Go modules.
+    #[arg(long, value_enum, default_value_t)]
+    pub node: NodeKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,7 +68,7 @@ pub fn run(args: Cli) -> Result<()> {
         "control plane: built from controlplane/ and cached; the first build takes 10-25 minutes \
          (Go's progress follows), later runs reuse it."
     );
-    hapod_testkit::testbed::enter_private_network(profile(&args))?;
+    hapod_testkit::testbed::enter_private_network(profile(&args), args.node)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -84,6 +88,7 @@ async fn demo(args: Cli) -> Result<()> {
     let tb = Testbed::start(Options {
         name: "demo".into(),
         profile: profile(&args),
+        node: args.node,
         ..Default::default()
     })
     .await?;

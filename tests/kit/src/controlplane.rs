@@ -46,7 +46,7 @@ pub use cli::{Cli, env_lines};
 /// ServiceAccount need to behave as on a real cluster, plus PodDisruptionBudgets, pod garbage
 /// collection and the aggregated `admin`/`edit`/`view` ClusterRoles. `node-lifecycle-controller`
 /// stays off: it would taint and evict the pods of a process node whenever that node's
-/// heartbeat lags on a loaded CI machine.
+/// heartbeat lags on a loaded CI machine (a real node gets it: [`Options::pod_network`]).
 pub const CONTROLLERS: &str = "replicaset-controller,deployment-controller,\
 endpointslice-controller,endpointslice-mirroring-controller,endpoints-controller,\
 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
@@ -84,6 +84,12 @@ pub struct Options {
     /// data is thrown away with the directory, and fsync on a shared CI disk would dominate
     /// the apiserver's bootstrap (hundreds of writes) for no benefit to a test.
     pub etcd_fsync: bool,
+    /// kube-apiserver also serves the pod network of a real node: it listens on every address
+    /// of the testbed's private namespace (only inside it) and advertises the namespace's own
+    /// [`crate::netns::API_ADDRESS`], which the `kubernetes` Service then lists, so that pods
+    /// in network namespaces of their own reach it through the Service's ClusterIP as on a
+    /// cluster. Off: loopback only, and the Service lists nothing.
+    pub pod_network: bool,
 }
 
 /// What a state directory records, so that another process (`cargo xtask controlplane stop`)
@@ -238,10 +244,7 @@ impl ControlPlane {
             temp,
             stopped: false,
         };
-        cp.launch(
-            options.etcd_fsync,
-            options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT),
-        )?;
+        cp.launch(options)?;
         Ok(cp)
     }
 
@@ -306,6 +309,11 @@ impl ControlPlane {
         let path = users.join(format!("{user}.kubeconfig"));
         pki::write_kubeconfig(&path, &self.pki_dir(), self.server(), user, &client)?;
         Ok(path)
+    }
+
+    /// The CA that signs client certificates (what a kubelet trusts the apiserver by).
+    pub fn client_ca_file(&self) -> PathBuf {
+        pki::client_ca_cert(&self.pki_dir())
     }
 
     /// `kubectl --kubeconfig <admin kubeconfig>`, the control plane's own kubectl.
@@ -487,9 +495,9 @@ impl ControlPlane {
     /// are ready. etcd and kube-apiserver start together (the apiserver retries etcd);
     /// kube-controller-manager and kube-scheduler only once the apiserver is ready, because
     /// they exit if it cannot answer their delegated-authentication lookup at startup.
-    fn launch(&mut self, etcd_fsync: bool, timeout: Duration) -> Result<()> {
+    fn launch(&mut self, options: &Options) -> Result<()> {
         let started = Instant::now();
-        let deadline = started + timeout;
+        let deadline = started + options.ready_timeout.unwrap_or(DEFAULT_READY_TIMEOUT);
         let pki = self.pki_dir();
         pki::generate(&pki)?;
         fs::create_dir_all(self.dir.join("logs"))?;
@@ -527,7 +535,7 @@ impl ControlPlane {
                 "--log-level=warn".into(),
             ]
             .into_iter()
-            .chain((!etcd_fsync).then(|| "--unsafe-no-fsync".to_string()))
+            .chain((!options.etcd_fsync).then(|| "--unsafe-no-fsync".to_string()))
             .collect::<Vec<_>>(),
         )?;
 
@@ -542,15 +550,41 @@ impl ControlPlane {
             ),
         ];
         let sa_key = path(&format!("pki/{}", pki::SERVICE_ACCOUNT_KEY));
-        let mut apiserver = vec![
-            format!("--etcd-servers={etcd_client}"),
-            "--bind-address=127.0.0.1".into(),
-            // Loopback, so that nothing is ever told to reach the apiserver at a host's network
-            // address. Endpoints may not hold loopback addresses, so the `kubernetes` Service
-            // gets no endpoints (instead of a failing write every ten seconds); pods reach the
-            // apiserver at 127.0.0.1 directly.
-            "--advertise-address=127.0.0.1".into(),
-            "--endpoint-reconciler-type=none".into(),
+        let listen: [String; 2] = if options.pod_network {
+            [
+                "--bind-address=0.0.0.0".into(),
+                format!("--advertise-address={}", crate::netns::API_ADDRESS),
+            ]
+        } else {
+            [
+                "--bind-address=127.0.0.1".into(),
+                // Loopback, so that nothing is ever told to reach the apiserver at a host's
+                // network address. Endpoints may not hold loopback addresses, so the
+                // `kubernetes` Service gets no endpoints (the reconciler is off instead of
+                // failing a write every ten seconds); pods reach the apiserver at 127.0.0.1.
+                "--advertise-address=127.0.0.1".into(),
+            ]
+        };
+        let mut apiserver = vec![format!("--etcd-servers={etcd_client}")];
+        apiserver.extend(listen);
+        if options.pod_network {
+            // Its identity towards a real node's kubelet (`kubectl logs`, `exec`): the kubelet
+            // trusts the client CA.
+            let client = pki::mint_client_cert(&pki, "kube-apiserver", &["system:masters"])?;
+            let (cert, key) = (
+                pki.join("kubelet-client.crt"),
+                pki.join("kubelet-client.key"),
+            );
+            fs::write(&cert, client.cert_pem)?;
+            pki::write_private(&key, &client.key_pem)?;
+            apiserver.extend([
+                format!("--kubelet-client-certificate={}", cert.display()),
+                format!("--kubelet-client-key={}", key.display()),
+            ]);
+        } else {
+            apiserver.push("--endpoint-reconciler-type=none".into());
+        }
+        apiserver.extend([
             format!("--secure-port={}", p.apiserver),
             format!("--client-ca-file={}", pki::client_ca_cert(&pki).display()),
             "--authorization-mode=Node,RBAC".into(),
@@ -568,7 +602,7 @@ impl ControlPlane {
             format!("--audit-policy-file={}", path(audit::POLICY)),
             format!("--audit-log-path={}", path(audit::LOG)),
             "--audit-log-format=json".into(),
-        ];
+        ]);
         fs::write(self.dir.join(audit::POLICY), audit::POLICY_YAML)?;
         apiserver.extend(serving.iter().cloned());
         self.spawn("kube-apiserver", &apiserver)?;
@@ -596,7 +630,13 @@ impl ControlPlane {
         };
         let mut controller_manager = component("kube-controller-manager", p.controller_manager);
         controller_manager.extend([
-            format!("--controllers={CONTROLLERS}"),
+            if options.pod_network {
+                // A real kubelet registers its Node tainted not-ready; this controller lifts
+                // the taint once the Node is Ready (and manages the Node as on a cluster).
+                format!("--controllers={CONTROLLERS},node-lifecycle-controller")
+            } else {
+                format!("--controllers={CONTROLLERS}")
+            },
             format!("--service-account-private-key-file={sa_key}"),
             format!("--root-ca-file={}", path(&format!("pki/{}", pki::CA_CERT))),
             // Each controller acts as its own ServiceAccount, so RBAC applies as on a real

@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Whether the kit may send a packet to `addr`: a loopback address, or (inside the testbed's
-/// private network namespace, whose only interface is `lo`) a pod IP of
-/// [`crate::netns::POD_CIDRS`].
+/// private network namespace, which has no route out) a pod IP of the testbed's nodes
+/// ([`crate::netns::is_pod_address`]).
 pub fn allowed_address(addr: IpAddr) -> bool {
     addr.is_loopback()
         || (crate::netns::inside()

@@ -22,11 +22,13 @@ use std::process::{Command, Stdio};
 use anyhow::{Context as _, Result, anyhow, ensure};
 
 pub mod controlplane;
+pub mod gobuild;
 pub mod helm;
 pub mod http;
 pub mod netns;
 pub mod poll;
 pub mod prom;
+pub mod realnode;
 pub mod testbed;
 
 /// The repository root (this crate lives in `<root>/tests/kit`).

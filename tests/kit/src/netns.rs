@@ -21,6 +21,12 @@ pub const POD_CIDRS: [&str; 2] = ["10.244.0.0/16", "10.245.0.0/16"];
 pub const POD_CIDR: &str = POD_CIDRS[0];
 /// The namespace's own address in each of [`POD_CIDRS`] (what makes the range local on `lo`).
 const LO_ADDRESSES: [&str; 2] = ["10.244.0.1/16", "10.245.0.1/16"];
+/// The namespace's own address that a real node's pods reach the API server and the node at
+/// (the first of [`LO_ADDRESSES`]).
+pub const API_ADDRESS: &str = "10.244.0.1";
+/// Pod IPs of the real node: on its CNI bridge, not on `lo` (a range on `lo` is local to
+/// the namespace, so packets to it would never reach the bridge).
+pub const REAL_NODE_POD_CIDR: &str = "10.246.0.0/16";
 /// Set in the environment of the process re-run inside the namespace.
 const MARKER: &str = "HAPOD_PRIVATE_NETNS";
 
@@ -96,14 +102,18 @@ const PARTITION_PREF: u32 = 10;
 const LOCAL_PREF: u32 = 100;
 
 impl Partition {
-    /// Cuts `a` from `b`. Both must be addresses of [`POD_CIDRS`], inside the namespace.
+    /// Cuts `a` from `b`. Both must be addresses of [`POD_CIDRS`] (process nodes), inside the
+    /// namespace.
     pub fn cut(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr) -> Result<Partition> {
         if !inside() {
             bail!("partitions are made only inside the private network namespace");
         }
         for ip in [a, b] {
-            if !is_pod_address(ip) {
-                bail!("{ip} is not a pod address ({})", POD_CIDRS.join(", "));
+            if !is_process_node_address(ip) {
+                bail!(
+                    "{ip} is not a process node's pod address ({})",
+                    POD_CIDRS.join(", ")
+                );
             }
         }
         move_local_rule()?;
@@ -135,18 +145,26 @@ impl Drop for Partition {
     }
 }
 
-/// Whether `ip` is in one of [`POD_CIDRS`].
+/// Whether `ip` is a pod IP of the testbed's nodes: one of [`POD_CIDRS`] (process nodes) or
+/// [`REAL_NODE_POD_CIDR`].
 pub fn is_pod_address(ip: std::net::Ipv4Addr) -> bool {
-    POD_CIDRS.iter().any(|cidr| {
-        let Some((net, len)) = cidr.split_once('/') else {
-            return false;
-        };
-        let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
-            return false;
-        };
-        let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-        u32::from(ip) & mask == u32::from(net) & mask
-    })
+    is_process_node_address(ip) || in_cidr(ip, REAL_NODE_POD_CIDR)
+}
+
+/// Whether `ip` is in one of [`POD_CIDRS`]: on `lo`, where partitions cut by policy routing.
+fn is_process_node_address(ip: std::net::Ipv4Addr) -> bool {
+    POD_CIDRS.iter().any(|cidr| in_cidr(ip, cidr))
+}
+
+fn in_cidr(ip: std::net::Ipv4Addr, cidr: &str) -> bool {
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Ok(net), Ok(len)) = (net.parse::<std::net::Ipv4Addr>(), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 /// Moves the local table's rule from preference 0 to [`LOCAL_PREF`], once (partitions may be
@@ -185,10 +203,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_pod_addresses_can_be_partitioned() {
-        assert!(is_pod_address("10.244.3.7".parse().unwrap()));
-        assert!(is_pod_address("10.245.0.9".parse().unwrap()));
-        assert!(!is_pod_address("10.246.0.1".parse().unwrap()));
+    fn only_process_node_pod_addresses_can_be_partitioned() {
+        assert!(is_process_node_address("10.244.3.7".parse().unwrap()));
+        assert!(is_process_node_address("10.245.0.9".parse().unwrap()));
+        assert!(!is_process_node_address("10.246.0.9".parse().unwrap()));
+        assert!(is_pod_address("10.246.0.9".parse().unwrap()));
+        assert!(!is_pod_address("10.247.0.1".parse().unwrap()));
         assert!(!is_pod_address("127.0.0.1".parse().unwrap()));
     }
 }

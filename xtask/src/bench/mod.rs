@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use failover::Kind;
-use hapod_testkit::testbed::{self, Options, Profile, Testbed};
+use hapod_testkit::testbed::{self, NodeKind, Options, Profile, Testbed};
 use report::Results;
 use stats::{fmt_ms, summarize};
 
@@ -93,7 +93,7 @@ const FLOOR_PER_FAILOVER: usize = 3;
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        hapod_testkit::testbed::enter_private_network(self.profile())?;
+        hapod_testkit::testbed::enter_private_network(self.profile(), NodeKind::Process)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -29,7 +29,9 @@ use futures::future::join_all;
 
 use crate::bench::sysinfo::Machine;
 use faults::{RECOVERY_BOUND, Run, SETTLE_BOUND, chaos_records};
-use hapod_testkit::testbed::{ACTIVE, APP_GROUP, APP_REPLICAS, Options, Profile, STANDBY, Testbed};
+use hapod_testkit::testbed::{
+    ACTIVE, APP_GROUP, APP_REPLICAS, NodeKind, Options, Profile, STANDBY, Testbed,
+};
 use kube::ResourceExt;
 
 /// `cargo xtask chaos [--seed S] [--failovers N] [--groups G] [--minutes M]`
@@ -72,7 +74,7 @@ pub struct Cli {
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        hapod_testkit::testbed::enter_private_network(self.profile)?;
+        hapod_testkit::testbed::enter_private_network(self.profile, NodeKind::Process)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

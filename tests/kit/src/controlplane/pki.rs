@@ -31,6 +31,10 @@ pub const SERVICE_ACCOUNT_PUBLIC_KEY: &str = "service-account.pub";
 /// Kubernetes reads a client certificate's groups from.
 const ORGANIZATION_OID: [u64; 4] = [2, 5, 4, 10];
 
+/// The `kubernetes` Service's ClusterIP: the first address of
+/// [`super::SERVICE_CLUSTER_IP_RANGE`].
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+
 /// Writes a fresh serving CA, client CA, serving certificate and service-account key into `dir`.
 pub fn generate(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir)?;
@@ -53,6 +57,14 @@ pub fn generate(dir: &Path) -> Result<()> {
     serving.subject_alt_names.extend([
         SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        // Where a real node's pods reach kube-apiserver: the `kubernetes` Service's ClusterIP
+        // and the address it forwards to.
+        SanType::IpAddress(IpAddr::V4(KUBERNETES_SERVICE_IP)),
+        SanType::IpAddress(IpAddr::V4(
+            crate::netns::API_ADDRESS
+                .parse()
+                .expect("a constant IPv4 address"),
+        )),
     ]);
     serving
         .distinguished_name
@@ -184,7 +196,7 @@ current-context: hapod
 }
 
 /// Writes a file only its owner can read: it holds a private key.
-fn write_private(path: &Path, contents: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = fs::OpenOptions::new()

@@ -10,13 +10,14 @@ use anyhow::{Context as _, Result, ensure};
 use super::Profile;
 use crate::{cargo, target_dir, workspace_root};
 
-/// The binaries the testbed builds: what the process node runs, and the kubectl plugin the
-/// tests run as an operator would.
-pub const BINARIES: [&str; 5] = [
+/// The binaries the testbed builds: what the nodes run (the real node's images hold them, and
+/// `hapod-pause` as the pod sandbox), and the kubectl plugin the tests run as an operator would.
+pub const BINARIES: [&str; 6] = [
     "hapod-controller",
     "hapod-demo",
     "hapod-agent",
     "hapod-node",
+    "hapod-pause",
     "kubectl-hapod",
 ];
 /// Images (last path segment, without tag) the process node maps to built binaries.

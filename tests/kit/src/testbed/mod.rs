@@ -88,6 +88,16 @@ impl Profile {
     }
 }
 
+/// What runs the pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum NodeKind {
+    /// `hapod-node`: pods as local processes (fast, the default).
+    #[default]
+    Process,
+    /// A kubelet with containerd, runc, CNI and kube-proxy ([`crate::realnode`]).
+    Real,
+}
+
 /// How to start a testbed.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -110,6 +120,8 @@ pub struct Options {
     pub verbose: bool,
     /// etcd syncs every commit to disk (production-like; the benchmark). Tests keep it off.
     pub etcd_fsync: bool,
+    /// What runs the pods.
+    pub node: NodeKind,
 }
 
 impl Default for Options {
@@ -124,18 +136,23 @@ impl Default for Options {
             node_args: Vec::new(),
             verbose: true,
             etcd_fsync: false,
+            node: NodeKind::Process,
         }
     }
 }
 
-/// Prepares, outside, everything that needs the package registries (the control plane and the
-/// binaries of `profile`), then runs this same command again inside the private network
-/// namespace the testbed needs ([`crate::netns`]). Inside it, returns at once.
-pub fn enter_private_network(profile: Profile) -> Result<()> {
+/// Prepares, outside, everything that needs the package registries (the control plane, the
+/// real node's runtime for [`NodeKind::Real`] and the binaries of `profile`), then runs this
+/// same command again inside the private network namespace the testbed needs
+/// ([`crate::netns`]). Inside it, returns at once.
+pub fn enter_private_network(profile: Profile, node: NodeKind) -> Result<()> {
     if crate::netns::inside() {
         return Ok(());
     }
     crate::controlplane::ensure_built().context("building the control plane")?;
+    if node == NodeKind::Real {
+        crate::realnode::ensure_built().context("building the real node's runtime")?;
+    }
     build_binaries(profile, true)?;
     crate::netns::reexec_inside().map(|never| match never {})
 }
@@ -164,6 +181,8 @@ pub struct Testbed {
     admin_kubeconfig: PathBuf,
     /// The first process node.
     node: Option<Child>,
+    /// The real node, when it runs the pods instead.
+    real_node: Option<crate::realnode::RealNode>,
     /// Extra arguments of every process node.
     node_args: Vec<String>,
     /// Second nodes started so far (each gets its own folder).
@@ -217,8 +236,9 @@ impl Testbed {
         progress(opts.verbose, "starting the control plane");
         let cp_dir = run_dir.join("controlplane");
         let fsync = opts.etcd_fsync;
+        let pod_network = opts.node == NodeKind::Real;
         let control_plane =
-            tokio::task::spawn_blocking(move || start_control_plane(&cp_dir, fsync))
+            tokio::task::spawn_blocking(move || start_control_plane(&cp_dir, fsync, pod_network))
                 .await?
                 .context(
                     "testbed: the control plane did not start (build it first with \
@@ -234,6 +254,7 @@ impl Testbed {
             history: History::default(),
             admin_kubeconfig,
             node: None,
+            real_node: None,
             node_args: opts.node_args.clone(),
             second_nodes_started: AtomicUsize::new(0),
             tasks: Vec::new(),
@@ -242,8 +263,19 @@ impl Testbed {
         };
         // From here on, Drop stops everything on failure.
         tb.tasks = tb.history.start(tb.client.clone());
-        progress(opts.verbose, "starting the process node");
-        tb.start_first_node().await?;
+        match opts.node {
+            NodeKind::Process => {
+                progress(opts.verbose, "starting the process node");
+                tb.start_first_node().await?;
+            }
+            NodeKind::Real => {
+                progress(
+                    opts.verbose,
+                    "starting the real node (containerd, kubelet, kube-proxy)",
+                );
+                tb.start_real_node().await?;
+            }
+        }
 
         progress(
             opts.verbose,
@@ -383,6 +415,10 @@ impl Testbed {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        if let Some(mut node) = self.real_node.take() {
+            progress(self.verbose, "stopping the real node");
+            node.stop();
+        }
         if let Some(mut child) = self.node.take() {
             stop_child(&mut child, "hapod-node", Duration::from_secs(15));
             // Outside the run folder (see `journal_dir`): not left behind.
@@ -415,7 +451,7 @@ fn progress(verbose: bool, msg: &str) {
 }
 
 /// SIGTERM, bounded wait, then SIGKILL of the child's process group.
-fn stop_child(child: &mut Child, what: &str, grace: Duration) {
+pub(crate) fn stop_child(child: &mut Child, what: &str, grace: Duration) {
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     let pid = Pid::from_raw(child.id() as i32);
@@ -473,11 +509,12 @@ pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
 
 // --- adapters to the control plane runner (crate::controlplane) ------------------------------
 
-fn start_control_plane(dir: &Path, etcd_fsync: bool) -> Result<ControlPlane> {
+fn start_control_plane(dir: &Path, etcd_fsync: bool, pod_network: bool) -> Result<ControlPlane> {
     ControlPlane::start(crate::controlplane::Options {
         dir: Some(dir.to_path_buf()),
         ready_timeout: None,
         etcd_fsync,
+        pod_network,
     })
 }
 

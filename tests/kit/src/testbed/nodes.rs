@@ -57,7 +57,43 @@ impl Testbed {
         let log = self.run_dir.join("node.log");
         let process = self.spawn_node(&FIRST, &self.run_dir.join("node"), &log)?;
         let process = self.node.insert(process);
-        wait_node_ready(&self.client, FIRST_NODE, since, process, &log).await
+        wait_node_ready(
+            &self.client,
+            FIRST_NODE,
+            since,
+            process_alive(process),
+            &log,
+        )
+        .await
+    }
+
+    /// Starts the real node ([`crate::realnode`]) and waits until its Node is Ready.
+    pub(super) async fn start_real_node(&mut self) -> Result<()> {
+        let since = SystemTime::now();
+        let runtime = crate::realnode::ensure_built()?;
+        let control_plane = self.control_plane_arc()?;
+        let bin_dir = self.bin_dir.clone();
+        let dir = self.run_dir.join("real-node");
+        let node = tokio::task::spawn_blocking(move || {
+            crate::realnode::RealNode::start(crate::realnode::Config {
+                runtime: &runtime,
+                control_plane: &control_plane,
+                bin_dir: &bin_dir,
+                dir,
+                images: &IMAGES,
+            })
+        })
+        .await??;
+        let node = self.real_node.insert(node);
+        let log = node.log_path("kubelet");
+        wait_node_ready(
+            &self.client,
+            crate::realnode::REAL_NODE,
+            since,
+            || node.check_alive(),
+            &log,
+        )
+        .await
     }
 
     /// Starts a second process node ([`SECOND_NODE`]) and waits until its Node is Ready. Pods
@@ -204,7 +240,7 @@ impl SecondNode {
             &self.client,
             SECOND_NODE,
             since,
-            &mut self.process,
+            process_alive(&mut self.process),
             &self.log,
         )
         .await
@@ -294,7 +330,7 @@ async fn wait_node_ready(
     client: &Client,
     name: &str,
     since: SystemTime,
-    process: &mut Child,
+    mut alive: impl FnMut() -> Result<()>,
     log: &Path,
 ) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -304,13 +340,11 @@ async fn wait_node_ready(
         .unwrap_or(UNIX_EPOCH);
     let what = format!("Node {name} Ready with a heartbeat since {since_second:?}");
     let waited = await_condition(what, NODE_READY_TIMEOUT, Duration::from_millis(200), || {
-        // The process is looked at here, the API in the future below.
-        let exited = process.try_wait();
+        // The processes are looked at here, the API in the future below.
+        let alive = alive();
         let nodes = nodes.clone();
         async move {
-            if let Some(status) = exited? {
-                bail!("hapod-node {name} exited ({status})");
-            }
+            alive?;
             let Some(node) = nodes.get_opt(name).await? else {
                 return Ok(Check::NotYet("not registered".into()));
             };
@@ -322,6 +356,14 @@ async fn wait_node_ready(
     })
     .await;
     waited.with_context(|| format!("node log:\n{}", tail(log, 40)))
+}
+
+/// A check that fails once the node process has exited.
+fn process_alive(process: &mut Child) -> impl FnMut() -> Result<()> + '_ {
+    || match process.try_wait()? {
+        Some(status) => bail!("hapod-node exited ({status})"),
+        None => Ok(()),
+    }
 }
 
 /// When the node last posted its Ready condition as True (None: not Ready).

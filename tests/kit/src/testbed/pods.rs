@@ -21,6 +21,23 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};
 
+/// The containerd IDs of the pod's running containers whose name `containers` accepts (from
+/// `status.containerStatuses`; none on the process node, which reports no container IDs).
+fn runtime_container_ids(pod: &Pod, containers: impl Fn(&str) -> bool) -> Vec<String> {
+    pod.status
+        .iter()
+        .flat_map(|status| status.container_statuses.iter().flatten())
+        .filter(|status| containers(&status.name))
+        .filter_map(|status| {
+            status
+                .container_id
+                .as_deref()?
+                .strip_prefix("containerd://")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
 impl Testbed {
     /// Pods of a group (label `app=<group>`) in a namespace, not yet deleted.
     pub async fn group_pods(&self, ns: &str, group: &str) -> Result<Vec<Pod>> {
@@ -110,9 +127,24 @@ impl Testbed {
         Ok(api.get_opt(name).await?.and_then(|l| l.spec))
     }
 
-    /// Host path of a container's private /tmp (annotation published by the process node).
+    /// Host path of a container's private /tmp: published by the process node on the pod, or on
+    /// the real node its own /tmp seen from the host.
     pub fn container_tmp(pod: &Pod, container: &str) -> Result<PathBuf> {
-        Self::published_path(pod, TMP_ANNOTATION_PREFIX, container)
+        if let Ok(path) = Self::published_path(pod, TMP_ANNOTATION_PREFIX, container) {
+            return Ok(path);
+        }
+        // The real node: the container's own `/tmp` (the writable-tmp emptyDir), seen
+        // through one of its processes.
+        let pid = Self::container_processes(pod, container)?
+            .into_iter()
+            .next()
+            .with_context(|| {
+                format!(
+                    "no process runs in container {container} of {}",
+                    pod.name_any()
+                )
+            })?;
+        Ok(PathBuf::from(format!("/proc/{pid}/root/tmp")))
     }
 
     /// What a container has written to stdout and stderr so far, also after the pod is
@@ -143,7 +175,9 @@ impl Testbed {
         Self::processes_of(pod, |c| c == container)
     }
 
-    /// PIDs of the processes of the pod's containers whose name `containers` accepts.
+    /// PIDs of the processes of the pod's containers whose name `containers` accepts: on the
+    /// process node, those whose `/tmp` is one of the folders it publishes on the pod; on the
+    /// real node, those in the containers' cgroups.
     fn processes_of(pod: &Pod, containers: impl Fn(&str) -> bool) -> Result<Vec<i32>> {
         use std::os::unix::fs::MetadataExt;
         let folders: BTreeSet<(u64, u64)> = pod
@@ -156,9 +190,11 @@ impl Testbed {
             .filter_map(|(_, path)| std::fs::metadata(path).ok())
             .map(|m| (m.dev(), m.ino()))
             .collect();
+        let ids = runtime_container_ids(pod, &containers);
         anyhow::ensure!(
-            !folders.is_empty(),
-            "pod {} has no such container /tmp folder published by the process node",
+            !folders.is_empty() || !ids.is_empty(),
+            "pod {} has no such container: no /tmp folder published by the process node, no \
+             containerd container",
             pod.name_any()
         );
         let mut pids = Vec::new();
@@ -167,9 +203,19 @@ impl Testbed {
                 continue;
             };
             // A process may exit meanwhile, or be a kernel thread: skipped.
-            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/root/tmp"))
-                && folders.contains(&(m.dev(), m.ino()))
-            {
+            let in_folder = || {
+                std::fs::metadata(format!("/proc/{pid}/root/tmp"))
+                    .is_ok_and(|m| folders.contains(&(m.dev(), m.ino())))
+            };
+            // cgroup v1 with the cgroupfs driver: `.../pod<uid>/<container id>`.
+            let in_cgroup = || {
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|cgroups| {
+                    cgroups
+                        .lines()
+                        .any(|line| ids.iter().any(|id| line.ends_with(&format!("/{id}"))))
+                })
+            };
+            if (!folders.is_empty() && in_folder()) || (!ids.is_empty() && in_cgroup()) {
                 pids.push(pid);
             }
         }
