@@ -715,7 +715,7 @@ pub fn targets(r: &Results) -> Vec<String> {
             overlaps.len()
         ));
     }
-    if let Some(s) = r.scale.iter().find(|s| s.groups >= 1000) {
+    if let Some(s) = r.scale.iter().find(|s| s.groups == 1000) {
         out.push(format!(
             "1,000 groups in ≤ 64 MiB RSS: {} (peak {:.1} MiB, idle {:.1} MiB at {} groups)",
             verdict(s.rss_peak_mib <= 64.0),
@@ -799,6 +799,29 @@ mod tests {
         });
         r.controller_args = vec!["--heartbeat-ms=50".into()];
         r
+    }
+
+    #[test]
+    fn the_memory_target_is_judged_at_1000_groups_only() {
+        let memory = |r: &Results| {
+            targets(r)
+                .into_iter()
+                .find(|t| t.starts_with("1,000 groups"))
+                .unwrap()
+        };
+        let mut r = synthetic();
+        r.scale = vec![ScaleResult {
+            groups: 5000,
+            rss_peak_mib: 216.4,
+            ..Default::default()
+        }];
+        assert!(memory(&r).ends_with("not measured in this run"), "{}", memory(&r));
+        r.scale.push(ScaleResult {
+            groups: 1000,
+            rss_peak_mib: 63.6,
+            ..Default::default()
+        });
+        assert!(memory(&r).contains("met") && memory(&r).contains("at 1000 groups"));
     }
 
     #[test]
