@@ -178,7 +178,7 @@ async fn rounds(tb: &Testbed, args: &Cli) -> Result<()> {
         if args.kill == DemoTrigger::Unready
             && let Some(old) = tb.pod(APP_NAMESPACE, &f.old.name_any()).await?
         {
-            Testbed::remove_in_container(&old, testbed::APP_CONTAINER, "unready")?;
+            tb.remove_in_container(&old, testbed::APP_CONTAINER, "unready")?;
         }
         tb.wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, WAIT)
             .await

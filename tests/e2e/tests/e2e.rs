@@ -145,21 +145,50 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     scenario!("label_history_no_double_active", history::no_double_active),
 ];
 
+/// The scenarios that also run on the real node (`HAPOD_E2E_NODE=real`; the others are
+/// ignored there): steady state, each failure of the active pod that the kubelet itself
+/// reports, the acting controller deleted, and the history check over all of them. The rest
+/// need what only the process node offers (a second node, stopping every process of a pod,
+/// partitions by policy routing on `lo`) or test nothing node-specific.
+const REAL_NODE_SCENARIOS: [&str; 8] = [
+    "steady_state_one_active",
+    "force_delete_active",
+    "graceful_delete_active",
+    "critical_container_crash",
+    "active_not_ready",
+    "acting_controller_deleted_steady",
+    "noncritical_sidecar_crash",
+    "label_history_no_double_active",
+];
+
 fn main() -> ExitCode {
     let mut args = Arguments::from_args();
     // One testbed for all: the scenarios run one after another, in the order listed.
     args.test_threads = Some(1);
+    let real_node = node_kind() == Ok(testbed::NodeKind::Real);
     let suite = Arc::new(Suite::default());
     let trials = SCENARIOS
         .iter()
         .map(|&(name, f)| {
             let suite = Arc::clone(&suite);
             Trial::test(name, move || suite.run(name, f))
+                .with_ignored_flag(real_node && !REAL_NODE_SCENARIOS.contains(&name))
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
     suite.stop();
     conclusion.exit_code()
+}
+
+/// What runs the pods: `HAPOD_E2E_NODE`, `process` (the default) or `real`.
+fn node_kind() -> Result<testbed::NodeKind, String> {
+    match std::env::var("HAPOD_E2E_NODE").as_deref() {
+        Err(_) | Ok("process") => Ok(testbed::NodeKind::Process),
+        Ok("real") => Ok(testbed::NodeKind::Real),
+        Ok(other) => Err(format!(
+            "HAPOD_E2E_NODE={other:?}: the node is \"process\" (the default) or \"real\""
+        )),
+    }
 }
 
 /// The testbed and the runtime of its tasks, started by the first scenario that runs.
@@ -179,15 +208,25 @@ impl Started {
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let node = match node_kind() {
+            Ok(node) => node,
+            Err(why) => {
+                return Started {
+                    rt,
+                    testbed: Err(why),
+                };
+            }
+        };
         let opts = testbed::Options {
-            name: "e2e".into(),
+            name: format!("e2e-{node:?}").to_lowercase(),
             // `cargo xtask test` builds the workspace just before; building again is a no-op.
             build: std::env::var_os("HAPOD_E2E_NO_BUILD").is_none(),
+            node,
             ..Default::default()
         };
         let testbed = rt.block_on(Testbed::start(opts)).map_err(|e| {
             format!(
-                "the e2e testbed could not start (control plane + process node + deploy/): {e:#}\n\
+                "the e2e testbed could not start (control plane + {node:?} node + deploy/): {e:#}\n\
                  Run the end-to-end tests with `cargo xtask test`, which builds the control plane first."
             )
         });

@@ -208,9 +208,9 @@ fn unix_ns(t: SystemTime) -> u64 {
 
 /// Removes the trigger files from the old pod so it can come back as a standby (a no-op once
 /// the pod is gone).
-fn cleanup(old: &Pod) {
-    let _ = Testbed::remove_in_container(old, CRITICAL_CONTAINER, "killme");
-    let _ = Testbed::remove_in_container(old, APP_CONTAINER, "unready");
+fn cleanup(tb: &Testbed, old: &Pod) {
+    let _ = tb.remove_in_container(old, CRITICAL_CONTAINER, "killme");
+    let _ = tb.remove_in_container(old, APP_CONTAINER, "unready");
 }
 
 /// Runs one failover of `kind` on the sample app and measures it.
@@ -237,7 +237,7 @@ async fn triggered(
 ) -> Result<Record> {
     let f = tb.failover(trigger, timeout).await;
     if let Ok(f) = &f {
-        cleanup(&f.old);
+        cleanup(tb, &f.old);
     }
     let f = f?;
     Ok(Record::new(kind, iter, &f.old, &f.new, f.timeline))

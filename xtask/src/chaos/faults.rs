@@ -274,8 +274,10 @@ impl<'a> Run<'a> {
             }
         };
         // The pod may come back as a standby (it is gone after the other faults).
-        let _ = Testbed::remove_in_container(&pod, APP_CONTAINER, "unready");
-        let _ = Testbed::remove_in_container(&pod, NONCRITICAL_CONTAINER, "killme");
+        let _ = self.tb.remove_in_container(&pod, APP_CONTAINER, "unready");
+        let _ = self
+            .tb
+            .remove_in_container(&pod, NONCRITICAL_CONTAINER, "killme");
         Ok(Some(FaultRecord {
             group: Some(group),
             kind: step.fault.name().into(),
@@ -351,7 +353,8 @@ impl<'a> Run<'a> {
                 self.tb.trigger(pod, Trigger::GracefulDelete).await?;
             }
             AppFault::CriticalCrash => {
-                Testbed::touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
+                self.tb
+                    .touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
             }
             AppFault::NotReady => {
                 self.tb.trigger(pod, Trigger::Unready).await?;

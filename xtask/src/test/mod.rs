@@ -11,8 +11,11 @@
 //! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
 //! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
 //! 6. the end-to-end tests (`cargo test -p hapod-e2e`) against the real control plane,
-//! 7. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3),
-//! 8. a short chaos run (`cargo xtask chaos --quick`: 300 randomized failovers over 20
+//! 7. the real-node subset of them (`HAPOD_E2E_NODE=real`: the e2e crate runs the scenarios it
+//!    lists for the real node and ignores the others) on a kubelet with containerd, runc, CNI
+//!    and kube-proxy,
+//! 8. a short benchmark run (`cargo xtask bench --quick`, on the debug build of step 3),
+//! 9. a short chaos run (`cargo xtask chaos --quick`: 300 randomized failovers over 20
 //!    groups with controller faults, every history checker; its seed is printed).
 //!
 //! Before the first step it prints an estimate of each step on this machine
@@ -30,7 +33,8 @@ use hapod_testkit::{target_dir, workspace_root};
 
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Cli {
-    /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, bench, chaos.
+    /// Skip a step (repeatable): static, controlplane, build, unit, deploy, e2e, realnode,
+    /// bench, chaos.
     #[arg(long = "skip", value_name = "STEP")]
     pub skip: Vec<String>,
     /// Only run the end-to-end scenarios whose name contains this: libtest's filter, passed to
@@ -43,16 +47,18 @@ pub struct Cli {
     pub e2e_args: Vec<String>,
 }
 
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "static",
     "controlplane",
     "build",
     "unit",
     "deploy",
     "e2e",
+    "realnode",
     "bench",
     "chaos",
 ];
+
 /// Steps that need the package registries (`static` may install cargo-deny) run first,
 /// outside; the others run again in the private network namespace of the testbed
 /// ([`crate::netns`]), which reaches nothing. They must come first in [`STEPS`], so that
@@ -115,6 +121,7 @@ pub fn run(args: Cli) -> Result<()> {
         cargo_deny_installed: cargo_deny_installed(),
         control_plane_cached: crate::controlplane::is_cached(),
         helm_cached: crate::helm::is_cached(),
+        node_runtime_cached: hapod_testkit::realnode::is_cached(),
     };
     let selected: Vec<&str> = STEPS
         .into_iter()
@@ -159,11 +166,14 @@ pub fn run(args: Cli) -> Result<()> {
             "controlplane" => {
                 banner("control plane build (cached; the first build takes 10-25 min)");
                 (
-                    "kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kubectl, helm"
+                    "kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kubectl, \
+                     kubelet, kube-proxy, helm, containerd, runc, CNI plugins"
                         .into(),
                     crate::controlplane::ensure_built()
                         .map(|b| println!("control plane binaries: {}", b.dir().display()))
                         .and_then(|()| crate::helm::ensure_helm().map(drop))
+                        .and_then(|()| hapod_testkit::realnode::ensure_built())
+                        .map(|runtime| println!("real node runtime: {}", runtime.dir().display()))
                         .map_err(|e| format!("{e:#}")),
                 )
             }
@@ -206,6 +216,20 @@ pub fn run(args: Cli) -> Result<()> {
                     c.env("HAPOD_E2E_NO_BUILD", "1");
                 }
                 ("end-to-end scenarios".into(), run_command(c))
+            }
+            "realnode" => {
+                banner("end-to-end scenarios on the real node (HAPOD_E2E_NODE=real)");
+                let mut c = cargo();
+                c.args(["test", "-p", "hapod-e2e", "--test", "e2e", "--"]);
+                c.args(&args.e2e_filter).args(&args.e2e_args);
+                c.env("HAPOD_E2E_NODE", "real");
+                if !args.skip.iter().any(|s| s == "build") {
+                    c.env("HAPOD_E2E_NO_BUILD", "1");
+                }
+                (
+                    "end-to-end scenarios on the real node".into(),
+                    run_command(c),
+                )
             }
             "bench" => {
                 banner("short benchmark run (cargo xtask bench --quick)");
@@ -315,7 +339,7 @@ fn ensure_cargo_deny() -> Result<(), String> {
 }
 
 fn print_estimate(selected: &[&str], timings: &Timings, machine: &Machine) {
-    let rows: Vec<(&str, u64, &str)> = selected
+    let rows: Vec<(&str, u64, String)> = selected
         .iter()
         .map(|step| {
             let (seconds, why) = timings.estimate(step, machine);

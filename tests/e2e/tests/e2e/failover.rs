@@ -199,7 +199,7 @@ pub(crate) async fn graceful_delete(tb: &Testbed) -> Result<()> {
     }
     // The old app got SIGTERM during its grace period and relinquished its role: it stood
     // down and told the controller, rather than leaving it to wait out the grant.
-    let old_log = Testbed::container_log(&f.old, APP_CONTAINER)?;
+    let old_log = tb.container_log(&f.old, APP_CONTAINER)?;
     ensure!(
         old_log.contains("role relinquished"),
         "the old active's app never relinquished its role; its log ends:\n{}",
@@ -247,7 +247,7 @@ pub(crate) async fn not_ready(tb: &Testbed) -> Result<()> {
             "the not-Ready pod {} is still labeled active",
             old.name_any()
         );
-        Testbed::remove_in_container(&old, APP_CONTAINER, "unready")?;
+        tb.remove_in_container(&old, APP_CONTAINER, "unready")?;
     }
     let settled = check_failover(tb, &f).await?;
     println!(
@@ -278,7 +278,7 @@ pub(crate) async fn not_ready_grace(tb: &Testbed) -> Result<()> {
     let old = before.active.clone();
     let failed_over = graced_failover(tb, &ctrl, before).await;
     // Whatever happened, for the next scenarios: the pod recovers, no pod keeps the grace.
-    let recovered = Testbed::remove_in_container(&old, APP_CONTAINER, "unready");
+    let recovered = tb.remove_in_container(&old, APP_CONTAINER, "unready");
     let cleared = set_not_ready_grace(tb, None).await;
     let f = failed_over?;
     recovered?;
@@ -387,7 +387,7 @@ pub(crate) async fn noncritical_crash(tb: &Testbed) -> Result<()> {
         restart_count(&old, NONCRITICAL_CONTAINER).context("no sidecar container status")?;
     let f = failover_acked(tb, Trigger::KillNonCritical).await;
     // Stop the crash loop, whatever happened.
-    Testbed::remove_in_container(&old, NONCRITICAL_CONTAINER, "killme")?;
+    tb.remove_in_container(&old, NONCRITICAL_CONTAINER, "killme")?;
     let f = f?;
     ensure!(
         f.old.uid() == old.uid(),

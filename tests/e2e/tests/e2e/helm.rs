@@ -217,7 +217,7 @@ async fn test_pod_log(tb: &Testbed, phase: &str) -> Result<String> {
         .pod(NAMESPACE, TEST_POD)
         .await?
         .with_context(|| format!("no test Pod {NAMESPACE}/{TEST_POD}"))?;
-    let log = Testbed::container_log(&pod, TEST_CONTAINER)?;
+    let log = tb.container_log(&pod, TEST_CONTAINER)?;
     ensure!(
         pod_phase(&pod) == phase,
         "the test Pod is {}, {phase} expected; it said:\n{log}",
@@ -369,7 +369,8 @@ async fn release_pods(tb: &Testbed) -> String {
         out.push_str(&format!(
             "test Pod {}: {}\n",
             pod_phase(&pod),
-            Testbed::container_log(&pod, TEST_CONTAINER).unwrap_or_else(|e| format!("{e:#}"))
+            tb.container_log(&pod, TEST_CONTAINER)
+                .unwrap_or_else(|e| format!("{e:#}"))
         ));
     }
     out

@@ -48,7 +48,7 @@ pub(crate) async fn scale_down_keeps_active(tb: &Testbed) -> Result<()> {
 
     tb.trigger(b, Trigger::Unready).await?;
     wait_ready(tb, b, false).await?;
-    Testbed::remove_in_container(b, APP_CONTAINER, "unready")?;
+    tb.remove_in_container(b, APP_CONTAINER, "unready")?;
     wait_ready(tb, b, true).await?;
 
     let t = tb.trigger(&a, Trigger::Unready).await?;
@@ -173,7 +173,7 @@ async fn rollout_once(tb: &Testbed) -> Result<()> {
     ready_for(tb, &a, STANDBY_READY_FOR).await?;
     tb.trigger(&b, Trigger::Unready).await?;
     wait_ready(tb, &b, false).await?;
-    Testbed::remove_in_container(&b, APP_CONTAINER, "unready")?;
+    tb.remove_in_container(&b, APP_CONTAINER, "unready")?;
     wait_ready(tb, &b, true).await?;
     let pods = Api::<Pod>::namespaced(tb.client.clone(), ns);
     let drain = |on: bool| {

@@ -18,9 +18,13 @@ pub mod image;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 
 use crate::controlplane::ControlPlane;
 
@@ -56,6 +60,8 @@ pub struct RealNode {
     processes: Vec<(&'static str, Child)>,
     containerd_socket: PathBuf,
     ctr: PathBuf,
+    /// The thread of [`RealNode::link_files`] and what stops it.
+    linker: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
 }
 
 impl RealNode {
@@ -71,6 +77,7 @@ impl RealNode {
             ctr: config.runtime.path("ctr"),
             dir,
             processes: Vec::new(),
+            linker: None,
         };
         node.start_containerd(config.runtime)?;
         node.import_images(config.bin_dir, config.images)?;
@@ -82,6 +89,85 @@ impl RealNode {
     /// The folder of its state and logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// What a container of `pod` wrote so far (every start of it, in order), from the
+    /// kubelet's pod logs (`<ns>_<name>_<uid>/<container>/<restart>.log`, CRI format: time,
+    /// stream, tag, then the line).
+    pub fn container_log(&self, pod: &Pod, container: &str) -> Result<String> {
+        let folder = self.dir.join("pod-logs").join(format!(
+            "{}_{}_{}",
+            pod.namespace().unwrap_or_default(),
+            pod.name_any(),
+            pod.uid().unwrap_or_default()
+        ));
+        let folder = folder.join(container);
+        let mut files: Vec<(u32, PathBuf)> = fs::read_dir(&folder)
+            .with_context(|| format!("reading {}", folder.display()))?
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let restart = path.file_stem()?.to_str()?.parse().ok()?;
+                (path.extension()? == "log").then_some((restart, path))
+            })
+            .collect();
+        files.sort();
+        let mut log = String::new();
+        for (_, path) in files {
+            let text =
+                fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            for line in text.lines() {
+                // "2026-12-02T11:54:41.770966Z stdout F the line"
+                log.push_str(line.splitn(4, ' ').nth(3).unwrap_or_default());
+                log.push('\n');
+            }
+        }
+        Ok(log)
+    }
+
+    /// The host folder of a container's `/tmp`: the emptyDir `tmp-<container>` that
+    /// `deploy/components/writable-tmp` mounts there (the testbed applies it on this node).
+    pub fn container_tmp(&self, pod: &Pod, container: &str) -> PathBuf {
+        self.dir
+            .join("kubelet/pods")
+            .join(pod.uid().unwrap_or_default())
+            .join("volumes/kubernetes.io~empty-dir")
+            .join(format!("tmp-{container}"))
+    }
+
+    /// Until the node stops, hard-links every file that a pod writes into `subdir` of its
+    /// emptyDir `volume` into a folder, which it returns (every 20 ms): the link keeps the
+    /// file, and what the pod appends to it, after the kubelet removes the pod's volumes. The
+    /// folder is inside the kubelet's root, which the kubelet mounts on itself: a hard link
+    /// cannot cross a mount.
+    pub fn link_files(&mut self, volume: &str, subdir: &str) -> Result<PathBuf> {
+        let root = self.dir.join("kubelet");
+        let pods = root.join("pods");
+        let into = root.join("hapod-links").join(volume);
+        fs::create_dir_all(&into)?;
+        let within = Path::new("volumes/kubernetes.io~empty-dir")
+            .join(volume)
+            .join(subdir);
+        let linked = into.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                for pod in fs::read_dir(&pods).into_iter().flatten().flatten() {
+                    let files = fs::read_dir(pod.path().join(&within));
+                    for file in files.into_iter().flatten().flatten() {
+                        let link = linked.join(file.file_name());
+                        if !link.exists() {
+                            // A file removed meanwhile is simply not linked.
+                            let _ = fs::hard_link(file.path(), link);
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        self.linker = Some((stop, thread));
+        Ok(into)
     }
 
     /// A process's log (`containerd`, `kubelet`, `kube-proxy`).
@@ -242,6 +328,10 @@ impl RealNode {
     /// kubelet and containerd by design), stops containerd and its shims, and removes the
     /// mounts, cgroups and bridge they made.
     pub fn stop(&mut self) {
+        if let Some((stop, thread)) = self.linker.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = thread.join();
+        }
         while let Some((name, mut child)) = self.processes.pop() {
             if name == "containerd" {
                 kill_cgroup_tree(&self.cgroup_root);

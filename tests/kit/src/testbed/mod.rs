@@ -277,11 +277,26 @@ impl Testbed {
             }
         }
 
+        let kustomization = match opts.node {
+            NodeKind::Process => opts.kustomize_dir.clone(),
+            NodeKind::Real => {
+                let journals = tb.journal_dir();
+                if let Some(node) = tb.real_node.as_mut() {
+                    let in_container = REAL_NODE_JOURNAL.trim_start_matches("/tmp/");
+                    let links = node.link_files(&format!("tmp-{APP_CONTAINER}"), in_container)?;
+                    std::fs::create_dir_all(journals.parent().unwrap_or(Path::new("/")))?;
+                    std::os::unix::fs::symlink(&links, &journals).with_context(|| {
+                        format!("linking {} to {}", journals.display(), links.display())
+                    })?;
+                }
+                real_node_kustomization(&opts.kustomize_dir, &tb.run_dir)?
+            }
+        };
         progress(
             opts.verbose,
-            &format!("applying {}", opts.kustomize_dir.display()),
+            &format!("applying {}", kustomization.display()),
         );
-        tb.apply_kustomization(&opts.kustomize_dir)?;
+        tb.apply_kustomization(&kustomization)?;
         if opts.wait_settled {
             progress(opts.verbose, "waiting for the controller replicas");
             tb.wait_controllers_settled(Duration::from_secs(120))
@@ -415,12 +430,15 @@ impl Testbed {
         for t in self.tasks.drain(..) {
             t.abort();
         }
+        let had_node = self.real_node.is_some() || self.node.is_some();
         if let Some(mut node) = self.real_node.take() {
             progress(self.verbose, "stopping the real node");
             node.stop();
         }
         if let Some(mut child) = self.node.take() {
             stop_child(&mut child, "hapod-node", Duration::from_secs(15));
+        }
+        if had_node {
             // Outside the run folder (see `journal_dir`): not left behind.
             let _ = std::fs::remove_dir_all(self.journal_dir());
         }
@@ -489,6 +507,51 @@ fn snapshot_binaries(from: &Path, to: &Path) -> Result<PathBuf> {
     Ok(to.to_path_buf())
 }
 
+/// Where the sample app keeps its acting journal on the real node: in its writable /tmp
+/// (the emptyDir `tmp-app`), from where the real node links it out
+/// ([`crate::realnode::RealNode::link_files`]).
+const REAL_NODE_JOURNAL: &str = "/tmp/hapod-journal";
+
+/// The kustomization the real node runs: `base` with `deploy/components/writable-tmp` (a
+/// writable /tmp in each container of the sample app: the failure triggers create files
+/// there) and, as a test instrument, the sample app's acting journal in that /tmp (the
+/// process node sets the same variable itself). Written into `run_dir`; kustomize takes
+/// relative paths only.
+fn real_node_kustomization(base: &Path, run_dir: &Path) -> Result<PathBuf> {
+    let dir = run_dir.join("kustomization");
+    std::fs::create_dir_all(&dir)?;
+    let component = workspace_root().join("deploy/components/writable-tmp");
+    let patch = serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": APP_NAME, "namespace": APP_NAMESPACE},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": APP_CONTAINER,
+            "env": [{"name": JOURNAL_ENV, "value": REAL_NODE_JOURNAL}],
+        }]}}},
+    });
+    let text = format!(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\n\
+         components:\n  - {}\npatches:\n  - patch: '{}'\n",
+        relative_path(&dir, &std::path::absolute(base)?).display(),
+        relative_path(&dir, &component).display(),
+        // JSON is YAML; quoted, a quote is doubled.
+        patch.to_string().replace('\'', "''")
+    );
+    std::fs::write(dir.join("kustomization.yaml"), text)?;
+    Ok(dir)
+}
+
+/// `to` as a path relative to the folder `from` (both absolute).
+fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let from: Vec<_> = from.components().collect();
+    let to: Vec<_> = to.components().collect();
+    let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
+    std::iter::repeat_n(std::path::Component::ParentDir, from.len() - common)
+        .chain(to[common..].iter().copied())
+        .collect()
+}
+
 /// Last `n` lines of a file.
 pub fn tail(path: &Path, n: usize) -> String {
     match std::fs::read_to_string(path) {
@@ -520,4 +583,24 @@ fn start_control_plane(dir: &Path, etcd_fsync: bool, pod_network: bool) -> Resul
 
 fn control_plane_kubeconfig(cp: &ControlPlane) -> PathBuf {
     cp.kubeconfig()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_climb_to_the_common_folder() {
+        assert_eq!(
+            relative_path(
+                Path::new("/w/target/testbed/e2e-1/k"),
+                Path::new("/w/deploy/base")
+            ),
+            Path::new("../../../../deploy/base")
+        );
+        assert_eq!(
+            relative_path(Path::new("/a"), Path::new("/a/b")),
+            Path::new("b")
+        );
+    }
 }

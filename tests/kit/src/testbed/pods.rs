@@ -127,31 +127,35 @@ impl Testbed {
         Ok(api.get_opt(name).await?.and_then(|l| l.spec))
     }
 
-    /// Host path of a container's private /tmp: published by the process node on the pod, or on
-    /// the real node its own /tmp seen from the host.
-    pub fn container_tmp(pod: &Pod, container: &str) -> Result<PathBuf> {
+    /// Host path of a container's private /tmp: published by the process node on the pod;
+    /// on the real node, its writable-tmp emptyDir (there also while the container is down).
+    pub fn container_tmp(&self, pod: &Pod, container: &str) -> Result<PathBuf> {
         if let Ok(path) = Self::published_path(pod, TMP_ANNOTATION_PREFIX, container) {
             return Ok(path);
         }
-        // The real node: the container's own `/tmp` (the writable-tmp emptyDir), seen
-        // through one of its processes.
-        let pid = Self::container_processes(pod, container)?
-            .into_iter()
-            .next()
-            .with_context(|| {
-                format!(
-                    "no process runs in container {container} of {}",
-                    pod.name_any()
-                )
-            })?;
-        Ok(PathBuf::from(format!("/proc/{pid}/root/tmp")))
+        let node = self.real_node.as_ref().with_context(|| {
+            format!(
+                "pod {} has no published /tmp of {container}",
+                pod.name_any()
+            )
+        })?;
+        Ok(node.container_tmp(pod, container))
     }
 
     /// What a container has written to stdout and stderr so far, also after the pod is
-    /// gone (the process node keeps the file and publishes its path on the pod).
-    pub fn container_log(pod: &Pod, container: &str) -> Result<String> {
-        let path = Self::published_path(pod, LOG_ANNOTATION_PREFIX, container)?;
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))
+    /// gone: the process node keeps the file and publishes its path on the pod; the real
+    /// node's kubelet keeps its files (CRI format, every start of the container) until its
+    /// next garbage collection.
+    pub fn container_log(&self, pod: &Pod, container: &str) -> Result<String> {
+        if let Ok(path) = Self::published_path(pod, LOG_ANNOTATION_PREFIX, container) {
+            return std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()));
+        }
+        let node = self
+            .real_node
+            .as_ref()
+            .with_context(|| format!("pod {} has no published log", pod.name_any()))?;
+        node.container_log(pod, container)
     }
 
     fn published_path(pod: &Pod, prefix: &str, container: &str) -> Result<PathBuf> {
@@ -250,15 +254,15 @@ impl Testbed {
     }
 
     /// Creates `/tmp/<file>` inside a container (through the node's host folder).
-    pub fn touch_in_container(pod: &Pod, container: &str, file: &str) -> Result<PathBuf> {
-        let path = Self::container_tmp(pod, container)?.join(file);
+    pub fn touch_in_container(&self, pod: &Pod, container: &str, file: &str) -> Result<PathBuf> {
+        let path = self.container_tmp(pod, container)?.join(file);
         std::fs::write(&path, b"").with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 
     /// Removes `/tmp/<file>` inside a container (no error when absent).
-    pub fn remove_in_container(pod: &Pod, container: &str, file: &str) -> Result<()> {
-        let path = Self::container_tmp(pod, container)?.join(file);
+    pub fn remove_in_container(&self, pod: &Pod, container: &str, file: &str) -> Result<()> {
+        let path = self.container_tmp(pod, container)?.join(file);
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -281,13 +285,13 @@ impl Testbed {
                 api.delete(&name, &DeleteParams::default()).await?;
             }
             Trigger::KillCritical => {
-                Self::touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
+                self.touch_in_container(pod, CRITICAL_CONTAINER, "killme")?;
             }
             Trigger::KillNonCritical => {
-                Self::touch_in_container(pod, NONCRITICAL_CONTAINER, "killme")?;
+                self.touch_in_container(pod, NONCRITICAL_CONTAINER, "killme")?;
             }
             Trigger::Unready => {
-                Self::touch_in_container(pod, APP_CONTAINER, "unready")?;
+                self.touch_in_container(pod, APP_CONTAINER, "unready")?;
             }
             Trigger::KillAgent => {
                 let pids = Self::container_processes(pod, APP_CONTAINER)?;
