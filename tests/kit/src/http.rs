@@ -20,12 +20,13 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Whether the kit may send a packet to `addr`: a loopback address, or (inside the testbed's
-/// private network namespace, which has no route out) a pod IP of the testbed's nodes
-/// ([`crate::netns::is_pod_address`]).
+/// private network namespace, which has no route out) a pod IP of the testbed's nodes or a
+/// Service's ClusterIP ([`crate::netns::is_pod_address`], [`crate::netns::is_service_address`]).
 pub fn allowed_address(addr: IpAddr) -> bool {
     addr.is_loopback()
         || (crate::netns::inside()
-            && matches!(addr, IpAddr::V4(v4) if crate::netns::is_pod_address(v4)))
+            && matches!(addr, IpAddr::V4(v4)
+                if crate::netns::is_pod_address(v4) || crate::netns::is_service_address(v4)))
 }
 
 /// The URL of `path` on `ip:port` (brackets around an IPv6 address).
@@ -94,8 +95,8 @@ impl Client {
             .with_context(|| format!("host {host} is not an IP address"))?;
         ensure!(
             allowed_address(ip),
-            "network rule: refusing to connect to {ip} (neither loopback nor a pod IP inside \
-             the testbed's private network namespace)"
+            "network rule: refusing to connect to {ip} (neither loopback nor a pod IP or \
+             ClusterIP inside the testbed's private network namespace)"
         );
         let port = uri
             .port_u16()

@@ -151,6 +151,12 @@ pub fn is_pod_address(ip: std::net::Ipv4Addr) -> bool {
     is_process_node_address(ip) || in_cidr(ip, REAL_NODE_POD_CIDR)
 }
 
+/// Whether `ip` is a Service's ClusterIP: kube-proxy forwards it to a pod IP on the real
+/// node; without kube-proxy (the process node) there is no route to it in the namespace.
+pub fn is_service_address(ip: std::net::Ipv4Addr) -> bool {
+    in_cidr(ip, crate::controlplane::SERVICE_CLUSTER_IP_RANGE)
+}
+
 /// Whether `ip` is in one of [`POD_CIDRS`]: on `lo`, where partitions cut by policy routing.
 fn is_process_node_address(ip: std::net::Ipv4Addr) -> bool {
     POD_CIDRS.iter().any(|cidr| in_cidr(ip, cidr))
@@ -210,5 +216,7 @@ mod tests {
         assert!(is_pod_address("10.246.0.9".parse().unwrap()));
         assert!(!is_pod_address("10.247.0.1".parse().unwrap()));
         assert!(!is_pod_address("127.0.0.1".parse().unwrap()));
+        assert!(is_service_address("10.96.0.10".parse().unwrap()));
+        assert!(!is_service_address("10.97.0.10".parse().unwrap()));
     }
 }

@@ -102,6 +102,12 @@ impl Kind {
         !matches!(self, Kind::Hang | Kind::Partition | Kind::NodeLoss)
     }
 
+    /// Whether the real node can run it: not a partition (policy routing on `lo`, where only
+    /// the process node's pods are) nor a lost node (a second process node).
+    pub fn runs_on_real_node(self) -> bool {
+        !matches!(self, Kind::Partition | Kind::NodeLoss)
+    }
+
     fn trigger(self) -> Option<Trigger> {
         match self {
             Kind::ForceDelete => Some(Trigger::ForceDelete),
@@ -114,7 +120,7 @@ impl Kind {
 }
 
 /// The stages of one failover (times since the trigger).
-pub const STAGES: [&str; 5] = ["event", "demoted", "labeled", "applied", "slice"];
+pub const STAGES: [&str; 6] = ["event", "demoted", "labeled", "applied", "slice", "traffic"];
 
 pub fn stage_describe(stage: &str) -> &'static str {
     match stage {
@@ -126,6 +132,11 @@ pub fn stage_describe(stage: &str) -> &'static str {
         "labeled" => "new active labeled, watch",
         "applied" => "new active's app applied the notification (its `/state` applied_at)",
         "slice" => "the Service's EndpointSlice lists only the new pod as ready, watch",
+        "traffic" => {
+            "first answer from the new pod to a request sent to the Service's ClusterIP (a new \
+             connection every 2 ms from inside the namespace; the real node only, where \
+             kube-proxy forwards ClusterIPs)"
+        }
         _ => "",
     }
 }
@@ -190,6 +201,7 @@ impl Record {
             t.promoted_unix_nanos,
             t.app_applied_unix_nanos,
             t.endpoints_unix_nanos,
+            t.traffic_unix_nanos,
         ][i]
     }
 

@@ -85,6 +85,12 @@ pub struct Cli {
     /// hapod's controller writes the Service's slice, not kube-controller-manager.
     #[arg(long)]
     pub endpoint_slices: bool,
+    /// What runs the pods. On the real node the kinds are those the API or the kubelet
+    /// reports (force-delete, graceful-delete, critical-crash, not-ready, hang,
+    /// controller-killed) and there is no scale point (its thousands of pods fit only the
+    /// process node).
+    #[arg(long, value_enum, default_value_t)]
+    pub node: NodeKind,
 }
 
 /// Floor samples taken before each failover: enough for a p99 over a full run, a few seconds
@@ -93,7 +99,8 @@ const FLOOR_PER_FAILOVER: usize = 3;
 
 impl Cli {
     pub fn run(self) -> Result<()> {
-        hapod_testkit::testbed::enter_private_network(self.profile(), NodeKind::Process)?;
+        self.check_node()?;
+        hapod_testkit::testbed::enter_private_network(self.profile(), self.node)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -101,8 +108,31 @@ impl Cli {
         rt.block_on(self.run_async())
     }
 
+    /// What the real node cannot run: partitions (policy routing on `lo`, where only the
+    /// process node's pods are), a lost node (a second process node), the scale points.
+    fn check_node(&self) -> Result<()> {
+        if self.node == NodeKind::Real {
+            let kinds = self.kinds()?;
+            if let Some(kind) = kinds.iter().find(|k| !k.runs_on_real_node()) {
+                bail!("--node real: {} runs on the process node only", kind.name());
+            }
+            if self
+                .scale
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|&n| n > 0))
+            {
+                bail!("--node real: the scale points run on the process node only (--scale 0)");
+            }
+        }
+        Ok(())
+    }
+
     fn kinds(&self) -> Result<Vec<Kind>> {
         match &self.kinds {
+            None if self.node == NodeKind::Real => Ok(Kind::ALL
+                .into_iter()
+                .filter(|k| k.runs_on_real_node())
+                .collect()),
             None => Ok(Kind::ALL.to_vec()),
             Some(list) => {
                 let mut v = Vec::new();
@@ -133,7 +163,9 @@ impl Cli {
         self.scale
             .clone()
             .unwrap_or_else(|| {
-                if self.quick {
+                if self.node == NodeKind::Real {
+                    vec![]
+                } else if self.quick {
                     vec![10]
                 } else {
                     vec![1, 100, 1000]
@@ -175,6 +207,7 @@ impl Cli {
             // room for the largest scale point (2 pods per group) next to deploy/'s pods
             node_args: vec![format!("--max-pods={}", 2 * self.max_groups() + 200)],
             etcd_fsync: self.etcd_fsync,
+            node: self.node,
             ..Options::default()
         })
         .await
@@ -204,6 +237,7 @@ impl Cli {
             etcd_fsync: self.etcd_fsync,
             controller_args: self.controller_args.clone(),
             endpoint_slices: self.endpoint_slices,
+            real_node: self.node == NodeKind::Real,
             ..Default::default()
         };
         let timeout = Duration::from_secs(self.timeout_s);
@@ -248,13 +282,19 @@ impl Cli {
                         Ok(rec) => {
                             consecutive_failures = 0;
                             println!(
-                                "  #{i} {} → {}: event {} labeled {} applied {} slice {} ms{}",
+                                "  #{i} {} → {}: event {} labeled {} applied {} slice {} ms{}{}",
                                 rec.old_pod,
                                 rec.new_pod,
                                 fmt_ms(rec.ms(0)),
                                 fmt_ms(rec.ms(2)),
                                 fmt_ms(rec.ms(3)),
                                 fmt_ms(rec.ms(4)),
+                                rec.timeline
+                                    .traffic_unix_nanos
+                                    .map_or(String::new(), |_| format!(
+                                        " (traffic {} ms)",
+                                        fmt_ms(rec.ms(5))
+                                    )),
                                 if rec.note.is_empty() {
                                     String::new()
                                 } else {

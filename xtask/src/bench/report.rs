@@ -40,6 +40,8 @@ pub struct Results {
     pub controller_args: Vec<String>,
     /// the sample app ran in the EndpointSlice mode (hapod wrote its Service's slice)
     pub endpoint_slices: bool,
+    /// the pods ran on the real node (kubelet, containerd, runc, CNI, kube-proxy)
+    pub real_node: bool,
 }
 
 impl Results {
@@ -341,13 +343,20 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
     let _ = writeln!(
         md,
         "Real control plane (kube-apiserver, etcd, controller-manager, scheduler built from \
-         source) with the process node (pods run as local processes, each with its own IP in \
-         the testbed's private network namespace), `deploy/base` installed (2 controller replicas, the 2-replica demo app), {} \
+         source) with {}, `deploy/base` installed (2 controller replicas, the 2-replica demo app), {} \
          binaries. Every time stamp is on one clock: the bench process's wall clock (watch \
          events stamped on receipt by the testbed's recorder in the bench process), except `applied`, the demo \
          app's own receive time from its `/state` (same host clock). Percentiles are \
          nearest-rank: with fewer than 100 samples p99 is the maximum. etcd {}. The machine \
          was shared with other work while measuring; treat the tails as upper bounds.\n",
+        if r.real_node {
+            "the real node (kubelet, containerd, runc, CNI bridge and kube-proxy in the \
+             testbed's private network namespace; hapod's images built from deploy/docker; \
+             deploy/components/writable-tmp for the trigger files)"
+        } else {
+            "the process node (pods run as local processes, each with its own IP in the \
+             testbed's private network namespace)"
+        },
         r.profile,
         if r.etcd_fsync {
             "synced every commit to disk (fsync on, as in production)"
@@ -431,11 +440,21 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
 
     // the compact summary the README quotes
     let _ = writeln!(md, "## Summary (p50 / p99 ms since the trigger)\n");
+    // The traffic column only where something forwards ClusterIPs (the real node).
+    let traffic = r
+        .records
+        .iter()
+        .any(|rec| rec.timeline.traffic_unix_nanos.is_some());
     let _ = writeln!(
         md,
-        "| failure | n | new active labeled | app notified | Service switched |"
+        "| failure | n | new active labeled | app notified | Service switched |{}",
+        if traffic { " traffic switched |" } else { "" }
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    let _ = writeln!(
+        md,
+        "|---|---:|---:|---:|---:|{}",
+        if traffic { "---:|" } else { "" }
+    );
     for kind in r.kinds() {
         let f = |i: usize| {
             summarize(&r.samples(kind, i)).map_or("–".into(), |s| {
@@ -444,12 +463,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |{}",
             kind.name(),
             r.samples(kind, 2).len(),
             f(2),
             f(3),
-            f(4)
+            f(4),
+            if traffic {
+                format!(" {} |", f(5))
+            } else {
+                String::new()
+            }
         );
     }
     let _ = writeln!(md);
@@ -774,6 +798,7 @@ mod tests {
                     promoted_unix_nanos: at(base + 6.0),
                     app_applied_unix_nanos: at(base + 5.5),
                     endpoints_unix_nanos: at(base + 40.0),
+                    traffic_unix_nanos: at(base + 45.0),
                 };
                 r.records.push(Record {
                     epoch: Some(i),
@@ -815,7 +840,11 @@ mod tests {
             rss_peak_mib: 216.4,
             ..Default::default()
         }];
-        assert!(memory(&r).ends_with("not measured in this run"), "{}", memory(&r));
+        assert!(
+            memory(&r).ends_with("not measured in this run"),
+            "{}",
+            memory(&r)
+        );
         r.scale.push(ScaleResult {
             groups: 1000,
             rss_peak_mib: 63.6,
@@ -847,6 +876,11 @@ mod tests {
         assert_eq!(csv.lines().count(), 1 + 12 * Kind::ALL.len());
         let md = std::fs::read_to_string(dir.join("README.md")).unwrap();
         assert!(md.contains("| labeled | 12 |"));
+        // the synthetic failovers went through a ClusterIP: the summary has the column
+        assert!(
+            md.contains("| Service switched | traffic switched |"),
+            "{md}"
+        );
         // the hang's and the partition's missing event: not observed, not a failure
         assert!(md.contains("| event | 0 | – | – | – | – |"), "{md}");
         assert!(md.contains("hang: application overlap"), "{md}");

@@ -70,9 +70,10 @@ impl RealNode {
     pub fn start(config: Config<'_>) -> Result<RealNode> {
         let dir = std::path::absolute(&config.dir)?;
         fs::create_dir_all(&dir)?;
-        set_sysctls()?;
+        set_up_network()?;
+        stop_orphaned_pods();
         let mut node = RealNode {
-            cgroup_root: format!("/hapod-real-node-{}", std::process::id()),
+            cgroup_root: format!("/{CGROUP_ROOT_PREFIX}{}", std::process::id()),
             containerd_socket: dir.join("containerd/containerd.sock"),
             ctr: config.runtime.path("ctr"),
             dir,
@@ -355,17 +356,56 @@ impl Drop for RealNode {
     }
 }
 
-/// Kernel settings the pod network needs inside the private namespace: bridged pod traffic
-/// passes netfilter (a pod reaching a Service whose endpoint is on the same bridge), and the
-/// namespace routes between the bridge and `lo`.
-fn set_sysctls() -> Result<()> {
+/// What the pod network needs inside the private namespace: bridged pod traffic passes
+/// netfilter (a pod reaching a Service whose endpoint is on the same bridge), the namespace
+/// routes between the bridge and `lo`, and a route for the ClusterIPs, so that the
+/// namespace's own requests to a Service get as far as kube-proxy's rules (which send them to
+/// a pod; the namespace has no other route).
+fn set_up_network() -> Result<()> {
     for (path, value) in [
         ("/proc/sys/net/bridge/bridge-nf-call-iptables", "1"),
         ("/proc/sys/net/ipv4/ip_forward", "1"),
     ] {
         fs::write(path, value).with_context(|| format!("setting {path} (needs root)"))?;
     }
+    let route = [
+        "route",
+        "replace",
+        crate::controlplane::SERVICE_CLUSTER_IP_RANGE,
+        "dev",
+        "lo",
+    ];
+    let status = Command::new("ip")
+        .args(route)
+        .status()
+        .context("running ip (iproute2)")?;
+    ensure!(status.success(), "ip {} failed ({status})", route.join(" "));
     Ok(())
+}
+
+/// The prefix of a node's cgroup root; the testbed process's PID follows.
+const CGROUP_ROOT_PREFIX: &str = "hapod-real-node-";
+
+/// Kills and removes the pods of real nodes whose testbed process is gone (killed before it
+/// could stop them: a container outlives its kubelet and containerd by design).
+fn stop_orphaned_pods() {
+    let Ok(roots) = fs::read_dir("/sys/fs/cgroup/pids") else {
+        return;
+    };
+    for root in roots.flatten() {
+        let name = root.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(CGROUP_ROOT_PREFIX) else {
+            continue;
+        };
+        if pid
+            .parse::<u32>()
+            .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        {
+            let cgroup_root = format!("/{name}");
+            kill_cgroup_tree(&cgroup_root);
+            remove_cgroup_tree(&cgroup_root);
+        }
+    }
 }
 
 /// The folders of `cgroup_root` in every cgroup v1 hierarchy.

@@ -390,6 +390,7 @@ impl History {
             promoted_unix_nanos: promoted,
             app_applied_unix_nanos: app.and_then(|a| a.applied_at_unix_nanos),
             endpoints_unix_nanos: endpoints,
+            traffic_unix_nanos: None,
         }
     }
 }
@@ -608,6 +609,9 @@ pub struct Timeline {
     pub app_applied_unix_nanos: Option<u64>,
     /// The Service's ready endpoints (its EndpointSlice) are exactly the new active pod.
     pub endpoints_unix_nanos: Option<u64>,
+    /// The first answer from the new active to a request sent to the Service's ClusterIP
+    /// (only where kube-proxy forwards ClusterIPs: the real node).
+    pub traffic_unix_nanos: Option<u64>,
 }
 
 impl Timeline {
@@ -621,6 +625,12 @@ impl Timeline {
             ("app applied notification", ms(self.app_applied_unix_nanos)),
             ("EndpointSlice moved", ms(self.endpoints_unix_nanos)),
         ]
+        .into_iter()
+        .chain(
+            self.traffic_unix_nanos
+                .map(|t| ("traffic switched (ClusterIP)", ms(Some(t)))),
+        )
+        .collect()
     }
 
     /// A printable timeline.

@@ -2,13 +2,17 @@
 //! Service's selector (the label mode, `deploy/base`), or hapod's controller itself (the
 //! EndpointSlice mode, `deploy/overlays/endpoint-slices`). The switches follow the steps
 //! docs/endpoints.md gives an operator, so that the Service never lists a pod other than the
-//! active one, nor none, on the way.
+//! active one, nor none, on the way. And which pod answers a request to the Service's
+//! ClusterIP ([`ServiceProbe`], the real node's kube-proxy).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::Result;
-use kube::ResourceExt;
+use anyhow::{Context as _, Result};
+use k8s_openapi::api::core::v1::Service;
+use kube::{Api, Client, ResourceExt};
 
 use super::Testbed;
 use super::names::{APP_GROUP, APP_NAMESPACE, APP_REPLICAS, APP_SERVICE};
@@ -175,5 +179,92 @@ impl Testbed {
             &path.to_string_lossy(),
         ])?;
         Ok(())
+    }
+}
+
+/// Requests to a Service's ClusterIP, one after another on fresh connections (as new clients
+/// would come), each answer's pod recorded with the time it arrived: what a client of the
+/// Service sees during a failover. Bounded: one request at a time, at most one every 2 ms,
+/// for at most [`ServiceProbe::LONGEST`].
+pub struct ServiceProbe {
+    stop: Arc<AtomicBool>,
+    /// (answer received, unix nanos; the pod that answered)
+    answers: Arc<Mutex<Vec<(u64, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServiceProbe {
+    const LONGEST: Duration = Duration::from_secs(120);
+
+    /// Starts probing `http://<ClusterIP>:<port>/state` of the Service `ns/name` (the demo
+    /// app's `/state` names its pod).
+    pub async fn start(client: &Client, ns: &str, name: &str) -> Result<ServiceProbe> {
+        let service = Api::<Service>::namespaced(client.clone(), ns)
+            .get(name)
+            .await
+            .with_context(|| format!("reading Service {ns}/{name}"))?;
+        let spec = service.spec.unwrap_or_default();
+        let ip: std::net::IpAddr = spec
+            .cluster_ip
+            .as_deref()
+            .with_context(|| format!("Service {ns}/{name} has no ClusterIP"))?
+            .parse()
+            .with_context(|| format!("Service {ns}/{name}: ClusterIP"))?;
+        let port = spec
+            .ports
+            .unwrap_or_default()
+            .first()
+            .map(|p| p.port)
+            .with_context(|| format!("Service {ns}/{name} has no port"))?;
+        let url = crate::http::url("http", ip, u16::try_from(port)?, "/state");
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers = Arc::new(Mutex::new(Vec::new()));
+        let task = tokio::spawn({
+            let (stop, answers) = (stop.clone(), answers.clone());
+            async move {
+                let http = crate::http::Client::new(Duration::from_millis(250));
+                let started = std::time::Instant::now();
+                while !stop.load(Ordering::Relaxed) && started.elapsed() < Self::LONGEST {
+                    if let Ok(answer) = http.get(&url).await
+                        && let Ok(state) = serde_json::from_str::<serde_json::Value>(&answer.body)
+                        && let Some(pod) = state["pod"].as_str()
+                    {
+                        let at = super::now_unix_nanos();
+                        answers
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((at, pod.to_owned()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        });
+        Ok(ServiceProbe {
+            stop,
+            answers,
+            task,
+        })
+    }
+
+    /// When the first answer from `pod` after `since` (unix nanos) arrived; waits for one up
+    /// to `timeout`, then stops probing.
+    pub async fn first_answer_from(self, pod: &str, since: u64, timeout: Duration) -> Option<u64> {
+        let first = || {
+            self.answers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .find(|(at, from)| *at >= since && from == pod)
+                .map(|(at, _)| *at)
+        };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut found = first();
+        while found.is_none() && std::time::Instant::now() < deadline && !self.task.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            found = first();
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        found
     }
 }

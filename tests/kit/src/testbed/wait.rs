@@ -12,6 +12,7 @@ use super::names::{
     CONTROLLER_NAMESPACE, CONTROLLER_REPLICAS, TAKEOVER_PROMOTION_WAIT,
 };
 use super::pods::{Trigger, pod_epoch, pod_ip};
+use super::traffic::ServiceProbe;
 use crate::poll::{Check, await_condition};
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
@@ -273,11 +274,21 @@ impl Testbed {
             .await
             .context("group not settled before the failover")?;
         let old = before.active.clone();
+        // Where kube-proxy forwards ClusterIPs, also what the Service's clients see.
+        let probe = match self.real_node {
+            Some(_) => Some(ServiceProbe::start(&self.client, APP_NAMESPACE, APP_SERVICE).await?),
+            None => None,
+        };
         let t_trigger = self.trigger(&old, trigger).await?;
-        let (new, state, timeline) = self
+        let (new, state, mut timeline) = self
             .await_failover(&old, t_trigger, timeout)
             .await
             .with_context(|| format!("no failover after {trigger:?} of {}", old.name_any()))?;
+        if let Some(probe) = probe {
+            timeline.traffic_unix_nanos = probe
+                .first_answer_from(&new.name_any(), timeline.trigger_unix_nanos, timeout)
+                .await;
+        }
         Ok(Failover {
             trigger,
             old,
