@@ -91,6 +91,10 @@ pub struct Cli {
     /// process node).
     #[arg(long, value_enum, default_value_t)]
     pub node: NodeKind,
+    /// The real node's kube-proxy `nftables.minSyncPeriod` in ms (default: kube-proxy's own,
+    /// 1 s): how soon after its last sync it applies a changed EndpointSlice.
+    #[arg(long)]
+    pub kube_proxy_min_sync_ms: Option<u64>,
 }
 
 /// Floor samples taken before each failover: enough for a p99 over a full run, a few seconds
@@ -208,6 +212,7 @@ impl Cli {
             node_args: vec![format!("--max-pods={}", 2 * self.max_groups() + 200)],
             etcd_fsync: self.etcd_fsync,
             node: self.node,
+            kube_proxy_min_sync: self.kube_proxy_min_sync_ms.map(Duration::from_millis),
             ..Options::default()
         })
         .await
@@ -238,6 +243,7 @@ impl Cli {
             controller_args: self.controller_args.clone(),
             endpoint_slices: self.endpoint_slices,
             real_node: self.node == NodeKind::Real,
+            kube_proxy_min_sync_ms: self.kube_proxy_min_sync_ms,
             ..Default::default()
         };
         let timeout = Duration::from_secs(self.timeout_s);

@@ -42,6 +42,8 @@ pub struct Results {
     pub endpoint_slices: bool,
     /// the pods ran on the real node (kubelet, containerd, runc, CNI, kube-proxy)
     pub real_node: bool,
+    /// the real node's kube-proxy `nftables.minSyncPeriod` in ms, when not its default (1 s)
+    pub kube_proxy_min_sync_ms: Option<u64>,
 }
 
 impl Results {
@@ -376,6 +378,17 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
                 "The sample app's Service selects `role=active`: kube-controller-manager's \
              EndpointSlice controller wrote its slice after seeing the label."
             }
+        );
+    }
+    if r.real_node {
+        let _ = writeln!(
+            md,
+            "kube-proxy (nftables mode) applies a changed EndpointSlice at most once per \
+             `minSyncPeriod`: {}.\n",
+            r.kube_proxy_min_sync_ms
+                .map_or("its default, 1 s".into(), |ms| format!(
+                    "{ms} ms in this run"
+                ))
         );
     }
     if !r.controller_args.is_empty() {

@@ -49,6 +49,9 @@ pub struct Config<'a> {
     pub dir: PathBuf,
     /// Images to build and import: `deploy/docker/<name>.Dockerfile` each.
     pub images: &'a [&'a str],
+    /// kube-proxy's `nftables.minSyncPeriod` (`None`: its default, 1 s): how soon after its
+    /// last sync it applies an EndpointSlice change.
+    pub kube_proxy_min_sync: Option<Duration>,
 }
 
 /// containerd, the kubelet and kube-proxy of one real node.
@@ -83,7 +86,7 @@ impl RealNode {
         node.start_containerd(config.runtime)?;
         node.import_images(config.bin_dir, config.images)?;
         node.start_kubelet(config.control_plane)?;
-        node.start_kube_proxy(config.control_plane)?;
+        node.start_kube_proxy(config.control_plane, config.kube_proxy_min_sync)?;
         Ok(node)
     }
 
@@ -312,11 +315,15 @@ impl RealNode {
         self.spawn("kubelet", &kubelet, &args)
     }
 
-    fn start_kube_proxy(&mut self, control_plane: &ControlPlane) -> Result<()> {
+    fn start_kube_proxy(
+        &mut self,
+        control_plane: &ControlPlane,
+        min_sync: Option<Duration>,
+    ) -> Result<()> {
         // system:kube-proxy is bound to system:node-proxier by Kubernetes' default policy.
         let kubeconfig = control_plane.mint_kubeconfig("system:kube-proxy", &[])?;
         let config = self.dir.join("kube-proxy.yaml");
-        fs::write(&config, kube_proxy_config(&kubeconfig))?;
+        fs::write(&config, kube_proxy_config(&kubeconfig, min_sync))?;
         let kube_proxy = control_plane.binaries().path("kube-proxy");
         self.spawn(
             "kube-proxy",
@@ -652,8 +659,8 @@ fn kubelet_config(
     .to_string()
 }
 
-fn kube_proxy_config(kubeconfig: &Path) -> String {
-    serde_json::json!({
+fn kube_proxy_config(kubeconfig: &Path, min_sync: Option<Duration>) -> String {
+    let mut config = serde_json::json!({
         "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
         "kind": "KubeProxyConfiguration",
         "mode": "nftables",
@@ -664,6 +671,29 @@ fn kube_proxy_config(kubeconfig: &Path) -> String {
         "metricsBindAddress": "127.0.0.1:10249",
         // Leave the machine's conntrack table size alone (a sysctl outside the namespace).
         "conntrack": {"maxPerCore": 0},
-    })
-    .to_string()
+    });
+    if let Some(period) = min_sync {
+        config["nftables"] =
+            serde_json::json!({"minSyncPeriod": format!("{}ms", period.as_millis())});
+    }
+    config.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kube_proxy_keeps_its_default_sync_period_unless_told() {
+        let default: serde_json::Value =
+            serde_json::from_str(&kube_proxy_config(Path::new("/k"), None)).unwrap();
+        assert!(default.get("nftables").is_none());
+        let fast: serde_json::Value = serde_json::from_str(&kube_proxy_config(
+            Path::new("/k"),
+            Some(Duration::from_millis(50)),
+        ))
+        .unwrap();
+        assert_eq!(fast["nftables"]["minSyncPeriod"], "50ms");
+        assert_eq!(fast["mode"], "nftables");
+    }
 }

@@ -122,6 +122,8 @@ pub struct Options {
     pub etcd_fsync: bool,
     /// What runs the pods.
     pub node: NodeKind,
+    /// The real node's kube-proxy `nftables.minSyncPeriod` (`None`: its default, 1 s).
+    pub kube_proxy_min_sync: Option<Duration>,
 }
 
 impl Default for Options {
@@ -137,6 +139,7 @@ impl Default for Options {
             verbose: true,
             etcd_fsync: false,
             node: NodeKind::Process,
+            kube_proxy_min_sync: None,
         }
     }
 }
@@ -273,7 +276,7 @@ impl Testbed {
                     opts.verbose,
                     "starting the real node (containerd, kubelet, kube-proxy)",
                 );
-                tb.start_real_node().await?;
+                tb.start_real_node(opts.kube_proxy_min_sync).await?;
             }
         }
 

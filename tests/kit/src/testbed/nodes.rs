@@ -68,7 +68,10 @@ impl Testbed {
     }
 
     /// Starts the real node ([`crate::realnode`]) and waits until its Node is Ready.
-    pub(super) async fn start_real_node(&mut self) -> Result<()> {
+    pub(super) async fn start_real_node(
+        &mut self,
+        kube_proxy_min_sync: Option<Duration>,
+    ) -> Result<()> {
         let since = SystemTime::now();
         let runtime = crate::realnode::ensure_built()?;
         let control_plane = self.control_plane_arc()?;
@@ -81,6 +84,7 @@ impl Testbed {
                 bin_dir: &bin_dir,
                 dir,
                 images: &IMAGES,
+                kube_proxy_min_sync,
             })
         })
         .await??;
