@@ -22,7 +22,7 @@ pub const POD_CIDR: &str = POD_CIDRS[0];
 /// The namespace's own address in each of [`POD_CIDRS`] (what makes the range local on `lo`).
 const LO_ADDRESSES: [&str; 2] = ["10.244.0.1/16", "10.245.0.1/16"];
 /// The namespace's own address that a real node's pods reach the API server and the node at
-/// (the first of [`LO_ADDRESSES`]).
+/// (the first of its `lo` addresses).
 pub const API_ADDRESS: &str = "10.244.0.1";
 /// Pod IPs of the real node: on its CNI bridge, not on `lo` (a range on `lo` is local to
 /// the namespace, so packets to it would never reach the bridge).

@@ -185,7 +185,7 @@ impl Testbed {
 /// Requests to a Service's ClusterIP, one after another on fresh connections (as new clients
 /// would come), each answer's pod recorded with the time it arrived: what a client of the
 /// Service sees during a failover. Bounded: one request at a time, at most one every 2 ms,
-/// for at most [`ServiceProbe::LONGEST`].
+/// for at most two minutes.
 pub struct ServiceProbe {
     stop: Arc<AtomicBool>,
     /// (answer received, unix nanos; the pod that answered)
