@@ -350,10 +350,7 @@ impl RealNode {
         kill_processes_naming(&self.dir);
         unmount_below(&self.dir);
         remove_cgroup_tree(&self.cgroup_root);
-        let _ = Command::new("ip")
-            .args(["link", "delete", BRIDGE])
-            .stderr(Stdio::null())
-            .status();
+        remove_pod_links();
     }
 }
 
@@ -388,6 +385,26 @@ fn set_up_network() -> Result<()> {
         .context("running ip (iproute2)")?;
     ensure!(status.success(), "ip {} failed ({status})", route.join(" "));
     Ok(())
+}
+
+/// Deletes the pods' veths (a pair goes with either end) and the bridge: the private
+/// namespace may run a process node next, which wants `lo` alone.
+fn remove_pod_links() {
+    let listed = Command::new("ip")
+        .args(["-o", "link", "show", "master", BRIDGE])
+        .stderr(Stdio::null())
+        .output();
+    let text = listed.map(|out| String::from_utf8_lossy(&out.stdout).into_owned());
+    // "7: veth1234abcd@if2: <BROADCAST,...> ..."
+    for line in text.unwrap_or_default().lines() {
+        if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) {
+            let _ = Command::new("ip").args(["link", "delete", name]).status();
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["link", "delete", BRIDGE])
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The prefix of a node's cgroup root; the testbed process's PID follows.
@@ -586,6 +603,9 @@ state = "{root}/state"
   # The sandbox of the project's machines keeps CAP_SYS_RESOURCE from root: no OOM score
   # below containerd's own (0) can be set, so none is asked for.
   restrict_oom_score_adj = true
+  # The pods' network namespaces under its state folder, which stopping the node unmounts
+  # (their veths go with them), rather than in the machine's /var/run/netns.
+  netns_mounts_under_state_dir = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
