@@ -132,11 +132,13 @@ impl RealNode {
     /// The host folder of a container's `/tmp`: the emptyDir `tmp-<container>` that
     /// `deploy/components/writable-tmp` mounts there (the testbed applies it on this node).
     pub fn container_tmp(&self, pod: &Pod, container: &str) -> PathBuf {
-        self.dir
-            .join("kubelet/pods")
-            .join(pod.uid().unwrap_or_default())
-            .join("volumes/kubernetes.io~empty-dir")
-            .join(format!("tmp-{container}"))
+        empty_dir(
+            &self
+                .dir
+                .join("kubelet/pods")
+                .join(pod.uid().unwrap_or_default()),
+            &format!("tmp-{container}"),
+        )
     }
 
     /// Until the node stops, hard-links every file that a pod writes into `subdir` of its
@@ -149,16 +151,14 @@ impl RealNode {
         let pods = root.join("pods");
         let into = root.join("hapod-links").join(volume);
         fs::create_dir_all(&into)?;
-        let within = Path::new("volumes/kubernetes.io~empty-dir")
-            .join(volume)
-            .join(subdir);
+        let (volume, subdir) = (volume.to_owned(), subdir.to_owned());
         let linked = into.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
             while !stopped.load(Ordering::Relaxed) {
                 for pod in fs::read_dir(&pods).into_iter().flatten().flatten() {
-                    let files = fs::read_dir(pod.path().join(&within));
+                    let files = fs::read_dir(empty_dir(&pod.path(), &volume).join(&subdir));
                     for file in files.into_iter().flatten().flatten() {
                         let link = linked.join(file.file_name());
                         if !link.exists() {
@@ -360,6 +360,11 @@ impl Drop for RealNode {
     }
 }
 
+/// The host folder of the emptyDir `volume` of the pod whose kubelet folder is `pod_dir`.
+fn empty_dir(pod_dir: &Path, volume: &str) -> PathBuf {
+    pod_dir.join("volumes/kubernetes.io~empty-dir").join(volume)
+}
+
 /// What the pod network needs inside the private namespace: bridged pod traffic passes
 /// netfilter (a pod reaching a Service whose endpoint is on the same bridge), the namespace
 /// routes between the bridge and `lo`, and a route for the ClusterIPs, so that the
@@ -398,7 +403,11 @@ fn remove_pod_links() {
     // "7: veth1234abcd@if2: <BROADCAST,...> ..."
     for line in text.unwrap_or_default().lines() {
         if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) {
-            let _ = Command::new("ip").args(["link", "delete", name]).status();
+            // Gone already when its pod's namespace went first.
+            let _ = Command::new("ip")
+                .args(["link", "delete", name])
+                .stderr(Stdio::null())
+                .status();
         }
     }
     let _ = Command::new("ip")
