@@ -192,17 +192,15 @@ impl RealNode {
         Ok(())
     }
 
-    fn spawn(&mut self, name: &'static str, program: &Path, args: &[String]) -> Result<()> {
+    /// Starts `command` as the node's process `name`, its output to its log.
+    fn spawn(&mut self, name: &'static str, mut command: Command) -> Result<()> {
         let log = fs::File::create(self.log_path(name))?;
-        let mut command = Command::new(program);
-        command
-            .args(args)
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log);
-        let child = command
+            .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
+            .with_context(|| format!("starting {name}"))?;
         self.processes.push((name, child));
         Ok(())
     }
@@ -224,17 +222,9 @@ impl RealNode {
             runtime.dir().display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let log = fs::File::create(self.log_path("containerd"))?;
-        let child = Command::new(runtime.path("containerd"))
-            .arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting containerd")?;
-        self.processes.push(("containerd", child));
+        let mut containerd = Command::new(runtime.path("containerd"));
+        containerd.arg("--config").arg(&config).env("PATH", path);
+        self.spawn("containerd", containerd)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.containerd_socket.exists() {
             self.check_alive()?;
@@ -311,8 +301,9 @@ impl RealNode {
             format!("--node-ip={}", crate::netns::API_ADDRESS),
             "--v=1".into(),
         ];
-        let kubelet = control_plane.binaries().path("kubelet");
-        self.spawn("kubelet", &kubelet, &args)
+        let mut kubelet = Command::new(control_plane.binaries().path("kubelet"));
+        kubelet.args(args);
+        self.spawn("kubelet", kubelet)
     }
 
     fn start_kube_proxy(
@@ -324,12 +315,9 @@ impl RealNode {
         let kubeconfig = control_plane.mint_kubeconfig("system:kube-proxy", &[])?;
         let config = self.dir.join("kube-proxy.yaml");
         fs::write(&config, kube_proxy_config(&kubeconfig, min_sync))?;
-        let kube_proxy = control_plane.binaries().path("kube-proxy");
-        self.spawn(
-            "kube-proxy",
-            &kube_proxy,
-            &[format!("--config={}", config.display())],
-        )
+        let mut kube_proxy = Command::new(control_plane.binaries().path("kube-proxy"));
+        kube_proxy.arg(format!("--config={}", config.display()));
+        self.spawn("kube-proxy", kube_proxy)
     }
 
     /// Stops kube-proxy and the kubelet, kills every container (their processes outlive the

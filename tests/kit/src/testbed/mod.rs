@@ -284,14 +284,16 @@ impl Testbed {
             NodeKind::Process => opts.kustomize_dir.clone(),
             NodeKind::Real => {
                 let journals = tb.journal_dir();
-                if let Some(node) = tb.real_node.as_mut() {
-                    let in_container = REAL_NODE_JOURNAL.trim_start_matches("/tmp/");
-                    let links = node.link_files(&format!("tmp-{APP_CONTAINER}"), in_container)?;
-                    std::fs::create_dir_all(journals.parent().unwrap_or(Path::new("/")))?;
-                    std::os::unix::fs::symlink(&links, &journals).with_context(|| {
-                        format!("linking {} to {}", journals.display(), links.display())
-                    })?;
-                }
+                let node = tb
+                    .real_node
+                    .as_mut()
+                    .context("the real node did not start")?;
+                let in_container = REAL_NODE_JOURNAL.trim_start_matches("/tmp/");
+                let links = node.link_files(&format!("tmp-{APP_CONTAINER}"), in_container)?;
+                std::fs::create_dir_all(journals.parent().unwrap_or(Path::new("/")))?;
+                std::os::unix::fs::symlink(&links, &journals).with_context(|| {
+                    format!("linking {} to {}", journals.display(), links.display())
+                })?;
                 real_node_kustomization(&opts.kustomize_dir, &tb.run_dir)?
             }
         };
