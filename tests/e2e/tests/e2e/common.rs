@@ -47,6 +47,12 @@ pub(crate) async fn check_failover(
         eps == vec![new_ip.clone()],
         "ready endpoints {eps:?}, want [{new_ip}]"
     );
+    // Where kube-proxy forwards the ClusterIP (the real node), the Service's clients reached
+    // the new active.
+    ensure!(
+        tb.node_kind() == testbed::NodeKind::Process || f.timeline.traffic_unix_nanos.is_some(),
+        "no request to the Service's ClusterIP was answered by the new active {new}"
+    );
     // The new active's app applied (and so acknowledged) the notification of its promotion,
     // with a newer epoch than the old one's (fencing token).
     let new_pod = tb

@@ -297,6 +297,7 @@ async fn graced_failover(
     let promoted_before = promotions(tb, ctrl, &["not_ready"]).await?;
     let grace_ms = NOT_READY_GRACE.as_millis().to_string();
     set_not_ready_grace(tb, Some(&grace_ms)).await?;
+    let traffic = tb.watch_traffic().await?;
     let t = tb.trigger(&old, Trigger::Unready).await?;
     let unready_seen = await_condition(
         format!("{} not Ready", old.name_any()),
@@ -327,7 +328,7 @@ async fn graced_failover(
         old.name_any(),
         unready_seen.elapsed()
     );
-    let (new, app_state, timeline) = tb.await_failover(&old, t, WAIT).await?;
+    let (new, app_state, timeline) = tb.await_failover(&old, t, traffic, WAIT).await?;
     let moved_after = unready_seen.elapsed();
     ensure!(
         moved_after >= NOT_READY_GRACE - Duration::from_millis(500),
@@ -448,8 +449,9 @@ pub(crate) async fn far_future_epoch(tb: &Testbed) -> Result<()> {
         }}})),
     )
     .await?;
+    let traffic = tb.watch_traffic().await?;
     let t = tb.trigger(&old, Trigger::ForceDelete).await?;
-    let (new, app_state, timeline) = match tb.await_failover(&old, t, WAIT).await {
+    let (new, app_state, timeline) = match tb.await_failover(&old, t, traffic, WAIT).await {
         Ok(f) => f,
         Err(e) => {
             // Give the next scenarios a working controller: a fresh acting replica.

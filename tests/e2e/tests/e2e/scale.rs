@@ -52,7 +52,7 @@ pub(crate) async fn scale_down_keeps_active(tb: &Testbed) -> Result<()> {
     wait_ready(tb, b, true).await?;
 
     let t = tb.trigger(&a, Trigger::Unready).await?;
-    let (active, _, _) = tb.await_failover(&a, t, WAIT).await?;
+    let (active, _, _) = tb.await_failover(&a, t, None, WAIT).await?;
     ensure!(
         active.uid() == b.uid(),
         "the unready active {} was replaced by {}, not the oldest standby {}",

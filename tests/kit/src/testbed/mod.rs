@@ -324,6 +324,14 @@ impl Testbed {
         Ok(tb)
     }
 
+    /// What runs the pods.
+    pub fn node_kind(&self) -> NodeKind {
+        match self.real_node {
+            Some(_) => NodeKind::Real,
+            None => NodeKind::Process,
+        }
+    }
+
     /// Path of the admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig

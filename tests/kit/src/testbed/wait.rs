@@ -4,7 +4,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::Testbed;
 use super::history::Timeline;
 use super::http::AppState;
 use super::names::{
@@ -13,6 +12,7 @@ use super::names::{
 };
 use super::pods::{Trigger, pod_epoch, pod_ip};
 use super::traffic::ServiceProbe;
+use super::{NodeKind, Testbed};
 use crate::poll::{Check, await_condition};
 use anyhow::{Context as _, Result, anyhow, bail};
 use k8s_openapi::api::core::v1::Pod;
@@ -231,13 +231,27 @@ impl Testbed {
             .await
     }
 
+    /// Where kube-proxy forwards ClusterIPs (the real node), starts recording which pod answers
+    /// the sample app's Service: what its clients see. Start it before the trigger and hand it
+    /// to [`Testbed::await_failover`]. None on the process node, which has no kube-proxy.
+    pub async fn watch_traffic(&self) -> Result<Option<ServiceProbe>> {
+        match self.node_kind() {
+            NodeKind::Real => Ok(Some(
+                ServiceProbe::start(&self.client, APP_NAMESPACE, APP_SERVICE).await?,
+            )),
+            NodeKind::Process => Ok(None),
+        }
+    }
+
     /// After a trigger on the active app pod `old` at `t_trigger`: waits until another pod is
     /// the only active one, the Service's EndpointSlice lists only it and its app applied the
-    /// notification; returns the new active, its app state and the timeline.
+    /// notification (and, given `traffic` from [`Testbed::watch_traffic`], until the new active
+    /// answers through the Service); returns the new active, its app state and the timeline.
     pub async fn await_failover(
         &self,
         old: &Pod,
         t_trigger: SystemTime,
+        traffic: Option<ServiceProbe>,
         timeout: Duration,
     ) -> Result<(Pod, AppState, Timeline)> {
         let old_uid = old.uid().unwrap_or_default();
@@ -252,7 +266,7 @@ impl Testbed {
             .await?;
         // Let the watch deliver what the API already shows.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let timeline = self.history.timeline(
+        let mut timeline = self.history.timeline(
             t_trigger,
             old,
             &new,
@@ -260,6 +274,11 @@ impl Testbed {
             APP_SERVICE,
             Some(&state),
         );
+        if let Some(traffic) = traffic {
+            timeline.traffic_unix_nanos = traffic
+                .first_answer_from(&new.name_any(), timeline.trigger_unix_nanos, timeout)
+                .await;
+        }
         Ok((new, state, timeline))
     }
 
@@ -274,21 +293,12 @@ impl Testbed {
             .await
             .context("group not settled before the failover")?;
         let old = before.active.clone();
-        // Where kube-proxy forwards ClusterIPs, also what the Service's clients see.
-        let probe = match self.real_node {
-            Some(_) => Some(ServiceProbe::start(&self.client, APP_NAMESPACE, APP_SERVICE).await?),
-            None => None,
-        };
+        let traffic = self.watch_traffic().await?;
         let t_trigger = self.trigger(&old, trigger).await?;
-        let (new, state, mut timeline) = self
-            .await_failover(&old, t_trigger, timeout)
+        let (new, state, timeline) = self
+            .await_failover(&old, t_trigger, traffic, timeout)
             .await
             .with_context(|| format!("no failover after {trigger:?} of {}", old.name_any()))?;
-        if let Some(probe) = probe {
-            timeline.traffic_unix_nanos = probe
-                .first_answer_from(&new.name_any(), timeline.trigger_unix_nanos, timeout)
-                .await;
-        }
         Ok(Failover {
             trigger,
             old,
