@@ -196,6 +196,7 @@ impl PodWorker {
                 backoff: node.config.backoff_initial,
                 attempts: 0,
                 probes: Vec::new(),
+                readiness_rerun: None,
             });
         };
         for c in spec.init_containers.iter().flatten() {
@@ -404,12 +405,21 @@ impl PodWorker {
                 let deleting = pod.metadata.deletion_timestamp.is_some();
                 let gates_changed = pod.status.as_ref().map(|s| &s.conditions)
                     != self.pod.status.as_ref().map(|s| &s.conditions);
+                // The kubelet syncs a pod on a change of these, not of its status (which it
+                // writes itself).
+                let synced = pod.metadata.labels != self.pod.metadata.labels
+                    || pod.metadata.annotations != self.pod.metadata.annotations
+                    || pod.metadata.deletion_timestamp != self.pod.metadata.deletion_timestamp
+                    || pod.spec != self.pod.spec;
                 self.pod = *pod;
                 if deleting && !self.terminating {
                     self.begin_termination();
                 }
                 if gates_changed {
                     self.mark();
+                }
+                if synced {
+                    self.rerun_unready_probes();
                 }
             }
             Message::Exited {

@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{ACCEPT, CONNECTION, HOST, HeaderMap, HeaderName, HeaderValue, USER_AGENT};
@@ -17,6 +18,7 @@ use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use crate::command::resolve_program;
 use crate::process::{ProcessSpec, Spawner, build_command, signal_group};
@@ -159,11 +161,14 @@ impl Default for Verdict {
 
 /// Runs a probe until its verdict is final for this container instance (startup: first
 /// success or failure; liveness: failure; readiness: never), reporting each verdict change.
+/// `rerun` probes at once and restarts the period from there, as the kubelet does for a
+/// readiness probe whose container is not ready whenever it syncs the pod.
 pub async fn run(
     kind: ProbeKind,
     probe: Probe,
     target: ProbeTarget,
     scale: f64,
+    rerun: Arc<Notify>,
     mut report: impl FnMut(bool) -> bool,
 ) {
     let timing = Timing::of(&probe, scale);
@@ -172,7 +177,10 @@ pub async fn run(
     let mut ticker = tokio::time::interval(timing.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = rerun.notified() => ticker.reset(),
+        }
         let result = probe_once(&probe, &target, timing.timeout).await;
         if let Err(why) = &result {
             tracing::debug!(container = %target.container.name, ?kind, %why, "probe failed");
@@ -371,6 +379,62 @@ async fn exec_probe(
 mod tests {
     use super::*;
 
+    /// A target on 127.0.0.1 (network probes only).
+    fn loopback_target() -> ProbeTarget {
+        ProbeTarget {
+            pod_ip: Ipv4Addr::LOCALHOST,
+            container: Container::default(),
+            pid: 0,
+            program: PathBuf::new(),
+            env: vec![],
+            spawner: Spawner::start().unwrap(),
+        }
+    }
+
+    /// A rerun probes at once: a readiness probe with a one-minute period sees its container
+    /// recover at the rerun, not a minute later.
+    #[tokio::test]
+    async fn rerun_probes_at_once() {
+        // A free port, closed again: the probe fails until something listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let probe = Probe {
+            tcp_socket: Some(k8s_openapi::api::core::v1::TCPSocketAction {
+                host: None,
+                port: IntOrString::Int(port.into()),
+            }),
+            period_seconds: Some(60),
+            failure_threshold: Some(1),
+            ..Default::default()
+        };
+        let rerun = Arc::new(Notify::new());
+        let (verdict, mut verdicts) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(run(
+            ProbeKind::Readiness,
+            probe,
+            loopback_target(),
+            1.0,
+            rerun.clone(),
+            move |ok| verdict.send(ok).is_ok(),
+        ));
+        assert_eq!(verdicts.recv().await, Some(false));
+        let _listening = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let next = Duration::from_millis(300);
+        assert!(
+            tokio::time::timeout(next, verdicts.recv()).await.is_err(),
+            "probed again before its period without a rerun"
+        );
+        rerun.notify_one();
+        let after_rerun = tokio::time::timeout(Duration::from_secs(10), verdicts.recv()).await;
+        assert_eq!(after_rerun, Ok(Some(true)));
+        task.abort();
+    }
+
     #[test]
     fn timing_defaults_and_scale() {
         let t = Timing::of(&Probe::default(), 1.0);
@@ -437,14 +501,7 @@ mod tests {
                 open.push(s);
             }
         });
-        let target = ProbeTarget {
-            pod_ip: Ipv4Addr::LOCALHOST,
-            container: Container::default(),
-            pid: 0,
-            program: PathBuf::new(),
-            env: vec![],
-            spawner: Spawner::start().unwrap(),
-        };
+        let target = loopback_target();
         let http = Probe {
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".into()),

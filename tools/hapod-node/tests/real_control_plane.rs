@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use hapod_node::{NodeConfig, NodeHandle, TMP_ANNOTATION_PREFIX};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod, Secret};
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use xtask::controlplane::{ControlPlane, Options};
 
 const NODE: &str = "it-node";
@@ -277,9 +277,17 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
         .create(&post, &secret)
         .await?;
 
-    // Scheduled by the real scheduler, running with a loopback pod IP, not yet ready.
-    pods.create(&post, &pod("web", "example.org/test/shell:1.0", SCRIPT, 5)?)
-        .await?;
+    // Scheduled by the real scheduler, running with a loopback pod IP, not yet ready. Its
+    // readiness probe's period is a minute (scaled): see below what makes it probe sooner.
+    let mut web = pod("web", "example.org/test/shell:1.0", SCRIPT, 5)?;
+    if let Some(probe) = web
+        .spec
+        .as_mut()
+        .and_then(|s| s.containers[0].readiness_probe.as_mut())
+    {
+        probe.period_seconds = Some(300);
+    }
+    pods.create(&post, &web).await?;
     let p = wait_for(&pods, "web", Duration::from_secs(60), "Running", |p| {
         main_status(p).is_some_and(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
     })
@@ -311,8 +319,16 @@ async fn scenario(cp: &ControlPlane, client: &Client) -> Result<()> {
     assert_eq!(read_when_written(&tmp.join("key-file")).await?, "s3cret");
     assert_eq!(read_when_written(&tmp.join("key-env")).await?, "s3cret");
 
-    // Ready once the exec probe (run inside the container's /tmp) succeeds.
+    // Ready once the exec probe (run inside the container's /tmp) succeeds: as on the
+    // kubelet, a change to the pod (here a label) makes a not-ready container's readiness
+    // probe run at once rather than at its next period.
     std::fs::write(tmp.join("ready"), "")?;
+    pods.patch(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({ "metadata": { "labels": { "synced": "yes" } } })),
+    )
+    .await?;
     wait_for(&pods, "web", Duration::from_secs(10), "Ready", ready).await?;
 
     // `kubectl logs` through the API server and the node's kubelet endpoint; `kubectl exec`

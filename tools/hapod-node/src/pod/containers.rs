@@ -3,10 +3,12 @@
 //! crash-loop backoff). Kept apart from the pod's lifecycle so each reads on its own.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Container;
 use nix::sys::signal::Signal;
+use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
 use super::{Message, PodWorker, now};
@@ -339,6 +341,8 @@ pub(super) struct PodContainer {
     pub(super) attempts: u32,
     pub(super) runs: u32,
     pub(super) probes: Vec<AbortHandle>,
+    /// Makes the running readiness probe probe at once (see [`crate::probe::run`]).
+    pub(super) readiness_rerun: Option<Arc<Notify>>,
 }
 
 impl PodContainer {
@@ -346,6 +350,7 @@ impl PodContainer {
         for p in self.probes.drain(..) {
             p.abort();
         }
+        self.readiness_rerun = None;
     }
 }
 

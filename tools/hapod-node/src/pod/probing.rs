@@ -2,9 +2,11 @@
 //! started, restart on a failed liveness or startup probe). The probes themselves are in
 //! [`crate::probe`].
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Container, Probe};
+use tokio::sync::Notify;
 
 use super::termination::StopCause;
 use super::{Message, PodWorker};
@@ -39,16 +41,43 @@ impl PodWorker {
         let tx = self.tx.clone();
         let instance = c.instance;
         let scale = self.node.config.probe_period_scale;
-        let task = tokio::spawn(probe::run(kind, probe, target, scale, move |ok| {
-            tx.send(Message::Probe {
-                index,
-                instance,
-                kind,
-                ok,
-            })
-            .is_ok()
-        }));
-        self.containers[index].probes.push(task.abort_handle());
+        let rerun = Arc::new(Notify::new());
+        let task = tokio::spawn(probe::run(
+            kind,
+            probe,
+            target,
+            scale,
+            rerun.clone(),
+            move |ok| {
+                tx.send(Message::Probe {
+                    index,
+                    instance,
+                    kind,
+                    ok,
+                })
+                .is_ok()
+            },
+        ));
+        let c = &mut self.containers[index];
+        c.probes.push(task.abort_handle());
+        if kind == ProbeKind::Readiness {
+            c.readiness_rerun = Some(rerun);
+        }
+    }
+
+    /// What the kubelet does whenever it syncs a pod (an update from the API, a probe's
+    /// verdict, a container's start): the readiness probe of every running container that is
+    /// not ready probes at once, its period starting again from there. So a recovered
+    /// container is Ready at the next sync rather than at its next period, and the probe's
+    /// rhythm follows the pod's history as on a real node.
+    pub(super) fn rerun_unready_probes(&self) {
+        let unready = self
+            .containers
+            .iter()
+            .filter(|c| c.pid.is_some() && c.view.started && !c.view.ready);
+        for rerun in unready.filter_map(|c| c.readiness_rerun.as_ref()) {
+            rerun.notify_one();
+        }
     }
 
     pub(super) async fn on_probe(
@@ -85,5 +114,6 @@ impl PodWorker {
             }
             (ProbeKind::Liveness, true) => {}
         }
+        self.rerun_unready_probes();
     }
 }
