@@ -66,12 +66,12 @@ impl Kind {
                 "active pod deleted with its grace period, 10 s (trigger: the DELETE call)"
             }
             Kind::Crash => {
-                "critical container aborts (trigger: /tmp/killme written in its /tmp; it polls \
-                 the file every second)"
+                "critical container aborts (trigger: /tmp/killme written in its /tmp, at a \
+                 random point of the second in which the container polls the file)"
             }
             Kind::NotReady => {
                 "active app's readiness probe fails (trigger: /tmp/unready written in the app's \
-                 /tmp; the probe runs every 2 s)"
+                 /tmp, at a random point of the probe's 2 s period)"
             }
             Kind::Hang => {
                 "every process of the active app pod stopped with SIGSTOP, continued once the \
@@ -106,6 +106,26 @@ impl Kind {
     /// the process node's pods are) nor a lost node (a second process node).
     pub fn runs_on_real_node(self) -> bool {
         !matches!(self, Kind::Partition | Kind::NodeLoss)
+    }
+
+    /// How often what finds this failure looks for it, where that polls: the app container's
+    /// readiness probe (its `periodSeconds`, Kubernetes' default 10 s) or the crash program
+    /// (`hapod-demo crash`, every second by default, as in deploy/base).
+    fn poll_period(self, active: &Pod) -> Option<Duration> {
+        match self {
+            Kind::NotReady => {
+                let app = active
+                    .spec
+                    .as_ref()?
+                    .containers
+                    .iter()
+                    .find(|c| c.name == APP_CONTAINER)?;
+                let seconds = app.readiness_probe.as_ref()?.period_seconds.unwrap_or(10);
+                Some(Duration::from_secs(u64::try_from(seconds).ok()?.max(1)))
+            }
+            Kind::Crash => Some(Duration::from_secs(1)),
+            _ => None,
+        }
     }
 
     fn trigger(self) -> Option<Trigger> {
@@ -247,6 +267,16 @@ async fn triggered(
     iter: usize,
     timeout: Duration,
 ) -> Result<Record> {
+    // The bench triggers as soon as the group settles, which a probe decides: left alone, it
+    // would hit the same point of a polled failure's period every time. A random wait of up
+    // to one period spreads the triggers over it, as failures come in production.
+    let settled = tb
+        .wait_settled(APP_NAMESPACE, APP_GROUP, APP_REPLICAS, timeout)
+        .await
+        .context("group not settled before the failover")?;
+    if let Some(period) = kind.poll_period(&settled.active) {
+        tokio::time::sleep(period.mul_f64(rand::random::<f64>())).await;
+    }
     let f = tb.failover(trigger, timeout).await;
     if let Ok(f) = &f {
         cleanup(tb, &f.old);
@@ -313,9 +343,10 @@ async fn faulted(
         .await
         .context("group not settled before the failover")?;
     let old = before.active.clone();
+    let traffic = tb.watch_traffic().await?;
     let fault = fault(&ctrl, &old)?;
     let t_trigger = fault.started();
-    let measured = tb.await_failover(&old, t_trigger, timeout).await;
+    let measured = tb.await_failover(&old, t_trigger, traffic, timeout).await;
     let ended_at = SystemTime::now();
     let ended = fault.end();
     let (new, _, timeline) = measured
@@ -342,6 +373,7 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
     let app_api: Api<Pod> = Api::namespaced(tb.client.clone(), APP_NAMESPACE);
     let ctl_api: Api<Pod> = Api::namespaced(tb.client.clone(), CONTROLLER_NAMESPACE);
     let grace0 = DeleteParams::default().grace_period(0);
+    let traffic = tb.watch_traffic().await?;
     let kill = async {
         let t = testbed::now_unix_nanos();
         if let Some(pid) = pid {
@@ -361,7 +393,7 @@ async fn controller_kill(tb: &Testbed, iter: usize, timeout: Duration) -> Result
     let (t_kill, (t_trigger, r)) = tokio::join!(kill, del);
     r.context("deleting the active app pod")?;
     let (new, _, timeline) = tb
-        .await_failover(&old, t_trigger, timeout)
+        .await_failover(&old, t_trigger, traffic, timeout)
         .await
         .with_context(|| format!("no failover after killing controller {ctl_name}"))?;
     Ok(Record {
@@ -393,4 +425,48 @@ pub async fn scrape_controller(
 /// `unix_ns` for callers that hold a SystemTime.
 pub fn ns(t: SystemTime) -> u64 {
     unix_ns(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod_with_readiness_period(period_seconds: Option<i32>) -> Pod {
+        let probe = period_seconds.map(|p| serde_json::json!({ "periodSeconds": p }));
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p" },
+            "spec": { "containers": [
+                { "name": "other", "readinessProbe": { "periodSeconds": 7 } },
+                { "name": APP_CONTAINER, "readinessProbe": probe },
+            ] },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn poll_period_is_the_app_probes_or_the_crash_programs() {
+        let pod = pod_with_readiness_period(Some(3));
+        assert_eq!(
+            Kind::NotReady.poll_period(&pod),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(Kind::Crash.poll_period(&pod), Some(Duration::from_secs(1)));
+        assert_eq!(Kind::ForceDelete.poll_period(&pod), None);
+        assert_eq!(Kind::Hang.poll_period(&pod), None);
+        // No probe, no readiness to lose; a probe without a period runs every 10 s.
+        assert_eq!(
+            Kind::NotReady.poll_period(&pod_with_readiness_period(None)),
+            None
+        );
+        let mut defaulted = pod_with_readiness_period(Some(3));
+        defaulted.spec.as_mut().unwrap().containers[1]
+            .readiness_probe
+            .as_mut()
+            .unwrap()
+            .period_seconds = None;
+        assert_eq!(
+            Kind::NotReady.poll_period(&defaulted),
+            Some(Duration::from_secs(10))
+        );
+    }
 }
