@@ -65,7 +65,7 @@ impl Cli {
 pub fn run(args: Cli) -> Result<()> {
     println!("== hapod demo ==");
     println!(
-        "control plane: built from controlplane/ and cached; the first build takes 10-25 minutes \
+        "control plane: built from controlplane/ and cached; the first build takes 8-25 minutes \
          (Go's progress follows), later runs reuse it."
     );
     hapod_testkit::testbed::enter_private_network(profile(&args), args.node)?;

@@ -6,7 +6,7 @@
 //!    rustdoc warnings denied, and `cargo deny check licenses bans sources` against `deny.toml`
 //!    (cargo-deny is installed with `cargo install` when missing),
 //! 2. build the control plane (cached outside the repository; the first build takes
-//!    10–25 minutes on 2 cores and prints Go's progress),
+//!    8–25 minutes on 2 cores and prints Go's progress),
 //! 3. `cargo build --workspace` (every binary, the e2e crate included),
 //! 4. `cargo test --workspace --exclude hapod-e2e` (unit and integration tests),
 //! 5. `cargo xtask deploy check` (renders, invariants, server-side validation, RBAC proof),
@@ -164,7 +164,7 @@ pub fn run(args: Cli) -> Result<()> {
                 )
             }
             "controlplane" => {
-                banner("control plane build (cached; the first build takes 10-25 min)");
+                banner("control plane build (cached; the first build takes 8-25 min)");
                 (
                     "kube-apiserver, kube-controller-manager, kube-scheduler, etcd, kubectl, \
                      kubelet, kube-proxy, helm, containerd, runc, CNI plugins"

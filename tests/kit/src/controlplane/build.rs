@@ -109,7 +109,7 @@ fn recipe() -> Result<(Recipe, String)> {
             .chain([&BINARY])
             .map(|name| name.to_string())
             .collect(),
-        expected_duration: "10-25 min",
+        expected_duration: "8-25 min",
     };
     Ok((recipe, version))
 }
