@@ -147,10 +147,11 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
 
 /// The scenarios that also run on the real node (`HAPOD_E2E_NODE=real`; the others are
 /// ignored there): steady state, each failure of the active pod that the kubelet itself
-/// reports, the acting controller deleted, and the history check over all of them. The rest
-/// need what only the process node offers (a second node, stopping every process of a pod,
-/// partitions by policy routing on `lo`) or test nothing node-specific.
-const REAL_NODE_SCENARIOS: [&str; 8] = [
+/// reports, a hung active (the kubelet's probe then times out too), the acting controller
+/// deleted, a failover in the EndpointSlice mode (kube-proxy then follows hapod's own slice),
+/// and the history check over all of them. The rest need what only the process node offers
+/// (a second node, partitions by policy routing on `lo`) or test nothing node-specific.
+const REAL_NODE_SCENARIOS: [&str; 10] = [
     "steady_state_one_active",
     "force_delete_active",
     "graceful_delete_active",
@@ -158,6 +159,8 @@ const REAL_NODE_SCENARIOS: [&str; 8] = [
     "active_not_ready",
     "acting_controller_deleted_steady",
     "noncritical_sidecar_crash",
+    "hung_active_app_replaced",
+    "endpoint_slice_mode_failover",
     "label_history_no_double_active",
 ];
 
