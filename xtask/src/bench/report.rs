@@ -54,6 +54,26 @@ impl Results {
         k
     }
 
+    /// Whether anything forwarded the Service's ClusterIP (the real node's kube-proxy): the
+    /// traffic stage is measured only then.
+    fn has_traffic(&self) -> bool {
+        self.records
+            .iter()
+            .any(|rec| rec.timeline.traffic_unix_nanos.is_some())
+    }
+
+    /// The stages this run measured (index into [`STAGES`], name): all but traffic without a
+    /// kube-proxy.
+    fn measured_stages(&self) -> Vec<(usize, &'static str)> {
+        let traffic = self.has_traffic();
+        STAGES
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, s)| traffic || *s != "traffic")
+            .collect()
+    }
+
     pub fn samples(&self, kind: Kind, stage: usize) -> Vec<f64> {
         self.records
             .iter()
@@ -275,9 +295,9 @@ pub fn write_all(dir: &Path, m: &Machine, r: &Results) -> Result<()> {
     // plot
     let mut panels = Vec::new();
     for kind in r.kinds() {
-        let rows: Vec<(String, Vec<f64>)> = STAGES
-            .iter()
-            .enumerate()
+        let rows: Vec<(String, Vec<f64>)> = r
+            .measured_stages()
+            .into_iter()
             .map(|(i, s)| (format!("{s} (since trigger)"), r.samples(kind, i)))
             .collect();
         // (differences between stages can be negative: they are in the tables, not on the log
@@ -410,7 +430,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
 
     let _ = writeln!(md, "## Failover, milliseconds since the trigger\n");
     let _ = writeln!(md, "Stages:");
-    for s in STAGES {
+    for (_, s) in r.measured_stages() {
         let _ = writeln!(md, "- `{s}`: {}", stage_describe(s));
     }
     let _ = writeln!(md);
@@ -418,7 +438,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
         let _ = writeln!(md, "### {} — {}\n", kind.name(), kind.describe());
         let _ = writeln!(md, "| stage | count | p50 | p90 | p99 | max |");
         let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
-        for (i, s) in STAGES.iter().enumerate() {
+        for (i, s) in r.measured_stages() {
             let _ = writeln!(md, "{}", row(s, summarize(&r.samples(kind, i))));
         }
         let _ = writeln!(
@@ -453,11 +473,7 @@ pub fn markdown(m: &Machine, r: &Results) -> String {
 
     // the compact summary the README quotes
     let _ = writeln!(md, "## Summary (p50 / p99 ms since the trigger)\n");
-    // The traffic column only where something forwards ClusterIPs (the real node).
-    let traffic = r
-        .records
-        .iter()
-        .any(|rec| rec.timeline.traffic_unix_nanos.is_some());
+    let traffic = r.has_traffic();
     let _ = writeln!(
         md,
         "| failure | n | new active labeled | app notified | Service switched |{}",
@@ -864,6 +880,19 @@ mod tests {
             ..Default::default()
         });
         assert!(memory(&r).contains("met") && memory(&r).contains("at 1000 groups"));
+    }
+
+    #[test]
+    fn without_a_kube_proxy_there_is_no_traffic_stage() {
+        let mut r = synthetic();
+        for rec in &mut r.records {
+            rec.timeline.traffic_unix_nanos = None;
+        }
+        let md = markdown(&Machine::detect(Path::new(".")), &r);
+        assert!(md.contains("| slice | 12 |"), "{md}");
+        assert!(!md.contains("| traffic |"), "{md}");
+        assert!(!md.contains("- `traffic`"), "{md}");
+        assert!(!md.contains("traffic switched"), "{md}");
     }
 
     #[test]
