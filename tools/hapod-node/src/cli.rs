@@ -50,6 +50,10 @@ pub struct Args {
     /// Node Lease renewal and status heartbeat interval.
     #[arg(long, default_value_t = 10_000)]
     pub heartbeat_ms: u64,
+    /// How often the node looks for containers that exited by themselves (the kubelet's PLEG
+    /// relists every 1000 ms); 0 = report an exit at once.
+    #[arg(long, default_value_t = 1000)]
+    pub relist_period_ms: u64,
     #[arg(long, default_value = "4")]
     pub cpu: String,
     #[arg(long, default_value = "8Gi")]
@@ -108,6 +112,7 @@ impl Args {
         );
         node_config.probe_period_scale = self.probe_period_scale;
         node_config.heartbeat = Duration::from_millis(self.heartbeat_ms.max(100));
+        node_config.relist_period = Duration::from_millis(self.relist_period_ms);
         node_config.cpu = self.cpu.clone();
         node_config.memory = self.memory.clone();
         node_config.max_pods = self.max_pods;

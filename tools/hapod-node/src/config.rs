@@ -119,6 +119,11 @@ pub struct NodeConfig {
     pub probe_period_scale: f64,
     /// Node lease renewal and status heartbeat interval.
     pub heartbeat: Duration,
+    /// A container's own exit is seen at the node's next relist, on one clock for the whole
+    /// node with this period, as the kubelet's PLEG relists every second; zero = at once.
+    /// Stops the node makes itself (deletion, failed liveness probe) are seen at once, as the
+    /// kubelet waits for them.
+    pub relist_period: Duration,
     pub lease_duration_seconds: i32,
     pub cpu: String,
     pub memory: String,
@@ -142,6 +147,7 @@ impl NodeConfig {
             backoff_max: Duration::from_secs(30),
             probe_period_scale: 1.0,
             heartbeat: Duration::from_secs(10),
+            relist_period: Duration::from_secs(1),
             lease_duration_seconds: 40,
             cpu: "4".into(),
             memory: "8Gi".into(),

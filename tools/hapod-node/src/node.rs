@@ -24,7 +24,7 @@ use crate::expand::parse_quantity;
 use crate::ip_allocator::ConfinementError;
 use crate::ip_allocator::IpAllocator;
 use crate::path_error::{AtPath, PathError};
-use crate::pod::{Message, NodeContext, PodWorker, delete_finished_pod};
+use crate::pod::{Message, NodeContext, PodWorker, RelistClock, delete_finished_pod};
 use crate::process::Spawner;
 
 /// Why the node cannot start, register or keep its Nodes alive.
@@ -326,6 +326,7 @@ pub async fn run(
         ca_pem,
         cpu_millis: parse_quantity(&config.cpu).map_or(4000, |c| (c * 1000.0) as i64),
         memory_bytes: parse_quantity(&config.memory).map_or(8 << 30, |m| m as i64),
+        relist: RelistClock::new(std::time::Instant::now(), config.relist_period),
         config,
     });
 

@@ -54,6 +54,48 @@ pub struct NodeContext {
     pub ca_pem: Option<String>,
     pub cpu_millis: i64,
     pub memory_bytes: i64,
+    pub relist: RelistClock,
+}
+
+/// The node's relist ticks: one clock for every pod, as the kubelet's PLEG.
+#[derive(Debug, Clone, Copy)]
+pub struct RelistClock {
+    origin: std::time::Instant,
+    period: Duration,
+}
+
+impl RelistClock {
+    pub fn new(origin: std::time::Instant, period: Duration) -> Self {
+        Self { origin, period }
+    }
+
+    /// How long a container's exit at `now` stays unseen: until the next relist if the
+    /// container exited by itself and no relist saw it yet (`unseen`); an exit the node caused
+    /// (its stop, the pod's deletion) is seen at once, as the kubelet waits for those.
+    pub fn wait_to_see(&self, unseen: bool, now: std::time::Instant) -> Option<Duration> {
+        Some(self.until_next(now)).filter(|wait| unseen && !wait.is_zero())
+    }
+
+    /// How long from `now` until the next relist (zero without relisting).
+    fn until_next(&self, now: std::time::Instant) -> Duration {
+        if self.period.is_zero() {
+            return Duration::ZERO;
+        }
+        let period = self.period.as_nanos();
+        let into = now.saturating_duration_since(self.origin).as_nanos() % period;
+        Duration::from_nanos(u64::try_from(period - into).unwrap_or(u64::MAX))
+    }
+}
+
+/// A container process's end, as its waiter saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub index: usize,
+    pub instance: u64,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// When the process exited.
+    pub at: Timestamp,
 }
 
 /// Messages to a pod's task: from the node's pod watch and from the task's own helpers.
@@ -66,10 +108,9 @@ pub enum Message {
     /// The node is stopping: kill at once, leave the API alone.
     Shutdown,
     Exited {
-        index: usize,
-        instance: u64,
-        code: Option<i32>,
-        signal: Option<i32>,
+        exit: Exit,
+        /// Whether the node's relist has seen it (see [`NodeConfig::relist_period`]).
+        relisted: bool,
     },
     Probe {
         index: usize,
@@ -197,6 +238,7 @@ impl PodWorker {
                 attempts: 0,
                 probes: Vec::new(),
                 readiness_rerun: None,
+                stopping: false,
             });
         };
         for c in spec.init_containers.iter().flatten() {
@@ -422,12 +464,7 @@ impl PodWorker {
                     self.rerun_unready_probes();
                 }
             }
-            Message::Exited {
-                index,
-                instance,
-                code,
-                signal,
-            } => self.on_exit(index, instance, code, signal).await,
+            Message::Exited { exit, relisted } => self.on_exit(exit, relisted).await,
             Message::Probe {
                 index,
                 instance,
@@ -494,5 +531,39 @@ impl PodWorker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relist_ticks_are_one_clock_for_the_node() {
+        let origin = std::time::Instant::now();
+        let clock = RelistClock::new(origin, Duration::from_secs(1));
+        let at = |ms| origin + Duration::from_millis(ms);
+        assert_eq!(clock.until_next(at(0)), Duration::from_secs(1));
+        assert_eq!(clock.until_next(at(250)), Duration::from_millis(750));
+        assert_eq!(clock.until_next(at(3999)), Duration::from_millis(1));
+        assert_eq!(clock.until_next(at(4000)), Duration::from_secs(1));
+        let at_once = RelistClock::new(origin, Duration::ZERO);
+        assert_eq!(at_once.until_next(at(250)), Duration::ZERO);
+    }
+
+    #[test]
+    fn only_an_exit_of_the_containers_own_waits_for_the_relist() {
+        let origin = std::time::Instant::now();
+        let clock = RelistClock::new(origin, Duration::from_secs(1));
+        let now = origin + Duration::from_millis(2300);
+        assert_eq!(
+            clock.wait_to_see(true, now),
+            Some(Duration::from_millis(700))
+        );
+        // stopped by the node, or already relisted
+        assert_eq!(clock.wait_to_see(false, now), None);
+        // no relisting at all
+        let at_once = RelistClock::new(origin, Duration::ZERO);
+        assert_eq!(at_once.wait_to_see(true, now), None);
     }
 }

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use super::{Message, PodWorker, now};
+use super::{Exit, Message, PodWorker, now};
 use crate::command::command_line;
 use crate::expand::{EnvError, ReferencedData, build_env, expand, referenced_objects};
 use crate::path_error::{AtPath, PathError};
@@ -155,11 +155,16 @@ impl PodWorker {
                 }
                 Err(_) => (None, Some(libc::SIGKILL)),
             };
-            let _ = tx.send(Message::Exited {
+            let exit = Exit {
                 index,
                 instance,
                 code,
                 signal,
+                at: now(),
+            };
+            let _ = tx.send(Message::Exited {
+                exit,
+                relisted: false,
             });
         });
         if has_startup {
@@ -251,13 +256,25 @@ impl PodWorker {
         Ok(out)
     }
 
-    pub(super) async fn on_exit(
-        &mut self,
-        index: usize,
-        instance: u64,
-        code: Option<i32>,
-        signal: Option<i32>,
-    ) {
+    pub(super) async fn on_exit(&mut self, exit: Exit, relisted: bool) {
+        let Exit {
+            index,
+            instance,
+            code,
+            signal,
+            at,
+        } = exit;
+        let stopped_by_node = self.terminating
+            || self
+                .containers
+                .get(index)
+                .is_some_and(|c| c.instance == instance && c.stopping);
+        let unseen = !relisted && !stopped_by_node;
+        if let Some(wait) = self.node.relist.wait_to_see(unseen, Instant::now()) {
+            let relisted = true;
+            self.after(wait, Message::Exited { exit, relisted });
+            return;
+        }
         let policy = self.policy();
         let terminating = self.terminating;
         let backoff_max = self.node.config.backoff_max;
@@ -275,7 +292,8 @@ impl PodWorker {
         c.stop_probes();
         // Whatever the container's process left behind dies with it, as in a container.
         signal_group(pid, Signal::SIGKILL);
-        let finished_at = now();
+        c.stopping = false;
+        let finished_at = at;
         let (started_at, container_id) = match &c.view.state {
             RunState::Running {
                 started_at,
@@ -343,6 +361,8 @@ pub(super) struct PodContainer {
     pub(super) probes: Vec<AbortHandle>,
     /// Makes the running readiness probe probe at once (see [`crate::probe::run`]).
     pub(super) readiness_rerun: Option<Arc<Notify>>,
+    /// The node is stopping this instance (its exit is then seen at once).
+    pub(super) stopping: bool,
 }
 
 impl PodContainer {

@@ -64,6 +64,7 @@ impl PodWorker {
         let c = &mut self.containers[index];
         let Some(pid) = c.pid else { return };
         c.stop_probes();
+        c.stopping = true;
         signal_group(pid, Signal::SIGTERM);
         let instance = c.instance;
         self.after(grace, Message::Kill { index, instance });
