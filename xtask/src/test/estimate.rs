@@ -23,7 +23,7 @@ const COLD: [(&str, u64); 8] = [
     ("unit", 140),
     ("deploy", 40),
     ("e2e", 270),
-    ("realnode", 70),
+    ("realnode", 100),
     ("bench", 130),
     ("chaos", 160),
 ];
