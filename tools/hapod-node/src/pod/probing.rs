@@ -65,11 +65,11 @@ impl PodWorker {
         }
     }
 
-    /// What the kubelet does whenever it syncs a pod (an update from the API, a probe's
-    /// verdict, a container's start): the readiness probe of every running container that is
-    /// not ready probes at once, its period starting again from there. So a recovered
-    /// container is Ready at the next sync rather than at its next period, and the probe's
-    /// rhythm follows the pod's history as on a real node.
+    /// What the kubelet does whenever it syncs a pod (here: a change to the pod from the API,
+    /// a probe's verdict; a started container is probed at once anyway): the readiness probe
+    /// of every running container that is not ready probes at once, its period starting again
+    /// from there. So a recovered container is Ready at the next sync rather than at its next
+    /// period, and the probe's rhythm follows the pod's history as on a real node.
     pub(super) fn rerun_unready_probes(&self) {
         let unready = self
             .containers
